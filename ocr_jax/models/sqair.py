@@ -1,0 +1,759 @@
+"""SQAIR: Sequential Attend, Infer, Repeat (Kosiorek et al., 2018; thesis chapter 5).
+
+The networks are small pure Linen modules (one per function of Algorithms 1-3); :class:`SQAIR` wires them together
+with ``jax.lax.scan`` over time and over objects, with fixed shapes and presence masks. Parameters live in two
+top-level groups, ``{"generative": ..., "inference": ...}``, so an objective can treat θ and φ differently.
+
+Slots. Every particle keeps ``N = max_objects`` object slots per frame. After each frame's PROP the surviving
+propagated objects are moved (stably) to the front; DISC writes the objects it discovers into the next free slots,
+so at every time step the present objects occupy slots ``0 .. P_t + D_t - 1`` in identity order. Each slot carries
+an integer identity (``-1`` when absent); a propagated object keeps its identity, a discovered one gets a fresh one.
+
+DISC runs ``N`` recurrent steps; step ``i`` is *allowed* only while ``i < N - P_t`` and all earlier steps were
+present (AIR's stopping rule), so at most ``N - P_t`` objects are discovered and the presence path's log q has no
+stopping term once all allowed steps are present.
+
+Log-densities (per particle, per time step; thesis Eq. 5.3-5.4): ``log_likelihood`` = log p(x_t | z_t),
+``log_p_disc`` = log p^D(D_t, z_t^D | P_t), ``log_p_prop`` = log p^P(z_t^P | z_{t-1}), ``log_q_disc``,
+``log_q_prop``; their sum over time is one particle's log importance weight. ``log_q_pres`` is the part of
+``log_q_disc + log_q_prop`` that comes from the (discrete) presence variables — the score-function term for VIMCO.
+
+Choices the thesis leaves open, and how they are made here (see also the report in the module's tests):
+- z_where is 4-D ``(s_x, s_y, t_x, t_y)`` in an unconstrained space; the spatial transformer gets
+  ``s = s_min + (1 - s_min) sigmoid(raw_s)``, ``t = raw_t``. All densities are over the unconstrained values.
+- The propagation prior's and posterior's z_where means are residual: ``z_where_{t-1} + f(...)``.
+- A discovered object's temporal state is the temporal GRU applied to a learned initial state with input
+  ``[glimpse encoding, z_where, DISC-RNN output]`` (the DISC analogue of Eq. 5.15).
+- The discovery prior ``p_θ(D_t | P_t)`` is a learned table of logits indexed by (first frame?, P_t), masked to
+  ``{0..N - P_t}``; the no-new-objects logit of frames t > 1 starts at +10, as does the propagation prior's keep logit
+  (the official code's initialisation).
+- Fresh identities come from a per-particle counter (the largest identity ever used + 1). Alg. 3 says "largest
+  propagated identity + 1", which can re-use the identity of an object that was just forgotten; the counter never does
+  and agrees with Alg. 3 whenever the object with the largest identity survives.
+- Continuous latents of an object that is forgotten (PROP) or not discovered contribute to neither p nor q (an
+  auxiliary-variable extension whose p-side density equals q, which keeps the bound exact).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ocr_jax.spatial_transformer import extract_glimpse, paste_glimpse
+
+__all__ = [
+    "SQAIRConfig",
+    "SQAIR",
+    "mlp_sqair_config",
+    "conv_sqair_config",
+    "where_to_transform",
+]
+
+Params = Mapping[str, Any]
+_LOG_2PI = math.log(2.0 * math.pi)
+_MIN_SCALE = 1e-2  # smallest glimpse scale; keeps the inverse transform finite
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclasses.dataclass(frozen=True)
+class SQAIRConfig:
+    """Hyper-parameters of SQAIR (§5.D.2). ``arch`` is ``"mlp"`` (MLP-SQAIR) or ``"conv"`` (CONV-SQAIR)."""
+
+    image_shape: tuple[int, int] = (50, 50)
+    glimpse_shape: tuple[int, int] = (20, 20)
+    max_objects: int = 3
+    z_what_dim: int = 50
+    hidden: int = 256
+    arch: str = "mlp"
+    max_seq_len: int = 10
+    likelihood_sigma: float = 0.3
+    where_prior_loc: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    where_prior_scale: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+    keep_logit_init: float = 10.0
+    no_new_objects_logit_init: float = 10.0
+    conv_channels: tuple[int, ...] = (16, 32, 32, 64)
+    conv_strides: tuple[int, ...] = (2, 2, 1, 1)
+    decoder_channels: tuple[int, ...] = (32, 64, 64)
+    decoder_strides: tuple[int, ...] = (1, 2, 2)
+
+    def __post_init__(self):
+        if self.arch not in ("mlp", "conv"):
+            raise ValueError(f"arch must be 'mlp' or 'conv'; got {self.arch!r}")
+        if self.max_objects < 1 or self.max_seq_len < 1 or self.z_what_dim < 1 or self.hidden < 1:
+            raise ValueError("max_objects, max_seq_len, z_what_dim and hidden must be positive")
+        if self.arch == "conv":
+            up = int(np.prod(self.decoder_strides))
+            if any(g % up for g in self.glimpse_shape):
+                raise ValueError(f"conv decoder needs glimpse sides divisible by {up}; got {self.glimpse_shape}")
+
+
+def mlp_sqair_config(hidden: int = 256, **overrides) -> SQAIRConfig:
+    """MLP-SQAIR (§5.D.2): fully-connected networks, 256 units; ``hidden=32`` is the CPU-budget variant."""
+    return SQAIRConfig(arch="mlp", hidden=hidden, **overrides)
+
+
+def conv_sqair_config(hidden: int = 128, **overrides) -> SQAIRConfig:
+    """CONV-SQAIR (§5.D.2): shared CNN encoder trunk, subpixel-CNN glimpse decoder, 128 units."""
+    return SQAIRConfig(arch="conv", hidden=hidden, **overrides)
+
+
+def where_to_transform(z_where: jax.Array) -> jax.Array:
+    """Unconstrained ``z_where [..., 4]`` -> spatial-transformer parameters ``(s_x, s_y, t_x, t_y) [..., 4]``."""
+    scale = _MIN_SCALE + (1.0 - _MIN_SCALE) * jax.nn.sigmoid(z_where[..., :2])
+    return jnp.concatenate([scale, z_where[..., 2:]], axis=-1)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Densities
+
+
+def _normal_log_prob(x, loc, scale):
+    """Sum over the last axis of a factorised Gaussian's log-density."""
+    z = (x - loc) / scale
+    return jnp.sum(-0.5 * z * z - jnp.log(scale) - 0.5 * _LOG_2PI, axis=-1)
+
+
+def _bernoulli_log_prob(value, logit):
+    return value * jax.nn.log_sigmoid(logit) + (1.0 - value) * jax.nn.log_sigmoid(-logit)
+
+
+def _sample_bernoulli(key, logit):
+    return (jax.random.uniform(key, jnp.shape(logit)) < jax.nn.sigmoid(logit)).astype(jnp.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Networks (pure Linen)
+
+
+class MLP(nn.Module):
+    """Dense layers with ELU between them (and after the last one if ``activate_final``)."""
+
+    features: Sequence[int]
+    activate_final: bool = False
+    last_bias_init: Callable = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x):
+        for i, f in enumerate(self.features):
+            last = i == len(self.features) - 1
+            x = nn.Dense(f, bias_init=self.last_bias_init if last else nn.initializers.zeros)(x)
+            if not last or self.activate_final:
+                x = nn.elu(x)
+        return x
+
+
+class GaussianHead(nn.Module):
+    """Two-layer MLP -> (loc, scale) of a factorised Gaussian over ``dim`` variables."""
+
+    hidden: int
+    dim: int
+
+    @nn.compact
+    def __call__(self, *inputs):
+        out = MLP((self.hidden, 2 * self.dim))(jnp.concatenate(inputs, axis=-1))
+        loc, raw_scale = jnp.split(out, 2, axis=-1)
+        return loc, jax.nn.softplus(raw_scale + 0.5) + 1e-4
+
+
+class LogitHead(nn.Module):
+    """Two-layer MLP -> a scalar Bernoulli logit."""
+
+    hidden: int
+    bias_init: float = 0.0
+
+    @nn.compact
+    def __call__(self, *inputs):
+        out = MLP((self.hidden, 1), last_bias_init=nn.initializers.constant(self.bias_init))(
+            jnp.concatenate(inputs, axis=-1))
+        return out[..., 0]
+
+
+class LearnedVector(nn.Module):
+    """A learnable vector (initial RNN states)."""
+
+    size: int
+
+    @nn.compact
+    def __call__(self):
+        return self.param("value", nn.initializers.zeros, (self.size,))
+
+
+class DiscoveryCountLogits(nn.Module):
+    """Logits of p_θ(D_t | P_t) (Eq. 5.8) as a table ``[2 (first frame?), N + 1 (P_t), N + 1 (D_t)]``."""
+
+    max_objects: int
+    no_new_objects_logit_init: float
+
+    @nn.compact
+    def __call__(self):
+        n = self.max_objects + 1
+
+        def init(key, shape, dtype=jnp.float32):
+            table = jnp.zeros(shape, dtype)
+            return table.at[1, :, 0].set(self.no_new_objects_logit_init)
+
+        return self.param("logits", init, (2, n, n))
+
+
+class ObservationEncoders(nn.Module):
+    """Glimpse encoder h^glimpse and image encoder h^enc (§5.A). MLP: two ELU layers each. CONV: one shared CNN
+    trunk followed by one fully-connected ELU layer per encoder (§5.D.2)."""
+
+    config: SQAIRConfig
+
+    def setup(self):
+        c = self.config
+        if c.arch == "mlp":
+            self.glimpse_net = MLP((c.hidden, c.hidden), activate_final=True)
+            self.image_net = MLP((c.hidden, c.hidden), activate_final=True)
+        else:
+            self.trunk = [nn.Conv(ch, (3, 3), strides=(s, s), padding="SAME")
+                          for ch, s in zip(c.conv_channels, c.conv_strides)]
+            self.glimpse_fc = nn.Dense(c.hidden)
+            self.image_fc = nn.Dense(c.hidden)
+
+    def _cnn(self, x):
+        lead = x.shape[:-2]
+        x = x.reshape((-1,) + x.shape[-2:] + (1,))
+        for conv in self.trunk:
+            x = nn.elu(conv(x))
+        return x.reshape(lead + (-1,))
+
+    def encode_glimpse(self, glimpse):
+        """``[..., h, w] -> [..., hidden]``."""
+        if self.config.arch == "mlp":
+            return self.glimpse_net(glimpse.reshape(glimpse.shape[:-2] + (-1,)))
+        return nn.elu(self.glimpse_fc(self._cnn(glimpse)))
+
+    def encode_image(self, image):
+        """``[..., H, W] -> [..., hidden]``."""
+        if self.config.arch == "mlp":
+            return self.image_net(image.reshape(image.shape[:-2] + (-1,)))
+        return nn.elu(self.image_fc(self._cnn(image)))
+
+    def __call__(self, glimpse, image):
+        return self.encode_glimpse(glimpse), self.encode_image(image)
+
+
+def _depth_to_space(x, r):
+    """``[b, h, w, c * r * r] -> [b, h * r, w * r, c]`` (subpixel convolution's shuffle)."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, h, w, r, r, c // (r * r))
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h * r, w * r, c // (r * r))
+
+
+class GlimpseDecoder(nn.Module):
+    """f^dec: ``z_what [..., D] -> glimpse [..., h, w]`` in (0, 1). MLP: two ELU layers and a sigmoid output layer.
+    CONV: FC [2·hidden, 32·(h/4)·(w/4)] -> subpixel CNN [32, 64, 64] with strides [1, 2, 2] -> 3×3 output conv."""
+
+    config: SQAIRConfig
+
+    @nn.compact
+    def __call__(self, z_what):
+        c = self.config
+        h, w = c.glimpse_shape
+        lead = z_what.shape[:-1]
+        if c.arch == "mlp":
+            logits = MLP((c.hidden, c.hidden, h * w))(z_what).reshape(lead + (h, w))
+            return jax.nn.sigmoid(logits)
+        up = int(np.prod(c.decoder_strides))
+        bh, bw = h // up, w // up
+        x = MLP((2 * c.hidden, c.decoder_channels[0] * bh * bw), activate_final=True)(z_what)
+        x = x.reshape((-1, bh, bw, c.decoder_channels[0]))
+        for ch, s in zip(c.decoder_channels, c.decoder_strides):
+            x = nn.Conv(ch * s * s, (3, 3), padding="SAME")(x)
+            x = nn.elu(_depth_to_space(x, s) if s > 1 else x)
+        x = nn.Conv(1, (3, 3), padding="SAME")(x)
+        return jax.nn.sigmoid(x[..., 0]).reshape(lead + (h, w))
+
+
+def _build_networks(c: SQAIRConfig):
+    """(generative modules, inference modules, their init inputs) — every module and its dummy inputs."""
+    H, Dw, Dz = c.hidden, c.z_what_dim, 4
+    zeros = lambda *n: jnp.zeros(n, jnp.float32)  # noqa: E731
+    gen = {
+        "glimpse_decoder": (GlimpseDecoder(c), (zeros(1, Dw),)),
+        "prior_rnn": (nn.GRUCell(H), (zeros(H), zeros(Dw + Dz))),
+        "prior_init": (LearnedVector(H), ()),
+        "prior_pres": (LogitHead(H, c.keep_logit_init), (zeros(H),)),
+        "prior_what": (GaussianHead(H, Dw), (zeros(H),)),
+        "prior_where": (GaussianHead(H, Dz), (zeros(H),)),
+        "disc_count": (DiscoveryCountLogits(c.max_objects, c.no_new_objects_logit_init), ()),
+    }
+    inf = {
+        "encoders": (ObservationEncoders(c), (zeros(1, *c.glimpse_shape), zeros(1, *c.image_shape))),
+        "proposal": (MLP((H, Dz)), (zeros(Dz + H),)),
+        "relation_rnn": (nn.SimpleCell(H), (zeros(H), zeros(H + Dw + Dz + H + Dw + Dz))),
+        "temporal_rnn": (nn.GRUCell(H), (zeros(H), zeros(H + Dz + H))),
+        "temporal_init": (LearnedVector(H), ()),
+        "prop_where": (GaussianHead(H, Dz), (zeros(Dw + Dz + H + H),)),
+        "prop_what": (GaussianHead(H, Dw), (zeros(H + Dw + H + H),)),
+        "prop_pres": (LogitHead(H), (zeros(Dw + Dz + H + H),)),
+        "latent_encoder": (MLP((H, H), activate_final=True), (zeros(Dw + Dz),)),
+        "disc_rnn": (nn.SimpleCell(H), (zeros(H), zeros(H + H + Dw + Dz))),
+        "disc_pres": (LogitHead(H), (zeros(H),)),
+        "disc_where": (GaussianHead(H, Dz), (zeros(H),)),
+        "disc_what": (GaussianHead(H, Dw), (zeros(H),)),
+    }
+    return gen, inf
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The model
+
+
+class SQAIR:
+    """SQAIR wired from Linen modules. Stateless: every method is a pure function of ``params`` and its inputs.
+
+    Output dictionaries (``infer``, ``generate``) hold, per time step, with axes ``[batch, particles, time, ...]``
+    (``infer``) or ``[batch, time, ...]`` (``generate``):
+      ``log_likelihood, log_p_disc, log_p_prop, log_q_disc, log_q_prop, log_q_pres`` ``[...]``;
+      ``z_what [..., objects, z_what_dim]``, ``z_where [..., objects, 4]`` (unconstrained), ``z_pres [..., objects]``
+      (0./1.), ``ids [..., objects]`` int32 (−1 absent), ``propagated [..., objects]`` bool,
+      ``num_propagated``, ``num_discovered`` int32, ``canvas [..., height, width]`` (the likelihood's mean).
+    ``infer`` also returns ``log_weight [batch, particles]`` accumulated object by object (Eq. 5.3-5.4).
+    """
+
+    def __init__(self, config: SQAIRConfig):
+        self.config = config
+        self._gen, self._inf = _build_networks(config)
+
+    # --- parameters -------------------------------------------------------------------------------------------------
+
+    def init(self, key: jax.Array) -> dict:
+        """Returns ``{"generative": {name: params}, "inference": {name: params}}``."""
+        out = {}
+        for group, nets in (("generative", self._gen), ("inference", self._inf)):
+            out[group] = {}
+            for name, (module, dummy) in sorted(nets.items()):
+                key, sub = jax.random.split(key)
+                out[group][name] = module.init(sub, *dummy)["params"]
+        return out
+
+    def _call(self, params, group, name, *args, method=None):
+        module = (self._gen if group == "generative" else self._inf)[name][0]
+        return module.apply({"params": params[group][name]}, *args, method=method)
+
+    def _g(self, params, name, *args, **kw):
+        return self._call(params, "generative", name, *args, **kw)
+
+    def _i(self, params, name, *args, **kw):
+        return self._call(params, "inference", name, *args, **kw)
+
+    # --- validation -------------------------------------------------------------------------------------------------
+
+    def validate_sequence(self, images) -> None:
+        """Raise ``ValueError`` for a batch of sequences that does not fit the model: wrong rank or frame shape, more
+        frames than ``max_seq_len``, a non-floating dtype, or (when the values are concrete) NaN/inf or values outside
+        [0, 1]."""
+        c = self.config
+        shape = tuple(np.shape(images))
+        if len(shape) != 4:
+            raise ValueError(f"images must have shape [batch, time, height, width]; got shape {shape}")
+        if shape[2:] != tuple(c.image_shape):
+            raise ValueError(f"frames must be {tuple(c.image_shape)} (height, width); got {shape[2:]}")
+        if shape[1] < 1 or shape[1] > c.max_seq_len:
+            raise ValueError(f"sequence length must be in [1, max_seq_len={c.max_seq_len}]; got {shape[1]}")
+        if not jnp.issubdtype(jnp.result_type(images), jnp.floating):
+            raise ValueError(f"images must be floating point in [0, 1]; got dtype {jnp.result_type(images)}")
+        try:
+            values = np.asarray(images)
+        except jax.errors.TracerArrayConversionError:
+            return  # traced: value checks belong outside jit
+        if not np.all(np.isfinite(values)):
+            raise ValueError("images contain NaN or inf")
+        if values.size and (values.min() < 0.0 or values.max() > 1.0):
+            raise ValueError(f"images must lie in [0, 1]; got range [{values.min()}, {values.max()}]")
+
+    # --- shared pieces ----------------------------------------------------------------------------------------------
+
+    def _empty_state(self, params):
+        c = self.config
+        N, H, Dw = c.max_objects, c.hidden, c.z_what_dim
+        return dict(
+            z_what=jnp.zeros((N, Dw)), z_where=jnp.zeros((N, 4)), z_pres=jnp.zeros((N,)),
+            ids=jnp.full((N,), -1, jnp.int32), h_temporal=jnp.zeros((N, H)), h_prior=jnp.zeros((N, H)),
+            next_id=jnp.zeros((), jnp.int32),
+        )
+
+    def _render(self, params, z_what, z_where, z_pres):
+        """Algorithm 1: ``[objects, ...] -> canvas [height, width]`` = Σ_i z_pres^i ST^{-1}(f^dec(z_what^i), z_where^i)."""
+        glimpses = self._g(params, "glimpse_decoder", z_what)
+        pasted = paste_glimpse(glimpses, where_to_transform(z_where), self.config.image_shape)
+        return jnp.sum(z_pres[:, None, None] * pasted, axis=0)
+
+    def _log_likelihood(self, image, canvas):
+        s = self.config.likelihood_sigma
+        z = (image - canvas) / s
+        return jnp.sum(-0.5 * z * z - math.log(s) - 0.5 * _LOG_2PI)
+
+    def _disc_count_log_prob(self, params, is_first, num_prop, num_disc):
+        """log p^D(D_t | P_t) (Eq. 5.8): Categorical over {0..N − P_t}."""
+        N = self.config.max_objects
+        logits = self._g(params, "disc_count")[jnp.where(is_first, 0, 1), num_prop]
+        logits = jnp.where(jnp.arange(N + 1) <= N - num_prop, logits, -jnp.inf)
+        return jax.nn.log_softmax(logits)[num_disc]
+
+    def _disc_prior_log_prob(self, z_what, z_where):
+        c = self.config
+        return (_normal_log_prob(z_what, 0.0, 1.0)
+                + _normal_log_prob(z_where, jnp.asarray(c.where_prior_loc), jnp.asarray(c.where_prior_scale)))
+
+    def _prop_prior(self, params, h_prior, z_what_prev, z_where_prev):
+        """One step of the per-object prior GRU and the parameters of p^P (Eq. 5.9-5.10)."""
+        h, _ = self._g(params, "prior_rnn", h_prior, jnp.concatenate([z_what_prev, z_where_prev], -1))
+        pres_logit = self._g(params, "prior_pres", h)
+        what = self._g(params, "prior_what", h)
+        where_loc, where_scale = self._g(params, "prior_where", h)
+        return h, pres_logit, what, (z_where_prev + where_loc, where_scale)
+
+    @staticmethod
+    def _compact(pres, arrays: dict):
+        """Stably move present slots to the front: returns the permuted arrays."""
+        order = jnp.argsort(1.0 - pres, stable=True)
+        return {k: v[order] for k, v in arrays.items()}
+
+    def _merge(self, state_prop, state_disc, num_prop, next_id):
+        """Slots 0..P−1: compacted propagated objects; slots P..N−1: discovery steps 0..N−1−P."""
+        N = self.config.max_objects
+        slot = jnp.arange(N)
+        is_prop = slot < num_prop
+        disc_idx = jnp.clip(slot - num_prop, 0, N - 1)
+        merged = {}
+        for k in state_prop:
+            a, b = state_prop[k], state_disc[k][disc_idx]
+            merged[k] = jnp.where(is_prop.reshape((N,) + (1,) * (a.ndim - 1)), a, b)
+        pres = merged["z_pres"]
+        new_ids = next_id + disc_idx.astype(jnp.int32)
+        merged["ids"] = jnp.where(pres > 0, jnp.where(is_prop, merged["ids"], new_ids), -1).astype(jnp.int32)
+        merged["z_what"] = merged["z_what"] * pres[:, None]
+        merged["z_where"] = merged["z_where"] * pres[:, None]
+        return merged, is_prop & (pres > 0)
+
+    # --- inference (Algorithms 2 and 3) -----------------------------------------------------------------------------
+
+    def _propagate(self, params, image, state, key):
+        """PROP (Alg. 2, Eq. 5.11-5.15) over the N slots in order, and the propagation prior (Eq. 5.9-5.10)."""
+        c = self.config
+        N, H, Dw = c.max_objects, c.hidden, c.z_what_dim
+        keys = jax.random.split(key, N)
+
+        def glimpse_code(z_where):
+            g = extract_glimpse(image, where_to_transform(z_where), c.glimpse_shape)
+            return self._i(params, "encoders", g, method=ObservationEncoders.encode_glimpse)
+
+        def step(carry, xs):
+            h_rel, what_j, where_j = carry
+            what_prev, where_prev, alive, h_t_prev, h_p_prev, k = xs
+            k_where, k_what, k_pres = jax.random.split(k, 3)
+            # Alg. 2 lines 6-8: proposal location from (z_where_{t-1}, h^T_{t-1}), proposal glimpse, its encoding.
+            proposal = where_prev + self._i(params, "proposal", jnp.concatenate([where_prev, h_t_prev], -1))
+            e_hat = glimpse_code(proposal)
+            # Line 9 / Eq. 5.14 (h^{R,j}: j = last object alive at t−1 before i).
+            w_rel, _ = self._i(params, "relation_rnn", h_rel, jnp.concatenate(
+                [e_hat, what_prev, where_prev, h_t_prev, what_j, where_j], -1))
+            # Line 10 / Eq. 5.12 second line.
+            loc, scale = self._i(params, "prop_where", what_prev, where_prev, h_t_prev, w_rel)
+            loc = where_prev + loc
+            where = loc + scale * jax.random.normal(k_where, loc.shape)
+            log_q_where = _normal_log_prob(where, loc, scale)
+            # Lines 11-13 / Eq. 5.15.
+            e = glimpse_code(where)
+            w_temp, _ = self._i(params, "temporal_rnn", h_t_prev, jnp.concatenate([e, where, w_rel], -1))
+            # Line 14.
+            loc, scale = self._i(params, "prop_what", e, what_prev, w_rel, w_temp)
+            what = loc + scale * jax.random.normal(k_what, loc.shape)
+            log_q_what = _normal_log_prob(what, loc, scale)
+            # Line 15 / Eq. 5.13: Bernoulli · δ(z_pres_{t−1} = 1).
+            pres_logit = self._i(params, "prop_pres", what, where, w_rel, w_temp)
+            pres = _sample_bernoulli(k_pres, pres_logit) * alive
+            log_q_pres = alive * _bernoulli_log_prob(pres, pres_logit)
+            # Propagation prior, evaluated on the same object.
+            h_p, prior_logit, (w_loc, w_scale), (r_loc, r_scale) = self._prop_prior(params, h_p_prev, what_prev,
+                                                                                    where_prev)
+            log_p_pres = alive * _bernoulli_log_prob(pres, prior_logit)
+            log_p_cont = pres * (_normal_log_prob(what, w_loc, w_scale) + _normal_log_prob(where, r_loc, r_scale))
+            log_q_cont = pres * (log_q_where + log_q_what)
+            # Line 16: only objects alive at t−1 advance j.
+            new_carry = jax.tree.map(lambda new, old: jnp.where(alive > 0, new, old),
+                                     (w_rel, what, where), carry)
+            out = dict(z_what=what, z_where=where, z_pres=pres, h_temporal=w_temp, h_prior=h_p,
+                       log_q=log_q_pres + log_q_cont, log_q_pres=log_q_pres, log_p=log_p_pres + log_p_cont)
+            return new_carry, out
+
+        init = (jnp.zeros((H,)), jnp.zeros((Dw,)), jnp.zeros((4,)))
+        xs = (state["z_what"], state["z_where"], state["z_pres"], state["h_temporal"], state["h_prior"], keys)
+        _, out = jax.lax.scan(step, init, xs)
+        return out
+
+    def _discover(self, params, image, image_code, prop, num_prop, is_first, key):
+        """DISC (Alg. 3): AIR conditioned on the DeepSets code of the propagated objects (Eq. 5.6), N masked steps of
+        which only the first N − P_t may be present; also the discovery prior (Eq. 5.7-5.8)."""
+        c = self.config
+        N, H, Dw = c.max_objects, c.hidden, c.z_what_dim
+        keys = jax.random.split(key, N)
+        codes = self._i(params, "latent_encoder", jnp.concatenate([prop["z_what"], prop["z_where"]], -1))
+        latent_code = jnp.sum(prop["z_pres"][:, None] * codes, axis=0)
+        h_temporal_init = self._i(params, "temporal_init")
+
+        def step(carry, xs):
+            h_disc, what_prev, where_prev, running = carry
+            i, k = xs
+            k_pres, k_where, k_what = jax.random.split(k, 3)
+            allowed = running * (i < N - num_prop)
+            w, _ = self._i(params, "disc_rnn", h_disc,
+                           jnp.concatenate([image_code, latent_code, what_prev, where_prev], -1))
+            pres_logit = self._i(params, "disc_pres", w)
+            pres = _sample_bernoulli(k_pres, pres_logit) * allowed
+            log_q_pres = allowed * _bernoulli_log_prob(pres, pres_logit)
+            loc, scale = self._i(params, "disc_where", w)
+            where = loc + scale * jax.random.normal(k_where, loc.shape)
+            log_q_where = _normal_log_prob(where, loc, scale)
+            g = extract_glimpse(image, where_to_transform(where), c.glimpse_shape)
+            e = self._i(params, "encoders", g, method=ObservationEncoders.encode_glimpse)
+            loc, scale = self._i(params, "disc_what", e)
+            what = loc + scale * jax.random.normal(k_what, loc.shape)
+            log_q_what = _normal_log_prob(what, loc, scale)
+            h_temp, _ = self._i(params, "temporal_rnn", h_temporal_init, jnp.concatenate([e, where, w], -1))
+            out = dict(z_what=what, z_where=where, z_pres=pres, h_temporal=h_temp,
+                       log_q=log_q_pres + pres * (log_q_where + log_q_what), log_q_pres=log_q_pres,
+                       log_p_cont=pres * self._disc_prior_log_prob(what, where))
+            return (w, what, where, running * pres), out
+
+        init = (jnp.zeros((H,)), jnp.zeros((Dw,)), jnp.zeros((4,)), jnp.ones(()))
+        _, out = jax.lax.scan(step, init, (jnp.arange(N), keys))
+        return out
+
+    def _infer_step(self, params, state, image, image_code, t, key):
+        """One frame of inference for one particle: PROP, DISC, likelihood. Returns (new state, per-step outputs)."""
+        k_prop, k_disc = jax.random.split(key)
+        is_first = t == 0
+        prop = self._propagate(params, image, state, k_prop)
+        prop_state = dict(z_what=prop["z_what"], z_where=prop["z_where"], z_pres=prop["z_pres"],
+                          ids=state["ids"], h_temporal=prop["h_temporal"], h_prior=prop["h_prior"])
+        prop_state = self._compact(prop["z_pres"], prop_state)
+        num_prop = jnp.sum(prop["z_pres"]).astype(jnp.int32)
+        disc = self._discover(params, image, image_code, prop_state, num_prop, is_first, k_disc)
+        num_disc = jnp.sum(disc["z_pres"]).astype(jnp.int32)
+        prior_init = jnp.broadcast_to(self._g(params, "prior_init"), disc["h_temporal"].shape)
+        disc_state = dict(z_what=disc["z_what"], z_where=disc["z_where"], z_pres=disc["z_pres"],
+                          ids=jnp.full_like(state["ids"], -1), h_temporal=disc["h_temporal"], h_prior=prior_init)
+        new_state, propagated = self._merge(prop_state, disc_state, num_prop, state["next_id"])
+        new_state["next_id"] = state["next_id"] + num_disc
+        canvas = self._render(params, new_state["z_what"], new_state["z_where"], new_state["z_pres"])
+        out = dict(
+            log_likelihood=self._log_likelihood(image, canvas),
+            log_p_disc=self._disc_count_log_prob(params, is_first, num_prop, num_disc) + jnp.sum(disc["log_p_cont"]),
+            log_p_prop=jnp.sum(prop["log_p"]),
+            log_q_disc=jnp.sum(disc["log_q"]),
+            log_q_prop=jnp.sum(prop["log_q"]),
+            log_q_pres=jnp.sum(disc["log_q_pres"]) + jnp.sum(prop["log_q_pres"]),
+            z_what=new_state["z_what"], z_where=new_state["z_where"], z_pres=new_state["z_pres"],
+            ids=new_state["ids"], propagated=propagated, num_propagated=num_prop, num_discovered=num_disc,
+            canvas=canvas,
+        )
+        return new_state, out
+
+    def _infer_particle(self, params, images, image_codes, key, t0=0, state=None):
+        """One particle over a sequence ``images [time, H, W]``; key of frame t is ``fold_in(key, t)``."""
+        if state is None:
+            state = self._empty_state(params)
+        ts = t0 + jnp.arange(images.shape[0])
+
+        def step(carry, xs):
+            st, log_w = carry
+            image, code, t = xs
+            st, out = self._infer_step(params, st, image, code, t, jax.random.fold_in(key, t))
+            log_w = log_w + (out["log_likelihood"] + out["log_p_disc"] + out["log_p_prop"]
+                             - out["log_q_disc"] - out["log_q_prop"])
+            return (st, log_w), out
+
+        (state, log_w), out = jax.lax.scan(step, (state, jnp.zeros(())), (images, image_codes, ts))
+        return out, log_w, state
+
+    def encode_images(self, params, images):
+        """h^enc of every frame, ``[..., H, W] -> [..., hidden]`` (computed once, shared by all particles)."""
+        return self._i(params, "encoders", images, method=ObservationEncoders.encode_image)
+
+    @staticmethod
+    def particle_key(key, batch_index, particle_index):
+        """The key particle k of sequence b uses in :meth:`infer` (for reproducing one particle alone)."""
+        return jax.random.fold_in(jax.random.fold_in(key, batch_index), particle_index)
+
+    def infer_sequence(self, params, images, key):
+        """One particle for one sequence ``images [time, H, W]`` -> (outputs with axes ``[time, ...]``,
+        log_weight scalar). Uses ``key`` as is (compare ``particle_key``)."""
+        codes = self.encode_images(params, images)
+        out, log_w, _ = self._infer_particle(params, images, codes, key)
+        return out, log_w
+
+    def _infer_batch(self, params, images, key, num_particles):
+        B = images.shape[0]
+        codes = self.encode_images(params, images)  # [batch, time, hidden], shared across particles
+        keys = jax.vmap(lambda b: jax.vmap(lambda k: self.particle_key(key, b, k))(jnp.arange(num_particles)))(
+            jnp.arange(B))
+
+        def per_sequence(images_b, codes_b, keys_b):
+            return jax.vmap(lambda k: self._infer_particle(params, images_b, codes_b, k), in_axes=0)(keys_b)
+
+        return jax.vmap(per_sequence)(images, codes, keys)
+
+    def infer(self, params, images, key, num_particles: int = 1):
+        """Run inference on ``images [batch, time, H, W]`` with ``num_particles`` (K) independent particles.
+
+        Returns a dict with per-step outputs ``[batch, particles, time, ...]`` (see the class docstring) and
+        ``log_weight [batch, particles]`` = Σ_t (log p(x_t|z_t) + log p^D + log p^P − log q^D − log q^P).
+        """
+        self.validate_sequence(images)
+        out, log_w, _ = self._infer_batch(params, jnp.asarray(images, jnp.float32), key, num_particles)
+        out["log_weight"] = log_w
+        return out
+
+    # --- generation -------------------------------------------------------------------------------------------------
+
+    def _prior_step(self, params, state, t, key):
+        """One frame sampled from the prior (Eq. 5.3, 5.7-5.10) for one sample. Returns (new state, outputs)."""
+        c = self.config
+        N = c.max_objects
+        k_pres, k_what, k_where, k_count, k_dwhat, k_dwhere = jax.random.split(key, 6)
+        alive = state["z_pres"]
+        h_p, logit, (w_loc, w_scale), (r_loc, r_scale) = jax.vmap(
+            lambda h, a, b: self._prop_prior(params, h, a, b))(state["h_prior"], state["z_what"], state["z_where"])
+        pres = _sample_bernoulli(k_pres, logit) * alive
+        what = w_loc + w_scale * jax.random.normal(k_what, w_loc.shape)
+        where = r_loc + r_scale * jax.random.normal(k_where, r_loc.shape)
+        log_p_prop = jnp.sum(alive * _bernoulli_log_prob(pres, logit) + pres * (
+            _normal_log_prob(what, w_loc, w_scale) + _normal_log_prob(where, r_loc, r_scale)))
+        prop_state = self._compact(pres, dict(z_what=what, z_where=where, z_pres=pres, ids=state["ids"],
+                                              h_temporal=state["h_temporal"], h_prior=h_p))
+        num_prop = jnp.sum(pres).astype(jnp.int32)
+        is_first = t == 0
+        logits = self._g(params, "disc_count")[jnp.where(is_first, 0, 1), num_prop]
+        logits = jnp.where(jnp.arange(N + 1) <= N - num_prop, logits, -jnp.inf)
+        num_disc = jax.random.categorical(k_count, logits).astype(jnp.int32)
+        d_what = jax.random.normal(k_dwhat, (N, c.z_what_dim))
+        d_where = jnp.asarray(c.where_prior_loc) + jnp.asarray(c.where_prior_scale) * jax.random.normal(
+            k_dwhere, (N, 4))
+        d_pres = (jnp.arange(N) < num_disc).astype(jnp.float32)
+        disc_state = dict(z_what=d_what, z_where=d_where, z_pres=d_pres, ids=jnp.full((N,), -1, jnp.int32),
+                          h_temporal=jnp.zeros_like(state["h_temporal"]),
+                          h_prior=jnp.broadcast_to(self._g(params, "prior_init"), state["h_prior"].shape))
+        log_p_disc = jax.nn.log_softmax(logits)[num_disc] + jnp.sum(d_pres * self._disc_prior_log_prob(d_what,
+                                                                                                       d_where))
+        new_state, propagated = self._merge(prop_state, disc_state, num_prop, state["next_id"])
+        new_state["next_id"] = state["next_id"] + num_disc
+        canvas = self._render(params, new_state["z_what"], new_state["z_where"], new_state["z_pres"])
+        out = dict(log_p_disc=log_p_disc, log_p_prop=log_p_prop, z_what=new_state["z_what"],
+                   z_where=new_state["z_where"], z_pres=new_state["z_pres"], ids=new_state["ids"],
+                   propagated=propagated, num_propagated=num_prop, num_discovered=num_disc, canvas=canvas)
+        return new_state, out
+
+    def _rollout(self, params, state, t0, num_steps, key):
+        def step(st, t):
+            return self._prior_step(params, st, t, jax.random.fold_in(key, t))
+
+        _, out = jax.lax.scan(step, state, t0 + jnp.arange(num_steps))
+        return out
+
+    def generate(self, params, key, num_sequences: int, num_steps: int, *, noisy: bool = False):
+        """Sample ``num_sequences`` sequences of ``num_steps`` frames from the prior.
+
+        Returns the per-step prior outputs ``[batch, time, ...]`` (z's, ids, ``canvas``, ``log_p_disc``,
+        ``log_p_prop``) and ``frames [batch, time, H, W]``: the canvas, plus N(0, σ²) noise if ``noisy``.
+        """
+        if num_sequences < 1 or num_steps < 1:
+            raise ValueError("num_sequences and num_steps must be positive")
+        keys = jax.random.split(key, num_sequences)
+
+        def one(k):
+            k_roll, k_noise = jax.random.split(k)
+            out = self._rollout(params, self._empty_state(params), 0, num_steps, k_roll)
+            out["frames"] = out["canvas"] + (noisy * self.config.likelihood_sigma
+                                             * jax.random.normal(k_noise, out["canvas"].shape))
+            return out
+
+        return jax.vmap(one)(keys)
+
+    def conditional_generate(self, params, images, key, num_steps: int, *, noisy: bool = False):
+        """Condition on ``images [batch, k, H, W]`` (one particle each, inferred exactly as ``infer(params, images,
+        key, 1)``), then propagate/discover from the prior for ``num_steps`` more frames (frame indices k, k+1, ...).
+
+        Returns ``{"inferred": infer's outputs [batch, 1, k, ...], "rollout": prior outputs [batch, num_steps, ...],
+        "frames": [batch, k + num_steps, H, W]}`` where the first k frames are the inferred canvases.
+        """
+        self.validate_sequence(images)
+        images = jnp.asarray(images, jnp.float32)
+        k_frames = images.shape[1]
+        out, log_w, state = self._infer_batch(params, images, key, 1)
+        out["log_weight"] = log_w
+        state = jax.tree.map(lambda a: a[:, 0], state)
+        roll_key = jax.random.fold_in(key, 2 ** 30)
+        keys = jax.random.split(roll_key, images.shape[0])
+
+        def one(st, k):
+            k_roll, k_noise = jax.random.split(k)
+            r = self._rollout(params, st, k_frames, num_steps, k_roll)
+            r["frames"] = r["canvas"] + noisy * self.config.likelihood_sigma * jax.random.normal(
+                k_noise, r["canvas"].shape)
+            return r
+
+        rollout = jax.vmap(one)(state, keys)
+        frames = jnp.concatenate([out["canvas"][:, 0], rollout["frames"]], axis=1)
+        return {"inferred": out, "rollout": rollout, "frames": frames}
+
+    # --- scoring a given trajectory (independent of the inference code path) ---------------------------------------
+
+    def log_joint_terms(self, params, images, z_what, z_where, z_pres, ids):
+        """Per-step log p(x_t | z_t), log p^D and log p^P of a given trajectory of one sequence (Eq. 5.3).
+
+        ``images [time, H, W]``; ``z_what [time, objects, D]``, ``z_where [time, objects, 4]``, ``z_pres [time,
+        objects]``, ``ids [time, objects]``. Objects are matched across time by identity (not by slot), so this is a
+        separate code path from inference: an object present at t whose identity was present at t−1 is propagated,
+        any other present object is discovered. Returns a dict of ``[time]`` arrays.
+        """
+        c = self.config
+        N = c.max_objects
+        z_pres = z_pres.astype(jnp.float32)
+
+        def step(carry, xs):
+            prev_what, prev_where, prev_pres, prev_ids, h_prior = carry
+            image, what, where, pres, cur_ids, t = xs
+            match = ((cur_ids[:, None] == prev_ids[None, :]) & (pres[:, None] > 0)
+                     & (prev_pres[None, :] > 0)).astype(jnp.float32)  # [current, previous]
+            h_new, logit, (w_loc, w_scale), (r_loc, r_scale) = jax.vmap(
+                lambda h, a, b: self._prop_prior(params, h, a, b))(h_prior, prev_what, prev_where)
+            kept = jnp.sum(match, axis=0)  # [previous]
+            log_p_prop = jnp.sum(prev_pres * _bernoulli_log_prob(kept, logit))
+            is_prop = jnp.sum(match, axis=1)  # [current]
+            gather = lambda a: match @ a  # noqa: E731  (parameters of the matched previous object)
+            log_p_prop += jnp.sum(is_prop * (_normal_log_prob(what, gather(w_loc), gather(w_scale) + (1 - is_prop)[
+                :, None]) + _normal_log_prob(where, gather(r_loc), gather(r_scale) + (1 - is_prop)[:, None])))
+            is_new = pres * (1.0 - is_prop)
+            num_prop = jnp.sum(is_prop).astype(jnp.int32)
+            num_disc = jnp.sum(is_new).astype(jnp.int32)
+            log_p_disc = self._disc_count_log_prob(params, t == 0, num_prop, num_disc) + jnp.sum(
+                is_new * self._disc_prior_log_prob(what, where))
+            h_cur = gather(h_new) + is_new[:, None] * self._g(params, "prior_init")[None]
+            canvas = self._render(params, what, where, pres)
+            ll = self._log_likelihood(image, canvas)
+            return (what, where, pres, cur_ids, h_cur), dict(log_likelihood=ll, log_p_disc=log_p_disc,
+                                                             log_p_prop=log_p_prop)
+
+        T = images.shape[0]
+        init = (jnp.zeros((N, c.z_what_dim)), jnp.zeros((N, 4)), jnp.zeros((N,)), jnp.full((N,), -1, jnp.int32),
+                jnp.zeros((N, c.hidden)))
+        _, out = jax.lax.scan(step, init, (images, z_what, z_where, z_pres, ids, jnp.arange(T)))
+        return out
+
+    def num_parameters(self, params) -> dict:
+        return {g: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params[g])) for g in params}
