@@ -1,0 +1,146 @@
+"""`train_and_evaluate(config, workdir)`: the training loop, one linear function to read top to bottom.
+
+Config fields used here (see experiments/configs/toy_vae.py for a complete example):
+
+    task, task_module, task_config        which Task to build (ocr_jax.training.tasks)
+    seed, global_batch_size, num_steps
+    optimizers.<group>                    one optimiser config per parameter group (ocr_jax.training.optimizers)
+    log_every, eval_every                 in steps; 0 disables evaluation
+    checkpoint.every, checkpoint.max_to_keep, checkpoint.restore_from (optional: start from another run's dir)
+    headline_metric (optional; default task.headline_metric), progress_bar (bool)
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+
+from ocr_jax.training import mesh as mesh_lib
+from ocr_jax.training import tasks
+from ocr_jax.training.checkpoint import Checkpointer, CheckpointError
+from ocr_jax.training.optimizers import make_optimizers
+from ocr_jax.training.train_step import TrainState, init_train_state, make_train_step, step_key
+from ocr_jax.training.writers import MetricWriter, StopRequest, local_copy, split_eval_results, to_host
+
+
+class NonFiniteError(FloatingPointError):
+  """Raised when a step produced NaN/Inf; the last good state and the offending batch have been saved."""
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains `config.task` for `config.num_steps` steps, resuming from ``<workdir>/checkpoints`` if present.
+
+  Returns the final state. Raises KeyboardInterrupt after saving a checkpoint if stopped by SIGINT/SIGTERM, and
+  NonFiniteError (after saving the last good checkpoint and the batch) if a step is not finite.
+  """
+  # ---- Where we are: processes, devices, the data mesh. ------------------------------------------------------
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  process_index, process_count = jax.process_index(), jax.process_count()
+  is_main = process_index == 0
+  mesh = mesh_lib.make_data_mesh()
+  batch_size = config.global_batch_size
+  if batch_size % jax.device_count():
+    raise ValueError(f"global_batch_size={batch_size} must be divisible by the {jax.device_count()} devices")
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  # ---- The model (a Task) and its optimisers, one per parameter group. ---------------------------------------
+  task = tasks.make_task(config)
+  optimizers, schedules = make_optimizers(config.optimizers)
+  headline = config.get("headline_metric") or getattr(task, "headline_metric", None)
+
+  def batches_from(step: int):
+    return task.train_batches(seed=config.seed, start_step=step, global_batch_size=batch_size,
+                              process_index=process_index, process_count=process_count)
+
+  # ---- State: initialise (already replicated over the mesh), then resume from the latest checkpoint. --------
+  state = init_train_state(task, optimizers, config.seed, next(batches_from(0)), mesh)
+  ckpt_cfg = config.checkpoint
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=ckpt_cfg.max_to_keep)
+  if checkpointer.latest_step() is not None:
+    state = checkpointer.restore(state)
+  elif ckpt_cfg.get("restore_from"):
+    # Warm start from another run; it must exist and be readable (CheckpointError otherwise).
+    source = Checkpointer(ckpt_cfg.restore_from, must_exist=True)
+    state = source.restore(state)
+    source.close()
+  start_step = int(to_host(state.step))
+
+  # ---- The train step: compiled once, batch sharded over "data", state donated. ------------------------------
+  # Compiled ahead of time from the first batch's shapes, so compile time is measured and never hits the loop.
+  batches = batches_from(start_step)
+  first_batch = next(batches)
+  next_key = jax.jit(step_key, out_shardings=mesh_lib.replicated(mesh))
+  t0 = time.perf_counter()
+  train_step = make_train_step(task, optimizers, mesh=mesh, schedules=schedules).lower(
+      state, mesh_lib.shard_batch(first_batch, mesh), next_key(state.rng, state.step)).compile()
+  compile_seconds = time.perf_counter() - t0
+  batches = itertools.chain([first_batch], batches)
+
+  # ---- Writers: metrics.jsonl + TensorBoard on process 0, progress bar. ---------------------------------------
+  writer = MetricWriter(workdir)
+  writer.write_scalars(start_step, {"compile_seconds": compile_seconds})
+  progress = tqdm.tqdm(total=config.num_steps, initial=start_step, disable=not (is_main and config.progress_bar),
+                       dynamic_ncols=True, unit="step")
+  evaluate = getattr(task, "evaluate", None)
+
+  def run_eval(step: int) -> None:
+    if evaluate is None:
+      return
+    scalars, images = split_eval_results(
+        evaluate(local_copy(state.params), local_copy(state.model_state), step, workdir))
+    writer.write_scalars(step, scalars)
+    writer.write_images(step, images)
+
+  # ---- The loop. ----------------------------------------------------------------------------------------------
+  step = start_step
+  last_log_time, last_log_step = time.perf_counter(), start_step
+  try:
+    with StopRequest().installed() as stop:
+      while step < config.num_steps:
+        if stop:  # Ctrl-C / SIGTERM arrived during the previous step: save, then exit.
+          checkpointer.save(state)
+          raise KeyboardInterrupt(f"{stop.signal_name} at step {step}; checkpoint saved to "
+                                  f"{checkpointer.directory}. Rerun the same command to resume.")
+        local_batch = next(batches)
+        state, metrics = train_step(state, mesh_lib.shard_batch(local_batch, mesh), next_key(state.rng, state.step))
+
+        # NaN/Inf: the step returned the unchanged (last good) state; keep it and the batch, then stop.
+        if not bool(to_host(metrics["finite"])):
+          saved = checkpointer.save(state)
+          path = os.path.join(workdir, f"nonfinite_batch_step{step}_process{process_index}.npz")
+          np.savez(path, **{k: np.asarray(v) for k, v in local_batch.items()})
+          bad = sorted(k for k, v in to_host(metrics).items() if not np.all(np.isfinite(v)))
+          raise NonFiniteError(f"non-finite values at step {step} in {bad}; the update was not applied. Saved the "
+                               f"last good state as checkpoint {saved} and this process's batch to {path}.")
+        step += 1
+        progress.update(1)
+
+        if step % config.log_every == 0 or step == config.num_steps:
+          host = to_host(metrics)
+          now = time.perf_counter()
+          host["steps_per_sec"] = (step - last_log_step) / max(now - last_log_time, 1e-9)
+          last_log_time, last_log_step = now, step
+          writer.write_scalars(step, {k: v for k, v in host.items() if k != "finite"})
+          if headline in host:
+            progress.set_postfix({headline: f"{float(host[headline]):.4g}"})
+        if config.eval_every and (step % config.eval_every == 0 or step == config.num_steps):
+          run_eval(step)
+        if step % ckpt_cfg.every == 0:
+          checkpointer.save(state)
+
+      checkpointer.save(state)  # on normal exit (no-op if the last periodic save was this step).
+  finally:
+    progress.close()
+    writer.close()
+    checkpointer.close()
+  return state
