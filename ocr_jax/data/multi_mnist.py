@@ -1,0 +1,242 @@
+"""Multi-MNIST for AIR: 0..max_digits MNIST digits on a 50×50 canvas, with counts, labels and tight boxes.
+
+Two public recipes (see docs/datasets.md; report which one a number was measured on):
+
+* ``"kosiorek"``: each digit is an unscaled 28×28 MNIST image placed at a uniform integer position with the whole
+  28×28 patch inside the canvas. The *tight* boxes around the digits' nonzero pixels must not overlap (rejection
+  sampling: positions are resampled for the offending image; every 10th rejection round the digits are resampled
+  too, so that a pair that cannot fit side by side does not loop forever). Two 28×28 patches cannot be disjoint on a
+  50×50 canvas, so "no overlap" is about the digits, not their padded patches.
+* ``"pyro"`` (the "observations" recipe of Pyro's AIR example): each digit is resized to ``int(28 / s)`` pixels,
+  ``s ~ N(1.3, 0.1)`` (≈21 px), with antialiased bilinear interpolation (PIL's BILINEAR filter, written as a matrix
+  product so it runs batched), placed at a uniform integer position fully inside the canvas; digits may overlap, but
+  an image whose summed pixels exceed 255 anywhere is rejected and redrawn entirely (digits, scales and positions),
+  as Pyro does.
+
+In both recipes the number of digits is uniform over ``0..max_digits`` and digits are drawn uniformly with
+replacement from the given MNIST split. Slots ``0..count-1`` hold the present digits. Everything is vectorised over
+images; all randomness comes from ``np.random.default_rng(seed)``, so the output is a deterministic function of the
+arguments.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+RECIPES = ("kosiorek", "pyro")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Helpers shared with moving_mnist.
+
+
+def tight_boxes(patches: np.ndarray) -> np.ndarray:
+    """Tight boxes around nonzero pixels: patches [..., h, w] → int32 [..., 4] = (y_min, x_min, y_max, x_max).
+
+    Edges convention: a digit occupying rows r0..r1-1 has y_min = r0, y_max = r1. All-zero patches get a zero box.
+    """
+    rows = patches.any(axis=-1)
+    cols = patches.any(axis=-2)
+    h, w = rows.shape[-1], cols.shape[-1]
+    nonempty = rows.any(axis=-1)
+    y0 = rows.argmax(axis=-1)
+    y1 = h - rows[..., ::-1].argmax(axis=-1)
+    x0 = cols.argmax(axis=-1)
+    x1 = w - cols[..., ::-1].argmax(axis=-1)
+    boxes = np.stack([y0, x0, y1, x1], axis=-1).astype(np.int32)
+    return np.where(nonempty[..., None], boxes, 0)
+
+
+def resize_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """[out_size, in_size] weights of PIL's antialiased BILINEAR resize (triangle filter widened when shrinking)."""
+    scale = in_size / out_size
+    support = max(scale, 1.0)
+    centers = (np.arange(out_size) + 0.5) * scale
+    x = (np.arange(in_size) + 0.5)[None, :]
+    weights = np.maximum(0.0, 1.0 - np.abs(x - centers[:, None]) / support)
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
+def resize_digits(digits: np.ndarray, sizes: np.ndarray, patch_size: int) -> np.ndarray:
+    """Resizes each square digit [n, h, h] uint8 to sizes[i]×sizes[i]; returns [n, patch, patch] uint8, top-left aligned."""
+    n, h, _ = digits.shape
+    out = np.zeros((n, patch_size, patch_size), np.uint8)
+    for size in np.unique(sizes):
+        sel = np.nonzero(sizes == size)[0]
+        m = resize_matrix(h, int(size)).astype(np.float32)
+        resized = np.matmul(np.matmul(m, digits[sel].astype(np.float32)), m.T)
+        out[sel, :size, :size] = np.clip(np.round(resized), 0, 255).astype(np.uint8)
+    return out
+
+
+def paste_patches(canvas: np.ndarray, patches: np.ndarray, tops: np.ndarray, lefts: np.ndarray, pad: int) -> None:
+    """Adds patches [n, P, P] into canvas [n, S, S] (in place) with top-left corners (tops, lefts) + pad.
+
+    `canvas` is the real canvas padded by `pad` on every side, so corners in [-pad, size + pad - P] are valid. Writes
+    go through a strided window view: one gather/scatter of whole patches, no per-pixel index arrays.
+    """
+    n, s, _ = canvas.shape
+    p = patches.shape[-1]
+    windows = np.lib.stride_tricks.as_strided(
+        canvas,
+        shape=(n, s - p + 1, s - p + 1, p, p),
+        strides=canvas.strides + canvas.strides[1:],
+        writeable=True,
+    )
+    ii = np.arange(n)
+    windows[ii, tops + pad, lefts + pad] += patches.astype(canvas.dtype)
+
+
+def boxes_overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Whether boxes [..., 4] (edge convention) share any pixel."""
+    return (
+        (np.minimum(a[..., 2], b[..., 2]) > np.maximum(a[..., 0], b[..., 0]))
+        & (np.minimum(a[..., 3], b[..., 3]) > np.maximum(a[..., 1], b[..., 1]))
+    )
+
+
+def any_pair_overlaps(boxes: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """boxes [n, k, 4], present [n, k] → [n] bool: some pair of present boxes overlaps."""
+    k = boxes.shape[1]
+    bad = np.zeros(boxes.shape[0], bool)
+    for i in range(k):
+        for j in range(i + 1, k):
+            bad |= present[:, i] & present[:, j] & boxes_overlap(boxes[:, i], boxes[:, j])
+    return bad
+
+
+def _check_digits(digits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    digits = np.asarray(digits)
+    labels = np.asarray(labels)
+    if digits.ndim != 3 or digits.shape[1] != digits.shape[2]:
+        raise ValueError(f"digits must be [n, h, h], got shape {digits.shape}")
+    if digits.dtype != np.uint8:
+        raise ValueError(f"digits must be uint8 (0..255), got {digits.dtype}")
+    if labels.shape != digits.shape[:1]:
+        raise ValueError(f"labels must be [{digits.shape[0]}], got {labels.shape}")
+    if digits.shape[0] == 0:
+        raise ValueError("digits is empty")
+    return digits, labels.astype(np.int32)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def make_multi_mnist(
+    digits: np.ndarray,
+    labels: np.ndarray,
+    num_images: int,
+    *,
+    seed: int,
+    canvas_size: int = 50,
+    max_digits: int = 2,
+    recipe: str = "kosiorek",
+    scale_mean: float = 1.3,
+    scale_std: float = 0.1,
+) -> dict[str, np.ndarray]:
+    """Generates multi-MNIST images.
+
+    Args:
+      digits: [m, 28, 28] uint8 MNIST images to draw from (with replacement).
+      labels: [m] their classes.
+      num_images: n.
+      seed: all randomness derives from it.
+      canvas_size: H = W.
+      max_digits: counts are uniform over 0..max_digits.
+      recipe: "kosiorek" or "pyro" (module docstring).
+      scale_mean, scale_std: the Pyro recipe's digit scale s ~ N(mean, std); size = int(28 / s).
+
+    Returns:
+      dict with images [n, H, W] uint8, counts [n] int32, labels [n, max_digits] int32 (-1 absent),
+      boxes [n, max_digits, 4] float32 (y_min, x_min, y_max, x_max, pixel edges, tight around the digit's nonzero
+      pixels; zero when absent), presence [n, max_digits] bool.
+    """
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
+    digits, labels = _check_digits(digits, labels)
+    m, h, _ = digits.shape
+    if canvas_size < h and recipe == "kosiorek":
+        raise ValueError(f"canvas_size {canvas_size} is smaller than the {h}×{h} digits")
+    n, k = int(num_images), int(max_digits)
+    rng = np.random.default_rng(seed)
+
+    counts = rng.integers(0, k + 1, size=n).astype(np.int32)
+    presence = np.arange(k)[None, :] < counts[:, None]
+    idx = rng.integers(0, m, size=(n, k))
+
+    if recipe == "kosiorek":
+        digit_boxes = tight_boxes(digits)  # [m, 4] in digit coordinates
+        span = canvas_size - h + 1
+        tops = rng.integers(0, span, size=(n, k))
+        lefts = rng.integers(0, span, size=(n, k))
+
+        def boxes_of(rows):
+            off = np.stack([tops[rows], lefts[rows], tops[rows], lefts[rows]], axis=-1)
+            return digit_boxes[idx[rows]] + off
+
+        todo = np.nonzero(any_pair_overlaps(boxes_of(slice(None)), presence))[0]
+        rounds = 0
+        while todo.size:
+            rounds += 1
+            if rounds % 10 == 0:
+                idx[todo] = rng.integers(0, m, size=(todo.size, k))
+            tops[todo] = rng.integers(0, span, size=(todo.size, k))
+            lefts[todo] = rng.integers(0, span, size=(todo.size, k))
+            todo = todo[any_pair_overlaps(boxes_of(todo), presence[todo])]
+        patch = h
+        patches = digits[idx]  # [n, k, h, h]
+        boxes = boxes_of(slice(None))
+    else:
+
+        def draw(rows):
+            r = rows.size
+            scale = rng.normal(scale_mean, scale_std, size=(r, k))
+            sizes = np.clip((h / np.maximum(scale, 1e-3)).astype(np.int64), 1, canvas_size)
+            t = rng.integers(0, canvas_size - sizes + 1)
+            l_ = rng.integers(0, canvas_size - sizes + 1)
+            return sizes, t, l_
+
+        sizes, tops, lefts = draw(np.arange(n))
+        patch = int(sizes.max())
+        patches = resize_digits(digits[idx.reshape(-1)], sizes.reshape(-1), patch).reshape(n, k, patch, patch)
+
+        def exceeds(rows):
+            canvas = _compose(patches[rows], tops[rows], lefts[rows], presence[rows], canvas_size)
+            return canvas.reshape(rows.size, -1).max(axis=1) > 255
+
+        todo = np.arange(n)
+        todo = todo[exceeds(todo)]
+        while todo.size:
+            idx[todo] = rng.integers(0, m, size=(todo.size, k))
+            new_sizes, tops[todo], lefts[todo] = draw(todo)
+            if new_sizes.max() > patch:  # grow the patch array (rare: a scale below 28 / patch)
+                grown = np.zeros((n, k, int(new_sizes.max()), int(new_sizes.max())), np.uint8)
+                grown[:, :, :patch, :patch] = patches
+                patches, patch = grown, int(new_sizes.max())
+            sizes[todo] = new_sizes
+            patches[todo] = resize_digits(digits[idx[todo].reshape(-1)], new_sizes.reshape(-1), patch).reshape(
+                todo.size, k, patch, patch
+            )
+            todo = todo[exceeds(todo)]
+        off = np.stack([tops, lefts, tops, lefts], axis=-1)
+        boxes = tight_boxes(patches) + off
+
+    images = np.minimum(_compose(patches, tops, lefts, presence, canvas_size), 255).astype(np.uint8)
+    nonempty = (boxes[..., 2] > boxes[..., 0]) & presence
+    return {
+        "images": images,
+        "counts": counts,
+        "labels": np.where(presence, labels[idx], -1).astype(np.int32),
+        "boxes": np.where(nonempty[..., None], boxes, 0).astype(np.float32),
+        "presence": presence,
+    }
+
+
+def _compose(patches, tops, lefts, presence, canvas_size):
+    """Sums the present patches [n, k, P, P] at (tops, lefts) [n, k] into uint16 canvases [n, H, W]."""
+    n, k, p, _ = patches.shape
+    pad = p
+    canvas = np.zeros((n, canvas_size + 2 * pad, canvas_size + 2 * pad), np.uint16)
+    for j in range(k):
+        paste_patches(canvas, patches[:, j] * presence[:, j, None, None], tops[:, j], lefts[:, j], pad)
+    return canvas[:, pad : pad + canvas_size, pad : pad + canvas_size]
