@@ -1,0 +1,269 @@
+"""TFDS builders for multi-MNIST and moving multi-MNIST, stored as array_record and read without TensorFlow.
+
+    builder = MultiMnist(config="kosiorek", data_dir=...)
+    builder.download_and_prepare()
+    source = builder.as_data_source(split="train")   # random access; source[i] is a dict of numpy arrays
+
+or in one call, as stacked numpy arrays:
+
+    arrays = load_dataset("multi_mnist", "train", recipe="pyro")
+    arrays = load_dataset("moving_multi_mnist_hard", "test", method="generate")  # same arrays, no files
+
+Each split's examples are exactly `make_multi_mnist` / `make_moving_multi_mnist` of that split's MNIST digits with seed
+`[config.seed, 0]` (train) or `[config.seed, 1]` (test), so `method="builder"` and `method="generate"` return equal
+arrays. Example i of the split is stored under key i and read back in key order.
+
+TensorFlow is never imported: `_info` builds `tfds.core.DatasetInfo(builder=self, ...)` directly (the
+`dataset_info_from_configs` helper looks for metadata files next to the module and fails outside a packaged dataset).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+from ocr_jax.data.mnist import load_mnist
+from ocr_jax.data.moving_mnist import make_moving_multi_mnist
+from ocr_jax.data.multi_mnist import make_multi_mnist
+
+SPLIT_IDS = {"train": 0, "test": 1}
+MnistLoader = Callable[[str], tuple[np.ndarray, np.ndarray]]
+
+
+def _default_mnist_loader(split: str):
+    return load_mnist(split)
+
+
+def split_seed(seed: int, split: str) -> list[int]:
+    """The generator seed of a split: `[seed, 0]` for train, `[seed, 1]` for test."""
+    return [int(seed), SPLIT_IDS[split]]
+
+
+@dataclasses.dataclass(eq=False)
+class MultiMnistConfig(tfds.core.BuilderConfig):
+    recipe: str = "kosiorek"
+    max_digits: int = 2
+    canvas_size: int = 50
+    num_train: int = 60_000
+    num_test: int = 10_000
+    seed: int = 0
+
+
+@dataclasses.dataclass(eq=False)
+class MovingMultiMnistConfig(tfds.core.BuilderConfig):
+    motion: str = "bounce"
+    hard: bool = False
+    num_frames: int = 10
+    max_digits: int = 2
+    canvas_size: int = 50
+    num_train: int = 60_000
+    num_test: int = 10_000
+    seed: int = 0
+
+
+def _num_examples(config, split: str) -> int:
+    return {"train": config.num_train, "test": config.num_test}[split]
+
+
+class _Base(tfds.core.GeneratorBasedBuilder):
+    """Common plumbing: an injectable MNIST loader and array generation per split."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path:
+        # TFDS's default resolves the path through `importlib_resources`, which is not installed (and not needed):
+        # with this module's own file, `download_and_prepare` finds no checksums file and downloads nothing.
+        return epath.Path(inspect.getfile(cls))
+
+    def __init__(self, *, mnist_loader: MnistLoader | None = None, **kwargs):
+        self._mnist_loader = mnist_loader or _default_mnist_loader
+        kwargs.setdefault("file_format", "array_record")
+        super().__init__(**kwargs)
+
+    def generate_arrays(self, split: str) -> dict[str, np.ndarray]:
+        """The split as a dict of stacked numpy arrays, without touching the disk."""
+        digits, labels = self._mnist_loader(split)
+        return self._make(digits, labels, _num_examples(self.builder_config, split), split_seed(self.builder_config.seed, split))
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # nothing to download: the digits come from ocr_jax.data.mnist
+        return {split: self._generate_examples(split) for split in ("train", "test")}
+
+    def _generate_examples(self, split):
+        arrays = self.generate_arrays(split)
+        n = len(next(iter(arrays.values())))
+        for i in range(n):
+            yield i, {"index": i, **{k: v[i] for k, v in arrays.items()}}
+
+
+class MultiMnist(_Base):
+    """Multi-MNIST for AIR (see ocr_jax.data.multi_mnist)."""
+
+    BUILDER_CONFIGS = [
+        MultiMnistConfig(name="kosiorek", recipe="kosiorek", description="28×28 digits, no overlap of digit boxes"),
+        MultiMnistConfig(name="pyro", recipe="pyro", description="digits scaled by 1/s, s~N(1.3,0.1); Pyro's AIR data"),
+        MultiMnistConfig(name="kosiorek_small", recipe="kosiorek", num_train=2_000, num_test=500),
+        MultiMnistConfig(name="pyro_small", recipe="pyro", num_train=2_000, num_test=500),
+    ]
+
+    def _info(self):
+        c = self.builder_config
+        h, k = c.canvas_size, c.max_digits
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="0..max_digits MNIST digits on a canvas, with counts, labels and tight boxes.",
+            features=tfds.features.FeaturesDict({
+                "index": tfds.features.Tensor(shape=(), dtype=np.int64),
+                "images": tfds.features.Tensor(shape=(h, h), dtype=np.uint8),
+                "counts": tfds.features.Tensor(shape=(), dtype=np.int32),
+                "labels": tfds.features.Tensor(shape=(k,), dtype=np.int32),
+                "boxes": tfds.features.Tensor(shape=(k, 4), dtype=np.float32),
+                "presence": tfds.features.Tensor(shape=(k,), dtype=np.bool_),
+            }),
+        )
+
+    def _make(self, digits, labels, n, seed):
+        c = self.builder_config
+        return make_multi_mnist(digits, labels, n, seed=seed, canvas_size=c.canvas_size, max_digits=c.max_digits,
+                                recipe=c.recipe)
+
+
+class MovingMultiMnist(_Base):
+    """Moving multi-MNIST for SQAIR (see ocr_jax.data.moving_mnist)."""
+
+    BUILDER_CONFIGS = [
+        MovingMultiMnistConfig(name="bounce", motion="bounce", description="official SQAIR generator: bounce inside"),
+        MovingMultiMnistConfig(name="leave_and_return", motion="leave_and_return",
+                               description="paper's text: digits partly leave the frame and come back"),
+        MovingMultiMnistConfig(name="hard", motion="bounce", hard=True,
+                               description="digits appear and disappear at arbitrary frames"),
+        MovingMultiMnistConfig(name="bounce_small", motion="bounce", num_train=1_000, num_test=200),
+        MovingMultiMnistConfig(name="hard_small", motion="bounce", hard=True, num_train=1_000, num_test=200),
+    ]
+
+    def _info(self):
+        c = self.builder_config
+        t, h, k = c.num_frames, c.canvas_size, c.max_digits
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="Sequences of moving MNIST digits with per-frame counts, boxes and presence per identity.",
+            features=tfds.features.FeaturesDict({
+                "index": tfds.features.Tensor(shape=(), dtype=np.int64),
+                "frames": tfds.features.Tensor(shape=(t, h, h), dtype=np.uint8),
+                "counts": tfds.features.Tensor(shape=(t,), dtype=np.int32),
+                "boxes": tfds.features.Tensor(shape=(t, k, 4), dtype=np.float32),
+                "presence": tfds.features.Tensor(shape=(t, k), dtype=np.bool_),
+                "labels": tfds.features.Tensor(shape=(k,), dtype=np.int32),
+                "positions": tfds.features.Tensor(shape=(t, k, 2), dtype=np.float32),
+                "velocities": tfds.features.Tensor(shape=(t, k, 2), dtype=np.float32),
+            }),
+        )
+
+    def _make(self, digits, labels, n, seed):
+        c = self.builder_config
+        return make_moving_multi_mnist(digits, labels, n, seed=seed, num_frames=c.num_frames,
+                                       canvas_size=c.canvas_size, max_digits=c.max_digits, motion=c.motion,
+                                       hard=c.hard)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# One-call loading.
+
+DATASETS = {
+    "multi_mnist": (MultiMnist, MultiMnistConfig, "kosiorek", {}),
+    "moving_multi_mnist": (MovingMultiMnist, MovingMultiMnistConfig, "bounce", {}),
+    "moving_multi_mnist_hard": (MovingMultiMnist, MovingMultiMnistConfig, "hard", {"hard": True}),
+}
+
+
+def make_config(name: str, **overrides):
+    """A builder config for dataset `name`: a named config (`config="pyro"`) plus field overrides.
+
+    Overridden configs get a name that spells out every field that differs from the named base config, so that
+    different data never share a directory.
+    """
+    builder_cls, config_cls, default, implied = DATASETS[name]
+    base_name = overrides.pop("config", None)
+    if base_name is None:  # pick the named config that matches recipe/motion, if one does
+        key = overrides.get("recipe") or overrides.get("motion")
+        if overrides.get("hard", implied.get("hard")):
+            key = "hard" if overrides.get("motion", "bounce") == "bounce" else None
+        base_name = key if key in {c.name for c in builder_cls.BUILDER_CONFIGS} else default
+    base = {c.name: c for c in builder_cls.BUILDER_CONFIGS}[base_name]
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(config_cls)
+              if f.name not in {x.name for x in dataclasses.fields(tfds.core.BuilderConfig)}}
+    overrides = {**implied, **overrides}
+    unknown = set(overrides) - set(fields)
+    if unknown:
+        raise TypeError(f"unknown {name} options {sorted(unknown)}; valid: {sorted(fields)}")
+    changed = {k: v for k, v in overrides.items() if v != fields[k]}
+    if not changed:
+        return base
+    fields.update(changed)
+    suffix = "_".join(f"{k}-{str(v).lower()}" for k, v in sorted(changed.items()))
+    return config_cls(name=f"{base.name}_{suffix}", version=base.version, **fields)
+
+
+def get_builder(name: str, *, data_dir=None, mnist_loader: MnistLoader | None = None, **config):
+    """The TFDS builder for `name` ("multi_mnist", "moving_multi_mnist", "moving_multi_mnist_hard")."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose from {sorted(DATASETS)}")
+    builder_cls = DATASETS[name][0]
+    if data_dir is None:
+        from ocr_jax.data.mnist import default_data_dir
+
+        data_dir = default_data_dir() / "tfds"
+    return builder_cls(config=make_config(name, **config), data_dir=str(data_dir), mnist_loader=mnist_loader)
+
+
+def read_split(builder, split: str) -> dict[str, np.ndarray]:
+    """Reads a prepared split back through `as_data_source`, stacked into numpy arrays in generation order.
+
+    TFDS stores examples in a hash-shuffled order; the stored `index` feature restores the generator's order.
+    """
+    source = builder.as_data_source(split=split)
+    n = len(source)
+    dtypes = {k: np.dtype(f.np_dtype) for k, f in builder.info.features.items()}
+    out = None
+    step = 4096
+    for start in range(0, n, step):
+        items = source.__getitems__(list(range(start, min(start + step, n))))
+        if out is None:
+            out = {k: np.empty((n,) + np.shape(v), dtypes[k]) for k, v in items[0].items()}
+        for k in out:
+            out[k][start : start + len(items)] = np.stack([it[k] for it in items])
+    index = out.pop("index")
+    if not np.array_equal(np.sort(index), np.arange(n)):
+        raise RuntimeError(f"{builder.data_dir}: split {split} does not hold examples 0..{n - 1}; rebuild it")
+    order = np.argsort(index)
+    return {k: v[order] for k, v in out.items()}
+
+
+def load_dataset(name: str, split: str, *, data_dir=None, method: str = "builder",
+                 mnist_loader: MnistLoader | None = None, **config) -> dict[str, np.ndarray]:
+    """A split of a dataset as a dict of numpy arrays.
+
+    Args:
+      name: "multi_mnist", "moving_multi_mnist" or "moving_multi_mnist_hard".
+      split: "train" or "test".
+      data_dir: TFDS data directory (default `$OCR_JAX_DATA_DIR/tfds`, i.e. `~/.cache/ocr_jax/tfds`).
+      method: "builder" (prepare the array_record files if missing, then read them back) or "generate" (generate the
+        same arrays in memory, writing nothing).
+      mnist_loader: `split -> (digits, labels)`; default `ocr_jax.data.load_mnist`.
+      **config: `config=` (a named builder config) and/or config fields, e.g. `recipe="pyro"`, `num_train=1000`.
+    """
+    builder = get_builder(name, data_dir=data_dir, mnist_loader=mnist_loader, **config)
+    if method == "generate":
+        return builder.generate_arrays(split)
+    if method != "builder":
+        raise ValueError(f"method must be 'builder' or 'generate', got {method!r}")
+    builder.download_and_prepare()
+    return read_split(builder, split)
