@@ -1,0 +1,227 @@
+"""Shared Linen building blocks for AIR/SQAIR: MLPs, glimpse encoders/decoders (MLP and convolutional with a
+subpixel decoder), image encoders, and recurrent cell selection.
+
+All modules take unbatched or batched inputs (any leading axes); images/glimpses are ``[..., height, width]``
+(single channel, no channel axis).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+RNN_KINDS = ("lstm", "gru", "vanilla")
+
+
+def constant_vector_init(values: Sequence[float]) -> Callable[..., Array]:
+    """Bias initialiser returning a fixed vector (shape must match ``len(values)``)."""
+    values = np.asarray(values, np.float32)
+
+    def init(key, shape, dtype=jnp.float32):
+        del key
+        if tuple(shape) != values.shape:
+            raise ValueError(f"constant_vector_init: expected shape {values.shape}, got {tuple(shape)}")
+        return jnp.asarray(values, dtype)
+
+    return init
+
+
+def inverse_softplus(y: float) -> float:
+    """x with softplus(x) = y (y > 0)."""
+    return float(np.log(np.expm1(y)))
+
+
+def logit(p: float) -> float:
+    return float(np.log(p) - np.log1p(-p))
+
+
+class MLP(nn.Module):
+    """Dense layers ``features[0] ... features[-1]`` with ``activation`` between them (and after the last one iff
+    ``activate_final``)."""
+
+    features: Sequence[int]
+    activation: Callable[[Array], Array] = nn.relu
+    activate_final: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        for i, f in enumerate(self.features):
+            x = nn.Dense(f, name=f"dense_{i}")(x)
+            if i < len(self.features) - 1 or self.activate_final:
+                x = self.activation(x)
+        return x
+
+
+class GaussianHead(nn.Module):
+    """Dense head producing ``(loc, scale)`` of a diagonal Gaussian, ``scale = softplus(.) + min_scale``.
+
+    ``loc_bias`` / ``scale_init`` set the initial output when the input contribution is small (``kernel_scale``
+    scales the variance-scaling kernel init, so a small value makes the bias dominate at initialisation).
+    """
+
+    features: int
+    loc_bias: Sequence[float] | None = None
+    scale_init: float = 1.0
+    min_scale: float = 1e-4
+    kernel_scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, x: Array) -> tuple[Array, Array]:
+        kinit = nn.initializers.variance_scaling(self.kernel_scale, "fan_in", "truncated_normal")
+        loc_binit = nn.initializers.zeros if self.loc_bias is None else constant_vector_init(self.loc_bias)
+        loc = nn.Dense(self.features, kernel_init=kinit, bias_init=loc_binit, name="loc")(x)
+        raw = nn.Dense(
+            self.features,
+            kernel_init=kinit,
+            bias_init=nn.initializers.constant(inverse_softplus(self.scale_init - self.min_scale)),
+            name="scale",
+        )(x)
+        return loc, jax.nn.softplus(raw) + self.min_scale
+
+
+def depth_to_space(x: Array, block: int) -> Array:
+    """Subpixel shuffle: ``[..., h, w, c * block**2] -> [..., h * block, w * block, c]``."""
+    *lead, h, w, cb = x.shape
+    c = cb // (block * block)
+    x = x.reshape(*lead, h, w, block, block, c)
+    x = jnp.moveaxis(x, -3, -4)  # [..., h, block, w, block, c]
+    return x.reshape(*lead, h * block, w * block, c)
+
+
+class ConvStack(nn.Module):
+    """Strided 3x3 convolutions with ReLU on ``[..., H, W]`` single-channel inputs, flattened at the end."""
+
+    channels: Sequence[int] = (16, 32)
+    strides: Sequence[int] = (2, 2)
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        lead = x.shape[:-2]
+        y = x.reshape((-1,) + x.shape[-2:] + (1,))
+        for i, (c, s) in enumerate(zip(self.channels, self.strides, strict=True)):
+            y = nn.relu(nn.Conv(c, (3, 3), strides=(s, s), padding="SAME", name=f"conv_{i}")(y))
+        return y.reshape(lead + (-1,))
+
+
+class ImageEncoder(nn.Module):
+    """The image encoding that enters the controller (computed once per image): ``[..., H, W] -> [..., E]``.
+
+    kind: ``"raw"`` (flattened pixels, as in the Pyro example), ``"mlp"`` (MLP with ``hidden`` units, ReLU after
+    every layer) or ``"conv"`` (strided convolutions then a Dense layer of ``hidden[-1]`` units).
+    """
+
+    kind: str = "raw"
+    hidden: Sequence[int] = (256,)
+    conv_channels: Sequence[int] = (16, 32)
+
+    @nn.compact
+    def __call__(self, images: Array) -> Array:
+        flat = images.reshape(images.shape[:-2] + (-1,))
+        if self.kind == "raw":
+            return flat
+        if self.kind == "mlp":
+            return MLP(tuple(self.hidden), activate_final=True, name="mlp")(flat)
+        if self.kind == "conv":
+            h = ConvStack(tuple(self.conv_channels), (2,) * len(self.conv_channels), name="conv")(images)
+            return nn.relu(nn.Dense(self.hidden[-1], name="proj")(h))
+        raise ValueError(f"unknown image encoder kind {self.kind!r}; expected 'raw', 'mlp' or 'conv'")
+
+
+class GlimpseEncoder(nn.Module):
+    """``glimpse [..., h, w] -> (loc, scale)`` of q(z_what | glimpse), each ``[..., latent_dim]``.
+
+    kind ``"mlp"``: MLP over the flattened glimpse; ``"conv"``: strided convolutions, then a hidden Dense layer.
+    """
+
+    latent_dim: int
+    kind: str = "mlp"
+    hidden: Sequence[int] = (256,)
+    conv_channels: Sequence[int] = (16, 32)
+
+    @nn.compact
+    def __call__(self, glimpse: Array) -> tuple[Array, Array]:
+        if self.kind == "mlp":
+            h = MLP(tuple(self.hidden), activate_final=True, name="mlp")(glimpse.reshape(glimpse.shape[:-2] + (-1,)))
+        elif self.kind == "conv":
+            h = ConvStack(tuple(self.conv_channels), (2,) * len(self.conv_channels), name="conv")(glimpse)
+            h = MLP(tuple(self.hidden), activate_final=True, name="mlp")(h)
+        else:
+            raise ValueError(f"unknown glimpse encoder kind {self.kind!r}; expected 'mlp' or 'conv'")
+        return GaussianHead(self.latent_dim, name="what")(h)
+
+
+class GlimpseDecoder(nn.Module):
+    """``z_what [..., D] -> glimpse logits [..., h, w]`` (apply a sigmoid for intensities).
+
+    kind ``"mlp"``: MLP with ``hidden`` units then a Dense layer to h*w logits. ``"conv"``: Dense to a
+    ``[h / 2^U, w / 2^U, C]`` map, then U subpixel upsampling stages (3x3 conv to ``c * 4`` channels + depth-to-space
+    + ReLU, with ``c`` from ``conv_channels``), then a 3x3 conv to one channel. ``output_bias`` initialises the
+    final bias (negative, e.g. -2, so the canvas starts nearly empty; spec AIR.md).
+    """
+
+    glimpse_shape: tuple[int, int]
+    kind: str = "mlp"
+    hidden: Sequence[int] = (256,)
+    conv_channels: Sequence[int] = (32, 16)
+    output_bias: float = -2.0
+
+    @nn.compact
+    def __call__(self, z_what: Array) -> Array:
+        h, w = self.glimpse_shape
+        out_binit = nn.initializers.constant(self.output_bias)
+        if self.kind == "mlp":
+            x = MLP(tuple(self.hidden), activate_final=True, name="mlp")(z_what)
+            x = nn.Dense(h * w, bias_init=out_binit, name="out")(x)
+            return x.reshape(z_what.shape[:-1] + (h, w))
+        if self.kind == "conv":
+            ups = len(self.conv_channels)
+            f = 2**ups
+            if h % f or w % f:
+                raise ValueError(
+                    f"conv glimpse decoder with {ups} subpixel stages needs glimpse dims divisible by {f}; "
+                    f"got glimpse_shape {self.glimpse_shape}"
+                )
+            lead = z_what.shape[:-1]
+            x = MLP(tuple(self.hidden), activate_final=True, name="mlp")(z_what)
+            c0 = self.conv_channels[0]
+            x = nn.relu(nn.Dense((h // f) * (w // f) * c0, name="proj")(x))
+            x = x.reshape((-1, h // f, w // f, c0))
+            for i, c in enumerate(self.conv_channels):
+                x = nn.Conv(c * 4, (3, 3), padding="SAME", name=f"subpixel_{i}")(x)
+                x = nn.relu(depth_to_space(x, 2))
+            x = nn.Conv(1, (3, 3), padding="SAME", bias_init=out_binit, name="out")(x)
+            return x.reshape(lead + (h, w))
+        raise ValueError(f"unknown glimpse decoder kind {self.kind!r}; expected 'mlp' or 'conv'")
+
+
+def make_rnn_cell(kind: str, features: int, name: str | None = None) -> nn.Module:
+    """``"lstm"`` -> ``nn.LSTMCell``, ``"gru"`` -> ``nn.GRUCell``, ``"vanilla"`` -> ``nn.SimpleCell`` (tanh)."""
+    if kind == "lstm":
+        return nn.LSTMCell(features, name=name)
+    if kind == "gru":
+        return nn.GRUCell(features, name=name)
+    if kind == "vanilla":
+        return nn.SimpleCell(features, name=name)
+    raise ValueError(f"unknown rnn kind {kind!r}; expected one of {RNN_KINDS}")
+
+
+def rnn_zero_state(kind: str, features: int, batch_shape: tuple[int, ...] = (), dtype=jnp.float32) -> Any:
+    """Zero carry of ``make_rnn_cell(kind, features)``: ``(c, h)`` for LSTM, ``h`` otherwise."""
+    z = jnp.zeros(batch_shape + (features,), dtype)
+    if kind == "lstm":
+        return (z, z)
+    if kind in RNN_KINDS:
+        return z
+    raise ValueError(f"unknown rnn kind {kind!r}; expected one of {RNN_KINDS}")
+
+
+def rnn_output(kind: str, carry: Any) -> Array:
+    """The hidden state ``h`` of a carry."""
+    return carry[1] if kind == "lstm" else carry
