@@ -19,6 +19,7 @@ from typing import Any
 
 import jax
 import ml_collections
+from absl import logging
 import numpy as np
 import tqdm
 
@@ -77,6 +78,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   # ---- The train step: compiled once, batch sharded over "data", state donated. ------------------------------
   # Compiled ahead of time from the first batch's shapes, so compile time is measured and never hits the loop.
+  if start_step >= config.num_steps:
+    logging.info("checkpoint step %d >= num_steps=%d: nothing to train", start_step, config.num_steps)
+    checkpointer.close()
+    return state
   batches = batches_from(start_step)
   first_batch = next(batches)
   next_key = jax.jit(step_key, out_shardings=mesh_lib.replicated(mesh))
