@@ -44,7 +44,9 @@ class Checkpointer:
     the good checkpoints away under keep-last-N)."""
     if not os.path.isdir(self.directory):
       return
-    finished = set(self._manager.all_steps())
+    # Orbax lists any numbered directory as a step; a finalised one also has its step metadata file.
+    finished = {s for s in self._manager.all_steps()
+                if os.path.exists(os.path.join(self.directory, str(s), "_CHECKPOINT_METADATA"))}
     numbered = {int(n) for n in os.listdir(self.directory) if n.isdigit()}
     unfinished = sorted(numbered - finished)
     if unfinished:
@@ -80,8 +82,9 @@ class Checkpointer:
     try:
       restored = self._manager.restore(step, args=ocp.args.StandardRestore(target))
     except Exception as e:  # orbax raises many types (FileNotFoundError, ValueError, tensorstore errors).
+      detail = str(e) if len(str(e)) < 600 else str(e)[:600] + " ..."  # tensorstore errors embed whole specs
       raise CheckpointError(
-          f"could not restore checkpoint step {step} from {self.directory}: {type(e).__name__}: {e}\n"
+          f"could not restore checkpoint step {step} from {self.directory}: {type(e).__name__}: {detail}\n"
           "The checkpoint directory was not modified. If this checkpoint is damaged, move it away to resume from "
           "an older step, or choose another --workdir.") from e
     return TrainState(**restored)

@@ -1,0 +1,148 @@
+"""Checkpoints: interrupt-and-resume equals an uninterrupted run; bad checkpoint directories give clear errors and
+are never modified."""
+
+import hashlib
+import os
+import shutil
+import signal
+
+import jax
+import numpy as np
+import pytest
+from jax._src import compilation_cache
+
+from experiments.configs import toy_vae as toy_vae_config
+from ocr_jax.training import tasks, toy_vae
+from ocr_jax.training.checkpoint import CheckpointError
+from ocr_jax.training.train import train_and_evaluate
+
+NUM_STEPS = 8
+INTERRUPT_AT = 3
+
+
+@pytest.fixture(scope="module", autouse=True)
+def persistent_compilation_cache(tmp_path_factory):
+  """The runs below compile identical programs; share them through a (test-local) persistent cache."""
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  compilation_cache.reset_cache()
+  yield
+  jax.config.update("jax_compilation_cache_dir", None)
+  compilation_cache.reset_cache()
+
+
+def small_config():
+  config = toy_vae_config.get_config("quick")
+  config.num_steps = NUM_STEPS
+  config.global_batch_size = 16
+  config.log_every = 4
+  config.eval_every = 0
+  config.checkpoint.every = 2
+  config.checkpoint.max_to_keep = 2
+  config.progress_bar = False
+  config.task_config.hidden = 8
+  return config
+
+
+class CtrlCAtStep(toy_vae.ToyVAETask):
+  """The toy VAE whose eval hook sends this process SIGINT (as Ctrl-C would) after step INTERRUPT_AT."""
+
+  def evaluate(self, params, model_state, step, workdir):
+    if step == INTERRUPT_AT:
+      os.kill(os.getpid(), signal.SIGINT)
+    return {}
+
+
+def tree_digest(root):
+  """{relative path: sha256} of every file under root."""
+  out = {}
+  for d, _, files in os.walk(root):
+    for name in files:
+      path = os.path.join(d, name)
+      out[os.path.relpath(path, root)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+  return out
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  state = train_and_evaluate(small_config(), str(workdir))
+  return workdir, jax.tree.map(np.asarray, state.to_dict())
+
+
+def test_interrupt_then_resume_is_bitwise_equal_to_uninterrupted(uninterrupted, tmp_path):
+  _, expected = uninterrupted
+  tasks.register("toy_vae_ctrl_c_test", CtrlCAtStep, overwrite=True)
+  config = small_config()
+  config.task = "toy_vae_ctrl_c_test"
+  config.eval_every = 1
+  with pytest.raises(KeyboardInterrupt, match=f"SIGINT at step {INTERRUPT_AT}; checkpoint saved"):
+    train_and_evaluate(config, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints"), key=int) == ["2", str(INTERRUPT_AT)]
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler removed again
+
+  resumed = train_and_evaluate(small_config(), str(tmp_path))
+  resumed = jax.tree.map(np.asarray, resumed.to_dict())
+  assert int(resumed["step"]) == NUM_STEPS
+  jax.tree.map(np.testing.assert_array_equal, resumed, expected)  # params, opt states, model state, rng: bitwise
+
+
+def corrupt_copy(uninterrupted, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(uninterrupted[0], workdir)
+  return workdir
+
+
+def test_corrupt_latest_checkpoint_is_a_clear_error_and_left_untouched(uninterrupted, tmp_path):
+  workdir = corrupt_copy(uninterrupted, tmp_path)
+  latest = workdir / "checkpoints" / str(NUM_STEPS)
+  # Damage the array data of the latest checkpoint (truncate every data file of the OCDBT store).
+  damaged = 0
+  for d, _, files in os.walk(latest):
+    for name in files:
+      if "d" in os.path.relpath(d, latest).split(os.sep):  # ocdbt data files live under .../d/
+        with open(os.path.join(d, name), "r+b") as f:
+          f.truncate(7)
+        damaged += 1
+  assert damaged > 0
+  before = tree_digest(workdir / "checkpoints")
+  config = small_config()
+  config.num_steps = NUM_STEPS + 4  # would train further and rotate checkpoints if it started
+  with pytest.raises(CheckpointError, match=f"(?s)could not restore checkpoint step {NUM_STEPS}.*not modified"):
+    train_and_evaluate(config, str(workdir))
+  assert tree_digest(workdir / "checkpoints") == before
+
+
+def test_unfinished_step_directory_is_a_clear_error_and_left_untouched(uninterrupted, tmp_path):
+  workdir = corrupt_copy(uninterrupted, tmp_path)
+  (workdir / "checkpoints" / "12").mkdir()  # e.g. a crash mid-save, or a partial copy
+  (workdir / "checkpoints" / "12" / "junk").write_text("x")
+  before = tree_digest(workdir / "checkpoints")
+  config = small_config()
+  config.num_steps = 20
+  with pytest.raises(CheckpointError, match=r"step directories \[12\] that are not finished"):
+    train_and_evaluate(config, str(workdir))
+  assert tree_digest(workdir / "checkpoints") == before
+
+
+def test_missing_restore_from_directory_is_a_clear_error(tmp_path):
+  config = small_config()
+  config.checkpoint.restore_from = str(tmp_path / "does_not_exist")
+  with pytest.raises(CheckpointError, match="does_not_exist does not exist"):
+    train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "does_not_exist").exists()
+
+
+def test_checkpoint_path_that_is_a_file_is_a_clear_error(tmp_path):
+  (tmp_path / "checkpoints").write_text("not a directory")
+  with pytest.raises(CheckpointError, match="exists but is not a directory"):
+    train_and_evaluate(small_config(), str(tmp_path))
+  assert (tmp_path / "checkpoints").read_text() == "not a directory"
+
+
+def test_warm_start_from_another_runs_checkpoints(uninterrupted, tmp_path):
+  source, expected = uninterrupted
+  config = small_config()
+  config.checkpoint.restore_from = str(source / "checkpoints")
+  state = train_and_evaluate(config, str(tmp_path))  # already at num_steps: restores, trains nothing
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state.params), expected["params"])
