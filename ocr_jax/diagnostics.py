@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-__all__ = ["snr", "dsnr", "log_ess", "ess", "log_marginal_chunked", "flatten_repeats"]
+__all__ = ["snr", "snr_squared_debiased", "dsnr", "log_ess", "ess", "log_marginal_chunked", "flatten_repeats"]
 
 
 def snr(grads, axis: int = 0):
@@ -32,6 +32,24 @@ def snr(grads, axis: int = 0):
         if g.shape[axis] < 2:
             raise ValueError(f"need at least 2 repeated estimates on axis {axis}; got shape {tuple(g.shape)}")
         return jnp.abs(jnp.mean(g, axis=axis)) / jnp.std(g, axis=axis, ddof=1)
+
+    return jax.tree.map(leaf, grads)
+
+
+def snr_squared_debiased(grads, axis: int = 0):
+    """Per-parameter (mean² − s²/R) / s²: SNR² with the 1/R noise-floor bias of the plug-in estimate removed.
+
+    E[mean²] = E[Δ]² + σ²/R, so subtracting s²/R (s² the unbiased sample variance) removes the floor; the result
+    can be negative for individual parameters and is meant to be averaged over many parameters before taking a
+    square root (the group-RMS SNR used for slope fits when the true SNR approaches 1/√R).
+    """
+
+    def leaf(g):
+        r = g.shape[axis]
+        if r < 2:
+            raise ValueError(f"need at least 2 repeated estimates on axis {axis}; got shape {tuple(g.shape)}")
+        var = jnp.var(g, axis=axis, ddof=1)
+        return (jnp.square(jnp.mean(g, axis=axis)) - var / r) / var
 
     return jax.tree.map(leaf, grads)
 
