@@ -1,7 +1,8 @@
 """Training infrastructure: data mesh, per-group optimisers, the jitted train step, checkpoints, the loop.
 
-See docs/training.md. Public API:
-  mesh:        maybe_initialize_distributed, make_data_mesh, shard_batch, replicated, batch_sharding
+See docs/training.md. Public API (attributes are imported lazily, so `from ocr_jax.training import tasks` in a model
+module does not pull in orbax or tensorboardX):
+  mesh:        maybe_initialize_distributed, make_data_mesh, shard_batch, replicated, batch_sharding, DATA_AXIS
   tasks:       Task, register, make_task, registered
   optimizers:  make_optimizer, make_optimizers, make_schedule
   train_step:  TrainState, init_train_state, make_train_step, step_key
@@ -10,11 +11,23 @@ See docs/training.md. Public API:
   train:       train_and_evaluate, NonFiniteError
 """
 
-from ocr_jax.training.checkpoint import CheckpointError, Checkpointer
-from ocr_jax.training.data import deterministic_batches
-from ocr_jax.training.mesh import (DATA_AXIS, batch_sharding, make_data_mesh, maybe_initialize_distributed,
-                                   replicated, shard_batch)
-from ocr_jax.training.optimizers import make_optimizer, make_optimizers, make_schedule
-from ocr_jax.training.tasks import Task, make_task, register, registered
-from ocr_jax.training.train import NonFiniteError, train_and_evaluate
-from ocr_jax.training.train_step import TrainState, init_train_state, make_train_step, step_key
+import importlib
+
+_EXPORTS = {
+    "ocr_jax.training.mesh": ("maybe_initialize_distributed", "make_data_mesh", "shard_batch", "replicated",
+                              "batch_sharding", "DATA_AXIS"),
+    "ocr_jax.training.tasks": ("Task", "register", "make_task", "registered"),
+    "ocr_jax.training.optimizers": ("make_optimizer", "make_optimizers", "make_schedule"),
+    "ocr_jax.training.train_step": ("TrainState", "init_train_state", "make_train_step", "step_key"),
+    "ocr_jax.training.checkpoint": ("Checkpointer", "CheckpointError"),
+    "ocr_jax.training.data": ("deterministic_batches",),
+    "ocr_jax.training.train": ("train_and_evaluate", "NonFiniteError"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+  if name in _WHERE:
+    return getattr(importlib.import_module(_WHERE[name]), name)
+  raise AttributeError(f"module 'ocr_jax.training' has no attribute {name!r}")
