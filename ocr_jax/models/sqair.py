@@ -625,13 +625,17 @@ class SQAIR:
         """One frame sampled from the prior (Eq. 5.3, 5.7-5.10) for one sample. Returns (new state, outputs)."""
         c = self.config
         N = c.max_objects
-        k_pres, k_what, k_where, k_count, k_dwhat, k_dwhere = jax.random.split(key, 6)
+        Dw = c.z_what_dim
+        # Two random draws per frame (each threefry call is costly to compile under scan/vmap).
+        k_normal, k_uniform = jax.random.split(key)
+        normals = jax.random.normal(k_normal, (2, N, Dw + 4))
+        uniforms = jax.random.uniform(k_uniform, (N + 1,))
         alive = state["z_pres"]
         h_p, logit, (w_loc, w_scale), (r_loc, r_scale) = jax.vmap(
             lambda h, a, b: self._prop_prior(params, h, a, b))(state["h_prior"], state["z_what"], state["z_where"])
-        pres = _sample_bernoulli(k_pres, logit) * alive
-        what = w_loc + w_scale * jax.random.normal(k_what, w_loc.shape)
-        where = r_loc + r_scale * jax.random.normal(k_where, r_loc.shape)
+        pres = (uniforms[:N] < jax.nn.sigmoid(logit)).astype(jnp.float32) * alive
+        what = w_loc + w_scale * normals[0, :, :Dw]
+        where = r_loc + r_scale * normals[0, :, Dw:]
         log_p_prop = jnp.sum(alive * _bernoulli_log_prob(pres, logit) + pres * (
             _normal_log_prob(what, w_loc, w_scale) + _normal_log_prob(where, r_loc, r_scale)))
         prop_state = self._compact(pres, dict(z_what=what, z_where=where, z_pres=pres, ids=state["ids"],
@@ -640,10 +644,11 @@ class SQAIR:
         is_first = t == 0
         logits = self._g(params, "disc_count")[jnp.where(is_first, 0, 1), num_prop]
         logits = jnp.where(jnp.arange(N + 1) <= N - num_prop, logits, -jnp.inf)
-        num_disc = jax.random.categorical(k_count, logits).astype(jnp.int32)
-        d_what = jax.random.normal(k_dwhat, (N, c.z_what_dim))
-        d_where = jnp.asarray(c.where_prior_loc) + jnp.asarray(c.where_prior_scale) * jax.random.normal(
-            k_dwhere, (N, 4))
+        # Inverse-CDF sample of D_t ~ Categorical(softmax(logits)) over {0..N − P_t}.
+        cdf = jnp.cumsum(jax.nn.softmax(logits))
+        num_disc = jnp.minimum(jnp.sum(cdf < uniforms[N]), N - num_prop).astype(jnp.int32)
+        d_what = normals[1, :, :Dw]
+        d_where = jnp.asarray(c.where_prior_loc) + jnp.asarray(c.where_prior_scale) * normals[1, :, Dw:]
         d_pres = (jnp.arange(N) < num_disc).astype(jnp.float32)
         disc_state = dict(z_what=d_what, z_where=d_where, z_pres=d_pres, ids=jnp.full((N,), -1, jnp.int32),
                           h_temporal=jnp.zeros_like(state["h_temporal"]),
