@@ -66,14 +66,18 @@ def draw_boxes(ax, boxes, presence=None, *, color_ids=None, show_absent=False, l
             ax.text(x0 - 0.5, y0 - 1.0, str(labels[j]), color=color_for(color_ids[j]), fontsize=7, va="bottom")
 
 
-def _figure(nrows, ncols, cell=1.2):
-    fig = Figure(figsize=(ncols * cell, nrows * cell), dpi=100)
+def _figure(nrows, ncols, cell=1.2, title=False):
+    header = 0.35 if title else 0.15  # inches above the grid: suptitle + the first row's titles
+    height = nrows * cell + header
+    fig = Figure(figsize=(ncols * cell, height), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.92, wspace=0.05, hspace=0.15)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - header / height, wspace=0.05, hspace=0.2)
+    if title:
+        fig.suptitle(title, fontsize=9, y=1 - 0.08 / height, va="top")
     return fig, axes
 
 
@@ -85,7 +89,7 @@ def plot_images(images, boxes=None, presence=None, *, color_ids=None, ncols=8, t
     ncols = min(ncols, n)
     nrows = -(-n // ncols)
     boxes, presence, color_ids = _box_args(boxes, presence, color_ids, (n, -1))
-    fig, axes = _figure(nrows, ncols, cell)
+    fig, axes = _figure(nrows, ncols, cell, title)
     for i, ax in enumerate(axes.ravel()):
         if i >= n:
             ax.axis("off")
@@ -97,8 +101,6 @@ def plot_images(images, boxes=None, presence=None, *, color_ids=None, ncols=8, t
                        labels=None if labels is None else labels[i])
         if titles is not None:
             ax.set_title(str(titles[i]), fontsize=7, pad=2)
-    if title:
-        fig.suptitle(title, fontsize=9)
     return fig
 
 
@@ -108,7 +110,7 @@ def plot_frame_strips(frames, boxes=None, presence=None, *, color_ids=None, show
     frames = np.asarray(frames)
     n, t = frames.shape[:2]
     boxes, presence, color_ids = _box_args(boxes, presence, color_ids, (n, t, -1))
-    fig, axes = _figure(n, t, cell)
+    fig, axes = _figure(n, t, cell, title)
     for i in range(n):
         for s in range(t):
             ax = axes[i, s]
@@ -120,8 +122,6 @@ def plot_frame_strips(frames, boxes=None, presence=None, *, color_ids=None, show
                 ax.set_title(f"t={s}", fontsize=7, pad=2)
         if row_titles is not None:
             axes[i, 0].set_ylabel(str(row_titles[i]), fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
     return fig
 
 

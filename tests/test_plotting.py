@@ -33,7 +33,7 @@ def test_plot_images_and_strips_save_png(tmp_path):
                                ncols=3, titles=list("abcde"), show_absent=True)
     path = plotting.save_figure(fig, tmp_path / "sub" / "grid.png")
     with Image.open(path) as im:
-        assert im.format == "PNG" and im.size == (360, 240)  # 3 × 1.2 in, 2 × 1.2 in at 100 dpi
+        assert im.format == "PNG" and im.size == (360, 255)  # 3 × 1.2 in, 2 × 1.2 in + 0.15 in header, 100 dpi
     axes = fig.axes
     assert len(axes[0].patches) == 2 and axes[0].patches[1].get_linestyle() == "--"
     rect = axes[0].patches[0]
@@ -43,7 +43,7 @@ def test_plot_images_and_strips_save_png(tmp_path):
     fig = plotting.plot_frame_strips(frames, np.broadcast_to(boxes, (2, 4, 2, 4)), np.ones((2, 4, 2), bool))
     path = plotting.save_figure(fig, tmp_path / "strip.png")
     with Image.open(path) as im:
-        assert im.size == (400, 200)
+        assert im.size == (400, 215)
     assert sum(len(ax.patches) for ax in fig.axes) == 16
 
 

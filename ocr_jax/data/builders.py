@@ -158,6 +158,8 @@ class MovingMultiMnist(_Base):
         MovingMultiMnistConfig(name="hard", motion="bounce", hard=True,
                                description="digits appear and disappear at arbitrary frames"),
         MovingMultiMnistConfig(name="bounce_small", motion="bounce", num_train=1_000, num_test=200),
+        MovingMultiMnistConfig(name="leave_and_return_small", motion="leave_and_return", num_train=1_000,
+                               num_test=200),
         MovingMultiMnistConfig(name="hard_small", motion="bounce", hard=True, num_train=1_000, num_test=200),
     ]
 
