@@ -20,11 +20,21 @@ NUM_STEPS = 2
 
 
 def worker(out, coordinator=None, num_processes=None, process_id=None):
+  """Two train steps from the same init on the global batches of steps 0, 1; writes results to `out` (and, in a
+  single-process run, also the same on a mesh of only the first device to `<out>.1dev.npz`)."""
   from ocr_jax.training import mesh as mesh_lib
   mesh_lib.maybe_initialize_distributed(coordinator, None if num_processes is None else int(num_processes),
                                         None if process_id is None else int(process_id))
   import jax
+  if jax.process_count() == 1 and jax.device_count() > 1:
+    run(out.replace(".npz", ".1dev.npz"), jax.devices()[:1])
+  run(out, None)
+
+
+def run(out, devices):
+  import jax
   from experiments.configs import toy_vae as toy_vae_config
+  from ocr_jax.training import mesh as mesh_lib
   from ocr_jax.training import optimizers, toy_vae, train_step as train_step_lib
   from ocr_jax.training.writers import to_host
 
@@ -32,7 +42,7 @@ def worker(out, coordinator=None, num_processes=None, process_id=None):
   config.task_config.hidden = 8
   task = toy_vae.ToyVAETask(config.task_config)
   opts, schedules = optimizers.make_optimizers(config.optimizers)
-  mesh = mesh_lib.make_data_mesh()
+  mesh = mesh_lib.make_data_mesh(devices)
   batches = task.train_batches(seed=0, start_step=0, global_batch_size=GLOBAL_BATCH,
                                process_index=jax.process_index(), process_count=jax.process_count())
   first = next(batches)
@@ -44,10 +54,10 @@ def worker(out, coordinator=None, num_processes=None, process_id=None):
   for i in range(NUM_STEPS):
     batch = mesh_lib.shard_batch(local, mesh)
     assert batch["image"].shape[0] == GLOBAL_BATCH
-    assert len(batch["image"].sharding.device_set) == jax.device_count()
+    assert len(batch["image"].sharding.device_set) == mesh.size
     state, metrics = step(state, batch, next_key(state.rng, state.step))
     local = next(batches)
-  result = {"device_count": jax.device_count(), "process_count": jax.process_count()}
+  result = {"device_count": mesh.size, "process_count": jax.process_count()}
   flat = lambda prefix, tree: {prefix + "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
                                for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
   result.update(flat("params/", to_host(state.params)))
@@ -78,8 +88,7 @@ def runs(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("distributed")
   coordinator = f"127.0.0.1:{free_port()}"
   procs = {
-      "1dev": [launch(tmp / "1dev.npz", 1)],
-      "8dev": [launch(tmp / "8dev.npz", 8)],
+      "8dev": [launch(tmp / "8dev.npz", 8)],  # also writes 8dev.1dev.npz: the same on a 1-device mesh
       "2proc": [launch(tmp / "2proc.npz", 2, coordinator, 2, pid) for pid in range(2)],
   }
   results = {}
@@ -93,6 +102,7 @@ def runs(tmp_path_factory):
         pytest.fail(f"{name} worker timed out")
       assert p.returncode == 0, f"{name} worker failed:\n{output[-4000:]}"
     results[name] = dict(np.load(tmp / f"{name}.npz"))
+  results["1dev"] = dict(np.load(tmp / "8dev.1dev.npz"))
   return results
 
 
