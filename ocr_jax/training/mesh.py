@@ -61,11 +61,16 @@ def _int_or_none(value: str | None) -> int | None:
 
 
 def make_data_mesh(devices: Any = None) -> Mesh:
-  """A 1-D mesh with axis ``data`` over all devices of all processes (or over `devices`)."""
+  """A 1-D mesh with axis ``data`` over all devices of all processes (or over `devices`).
+
+  The axis is of type ``Auto`` (sharding propagated by the compiler), so model code (vmaps over particles, scans over
+  objects) needs no sharding annotations: only the batch's input sharding is declared.
+  """
+  auto = (jax.sharding.AxisType.Auto,)
   if devices is None:
-    return jax.make_mesh((jax.device_count(),), (DATA_AXIS,))
+    return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=auto)
   devices = np.asarray(devices).reshape(-1)
-  return Mesh(devices, (DATA_AXIS,))
+  return Mesh(devices, (DATA_AXIS,), axis_types=auto)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
