@@ -1,0 +1,329 @@
+"""AIR on multi-MNIST as a training-loop Task (``ocr_jax.training.tasks``), with every estimator of AIR.md.
+
+Estimators (``task_config.estimator``), all over K = ``num_particles`` particles of the AIR posterior:
+
+* ``"vimco"`` (default; the SQAIR paper's AIR setting, K = 5): IWAE bound; z_what/z_where reparameterised,
+  z_pres by VIMCO's leave-one-out learning signal log Ẑ_K − Υ_{−k} (thesis Eq. 8.3) applied to log q of the whole
+  presence path of particle k.
+* ``"nvil"`` (the AIR paper, K = 1): ELBO; z_pres^i's learning signal is every downstream term
+  (``air.downstream_learning_signal``) minus a per-step neural baseline b_ψ(x, z^{<i}) and a running mean, divided
+  by a running std (Mnih & Gregor 2014). The baseline is its own parameter group with its own learning rate.
+* ``"ww"`` (reweighted wake-wake, thesis §8.3): θ by wake-θ (= IWAE's θ-gradient). φ: wake-φ for z_pres
+  (Σ_k w̃_k ∇ log q(z_pres,k), self-normalised weights) and the IWAE reparameterised gradient for z_what/z_where.
+  This is the choice thesis §8.4.2 leaves open ("wake-φ treats samples as fixed"); we keep the reparameterised
+  path for the continuous latents because it has far lower variance, and wake-φ only where no reparameterisation
+  exists. ``tests/test_air_task.py`` checks both halves.
+* ``"reinforce"``: IWAE bound with the raw score-function term (thesis Eq. 8.2, no baseline) — the failure case.
+
+The count prior's per-step continue probability follows ``continue_prob_schedule`` (``count_prior`` config:
+start, end, duration, kind); the value used is logged as ``continue_prob``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ocr_jax import objectives
+from ocr_jax.diagnostics import log_marginal_chunked
+from ocr_jax.models import air as air_lib
+from ocr_jax.training import tasks
+from ocr_jax.training.data import deterministic_batches
+
+ESTIMATORS = ("vimco", "nvil", "ww", "reinforce")
+
+
+def default_task_config() -> ml_collections.ConfigDict:
+    """Defaults for the AIR task (see experiments/configs/air_multi_mnist.py for the tuned ones)."""
+    return ml_collections.ConfigDict(
+        dict(
+            model=dict(),  # overrides of air_lib.AIRConfig fields
+            estimator="vimco",
+            num_particles=5,
+            nvil_decay=0.9,
+            count_prior=dict(start=0.5, end=0.5, duration=1, kind="constant"),
+            data=dict(
+                name="multi_mnist",
+                recipe="kosiorek",
+                max_digits=2,
+                num_train=60_000,
+                num_test=10_000,
+                seed=0,
+                method="generate",  # "builder" reads/writes the TFDS array_record copy
+                binarize=False,  # stochastic binarisation (Bernoulli likelihood, thesis §8.4.2)
+                synthetic_digits=False,  # tests: random blobs instead of MNIST (no download)
+            ),
+            eval=dict(
+                num_images=10_000,  # count accuracy / ELBO on this many test images
+                batch_size=500,
+                log_marginal_images=200,  # IWAE-K log p(x) on this many test images
+                log_marginal_particles=1000,
+                log_marginal_chunk=100,
+                num_pictures=16,
+            ),
+        )
+    )
+
+
+def make_air_config(model_cfg: ml_collections.ConfigDict | dict) -> air_lib.AIRConfig:
+    """AIRConfig from a (possibly nested) config dict; sequences become tuples so the config stays hashable."""
+    fields = {f.name for f in dataclasses.fields(air_lib.AIRConfig)}
+    values = dict(model_cfg)
+    unknown = set(values) - fields
+    if unknown:
+        raise ValueError(f"unknown AIR model options {sorted(unknown)}; valid: {sorted(fields)}")
+    values = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in values.items()}
+    return air_lib.AIRConfig(**values)
+
+
+def load_multi_mnist(data_cfg, split: str) -> dict[str, np.ndarray]:
+    """The multi-MNIST split named by ``data_cfg`` (images uint8 [n, 50, 50], counts [n], boxes, labels)."""
+    num = data_cfg.num_train if split == "train" else data_cfg.num_test
+    if data_cfg.get("synthetic_digits", False):
+        from ocr_jax.data.multi_mnist import make_multi_mnist
+        from ocr_jax.data.synthetic import blob_digits
+
+        digits, labels = blob_digits(512, seed=data_cfg.seed + (split == "test"))
+        return make_multi_mnist(digits, labels, num, seed=data_cfg.seed * 2 + (split == "test"),
+                                max_digits=data_cfg.max_digits, recipe=data_cfg.recipe)
+    from ocr_jax.data.builders import load_dataset
+
+    return load_dataset(data_cfg.name, split, method=data_cfg.method, recipe=data_cfg.recipe,
+                        max_digits=data_cfg.max_digits, num_train=data_cfg.num_train, num_test=data_cfg.num_test,
+                        seed=data_cfg.seed)
+
+
+def typed_key(key: jax.Array) -> jax.Array:
+    """A typed PRNG key from either a typed key or a legacy ``uint32[2]`` key (the training loop's)."""
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    return jax.random.wrap_key_data(key)
+
+
+def to_float_images(images_uint8: jax.Array, key: jax.Array | None, binarize: bool) -> jax.Array:
+    """uint8 ``[..., H, W]`` -> float32 in [0, 1]; with ``binarize``, a stochastic binarisation (x ~ Bernoulli)."""
+    x = images_uint8.astype(jnp.float32) / 255.0
+    if binarize:
+        x = jax.random.bernoulli(key, x).astype(jnp.float32)
+    return x
+
+
+class AIRTask:
+    """`ocr_jax.training.tasks.Task` for AIR on multi-MNIST (module docstring)."""
+
+    headline_metric = "count_accuracy"
+
+    def __init__(self, config: ml_collections.ConfigDict | None = None):
+        cfg = default_task_config()
+        if config:
+            cfg.update(config)
+        if cfg.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {cfg.estimator!r}")
+        if cfg.estimator == "vimco" and cfg.num_particles < 2:
+            raise ValueError("the VIMCO estimator needs num_particles >= 2")
+        self.config = cfg
+        model_cfg = dict(cfg.model)
+        if cfg.data.binarize:
+            model_cfg.setdefault("likelihood", "bernoulli")
+        model_cfg.setdefault("max_steps", cfg.data.max_digits + 1)
+        self.model = air_lib.AIR(make_air_config(model_cfg))
+        self._train = None
+        self._test = None
+
+    # -- data -----------------------------------------------------------------------------------------------------
+
+    @property
+    def train_data(self) -> dict[str, np.ndarray]:
+        if self._train is None:
+            self._train = load_multi_mnist(self.config.data, "train")
+        return self._train
+
+    @property
+    def test_data(self) -> dict[str, np.ndarray]:
+        if self._test is None:
+            self._test = load_multi_mnist(self.config.data, "test")
+        return self._test
+
+    def train_batches(self, *, seed, start_step, global_batch_size, process_index, process_count):
+        data = self.train_data
+        arrays = {"images": data["images"], "counts": data["counts"].astype(np.int32)}
+        return deterministic_batches(arrays, global_batch_size, seed=seed, start_step=start_step,
+                                     process_index=process_index, process_count=process_count)
+
+    # -- Task protocol --------------------------------------------------------------------------------------------
+
+    def init(self, key, batch):
+        images = to_float_images(jnp.asarray(batch["images"]), None, False)
+        params = self.model.init(key, images)
+        model_state = {"nvil": objectives.nvil_init((self.model.config.max_steps,))}
+        return params, model_state
+
+    def continue_prob(self, step):
+        p = self.config.count_prior
+        return air_lib.continue_prob_schedule(step, start=p.start, end=p.end, duration=p.duration, kind=p.kind)
+
+    def loss(self, params, model_state, batch, key, step):
+        cfg = self.config
+        k_bin, k_infer = jax.random.split(typed_key(key))
+        images = to_float_images(batch["images"], k_bin, cfg.data.binarize)
+        rho = self.continue_prob(step)
+        out = self.model.infer(params, images, k_infer, num_particles=cfg.num_particles, continue_prob=rho)
+        surrogates, new_state, bound = estimator_surrogates(cfg.estimator, self.model, params, out, model_state,
+                                                            cfg.nvil_decay)
+        counts = out.counts  # [B, K]
+        metrics = {
+            "bound": bound,
+            "elbo": jnp.mean(out.log_weight),
+            "log_likelihood": jnp.mean(out.log_likelihood),
+            "kl": jnp.mean(jnp.sum(out.log_q_steps - out.log_p_steps, -1)),
+            "count_accuracy": jnp.mean(counts[:, 0] == batch["counts"]),
+            "mean_count": jnp.mean(counts.astype(jnp.float32)),
+            "continue_prob": rho,
+        }
+        return surrogates, (metrics, new_state)
+
+    # -- evaluation -------------------------------------------------------------------------------------------------
+
+    @functools.partial(jax.jit, static_argnums=(0,))
+    def _eval_batch(self, params, images_uint8, key, step):
+        """One posterior sample per image: counts [B], log-weights [B], canvas, boxes, z_pres."""
+        k_bin, k_infer = jax.random.split(typed_key(key))
+        images = to_float_images(images_uint8, k_bin, self.config.data.binarize)
+        out = self.model.infer(params, images, k_infer, num_particles=1, continue_prob=self.continue_prob(step))
+        return dict(
+            counts=out.counts[:, 0],
+            log_weight=out.log_weight[:, 0],
+            log_likelihood=out.log_likelihood[:, 0],
+            canvas=out.canvas[:, 0],
+            boxes=out.boxes(self.model.config.canvas_shape)[:, 0],
+            z_pres=out.z_pres[:, 0],
+        )
+
+    @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("num_particles", "chunk_size"))
+    def log_marginal(self, params, images_uint8, key, step, *, num_particles, chunk_size):
+        """IWAE-K estimate of log p(x) ``[B]`` with at most ``chunk_size`` particles materialised at once."""
+        k_bin, k_particles = jax.random.split(typed_key(key))
+        x = to_float_images(images_uint8, k_bin, self.config.data.binarize)
+        rho = self.continue_prob(step)
+
+        def log_weight_fn(k, n):
+            return self.model.infer(params, x, k, num_particles=n, continue_prob=rho).log_weight
+
+        return log_marginal_chunked(log_weight_fn, k_particles, num_particles, chunk_size)
+
+    def evaluate(self, params, model_state, step, workdir) -> dict[str, Any]:
+        """Count accuracy, ELBO, confusion matrix on the test split; log p(x) by IWAE-K on a subset; pictures."""
+        del model_state
+        results = evaluate_air(self, params, step, num_images=self.config.eval.num_images,
+                               log_marginal_images=self.config.eval.log_marginal_images)
+        scalars = {f"eval/{k}": v for k, v in results.items() if isinstance(v, (int, float))}
+        if workdir and jax.process_index() == 0:
+            with open(os.path.join(workdir, f"eval_step{step}.json"), "w") as f:
+                json.dump(eval_summary(results), f, indent=1)
+        scalars["images/reconstructions"] = results["picture"]
+        return scalars
+
+
+def estimator_surrogates(estimator: str, model: air_lib.AIR, params, out: air_lib.AIROutput, model_state,
+                         nvil_decay: float):
+    """Surrogate losses per parameter group for one AIR forward pass ``out`` ([batch, particles, steps] terms).
+
+    Returns ``(surrogates {"generative", "inference", "baseline"}, new_model_state, bound)``.
+    """
+    log_p = out.log_likelihood + jnp.sum(out.log_p_steps, -1)  # [B, K]
+    log_q_reparam = jnp.sum(out.log_q_reparam, -1)
+    log_q_score = jnp.sum(out.log_q_pres, -1)
+    new_state = model_state
+    baseline_loss = jnp.zeros(())
+    if estimator == "vimco":
+        s = objectives.vimco(log_p, log_q_reparam, log_q_score)
+    elif estimator == "reinforce":
+        s = objectives.reinforce(log_p, log_q_reparam, log_q_score)
+    elif estimator == "nvil":
+        baselines = model.baseline_values(params, out)  # [B, K, N], functions of x and z^{<i} only
+        s, nvil_state = objectives.nvil_per_step(
+            out.log_p_steps - out.log_q_steps, out.log_q_pres, baselines, model_state["nvil"],
+            log_likelihood=out.log_likelihood, decay=nvil_decay)
+        new_state = {**model_state, "nvil": nvil_state}
+        baseline_loss = s.baseline
+    elif estimator == "ww":
+        sg = jax.lax.stop_gradient
+        theta = objectives.rws_wake_theta(log_p, log_q_reparam + log_q_score)
+        # φ: IWAE's reparameterised gradient for z_what/z_where (score path stopped) + wake-φ for z_pres.
+        reparam = objectives.iwae(log_p, log_q_reparam, sg(log_q_score))
+        wake_phi = objectives.rws_wake_phi(sg(log_p - log_q_reparam), log_q_score)
+        s = objectives.Surrogates(theta=theta, phi=reparam.phi + wake_phi, bound=reparam.bound)
+    else:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    surrogates = {"generative": s.theta, "inference": s.phi, "baseline": baseline_loss}
+    return surrogates, new_state, s.bound
+
+
+def evaluate_air(task: AIRTask, params, step: int, *, num_images: int, log_marginal_images: int,
+                 seed: int = 1234) -> dict[str, Any]:
+    """Test-split metrics: count accuracy, confusion matrix [true, predicted], ELBO, log p(x|z), IWAE log p(x)."""
+    cfg = task.config
+    data = task.test_data
+    n = min(num_images, len(data["images"]))
+    bs = min(cfg.eval.batch_size, n)
+    key = jax.random.PRNGKey(seed)
+    N = task.model.config.max_steps
+    confusion = np.zeros((N + 1, N + 1), np.int64)
+    elbo, loglik, first = [], [], None
+    for i, start in enumerate(range(0, n - n % bs if n >= bs else n, bs)):
+        images = jnp.asarray(data["images"][start:start + bs])
+        r = jax.device_get(task._eval_batch(params, images, jax.random.fold_in(key, i), step))
+        np.add.at(confusion, (np.minimum(data["counts"][start:start + bs], N), r["counts"]), 1)
+        elbo.append(r["log_weight"])
+        loglik.append(r["log_likelihood"])
+        if first is None:
+            first = (np.asarray(images), r)
+    total = confusion.sum()
+    results: dict[str, Any] = {
+        "step": step,
+        "num_images": int(total),
+        "count_accuracy": float(np.trace(confusion) / total),
+        "elbo": float(np.mean(np.concatenate(elbo))),
+        "log_likelihood": float(np.mean(np.concatenate(loglik))),
+        "confusion": confusion,
+    }
+    results["kl"] = results["log_likelihood"] - results["elbo"]
+    if log_marginal_images > 0:
+        m = min(log_marginal_images, n)
+        chunk = min(cfg.eval.log_marginal_chunk, cfg.eval.log_marginal_particles)
+        lm = []
+        for start in range(0, m, 50):
+            images = jnp.asarray(data["images"][start:min(start + 50, m)])
+            lm.append(np.asarray(task.log_marginal(params, images, jax.random.fold_in(key, 10_000 + start), step,
+                                                   num_particles=cfg.eval.log_marginal_particles,
+                                                   chunk_size=chunk)))
+        results["log_marginal"] = float(np.mean(np.concatenate(lm)))
+        results["log_marginal_images"] = int(m)
+        results["log_marginal_particles"] = int(cfg.eval.log_marginal_particles)
+    images, r = first
+    k = min(cfg.eval.num_pictures, len(images))
+    top = np.concatenate(list(images[:k].astype(np.float32) / 255.0), axis=1)
+    bottom = np.concatenate(list(np.clip(r["canvas"][:k], 0, 1)), axis=1)
+    results["picture"] = np.concatenate([top, bottom], axis=0)
+    results["example"] = {"images": images[:k], "canvas": r["canvas"][:k], "boxes": r["boxes"][:k],
+                          "z_pres": r["z_pres"][:k], "counts": r["counts"][:k],
+                          "true_counts": data["counts"][:k]}
+    return results
+
+
+def eval_summary(results: dict[str, Any]) -> dict[str, Any]:
+    """The JSON-serialisable part of :func:`evaluate_air`'s results (scalars and the confusion matrix)."""
+    out = {k: v for k, v in results.items() if isinstance(v, (int, float))}
+    out["confusion"] = np.asarray(results["confusion"]).tolist()
+    return out
+
+
+tasks.register("air", AIRTask)
