@@ -298,7 +298,7 @@ class AIRInference(nn.Module):
         self.image_encoder = modules.ImageEncoder(
             c.image_encoder, c.image_encoder_hidden, c.encoder_conv_channels, name="image_encoder"
         )
-        self.cell = modules.make_rnn_cell(c.rnn, c.rnn_hidden, name="controller")
+        self.cell = modules.HoistedInputRNNCell(c.rnn, c.rnn_hidden, name="controller")
         self.controller_mlp = (
             modules.MLP(c.controller_hidden, activate_final=True, name="controller_mlp") if c.controller_hidden else None
         )
@@ -320,16 +320,20 @@ class AIRInference(nn.Module):
         )
 
     def encode_image(self, images: Array) -> Array:
-        """``[..., H, W] -> [..., E]``."""
-        return self.image_encoder(images)
+        """``[..., H, W] -> [..., E]``: the image's contribution to every controller gate (E = gates × rnn_hidden).
+
+        The controller's input is ``[image_encoder(x), z^{i-1}]``; its image part enters every gate linearly, so
+        it is projected here once per image (``modules.HoistedInputRNNCell``) instead of at every step and particle.
+        """
+        return self.cell.project(self.image_encoder(images))
 
     def initial_state(self, batch_shape: tuple[int, ...] = ()) -> PyTree:
         return modules.rnn_zero_state(self.config.rnn, self.config.rnn_hidden, batch_shape)
 
     def controller(self, carry, encoding, prev_what, prev_where, prev_pres):
         """One controller step: ``(carry, enc [.., E], z^{i-1}) -> (carry, h_i, presence_logit, where_loc, where_scale)``."""
-        inputs = jnp.concatenate([encoding, prev_what, prev_where, prev_pres[..., None]], -1)
-        carry, _ = self.cell(carry, inputs)
+        inputs = jnp.concatenate([prev_what, prev_where, prev_pres[..., None]], -1)
+        carry, _ = self.cell(carry, encoding, inputs)
         h = modules.rnn_output(self.config.rnn, carry)
         feat = self.controller_mlp(h) if self.controller_mlp is not None else h
         presence_logit = self.presence_head(feat)[..., 0]

@@ -212,6 +212,55 @@ def make_rnn_cell(kind: str, features: int, name: str | None = None) -> nn.Modul
     raise ValueError(f"unknown rnn kind {kind!r}; expected one of {RNN_KINDS}")
 
 
+class HoistedInputRNNCell(nn.Module):
+    """An LSTM / GRU / vanilla (tanh) cell whose input is split into a *static* part, projected once, and a
+    per-step part.
+
+    Every gate pre-activation of these cells is affine in the input, ``W [s; x] = W_s s + W_x x``, so the static
+    input's contribution ``W_s s`` (e.g. the encoding of the whole image in AIR's controller) can be computed once per
+    image with :meth:`project` and reused at every step and for every particle. The cell is then the same function
+    as the standard cell fed ``[s; x]`` at every step (the LSTM/GRU/tanh-RNN equations of flax.linen), at a cost per
+    step that no longer depends on the size of ``s`` (2,500 raw pixels for a 50×50 canvas).
+
+    Carry: ``(c, h)`` for LSTM, ``h`` otherwise (as :func:`rnn_zero_state`).
+    """
+
+    kind: str
+    features: int
+
+    def _num_gates(self) -> int:
+        return {"lstm": 4, "gru": 3, "vanilla": 1}[self.kind]
+
+    @nn.compact
+    def project(self, static_inputs: Array) -> Array:
+        """``[..., S] -> [..., gates * features]``: the static input's share of every gate (with the gate biases)."""
+        if self.kind not in RNN_KINDS:
+            raise ValueError(f"unknown rnn kind {self.kind!r}; expected one of {RNN_KINDS}")
+        return nn.Dense(self._num_gates() * self.features, name="static")(static_inputs)
+
+    @nn.compact
+    def __call__(self, carry: Any, projected: Array, step_inputs: Array) -> tuple[Any, Array]:
+        """One step: ``(carry, projected [..., G*F] from :meth:`project`, step_inputs [..., X]) -> (carry, h)``."""
+        f = self.features
+        x = projected + nn.Dense(self._num_gates() * f, use_bias=False, name="step")(step_inputs)
+        if self.kind == "lstm":
+            c, h = carry
+            i, g, fg, o = jnp.split(x + nn.Dense(4 * f, use_bias=False, name="hidden")(h), 4, axis=-1)
+            c = nn.sigmoid(fg) * c + nn.sigmoid(i) * jnp.tanh(g)
+            h = nn.sigmoid(o) * jnp.tanh(c)
+            return (c, h), h
+        if self.kind == "gru":
+            h = carry
+            xr, xz, xn = jnp.split(x, 3, axis=-1)
+            hr, hz, hn = jnp.split(nn.Dense(3 * f, name="hidden")(h), 3, axis=-1)
+            r, z = nn.sigmoid(xr + hr), nn.sigmoid(xz + hz)
+            n = jnp.tanh(xn + r * hn)
+            h = (1.0 - z) * n + z * h
+            return h, h
+        h = jnp.tanh(x + nn.Dense(f, use_bias=False, name="hidden")(carry))
+        return h, h
+
+
 def rnn_zero_state(kind: str, features: int, batch_shape: tuple[int, ...] = (), dtype=jnp.float32) -> Any:
     """Zero carry of ``make_rnn_cell(kind, features)``: ``(c, h)`` for LSTM, ``h`` otherwise."""
     z = jnp.zeros(batch_shape + (features,), dtype)
