@@ -28,8 +28,6 @@ from ml_collections import config_flags
 
 from ocr_jax import diagnostics, objectives
 
-_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/toy_gaussian_snr.py")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/toy_gaussian_snr", "output directory")
 
 
 def make_problem(key, dim, num_data, offset_std):
@@ -232,10 +230,8 @@ def run(cfg, workdir):
     return results
 
 
-def main(argv):
-    del argv
-    run(_CONFIG.value, _WORKDIR.value)
-
-
 if __name__ == "__main__":
-    app.run(main)
+    # Flags are defined only when run as a script, so the module can be imported (tests) next to the others.
+    _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/toy_gaussian_snr.py")
+    _WORKDIR = flags.DEFINE_string("workdir", "runs/toy_gaussian_snr", "output directory")
+    app.run(lambda argv: run(_CONFIG.value, _WORKDIR.value))

@@ -220,7 +220,9 @@ def ciwae(
     value = beta * jnp.mean(log_w, axis=-1) + (1.0 - beta) * log_z
     # Score term: the ELBO part only needs particle k's own log w_k as its signal (the other particles' terms are
     # independent of z_k), which lowers variance and makes CIWAE(1) coincide with elbo() sample by sample.
-    score = _score_term((1.0 - beta) * log_z, log_q_score) + jnp.mean(_per_particle_score(beta * log_w, log_q_score), axis=-1)
+    score = _score_term((1.0 - beta) * log_z, log_q_score)
+    if log_q_score is not None:
+        score = score + jnp.mean(_per_particle_score(beta * log_w, log_q_score), axis=-1)
     loss = -jnp.mean(value + score)
     return Surrogates(theta=loss, phi=loss, bound=sg(jnp.mean(value)))
 

@@ -169,6 +169,9 @@ def test_identities():
     # MIWAE splits repeat-major: [M·K] -> [M, K], normalising over K within each repeat.
     lp = args[0]
     np.testing.assert_allclose(obj.miwae(lp, num_repeats=2).bound, jnp.mean(obj.log_mean_exp(lp.reshape(5, 2, 4))), rtol=1e-6)
+    # without score-function latents too
+    lp, lqr = args[0], args[1]
+    close(jax.grad(lambda a: obj.ciwae(a, lqr, beta=1.0).phi)(lp), jax.grad(lambda a: obj.elbo(a, lqr).phi)(lp))
     # bounds: ELBO ≤ CIWAE ≤ IWAE
     b = [obj.elbo(*args).bound, obj.ciwae(*args, beta=0.5).bound, obj.iwae(*args).bound]
     assert b[0] <= b[1] <= b[2]

@@ -1,0 +1,47 @@
+"""Config for MNIST Table 7.5.1 (thesis §7.5.1): IWAE, PIWAE, MIWAE, CIWAE and VAE at budget T = 64.
+
+Full reproduction (Burda et al. schedule: stages i = 0..7 of 3^i epochs at lr 1e-3·10^(−i/7), 3280 epochs, batch 20;
+×8 methods ×4 seeds in the paper):
+  python -m experiments.mnist_bounds --config=experiments/configs/mnist_bounds.py --workdir=runs/mnist_bounds
+Small budget actually run here (a fixed number of steps per method, test subset):
+  python -m experiments.mnist_bounds --config=experiments/configs/mnist_bounds.py:small --workdir=runs/mnist_small
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.hidden = 200  # one stochastic layer: 784-200-200-50 (tanh), Bernoulli decoder (Burda et al. 2016)
+    c.latent = 50
+    c.budget = 64  # T = M·K particles per datapoint
+    # name -> (objective, parameter): parameter is M for miwae/piwae and β for ciwae.
+    # (ConfigDict keys may not contain dots: CIWAE(b=0_05) is CIWAE with β = 0.05.)
+    c.methods = ml_collections.ConfigDict({
+        "IWAE": ("iwae", 0), "PIWAE(4,16)": ("piwae", 4), "PIWAE(8,8)": ("piwae", 8),
+        "MIWAE(4,16)": ("miwae", 4), "MIWAE(8,8)": ("miwae", 8),
+        "CIWAE(b=0_05)": ("ciwae", 0.05), "CIWAE(b=0_5)": ("ciwae", 0.5), "VAE": ("miwae", 64),
+    })
+    c.run_methods = list(c.methods.keys())
+    c.batch_size = 20
+    c.num_stages = 8  # stage i: 3^i epochs at learning rate base_lr·10^(−i/7)
+    c.base_lr = 1e-3
+    c.max_steps = -1  # cap on training steps per method (−1: the full schedule)
+    c.num_test = 10000  # test images (stochastically binarised once, seed fixed)
+    c.eval_particles = 64  # IWAE-64
+    c.log_marginal_particles = 5000  # log p̂(x) = IWAE-5000, evaluated in chunks
+    c.log_marginal_chunk = 500
+    c.eval_batch = 100
+    if arg == "small":
+        c.run_methods = ["IWAE", "PIWAE(8,8)", "MIWAE(8,8)", "VAE"]
+        c.max_steps = 1500
+        c.num_test = 500
+    elif arg == "quick":
+        c.run_methods = ["IWAE", "VAE"]
+        c.max_steps = 20
+        c.num_test = 40
+        c.log_marginal_particles = 200
+        c.log_marginal_chunk = 100
+        c.eval_batch = 20
+    return c

@@ -1,0 +1,49 @@
+"""Fast checks of the study scripts' building blocks (the studies themselves run outside the test suite)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import gmm_pruning, mnist_bounds, toy_gaussian_snr
+from experiments.configs import mnist_bounds as mnist_config
+
+
+def test_toy_log_probs_are_gaussian_densities_and_optimum_has_zero_vae_phi_gradient():
+    x, point = toy_gaussian_snr.make_problem(jax.random.PRNGKey(0), 3, 50, 0.0)
+    eps = jax.random.normal(jax.random.PRNGKey(1), (50, 4, 3))
+    log_p, log_q = toy_gaussian_snr.log_probs(point, x, eps, 2.0 / 3.0)
+    z = x @ point["A"].T + point["b"]
+    z = z[:, None] + math.sqrt(2 / 3) * eps
+    ref_p = jax.scipy.stats.norm.logpdf(z, point["mu"]).sum(-1) + jax.scipy.stats.norm.logpdf(x[:, None], z).sum(-1)
+    np.testing.assert_allclose(log_p, ref_p, rtol=1e-5)
+    np.testing.assert_allclose(log_q, jax.scipy.stats.norm.logpdf(eps).sum(-1) - 1.5 * math.log(2 / 3), rtol=1e-5)
+    # At the exact optimum (offset 0) the expected gradient of the objective vanishes (thesis 7.B).
+    g_theta, g_phi = toy_gaussian_snr.gradient_estimates(x, point, 2 / 3, 200, 1, jax.random.PRNGKey(2), 4, 4)
+    assert np.max(np.abs(np.mean(g_theta, 0))) < 0.05 and np.max(np.abs(np.mean(g_phi, 0))) < 0.1
+
+
+def test_gmm_losses_finite_for_every_method_and_posterior_normalised():
+    phi = gmm_pruning.init_phi(jax.random.PRNGKey(0), 16, 20)
+    theta = -jnp.arange(20.0)
+    x = jnp.array([0.0, 55.0, 190.0])
+    for method in ("ws", "ww", "dww", "vimco", "reinforce"):
+        lt, lp = gmm_pruning.losses(method, theta, phi, x, jax.random.PRNGKey(1), 3, 0.2)
+        g = jax.grad(lambda p: gmm_pruning.losses(method, theta, p, x, jax.random.PRNGKey(1), 3, 0.2)[1])(phi)
+        assert np.isfinite(lt) and np.isfinite(lp) and all(np.all(np.isfinite(v)) for v in jax.tree.leaves(g))
+    post = gmm_pruning.posterior(jnp.log(gmm_pruning.true_probs(20)), x)
+    np.testing.assert_allclose(post.sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(gmm_pruning.true_probs(20)[0], 5 / sum(range(5, 25)), rtol=1e-6)
+
+
+def test_mnist_schedule_and_model_shapes():
+    cfg = mnist_config.get_config()
+    _, total = mnist_bounds.schedule(cfg, 3000)
+    assert total == 3280 * 3000  # Σ_{i<8} 3^i = 3280 epochs
+    params = mnist_bounds.init_params(jax.random.PRNGKey(0), 200, 50)
+    x = jnp.ones((2, 784))
+    lp, lq = mnist_bounds.log_weights(params, x, jax.random.PRNGKey(1), 64)
+    assert lp.shape == lq.shape == (2, 64)
+    for name, (kind, arg) in cfg.methods.items():
+        assert np.isfinite(mnist_bounds.surrogates(kind, arg, lp, lq).theta), name
