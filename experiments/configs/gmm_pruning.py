@@ -2,6 +2,8 @@
 
 Run (full):
   python -m experiments.gmm_pruning --config=experiments/configs/gmm_pruning.py --workdir=runs/gmm_pruning
+Reduced run (adverse start, K ∈ {2, 20}, 5 seeds, 2000 iterations):
+  python -m experiments.gmm_pruning --config=experiments/configs/gmm_pruning.py:reduced --workdir=runs/gmm_reduced
 Quick smoke run:
   python -m experiments.gmm_pruning --config=experiments/configs/gmm_pruning.py:quick --workdir=runs/gmm_quick
 """
@@ -28,6 +30,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.num_seeds = 10  # repeats, vmapped; median and IQR reported
     c.num_test = 100  # fixed test x for the inference error
     c.seed = 0
+    if arg == "reduced":  # what 2 shared CPU cores afford in ~20 minutes
+        c.starts = ["adverse"]
+        c.num_particles = [2, 20]
+        c.num_seeds = 5
+        c.num_iterations = 2000
     if arg == "quick":
         c.num_particles = [2, 20]
         c.num_iterations = 200
