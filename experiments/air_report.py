@@ -1,0 +1,112 @@
+"""Evaluate a trained AIR run on the test split and draw its pictures.
+
+    python -m experiments.air_report --config=experiments/configs/air_multi_mnist.py --workdir=runs/air
+
+Reads the latest checkpoint in <workdir>/checkpoints and writes <workdir>/results.json (count accuracy, confusion
+matrix, ELBO, log p(x|z), KL, IWAE-K log p(x)), reconstructions.png (inputs with inferred boxes coloured by step,
+and reconstructions), confusion.png and prior_samples.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import jax
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ocr_jax import plotting  # noqa: E402
+from ocr_jax.models import air_task  # noqa: E402
+from ocr_jax.training import mesh as mesh_lib  # noqa: E402
+from ocr_jax.training.checkpoint import Checkpointer  # noqa: E402
+from ocr_jax.training.optimizers import make_optimizers  # noqa: E402
+from ocr_jax.training.train_step import init_train_state  # noqa: E402
+
+
+def restore_params(config: ml_collections.ConfigDict, workdir: str, task: air_task.AIRTask):
+    """The parameters of the latest checkpoint in ``<workdir>/checkpoints`` and its step."""
+    optimizers, _ = make_optimizers(config.optimizers)
+    batch = next(task.train_batches(seed=config.seed, start_step=0, global_batch_size=config.global_batch_size,
+                                    process_index=0, process_count=1))
+    state = init_train_state(task, optimizers, config.seed, batch, mesh_lib.make_data_mesh())
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), must_exist=True)
+    state = checkpointer.restore(state)
+    checkpointer.close()
+    return jax.device_get(state.params), int(jax.device_get(state.step))
+
+
+def write_pictures(task: air_task.AIRTask, params, results: dict, step: int, workdir: str) -> list[str]:
+    ex = results["example"]
+    n = len(ex["images"])
+    titles = [f"true {t} / inferred {c}" for t, c in zip(ex["true_counts"], ex["counts"])]
+    images = np.concatenate([ex["images"].astype(np.float32) / 255.0, np.clip(ex["canvas"], 0, 1)])
+    boxes = np.concatenate([ex["boxes"], ex["boxes"]])
+    presence = np.concatenate([ex["z_pres"], ex["z_pres"]]) > 0
+    fig = plotting.plot_images(images, boxes, presence, titles=titles + [""] * n, ncols=n if n <= 8 else n // 2,
+                               title=f"AIR step {step}: test inputs with inferred glimpses (colour = step), "
+                                     "then reconstructions")
+    paths = [str(plotting.save_figure(fig, os.path.join(workdir, "reconstructions.png")))]
+    plt.close(fig)
+
+    confusion = np.asarray(results["confusion"])
+    fig, ax = plt.subplots(figsize=(3.2, 3.0))
+    ax.imshow(confusion, cmap="Blues")
+    for (i, j), v in np.ndenumerate(confusion):
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
+    ax.set_xlabel("inferred count")
+    ax.set_ylabel("true count")
+    ax.set_title(f"count accuracy {results['count_accuracy']:.4f}", fontsize=9)
+    fig.tight_layout()
+    paths.append(str(plotting.save_figure(fig, os.path.join(workdir, "confusion.png"))))
+    plt.close(fig)
+
+    samples = task.model.generate(params, jax.random.key(0), 16, continue_prob=task.continue_prob(step))
+    boxes = np.asarray(jax.vmap(lambda z: air_task.air_lib.st.z_where_to_box(z, task.model.config.canvas_shape))(
+        samples.z_where))
+    fig = plotting.plot_images(np.clip(np.asarray(samples.canvas), 0, 1), boxes, np.asarray(samples.z_pres) > 0,
+                               title="samples from the prior (likelihood means)")
+    paths.append(str(plotting.save_figure(fig, os.path.join(workdir, "prior_samples.png"))))
+    plt.close(fig)
+    return paths
+
+
+def report(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Full test-split evaluation of the latest checkpoint; writes results.json and pictures into `workdir`."""
+    task = air_task.AIRTask(config.task_config)
+    params, step = restore_params(config, workdir, task)
+    ev = config.task_config.eval
+    results = air_task.evaluate_air(task, params, step, num_images=ev.num_images,
+                                    log_marginal_images=ev.log_marginal_images)
+    summary = air_task.eval_summary(results)
+    summary["estimator"] = config.task_config.estimator
+    summary["recipe"] = config.task_config.data.recipe
+    summary["count_prior"] = config.task_config.count_prior.to_dict()
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    summary["pictures"] = write_pictures(task, params, results, step, workdir)
+    return summary
+
+
+def main(argv=None):
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flag = config_flags.DEFINE_config_file("config", None, "AIR config file[:variant]")
+    workdir_flag = flags.DEFINE_string("workdir", None, "the run's directory")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+    def run(_):
+        summary = report(config_flag.value, workdir_flag.value)
+        print(json.dumps({k: v for k, v in summary.items() if k != "confusion"}, indent=1))
+
+    app.run(run, argv=[sys.argv[0], *(argv or sys.argv[1:])])
+
+
+if __name__ == "__main__":
+    main()
