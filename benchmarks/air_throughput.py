@@ -1,0 +1,115 @@
+r"""AIR training throughput and achieved FLOP/s against this machine's matmul peak (not a test).
+
+  python benchmarks/air_throughput.py [--steps=50] [--out=runs/bench/air_throughput.json] [--sweep]
+
+Measures, in one process and one run:
+  * the machine's float32 matmul peak (a 2048×2048 @ 2048×2048 product, best of several), the baseline of the ratio;
+  * the AIR train step at the Pyro example's matched architecture (``air_multi_mnist.py:bench``: K = 1, NVIL
+    per-step baselines, batch 64, 28×28 glimpse, 256-unit LSTM on raw pixels, 200-unit MLPs): images/s, steps/s,
+    compile time, and FLOP/s from XLA's cost analysis of the compiled step;
+  * with ``--sweep``: cost per step as the number of steps N and particles K vary (linear growth is the target).
+Synthetic blob digits are used (data loading is not what is measured). The load average is recorded before and
+after: other processes on these shared 2-core machines slow runs many times over, so run it alone.
+The Pyro example's own speed on this machine (≈4.9 steps/s, ≈315 images/s, batch 64) is the anchor quoted in
+../shared/spec/TARGETS.md; it is not re-measured here (Pyro is not installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.configs import air_multi_mnist
+from ocr_jax.models import air_task
+from ocr_jax.training import mesh as mesh_lib
+from ocr_jax.training.optimizers import make_optimizers
+from ocr_jax.training.train_step import init_train_state, make_train_step
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+    """Best observed float32 FLOP/s of an n×n matmul."""
+    a = jax.random.normal(jax.random.key(0), (n, n))
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
+def measure(config, steps: int) -> dict:
+    config.task_config.data.update(synthetic_digits=True, num_train=max(4096, config.global_batch_size * 8),
+                                   num_test=64)
+    task = air_task.AIRTask(config.task_config)
+    optimizers, schedules = make_optimizers(config.optimizers)
+    mesh = mesh_lib.make_data_mesh()
+    batches = task.train_batches(seed=0, start_step=0, global_batch_size=config.global_batch_size,
+                                 process_index=0, process_count=1)
+    local = [mesh_lib.shard_batch(next(batches), mesh) for _ in range(8)]
+    state = init_train_state(task, optimizers, 0, jax.device_get(local[0]), mesh)
+    t = time.perf_counter()
+    compiled = make_train_step(task, optimizers, mesh=mesh, schedules=schedules).lower(
+        state, local[0], jax.random.PRNGKey(0)).compile()
+    compile_s = time.perf_counter() - t
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", float("nan")))
+    state, m = compiled(state, local[0], jax.random.PRNGKey(0))  # warm-up
+    jax.block_until_ready(m)
+    t = time.perf_counter()
+    for i in range(steps):
+        state, m = compiled(state, local[i % len(local)], jax.random.PRNGKey(i))
+    jax.block_until_ready(m)
+    dt = (time.perf_counter() - t) / steps
+    B = config.global_batch_size
+    return dict(batch=B, particles=config.task_config.num_particles, max_steps=task.model.config.max_steps,
+                seconds_per_step=dt, steps_per_s=1 / dt, images_per_s=B / dt, compile_s=compile_s,
+                flops_per_step=flops, flop_per_s=flops / dt)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--sweep", action="store_true")
+    p.add_argument("--out", default="runs/bench/air_throughput.json")
+    args = p.parse_args()
+    load_before = os.getloadavg()
+    peak = matmul_peak()
+    print(f"float32 matmul peak: {peak / 1e9:.1f} GFLOP/s  (load average {load_before})", flush=True)
+    results = {"device": str(jax.devices()[0]), "matmul_peak_flop_per_s": peak, "load_before": load_before}
+    bench = measure(air_multi_mnist.get_config("bench"), args.steps)
+    bench["fraction_of_peak"] = bench["flop_per_s"] / peak
+    bench["ratio_to_pyro_anchor_315_images_per_s"] = bench["images_per_s"] / 315.0
+    results["matched_architecture"] = bench
+    print(json.dumps(bench, indent=1), flush=True)
+    if args.sweep:
+        sweep = []
+        for n_steps in (1, 2, 3, 4, 6):
+            cfg = air_multi_mnist.get_config("bench")
+            cfg.task_config.model.max_steps = n_steps
+            sweep.append(measure(cfg, args.steps))
+            print(f"N={n_steps}: {sweep[-1]['seconds_per_step'] * 1e3:.1f} ms/step", flush=True)
+        for k in (2, 4, 8):
+            cfg = air_multi_mnist.get_config("bench")
+            cfg.task_config.estimator = "vimco"
+            cfg.task_config.num_particles = k
+            sweep.append(measure(cfg, args.steps))
+            print(f"K={k}: {sweep[-1]['seconds_per_step'] * 1e3:.1f} ms/step", flush=True)
+        results["sweep"] = sweep
+    results["load_after"] = os.getloadavg()
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=1)
+    print(f"load average after: {results['load_after']}; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
