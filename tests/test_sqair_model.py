@@ -237,8 +237,8 @@ def test_curriculum_length():
 
 @pytest.mark.slow
 def test_tiny_sqair_task_bound_improves():
-    """A tiny SQAIR task (blob digits on 24×24 canvases, 32 units, K = 5, VIMCO) improves its IWAE bound over 100
-    Adam steps. VIMCO's θ and φ surrogates coincide, so one gradient of the loss serves both groups."""
+    """A tiny SQAIR task (blob digits on 24×24 canvases, 32 units, K = 5, VIMCO) improves its IWAE bound (per frame, on a
+    fixed batch of 64 sequences with a fixed key) over 100 Adam steps. VIMCO's θ and φ surrogates coincide, so one gradient of the loss serves both groups."""
     import ml_collections
     import optax
 
@@ -263,10 +263,13 @@ def test_tiny_sqair_task_bound_improves():
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, s, m
 
-    bounds = []
+    eval_batch = {"frames": task.train_frames[:64]}
+    eval_bound = jax.jit(lambda p: task.loss(p, state, eval_batch, jax.random.key(7), 0)[1][0]["iwae_per_frame"])
+    before = float(eval_bound(params))
     for i in range(100):
         params, opt_state, s, m = step(params, opt_state, next(batches), jax.random.fold_in(jax.random.key(1), i), i)
         assert float(s["generative"]) == float(s["inference"])
-        bounds.append(float(m["iwae_per_frame"]))
-    assert np.all(np.isfinite(bounds))
-    assert np.mean(bounds[-20:]) > np.mean(bounds[:20]) + 5.0, (bounds[:20], bounds[-20:])
+        assert np.isfinite(float(m["iwae_per_frame"]))
+    after = float(eval_bound(params))
+    # Same 64 sequences, same key: the IWAE bound per frame must improve (observed: see the report).
+    assert after > before + 1.0, (before, after)

@@ -18,7 +18,7 @@ Log-densities (per particle, per time step; thesis Eq. 5.3-5.4): ``log_likelihoo
 ``log_q_prop``; their sum over time is one particle's log importance weight. ``log_q_pres`` is the part of
 ``log_q_disc + log_q_prop`` that comes from the (discrete) presence variables — the score-function term for VIMCO.
 
-Choices the thesis leaves open, and how they are made here (see also the report in the module's tests):
+Choices the thesis leaves open, and how they are made here:
 - z_where is 4-D ``(s_x, s_y, t_x, t_y)`` in an unconstrained space; the spatial transformer gets
   ``s = s_min + (1 - s_min) sigmoid(raw_s)``, ``t = raw_t``. All densities are over the unconstrained values.
 - The propagation prior's and posterior's z_where means are residual: ``z_where_{t-1} + f(...)``.
@@ -496,9 +496,9 @@ class SQAIR:
         _, out = jax.lax.scan(step, init, xs)
         return out
 
-    def _discover(self, params, image, image_code, prop, num_prop, is_first, key):
+    def _discover(self, params, image, image_code, prop, num_prop, key):
         """DISC (Alg. 3): AIR conditioned on the DeepSets code of the propagated objects (Eq. 5.6), N masked steps of
-        which only the first N − P_t may be present; also the discovery prior (Eq. 5.7-5.8)."""
+        which only the first N − P_t may be present; also the discovery prior of the continuous latents (Eq. 5.7)."""
         c = self.config
         N, H, Dw = c.max_objects, c.hidden, c.z_what_dim
         keys = jax.random.split(key, N)
@@ -543,7 +543,7 @@ class SQAIR:
                           ids=state["ids"], h_temporal=prop["h_temporal"], h_prior=prop["h_prior"])
         prop_state = self._compact(prop["z_pres"], prop_state)
         num_prop = jnp.sum(prop["z_pres"]).astype(jnp.int32)
-        disc = self._discover(params, image, image_code, prop_state, num_prop, is_first, k_disc)
+        disc = self._discover(params, image, image_code, prop_state, num_prop, k_disc)
         num_disc = jnp.sum(disc["z_pres"]).astype(jnp.int32)
         prior_init = jnp.broadcast_to(self._g(params, "prior_init"), disc["h_temporal"].shape)
         disc_state = dict(z_what=disc["z_what"], z_where=disc["z_where"], z_pres=disc["z_pres"],
