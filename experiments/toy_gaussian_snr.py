@@ -234,4 +234,4 @@ if __name__ == "__main__":
     # Flags are defined only when run as a script, so the module can be imported (tests) next to the others.
     _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/toy_gaussian_snr.py")
     _WORKDIR = flags.DEFINE_string("workdir", "runs/toy_gaussian_snr", "output directory")
-    app.run(lambda argv: run(_CONFIG.value, _WORKDIR.value))
+    app.run(lambda argv: run(_CONFIG.value, _WORKDIR.value) and None)
