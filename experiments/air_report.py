@@ -66,11 +66,14 @@ def write_pictures(task: air_task.AIRTask, params, results: dict, step: int, wor
     paths.append(str(plotting.save_figure(fig, os.path.join(workdir, "confusion.png"))))
     plt.close(fig)
 
-    samples = task.model.generate(params, jax.random.key(0), 16, continue_prob=task.continue_prob(step))
+    # The count prior is annealed towards zero during training (a regulariser, AIR.md); sampled at its final value
+    # almost every scene is empty, so the picture uses the initial continue probability.
+    picture_rho = float(task.config.count_prior.start)
+    samples = task.model.generate(params, jax.random.key(0), 16, continue_prob=picture_rho)
     boxes = np.asarray(jax.vmap(lambda z: air_task.air_lib.st.z_where_to_box(z, task.model.config.canvas_shape))(
         samples.z_where))
     fig = plotting.plot_images(np.clip(np.asarray(samples.canvas), 0, 1), boxes, np.asarray(samples.z_pres) > 0,
-                               title="samples from the prior (likelihood means)")
+                               title=f"samples from the generative model (likelihood means), count prior ρ = {picture_rho}")
     paths.append(str(plotting.save_figure(fig, os.path.join(workdir, "prior_samples.png"))))
     plt.close(fig)
     return paths
@@ -102,6 +105,10 @@ def main(argv=None):
     flags.mark_flags_as_required(["config", "workdir"])
 
     def run(_):
+        from absl import logging
+
+        if not flags.FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
         summary = report(config_flag.value, workdir_flag.value)
         print(json.dumps({k: v for k, v in summary.items() if k != "confusion"}, indent=1))
 

@@ -166,6 +166,15 @@ def test_image_encoding_once_equals_per_step_encoding():
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
+def test_unrolled_step_scan_gives_the_same_values():
+    _, params, images = _model()
+    key = jax.random.key(3)
+    looped = _infer_fn(2, False)(params, images, key, 0.5, None)
+    unrolled = _infer_fn(2, False, scan_unroll=True)(params, images, key, 0.5, None)
+    for name, a, b in zip(looped._fields, looped, unrolled):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
 def test_particle_vmap_equals_loop():
     model, params, images = _model()
     B, K = images.shape[0], 2

@@ -93,6 +93,9 @@ class AIRConfig:
     canvas_shape: tuple[int, int] = (50, 50)
     glimpse_shape: tuple[int, int] = (20, 20)
     max_steps: int = 3
+    # Steps of the inference scan unrolled per loop iteration (lax.scan's ``unroll``); True = fully unrolled.
+    # Same values either way; unrolling lets XLA fuse across steps (benchmarks/air_throughput.py measures it).
+    scan_unroll: int | bool = 1
     z_what_dim: int = 50
     z_where_dim: int = 3  # 3 = (s, tx, ty), 4 = (sx, sy, tx, ty)
     # Image encoder feeding the controller: "raw" | "mlp" | "conv".
@@ -636,7 +639,7 @@ class AIR:
                 jnp.zeros((c.z_where_dim,)),
                 jnp.ones(()),
             )
-            _, outs = jax.lax.scan(step, carry0, (step_keys, forced))
+            _, outs = jax.lax.scan(step, carry0, (step_keys, forced), unroll=c.scan_unroll)
             return outs
 
         per_particle = jax.vmap(one_particle, in_axes=(None, None, 0, 0 if forced_presence is not None else None))
