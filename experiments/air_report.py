@@ -23,22 +23,14 @@ import numpy as np  # noqa: E402
 
 from ocr_jax import plotting  # noqa: E402
 from ocr_jax.models import air_task  # noqa: E402
-from ocr_jax.training import mesh as mesh_lib  # noqa: E402
-from ocr_jax.training.checkpoint import Checkpointer  # noqa: E402
-from ocr_jax.training.optimizers import make_optimizers  # noqa: E402
-from ocr_jax.training.train_step import init_train_state  # noqa: E402
+from ocr_jax.training import train  # noqa: E402
 
 
 def restore_params(config: ml_collections.ConfigDict, workdir: str, task: air_task.AIRTask):
     """The parameters of the latest checkpoint in ``<workdir>/checkpoints`` and its step."""
-    optimizers, _ = make_optimizers(config.optimizers)
     batch = next(task.train_batches(seed=config.seed, start_step=0, global_batch_size=config.global_batch_size,
                                     process_index=0, process_count=1))
-    state = init_train_state(task, optimizers, config.seed, batch, mesh_lib.make_data_mesh())
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), must_exist=True)
-    state = checkpointer.restore(state)
-    checkpointer.close()
-    return jax.device_get(state.params), int(jax.device_get(state.step))
+    return train.restore_params(config, workdir, task, batch)
 
 
 def write_pictures(task: air_task.AIRTask, params, results: dict, step: int, workdir: str) -> list[str]:

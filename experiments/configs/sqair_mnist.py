@@ -70,7 +70,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   elif arg == "quick":
     config.task_config.update(dict(
         hidden=32, z_what_dim=8, max_objects=2, canvas_size=24, glimpse_size=8, data="blobs", digit_size=12,
-        num_frames=3, num_train=256, start_length=2, length_every=100))
+        num_frames=3, num_train=256, start_length=2, length_every=100, num_eval=32,
+        eval=dict(batch_size=16, num_particles=3, log_marginal_sequences=8, log_marginal_particles=20,
+                  log_marginal_chunk=10, num_pictures=2)))
     config.global_batch_size = 16
     config.num_steps = 300
     config.log_every = 20

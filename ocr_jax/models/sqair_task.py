@@ -14,6 +14,9 @@ report it both per sequence and per frame.
 
 from __future__ import annotations
 
+import json
+import os
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -36,6 +39,9 @@ def default_task_config() -> ml_collections.ConfigDict:
         start_length=3, length_every=100_000,
         # data: "mnist" (moving multi-MNIST from the MNIST split) or "blobs" (synthetic digits, no download)
         data="mnist", num_frames=10, num_train=60_000, num_eval=1_000, max_digits=2, digit_size=28, data_seed=0,
+        # evaluation on num_eval test sequences (built from the MNIST test split with seed data_seed + 1)
+        eval=dict(batch_size=50, num_particles=5, log_marginal_sequences=50, log_marginal_particles=1000,
+                  log_marginal_chunk=50, num_pictures=4),
     ))
 
 
@@ -46,6 +52,12 @@ def curriculum_length(step, start_length: int, length_every: int, max_length: in
 
 def make_sequences(cfg: ml_collections.ConfigDict, split: str, num: int, seed: int) -> np.ndarray:
     """Moving multi-MNIST frames ``[num, T, H, W]`` uint8."""
+    return load_sequences(cfg, split, num, seed)["frames"]
+
+
+def load_sequences(cfg: ml_collections.ConfigDict, split: str, num: int, seed: int) -> dict[str, np.ndarray]:
+    """Moving multi-MNIST ``num`` sequences with ground truth: ``frames [n, T, H, W]`` uint8, ``counts [n, T]``,
+    ``boxes [n, T, digits, 4]``, ``presence [n, T, digits]``, ``labels [n, digits]`` (see ocr_jax.data.moving_mnist)."""
     from ocr_jax.data.moving_mnist import make_moving_multi_mnist
 
     if cfg.data == "mnist":
@@ -60,9 +72,8 @@ def make_sequences(cfg: ml_collections.ConfigDict, split: str, num: int, seed: i
                                      max_extent=max(3, (3 * size) // 4))
     else:
         raise ValueError(f"data must be 'mnist' or 'blobs'; got {cfg.data!r}")
-    data = make_moving_multi_mnist(digits, labels, num, seed=seed, num_frames=cfg.num_frames,
+    return make_moving_multi_mnist(digits, labels, num, seed=seed, num_frames=cfg.num_frames,
                                    canvas_size=cfg.canvas_size, max_digits=cfg.max_digits)
-    return data["frames"]
 
 
 class SQAIRTask:
@@ -136,9 +147,122 @@ class SQAIRTask:
         }
         return surrogates, (metrics, model_state)
 
+    def eval_functions(self):
+        """Jitted ``infer(params, frames, key)`` with ``eval.num_particles`` particles and ``log_marginal(params,
+        frames, key)`` (IWAE with ``eval.log_marginal_particles``, chunked), built once per task so that periodic
+        evaluations do not recompile."""
+        if getattr(self, "_eval_functions", None) is None:
+            from ocr_jax.diagnostics import log_marginal_chunked
+
+            model, ev = self.model, self.config.eval
+            infer = jax.jit(lambda p, x, k: model.infer(p, to_float_frames(x), k, ev.num_particles))
+
+            @jax.jit
+            def log_marginal(p, x, k):
+                def log_weight_fn(kk, num):
+                    return model.infer(p, to_float_frames(x), kk, num)["log_weight"]
+
+                return log_marginal_chunked(log_weight_fn, k, ev.log_marginal_particles, ev.log_marginal_chunk)
+
+            self._eval_functions = (infer, log_marginal)
+        return self._eval_functions
+
+    @property
+    def test_data(self) -> dict[str, np.ndarray]:
+        if getattr(self, "_test_data", None) is None:
+            self._test_data = load_sequences(self.config, "test", self.config.num_eval, self.config.data_seed + 1)
+        return self._test_data
+
+    def evaluate(self, params, model_state, step, workdir):
+        """Counting accuracy, IWAE bound, ELBO and KL on the test sequences (all frames); log p(x) by IWAE-K on a
+        subset. Writes ``<workdir>/eval_step<step>.json``."""
+        del model_state
+        results = evaluate_sqair(self, params, self.test_data, key=jax.random.key(step))
+        if workdir and jax.process_index() == 0:
+            with open(os.path.join(workdir, f"eval_step{step}.json"), "w") as f:
+                json.dump({"step": int(step), **{k: v for k, v in results.items() if k != "example"}}, f, indent=1)
+        return {f"eval/{k}": v for k, v in results.items() if isinstance(v, (int, float))}
+
     def train_batches(self, *, seed, start_step, global_batch_size, process_index, process_count):
         return deterministic_batches({"frames": self.train_frames}, global_batch_size, seed=seed,
                                      start_step=start_step, process_index=process_index, process_count=process_count)
+
+
+def to_float_frames(frames) -> jax.Array:
+    """uint8 frames -> float32 in [0, 1]; float frames are passed through."""
+    frames = jnp.asarray(frames)
+    if jnp.issubdtype(frames.dtype, jnp.integer):
+        return frames.astype(jnp.float32) / 255.0
+    return frames.astype(jnp.float32)
+
+
+def evaluate_sqair(task: SQAIRTask, params, data: dict[str, np.ndarray], *, key: jax.Array,
+                   num_sequences: int | None = None) -> dict:
+    """Test-set evaluation over all ``T`` frames (no curriculum mask).
+
+    Per batch of sequences ``[B, T, H, W]``, K = ``eval.num_particles`` particles are drawn; the particle with the
+    largest log-weight gives the inferred count of every frame (Σ_objects z_pres), compared with the dataset's
+    ``counts [B, T]``. Returns floats: ``count_accuracy`` (over frames), ``sequence_count_accuracy`` (all T frames
+    right), ``iwae`` = mean_b log (1/K) Σ_k w_bk and ``iwae_per_frame``, ``elbo`` = mean log w, ``log_likelihood`` =
+    mean log p(x|z), ``kl`` = log_likelihood − elbo, ``num_objects`` per frame; ``log_marginal`` (IWAE with
+    ``eval.log_marginal_particles`` particles, chunked) on the first ``eval.log_marginal_sequences`` sequences;
+    ``confusion`` [true, inferred] counts; and ``example``: the first ``eval.num_pictures`` sequences with the best
+    particle's ``canvas``, ``boxes`` (pixel edges), ``z_pres`` and ``ids``.
+    """
+    from ocr_jax import spatial_transformer as st
+    from ocr_jax.models.sqair import where_to_transform
+
+    cfg = task.config
+    ev = cfg.eval
+    model = task.model
+    n = min(num_sequences or len(data["frames"]), len(data["frames"]))
+    if n < 1:
+        raise ValueError("evaluate_sqair needs at least one sequence")
+    K = ev.num_particles
+    infer, log_marginal = task.eval_functions()
+    max_count = model.config.max_objects
+    sums = dict(correct=0.0, seq_correct=0.0, iwae=0.0, elbo=0.0, log_likelihood=0.0, num_objects=0.0)
+    confusion = np.zeros((max_count + 1, max_count + 1), np.int64)
+    example = None
+    T = data["frames"].shape[1]
+    for start in range(0, n, ev.batch_size):
+        frames = data["frames"][start:start + ev.batch_size][: n - start]
+        out = jax.device_get(infer(params, frames, jax.random.fold_in(key, start)))
+        log_w = out["log_weight"]  # [B, K]
+        best = np.argmax(log_w, axis=1)
+        pick = lambda a: a[np.arange(len(best)), best]  # noqa: E731  [B, K, ...] -> [B, ...]
+        counts = pick(out["z_pres"]).sum(-1).astype(np.int64)  # [B, T]
+        true = np.minimum(data["counts"][start:start + len(best)], max_count)
+        np.add.at(confusion, (true.ravel(), counts.ravel()), 1)
+        sums["correct"] += float(np.sum(counts == true))
+        sums["seq_correct"] += float(np.sum(np.all(counts == true, axis=1)))
+        m = np.max(log_w, axis=1, keepdims=True)
+        sums["iwae"] += float(np.sum(m[:, 0] + np.log(np.mean(np.exp(log_w - m), axis=1))))
+        sums["elbo"] += float(np.sum(np.mean(log_w, axis=1)))
+        sums["log_likelihood"] += float(np.sum(np.mean(out["log_likelihood"].sum(-1), axis=1)))
+        sums["num_objects"] += float(np.sum(out["z_pres"].sum(-1).mean(1)))
+        if example is None:
+            j = slice(0, min(ev.num_pictures, len(best)))
+            boxes = np.asarray(st.z_where_to_box(where_to_transform(jnp.asarray(pick(out["z_where"]))),
+                                                 model.config.image_shape))
+            example = dict(frames=frames[j], canvas=pick(out["canvas"])[j], boxes=boxes[j],
+                           z_pres=pick(out["z_pres"])[j], ids=pick(out["ids"])[j], true_counts=true[j],
+                           counts=counts[j])
+    results = dict(num_sequences=int(n), num_frames=int(T), num_particles=int(K),
+                   count_accuracy=sums["correct"] / (n * T), sequence_count_accuracy=sums["seq_correct"] / n,
+                   iwae=sums["iwae"] / n, iwae_per_frame=sums["iwae"] / (n * T), elbo=sums["elbo"] / n,
+                   log_likelihood=sums["log_likelihood"] / n, num_objects=sums["num_objects"] / (n * T))
+    results["kl"] = results["log_likelihood"] - results["elbo"]
+    m = min(ev.log_marginal_sequences, n)
+    if m > 0:
+        lms = [np.asarray(log_marginal(params, data["frames"][s:s + ev.batch_size][: m - s],
+                                       jax.random.fold_in(key, 10_000 + s)))
+               for s in range(0, m, ev.batch_size)]
+        results.update(log_marginal=float(np.mean(np.concatenate(lms))), log_marginal_sequences=int(m),
+                       log_marginal_particles=int(ev.log_marginal_particles))
+    results["confusion"] = confusion.tolist()
+    results["example"] = example
+    return results
 
 
 def make_sqair_task(config: ml_collections.ConfigDict) -> SQAIRTask:
@@ -147,5 +271,6 @@ def make_sqair_task(config: ml_collections.ConfigDict) -> SQAIRTask:
 
 tasks.register("sqair", make_sqair_task)
 
-__all__ = ["SQAIRTask", "curriculum_length", "default_task_config", "make_sequences", "make_sqair_task"]
+__all__ = ["SQAIRTask", "curriculum_length", "default_task_config", "evaluate_sqair", "load_sequences",
+           "make_sequences", "make_sqair_task", "to_float_frames"]
 

@@ -149,3 +149,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     writer.close()
     checkpointer.close()
   return state
+
+
+def restore_params(config: ml_collections.ConfigDict, workdir: str, task, example_batch) -> tuple[Any, int]:
+  """The parameters of the latest checkpoint in ``<workdir>/checkpoints`` (on the host) and its step.
+
+  ``example_batch`` (one global batch, numpy) gives the shapes the state is initialised with before restoring.
+  Raises CheckpointError if the directory is missing or holds no readable checkpoint.
+  """
+  optimizers, _ = make_optimizers(config.optimizers)
+  state = init_train_state(task, optimizers, config.seed, example_batch, mesh_lib.make_data_mesh())
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), must_exist=True)
+  try:
+    state = checkpointer.restore(state)
+  finally:
+    checkpointer.close()
+  return jax.device_get(state.params), int(jax.device_get(state.step))

@@ -1,0 +1,115 @@
+"""Evaluate a trained SQAIR run on the test sequences and draw its pictures.
+
+    python -m experiments.sqair_report --config=experiments/configs/sqair_mnist.py:small --workdir=runs/sqair
+
+Reads the latest checkpoint in <workdir>/checkpoints and writes <workdir>/results.json (counting accuracy per frame
+and per sequence, confusion of true vs inferred counts, IWAE bound, ELBO, log p(x|z), KL, IWAE-K log p(x)), and
+  reconstructions.png  test sequences with the inferred boxes coloured by object identity, and reconstructions;
+  sequences.gif        the same as an animation;
+  prior_samples.png    sequences sampled from the generative model;
+  conditional.png      the first half of each test sequence inferred, the second half simulated from the prior.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import jax
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ocr_jax import plotting  # noqa: E402
+from ocr_jax import spatial_transformer as st  # noqa: E402
+from ocr_jax.models import sqair_task  # noqa: E402
+from ocr_jax.models.sqair import where_to_transform  # noqa: E402
+from ocr_jax.training import train  # noqa: E402
+
+
+def boxes_of(task: sqair_task.SQAIRTask, z_where) -> np.ndarray:
+    """Unconstrained ``z_where [..., 4]`` -> boxes ``[..., 4]`` in pixel edges (y_min, x_min, y_max, x_max)."""
+    return np.asarray(st.z_where_to_box(where_to_transform(z_where), task.model.config.image_shape))
+
+
+def write_pictures(task: sqair_task.SQAIRTask, params, results: dict, step: int, workdir: str) -> list[str]:
+    ex = results["example"]
+    n = len(ex["frames"])
+    inputs = ex["frames"].astype(np.float32) / 255.0
+    frames = np.concatenate([inputs, np.clip(ex["canvas"], 0, 1)])
+    boxes = np.concatenate([ex["boxes"], ex["boxes"]])
+    presence = np.concatenate([ex["z_pres"], ex["z_pres"]]) > 0
+    ids = np.concatenate([ex["ids"], ex["ids"]])
+    titles = [f"input {i} (true counts {''.join(map(str, ex['true_counts'][i]))})" for i in range(n)]
+    titles += [f"recon. {i} (inferred {''.join(map(str, ex['counts'][i]))})" for i in range(n)]
+    paths = []
+    fig = plotting.plot_frame_strips(frames, boxes, presence, color_ids=np.maximum(ids, 0), row_titles=titles,
+                                     title=f"SQAIR step {step}: test inputs with inferred boxes (colour = identity), "
+                                           "then reconstructions")
+    paths.append(str(plotting.save_figure(fig, os.path.join(workdir, "reconstructions.png"))))
+    plt.close(fig)
+    paths.append(str(plotting.save_gif(frames, os.path.join(workdir, "sequences.gif"), boxes, presence,
+                                       color_ids=np.maximum(ids, 0), ncols=n)))
+
+    T = inputs.shape[1]
+    samples = jax.device_get(task.model.generate(params, jax.random.key(0), n, T))
+    fig = plotting.plot_frame_strips(np.clip(samples["canvas"], 0, 1), boxes_of(task, samples["z_where"]),
+                                     samples["z_pres"] > 0, color_ids=np.maximum(samples["ids"], 0),
+                                     title="sequences sampled from the generative model (likelihood means)")
+    paths.append(str(plotting.save_figure(fig, os.path.join(workdir, "prior_samples.png"))))
+    plt.close(fig)
+
+    k = max(1, T // 2)
+    cond = jax.device_get(task.model.conditional_generate(params, sqair_task.to_float_frames(ex["frames"][:, :k]),
+                                                          jax.random.key(1), T - k))
+    z_where = np.concatenate([cond["inferred"]["z_where"][:, 0], cond["rollout"]["z_where"]], axis=1)
+    z_pres = np.concatenate([cond["inferred"]["z_pres"][:, 0], cond["rollout"]["z_pres"]], axis=1)
+    cond_ids = np.concatenate([cond["inferred"]["ids"][:, 0], cond["rollout"]["ids"]], axis=1)
+    rows = np.concatenate([inputs, np.clip(cond["frames"], 0, 1)])
+    fig = plotting.plot_frame_strips(
+        rows, np.concatenate([ex["boxes"], boxes_of(task, z_where)]), np.concatenate([ex["z_pres"], z_pres]) > 0,
+        color_ids=np.maximum(np.concatenate([ex["ids"], cond_ids]), 0),
+        row_titles=[f"input {i}" for i in range(n)] + [f"first {k} inferred, then prior" for _ in range(n)],
+        title=f"conditional generation: frames 0..{k - 1} inferred, {k}..{T - 1} simulated")
+    paths.append(str(plotting.save_figure(fig, os.path.join(workdir, "conditional.png"))))
+    plt.close(fig)
+    return paths
+
+
+def report(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Full evaluation of the latest checkpoint; writes results.json and pictures into ``workdir``."""
+    task = sqair_task.SQAIRTask(config.task_config)
+    data = task.test_data
+    example_batch = {"frames": data["frames"][: config.global_batch_size]}
+    params, step = train.restore_params(config, workdir, task, example_batch)
+    results = sqair_task.evaluate_sqair(task, params, data, key=jax.random.key(step))
+    summary = {"step": step, **{k: v for k, v in results.items() if k != "example"}}
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    summary["pictures"] = write_pictures(task, params, results, step, workdir)
+    return summary
+
+
+def main(argv=None):
+    from absl import app, flags, logging
+    from ml_collections import config_flags
+
+    config_flag = config_flags.DEFINE_config_file("config", None, "SQAIR config file[:variant]")
+    workdir_flag = flags.DEFINE_string("workdir", None, "the run's directory")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+    def run(_):
+        if not flags.FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
+        summary = report(config_flag.value, workdir_flag.value)
+        print(json.dumps({k: v for k, v in summary.items() if k != "confusion"}, indent=1))
+
+    app.run(run, argv=[sys.argv[0], *(argv or sys.argv[1:])])
+
+
+if __name__ == "__main__":
+    main()

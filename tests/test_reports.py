@@ -1,0 +1,69 @@
+"""Evaluation reports: SQAIR test-set evaluation and its pictures (fast, synthetic data), the AIR main job (slow)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import sqair_report
+from experiments.configs import sqair_mnist
+from ocr_jax.models import sqair_task
+
+
+@pytest.fixture(scope="module")
+def sqair_setup():
+  """An untrained quick-config SQAIR and its evaluation on 8 test sequences (one batch shape: one compilation)."""
+  config = sqair_mnist.get_config("quick")
+  config.task_config.num_eval = 8
+  config.task_config.eval.update(batch_size=8, log_marginal_sequences=8, log_marginal_particles=12,
+                                 log_marginal_chunk=6)
+  task = sqair_task.SQAIRTask(config.task_config)
+  params = jax.jit(task.model.init)(jax.random.key(0))
+  return task, params, sqair_task.evaluate_sqair(task, params, task.test_data, key=jax.random.key(0))
+
+
+def test_sqair_evaluation_values_are_consistent(sqair_setup):
+  task, params, r = sqair_setup
+  data = task.test_data
+  n, T = data["frames"].shape[:2]
+  assert n == 8 and data["counts"].shape == (n, T) and r["num_sequences"] == n
+  confusion = np.asarray(r["confusion"])
+  assert confusion.sum() == n * T
+  np.testing.assert_array_equal(confusion.sum(1)[: data["counts"].max() + 1],
+                                np.bincount(data["counts"].ravel()))  # rows are the true counts
+  assert r["count_accuracy"] == pytest.approx(np.trace(confusion) / (n * T))
+  assert 0.0 <= r["sequence_count_accuracy"] <= r["count_accuracy"] <= 1.0
+  assert r["kl"] == pytest.approx(r["log_likelihood"] - r["elbo"], rel=1e-6, abs=1e-4)
+  assert r["iwae"] >= r["elbo"] - 1e-3  # Jensen, sequence by sequence
+  assert r["iwae_per_frame"] == pytest.approx(r["iwae"] / T)
+  assert np.isfinite(r["log_marginal"]) and r["log_marginal_sequences"] == n
+  ex = r["example"]
+  assert ex["frames"].shape[:2] == (2, T) and ex["boxes"].shape == ex["z_pres"].shape + (4,)
+  np.testing.assert_array_equal(ex["counts"], ex["z_pres"].sum(-1))
+  # Same key, same numbers (and the cached jitted functions are reused).
+  again = sqair_task.evaluate_sqair(task, params, data, key=jax.random.key(0))
+  assert again["iwae"] == r["iwae"] and again["count_accuracy"] == r["count_accuracy"]
+
+
+def test_sqair_pictures_are_written(sqair_setup, tmp_path):
+  task, params, r = sqair_setup
+  paths = sqair_report.write_pictures(task, params, r, 0, str(tmp_path))
+  assert sorted(os.path.basename(p) for p in paths) == ["conditional.png", "prior_samples.png",
+                                                         "reconstructions.png", "sequences.gif"]
+  assert all(os.path.getsize(p) > 1000 for p in paths)
+
+
+@pytest.mark.slow
+def test_main_job_quick_writes_results_and_pictures(tmp_path):
+  """The README's main command in its quick variant (needs MNIST: cached or fetched)."""
+  env = {**os.environ, "WORKDIR": str(tmp_path)}
+  subprocess.run([sys.executable, "-m", "experiments.main_job", "--variant=quick"], check=True, env=env,
+                 cwd=os.path.dirname(os.path.dirname(__file__)), timeout=1800)
+  results = json.load(open(tmp_path / "air" / "results.json"))
+  assert 0.0 <= results["count_accuracy"] <= 1.0 and np.isfinite(results["log_marginal"])
+  for name in ("reconstructions.png", "confusion.png", "prior_samples.png"):
+    assert (tmp_path / "air" / name).stat().st_size > 1000
