@@ -1,9 +1,11 @@
 r"""AIR over several seeds: how many reach a count-accuracy threshold, and how fast (issue #5, TARGETS.md).
 
   python -m experiments.air_seeds --config=experiments/configs/air_multi_mnist.py --workdir=runs/air_seeds \
-      --seeds=0,1,2,3,4,5,6,7,8,9 [--threshold=0.95] [--config.num_steps=10000 ...]
+      --seeds=0,1,2,3,4,5,6,7,8,9 [--threshold=0.95] [--stop_at_threshold] [--config.eval_every=1000 ...]
 
-Trains one run per seed in ``<workdir>/seed_<s>`` (each resumes if interrupted; finished seeds are skipped), then
+Trains one run per seed in ``<workdir>/seed_<s>`` (each resumes if interrupted; finished seeds are skipped; with
+``--stop_at_threshold`` a seed stops at its first evaluation at or above the threshold, and seeds that already
+reached it are skipped), then
 writes ``<workdir>/seeds.json`` and prints a markdown table. Per seed: the first periodic evaluation whose count
 accuracy (on ``eval.periodic_images`` test images) reaches the threshold, the training time to it, and the last
 evaluation. Training time = compile time + the sum over logged intervals of steps / (steps per second); evaluation
@@ -23,6 +25,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "AIR config file, opti
 _WORKDIR = flags.DEFINE_string("workdir", None, "One subdirectory per seed is created here.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
 _THRESHOLD = flags.DEFINE_float("threshold", 0.95, "Count accuracy counted as success.")
+_STOP = flags.DEFINE_bool("stop_at_threshold", False, "Stop each seed at its first evaluation >= threshold.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -62,8 +65,13 @@ def main(argv):
     config = _CONFIG.value.copy_and_resolve_references()
     config.seed = seed
     run_dir = os.path.join(_WORKDIR.value, f"seed_{seed}")
+    if _STOP.value:
+      config.stop_when = dict(metric="eval/count_accuracy", at_least=_THRESHOLD.value)
+    already = os.path.exists(os.path.join(run_dir, "metrics.jsonl")) and summarise(
+        training_curve(run_dir), _THRESHOLD.value)["reached"]
     print(f"[air_seeds] seed {seed} -> {run_dir}", flush=True)
-    train.train_and_evaluate(config, run_dir)  # resumes from the latest checkpoint; returns at once if finished
+    if not (_STOP.value and already):
+      train.train_and_evaluate(config, run_dir)  # resumes from the latest checkpoint; returns at once if finished
     results[seed] = summarise(training_curve(run_dir), _THRESHOLD.value)
 
   reached = sum(r["reached"] for r in results.values())

@@ -3,7 +3,9 @@
     python -m experiments.sqair_report --config=experiments/configs/sqair_mnist.py:small --workdir=runs/sqair
 
 Reads the latest checkpoint in <workdir>/checkpoints and writes <workdir>/results.json (counting accuracy per frame
-and per sequence, confusion of true vs inferred counts, IWAE bound, ELBO, log p(x|z), KL, IWAE-K log p(x)), and
+and per sequence, confusion of true vs inferred counts, IWAE bound, ELBO, log p(x|z), KL, IWAE-K log p(x); tracking
+against the ground-truth identities: matches, misses, identity swaps, re-detections, failure mode; the addition
+experiment's test accuracy, ocr_jax/models/sqair_eval.py), and
   reconstructions.png  test sequences with the inferred boxes coloured by object identity, and reconstructions;
   sequences.gif        the same as an animation;
   prior_samples.png    sequences sampled from the generative model;
@@ -26,7 +28,7 @@ import numpy as np  # noqa: E402
 
 from ocr_jax import plotting  # noqa: E402
 from ocr_jax import spatial_transformer as st  # noqa: E402
-from ocr_jax.models import sqair_task  # noqa: E402
+from ocr_jax.models import sqair_eval, sqair_task  # noqa: E402
 from ocr_jax.models.sqair import where_to_transform  # noqa: E402
 from ocr_jax.training import train  # noqa: E402
 
@@ -88,6 +90,13 @@ def report(config: ml_collections.ConfigDict, workdir: str) -> dict:
     params, step = train.restore_params(config, workdir, task, example_batch)
     results = sqair_task.evaluate_sqair(task, params, data, key=jax.random.key(step))
     summary = {"step": step, **{k: v for k, v in results.items() if k != "example"}}
+    # Tracking against the ground-truth identities and the addition experiment (§5.D.4): the classifier is trained
+    # on the representations of training sequences and tested on the test sequences; the model is frozen.
+    ev = task.config.eval
+    train_data = sqair_task.load_sequences(task.config, "train", ev.addition_train_sequences, task.config.data_seed)
+    summary.update(sqair_eval.tracking_and_addition(
+        task, params, data, key=jax.random.key(step), iou_threshold=ev.tracking_iou_threshold,
+        classifier_steps=ev.addition_steps, train_data=train_data))
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(summary, f, indent=1)
     summary["pictures"] = write_pictures(task, params, results, step, workdir)

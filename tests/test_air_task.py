@@ -1,15 +1,11 @@
 """AIR as a training task: estimator wiring, gradients per group, a tiny run improves its bound, sharding agrees."""
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+import sharded_step_check
 
 from experiments.configs import air_multi_mnist
 from ocr_jax import objectives
@@ -158,34 +154,5 @@ def test_tiny_config_trains_and_its_bound_improves():
     assert results["log_marginal"] >= results["elbo"] - 5.0  # IWAE-K >= ELBO up to Monte-Carlo noise
 
 
-SHARDED_SCRIPT = textwrap.dedent("""
-    import os, sys
-    import jax, numpy as np
-    from experiments.configs import air_multi_mnist
-    from ocr_jax.models import air_task
-    from ocr_jax.training import mesh as mesh_lib
-    from ocr_jax.training.optimizers import make_optimizers
-    from ocr_jax.training.train_step import init_train_state, make_train_step
-    config = air_multi_mnist.get_config("quick+nvil")
-    task = air_task.AIRTask(config.task_config)
-    optimizers, schedules = make_optimizers(config.optimizers)
-    batch = next(task.train_batches(seed=0, start_step=0, global_batch_size=8, process_index=0, process_count=1))
-    out = {}
-    for n in (1, jax.device_count()):
-        mesh = mesh_lib.make_data_mesh(jax.devices()[:n])
-        state = init_train_state(task, optimizers, 0, batch, mesh)
-        step = make_train_step(task, optimizers, mesh=mesh, schedules=schedules, donate=False)
-        state, _ = step(state, mesh_lib.shard_batch(batch, mesh), jax.random.PRNGKey(7))
-        out[n] = np.concatenate([np.ravel(x) for x in jax.tree.leaves(jax.device_get(state.params))])
-    assert jax.device_count() == 4, jax.device_count()
-    np.testing.assert_allclose(out[1], out[4], rtol=2e-4, atol=2e-6)
-    print("OK")
-""")
-
-
-def test_sharded_and_single_device_steps_agree(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], env=env, capture_output=True, text=True,
-                            timeout=600, cwd=os.path.dirname(os.path.dirname(__file__)))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "OK" in result.stdout
+def test_sharded_and_single_device_steps_agree():
+    sharded_step_check.run_in_subprocess("experiments.configs.air_multi_mnist", "quick+nvil")

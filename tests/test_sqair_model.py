@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import sharded_step_check
 
 from ocr_jax.models.sqair import SQAIR, conv_sqair_config, mlp_sqair_config
 
@@ -273,3 +274,8 @@ def test_tiny_sqair_task_bound_improves():
     after = float(eval_bound(params))
     # Same 64 sequences, same key: the IWAE bound per frame must improve (observed: see the report).
     assert after > before + 1.0, (before, after)
+
+
+def test_sharded_and_single_device_steps_agree():
+    """One SQAIR train step (quick config, VIMCO, K = 3) on 1 device and on 4 simulated devices: same update."""
+    sharded_step_check.run_in_subprocess("experiments.configs.sqair_mnist", "quick")

@@ -152,6 +152,21 @@ def test_nonfinite_step_stops_saves_last_good_state_and_batch(tmp_path):
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
 
 
+def test_stop_when_stops_at_first_evaluation_meeting_the_threshold(tmp_path):
+  config = small_config(num_steps=8)
+  config.eval_every = 2
+  config.stop_when = ml_collections.ConfigDict(dict(metric="eval/elbo", at_least=-1e30))  # met at once
+  state = train_and_evaluate(config, str(tmp_path / "met"))
+  assert int(state.step) == 2 and sorted(os.listdir(tmp_path / "met" / "checkpoints")) == ["2"]
+  rows = [json.loads(line) for line in open(tmp_path / "met" / "metrics.jsonl")]
+  assert any(r.get("stopped_early") == 1.0 and r["step"] == 2 for r in rows)
+  config.stop_when.at_least = 1e30  # never met: trains to num_steps
+  assert int(train_and_evaluate(config, str(tmp_path / "never")).step) == 8
+  config.stop_when.metric = "eval/no_such_metric"
+  with pytest.raises(KeyError, match="no_such_metric"):
+    train_and_evaluate(config, str(tmp_path / "bad"))
+
+
 # ---- CLI as a new user runs it --------------------------------------------------------------------------------------
 def run_cli(workdir, cache_dir, *overrides):
   cmd = [sys.executable, "-m", "experiments.main", "--config=experiments/configs/toy_vae.py:quick",

@@ -7,6 +7,7 @@ Variants (``--config=experiments/configs/air_multi_mnist.py:VARIANT``):
   ww         reweighted wake-wake: wake-θ, wake-φ for z_pres, reparameterised IWAE gradient for z_what/z_where
   reinforce  raw score function without any baseline (the failure case, for comparison)
   pyro       the Pyro example's recipe (scaled digits, overlap allowed) and its inverse z_where parametrisation
+  bernoulli  Bernoulli likelihood on stochastically binarised images (thesis §8.4.2; experiments/air_estimators.py)
   bench      the matched architecture of the Pyro example (K=1, NVIL, batch 64, 28x28 glimpse, LSTM 256 on raw pixels,
              200-unit MLPs), for benchmarks/air_throughput.py
   quick      a tiny run on synthetic blob "digits" (no download): seconds, for tests and smoke checks
@@ -30,7 +31,7 @@ def optimizer(name: str, learning_rate: float, **kw) -> ml_collections.ConfigDic
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variants = set(filter(None, (arg or "").split("+")))
-  unknown = variants - {"nvil", "ww", "reinforce", "pyro", "bench", "quick"}
+  unknown = variants - {"nvil", "ww", "reinforce", "pyro", "bernoulli", "bench", "quick"}
   if unknown:
     raise ValueError(f"unknown variant(s) {sorted(unknown)}; see the module docstring")
 
@@ -82,6 +83,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if "pyro" in variants or "bench" in variants:
     tc.data.recipe = "pyro"
     tc.model.update(where_parametrisation="pyro", scale_range=(0.0, 1.0))
+  if "bernoulli" in variants:
+    tc.data.binarize = True  # the task then uses the Bernoulli likelihood
   if "bench" in variants:
     tc.model.update(glimpse_shape=(28, 28), rnn_hidden=256, image_encoder="raw", glimpse_encoder_hidden=(200,),
                     glimpse_decoder_hidden=(200,), baseline_hidden=(200,))

@@ -41,7 +41,13 @@ def default_task_config() -> ml_collections.ConfigDict:
         data="mnist", num_frames=10, num_train=60_000, num_eval=1_000, max_digits=2, digit_size=28, data_seed=0,
         # evaluation on num_eval test sequences (built from the MNIST test split with seed data_seed + 1)
         eval=dict(batch_size=50, num_particles=5, log_marginal_sequences=50, log_marginal_particles=1000,
-                  log_marginal_chunk=50, num_pictures=4),
+                  log_marginal_chunk=50, num_pictures=4,
+                  # during training: the first periodic_sequences test sequences, no IWAE-K log p(x)
+                  periodic_sequences=200, periodic_log_marginal_sequences=0,
+                  # final report only (experiments/sqair_report.py): tracking scored at this IoU between inferred
+                  # glimpse boxes and the (tight) true digit boxes; the addition classifier (§5.D.4) trained for
+                  # addition_steps on addition_train_sequences training sequences
+                  tracking_iou_threshold=0.3, addition_steps=10_000, addition_train_sequences=2_000),
     ))
 
 
@@ -177,7 +183,10 @@ class SQAIRTask:
         """Counting accuracy, IWAE bound, ELBO and KL on the test sequences (all frames); log p(x) by IWAE-K on a
         subset. Writes ``<workdir>/eval_step<step>.json``."""
         del model_state
-        results = evaluate_sqair(self, params, self.test_data, key=jax.random.key(step))
+        ev = self.config.eval
+        results = evaluate_sqair(self, params, self.test_data, key=jax.random.key(step),
+                                 num_sequences=ev.periodic_sequences,
+                                 log_marginal_sequences=ev.periodic_log_marginal_sequences)
         if workdir and jax.process_index() == 0:
             with open(os.path.join(workdir, f"eval_step{step}.json"), "w") as f:
                 json.dump({"step": int(step), **{k: v for k, v in results.items() if k != "example"}}, f, indent=1)
@@ -197,7 +206,7 @@ def to_float_frames(frames) -> jax.Array:
 
 
 def evaluate_sqair(task: SQAIRTask, params, data: dict[str, np.ndarray], *, key: jax.Array,
-                   num_sequences: int | None = None) -> dict:
+                   num_sequences: int | None = None, log_marginal_sequences: int | None = None) -> dict:
     """Test-set evaluation over all ``T`` frames (no curriculum mask).
 
     Per batch of sequences ``[B, T, H, W]``, K = ``eval.num_particles`` particles are drawn; the particle with the
@@ -205,7 +214,8 @@ def evaluate_sqair(task: SQAIRTask, params, data: dict[str, np.ndarray], *, key:
     ``counts [B, T]``. Returns floats: ``count_accuracy`` (over frames), ``sequence_count_accuracy`` (all T frames
     right), ``iwae`` = mean_b log (1/K) Σ_k w_bk and ``iwae_per_frame``, ``elbo`` = mean log w, ``log_likelihood`` =
     mean log p(x|z), ``kl`` = log_likelihood − elbo, ``num_objects`` per frame; ``log_marginal`` (IWAE with
-    ``eval.log_marginal_particles`` particles, chunked) on the first ``eval.log_marginal_sequences`` sequences;
+    ``eval.log_marginal_particles`` particles, chunked) on the first ``log_marginal_sequences`` (default
+    ``eval.log_marginal_sequences``) sequences;
     ``confusion`` [true, inferred] counts; and ``example``: the first ``eval.num_pictures`` sequences with the best
     particle's ``canvas``, ``boxes`` (pixel edges), ``z_pres`` and ``ids``.
     """
@@ -253,7 +263,7 @@ def evaluate_sqair(task: SQAIRTask, params, data: dict[str, np.ndarray], *, key:
                    iwae=sums["iwae"] / n, iwae_per_frame=sums["iwae"] / (n * T), elbo=sums["elbo"] / n,
                    log_likelihood=sums["log_likelihood"] / n, num_objects=sums["num_objects"] / (n * T))
     results["kl"] = results["log_likelihood"] - results["elbo"]
-    m = min(ev.log_marginal_sequences, n)
+    m = min(ev.log_marginal_sequences if log_marginal_sequences is None else log_marginal_sequences, n)
     if m > 0:
         lms = [np.asarray(log_marginal(params, data["frames"][s:s + ev.batch_size][: m - s],
                                        jax.random.fold_in(key, 10_000 + s)))

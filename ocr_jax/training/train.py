@@ -8,6 +8,8 @@ Config fields used here (see experiments/configs/toy_vae.py for a complete examp
     log_every, eval_every                 in steps; 0 disables evaluation
     checkpoint.every, checkpoint.max_to_keep, checkpoint.restore_from (optional: start from another run's dir)
     headline_metric (optional; default task.headline_metric), progress_bar (bool)
+    stop_when (optional): {metric, at_least}: stop (after saving a checkpoint) at the first periodic evaluation whose
+                          scalar ``metric`` (e.g. "eval/count_accuracy") is >= ``at_least``
 """
 
 from __future__ import annotations
@@ -98,13 +100,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                        dynamic_ncols=True, unit="step")
   evaluate = getattr(task, "evaluate", None)
 
-  def run_eval(step: int) -> None:
+  stop_when = config.get("stop_when")
+
+  def run_eval(step: int) -> bool:
+    """Runs the eval hook; True if ``stop_when`` is met."""
     if evaluate is None:
-      return
+      return False
     scalars, images = split_eval_results(
         evaluate(local_copy(state.params), local_copy(state.model_state), step, workdir))
     writer.write_scalars(step, scalars)
     writer.write_images(step, images)
+    if not stop_when:
+      return False
+    if stop_when.metric not in scalars:
+      raise KeyError(f"stop_when.metric={stop_when.metric!r} is not an evaluation scalar; have {sorted(scalars)}")
+    return scalars[stop_when.metric] >= stop_when.at_least
 
   # ---- The loop. ----------------------------------------------------------------------------------------------
   step = start_step
@@ -139,11 +149,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           if headline in host:
             progress.set_postfix({headline: f"{float(host[headline]):.4g}"})
         if config.eval_every and (step % config.eval_every == 0 or step == config.num_steps):
-          run_eval(step)
+          if run_eval(step):
+            logging.info("step %d: %s >= %s, stopping early", step, stop_when.metric, stop_when.at_least)
+            writer.write_scalars(step, {"stopped_early": 1.0})
+            break
         if step % ckpt_cfg.every == 0:
           checkpointer.save(state)
 
-      checkpointer.save(state)  # on normal exit (no-op if the last periodic save was this step).
+      checkpointer.save(state)  # on normal or early exit (no-op if the last periodic save was this step).
   finally:
     progress.close()
     writer.close()

@@ -1,0 +1,213 @@
+"""SQAIR evaluation: IoU matching, CLEAR-MOT tracking errors (swaps vs re-detections), failure-mode labels, the
+addition experiment's features/targets/classifier, and the wiring on an untrained quick-config SQAIR."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from ocr_jax.models import sqair_eval as se
+
+T = 4
+
+
+def _box(y, x, h=10, w=10):
+    return [y, x, y + h, x + w]
+
+
+def _two_objects():
+    """Ground truth [T, 2, 4] / [T, 2]: object 0 moves right along the top, object 1 moves left along the bottom."""
+    boxes = np.array([[_box(0, 2 * t), _box(30, 30 - 2 * t)] for t in range(T)], np.float32)
+    return boxes, np.ones((T, 2), bool)
+
+
+def _inferred(true_boxes, ids, slots=(1, 0), num_slots=3):
+    """Inferred [T, num_slots, ...]: true object j sits in slot slots[j] with identity ids[t][j]; other slots absent."""
+    boxes = np.zeros((T, num_slots, 4), np.float32)
+    pres = np.zeros((T, num_slots), np.float32)
+    out_ids = np.full((T, num_slots), -1, np.int32)
+    for t in range(T):
+        for j, s in enumerate(slots):
+            boxes[t, s] = true_boxes[t, j] + 0.5  # IoU ≈ 0.82
+            pres[t, s] = 1.0
+            out_ids[t, s] = ids[t][j]
+    return boxes, pres, out_ids
+
+
+def test_perfect_tracking_has_no_errors():
+    tb, tp = _two_objects()
+    boxes, pres, ids = _inferred(tb, [(7, 3)] * T)  # slots permuted w.r.t. the ground truth: matching is by box
+    np.testing.assert_array_equal(se.match_objects(tb, tp, boxes, pres), np.tile([1, 0], (T, 1)))
+    r = se.tracking_errors(tb, tp, boxes, pres, ids)
+    assert (r["matches"], r["misses"], r["false_positives"]) == (2 * T, 0, 0)
+    assert (r["switches"], r["swaps"], r["redetections"], r["redetections_at_t2"]) == (0, 0, 0, 0)
+    assert r["continuations"] == 2 * (T - 1) and r["matched_tracks"] == r["num_tracks"] == 2
+    assert r["mota"] == 1.0 and r["switches_per_track"] == 0.0 and r["recall"] == r["precision"] == 1.0
+    assert r["motp"] == pytest.approx(float(se.box_iou(tb[0, 0], tb[0, 0] + 0.5)))
+    assert r["failure_mode"] == "tracks"
+    json.dumps(r)
+
+
+@pytest.mark.parametrize("continuity", [True, False])
+def test_exchanging_two_identities_is_a_swap(continuity):
+    tb, tp = _two_objects()
+    boxes, pres, ids = _inferred(tb, [(0, 1), (0, 1), (1, 0), (1, 0)])
+    r = se.tracking_errors(tb, tp, boxes, pres, ids, continuity=continuity)
+    assert (r["switches"], r["swaps"], r["redetections"]) == (2, 2, 0)
+    assert r["swaps_per_track"] == 1.0 and r["switch_rate"] == pytest.approx(2 / 6)
+    assert r["mota"] == pytest.approx(1 - 2 / 8)
+    assert r["failure_mode"] == "switches"
+
+
+def test_new_identity_at_second_frame_is_a_redetection():
+    tb, tp = _two_objects()
+    boxes, pres, ids = _inferred(tb, [(0, 1), (2, 1), (2, 1), (2, 1)])  # object 0 forgotten and re-discovered at t=1
+    r = se.tracking_errors(tb, tp, boxes, pres, ids)
+    assert (r["switches"], r["swaps"], r["redetections"], r["redetections_at_t2"]) == (1, 0, 1, 1)
+    assert r["continuations_at_t2"] == 2 and r["redetection_rate_at_t2"] == 0.5
+    assert r["redetections_late"] == 0 and r["failure_mode"] == "redetects_at_t2"
+    # a new identity in every frame: DISC-only
+    boxes, pres, ids = _inferred(tb, [(2 * t, 2 * t + 1) for t in range(T)])
+    r = se.tracking_errors(tb, tp, boxes, pres, ids)
+    assert (r["switches"], r["redetections"], r["swaps"], r["redetections_at_t2"]) == (6, 6, 0, 2)
+    assert r["failure_mode"] == "disc_only"
+
+
+def test_misses_false_positives_and_redetection_across_a_gap():
+    tb, tp = _two_objects()
+    boxes, pres, ids = _inferred(tb, [(0, 1)] * T)
+    pres[2, 1] = 0.0  # object 0's detection is missing at t=2 (it comes back with its identity: no switch)
+    ids[2, 1] = -1
+    boxes[1, 2], pres[1, 2], ids[1, 2] = _box(12, 12), 1.0, 9  # a spurious object at t=1
+    r = se.tracking_errors(tb, tp, boxes, pres, ids)
+    assert (r["matches"], r["misses"], r["false_positives"], r["switches"]) == (7, 1, 1, 0)
+    assert r["num_true"] == 8 and r["num_inferred"] == 8
+    assert r["mota"] == pytest.approx(1 - 2 / 8)
+    # object 0 unmatched at t=1 and t=2, then matched to identity 5, created during the gap: a re-detection (its
+    # identity did not exist at t=0, the frame of the last match), not counted at frame index 1
+    boxes, pres, ids = _inferred(tb, [(0, 1), (0, 1), (5, 1), (5, 1)])
+    boxes[1:3, 1] = [_box(40, 40)] * 2
+    r = se.tracking_errors(tb, tp, boxes, pres, ids)
+    assert (r["misses"], r["false_positives"], r["switches"], r["redetections"]) == (2, 2, 1, 1)
+    assert r["redetections_at_t2"] == 0 and r["redetections_late"] == 1
+    # batched input sums the sequences' counts
+    rb = se.tracking_errors(np.stack([tb, tb]), np.stack([tp, tp]), np.stack([boxes] * 2), np.stack([pres] * 2),
+                            np.stack([ids] * 2))
+    assert rb["num_sequences"] == 2 and rb["redetections"] == 2 and rb["matches"] == 2 * r["matches"]
+
+
+def test_continuity_keeps_a_still_valid_correspondence():
+    """A duplicate with a better box appears at t=1: CLEAR-MOT keeps the old identity (the duplicate is a false
+    positive); frame-by-frame matching switches to the duplicate (a re-detection)."""
+    tb = np.array([[_box(0, 0)]] * 2, np.float32)
+    tp = np.ones((2, 1), bool)
+    boxes = np.array([[_box(0, 0, 10, 7), [0, 0, 0, 0]], [_box(0, 0, 10, 7), _box(0, 0, 10, 9)]], np.float32)
+    pres = np.array([[1, 0], [1, 1]], np.float32)
+    ids = np.array([[0, -1], [0, 1]], np.int32)
+    kept = se.tracking_errors(tb, tp, boxes, pres, ids)
+    assert (kept["switches"], kept["false_positives"]) == (0, 1)
+    fresh = se.tracking_errors(tb, tp, boxes, pres, ids, continuity=False)
+    assert (fresh["switches"], fresh["redetections"], fresh["redetections_at_t2"]) == (1, 1, 1)
+
+
+def test_iou_matching_respects_the_threshold_and_maximises_total_iou():
+    full = lambda x0, x1: [0, x0, 10, x1]  # noqa: E731  boxes of height 10 over columns x0..x1
+    assert float(se.box_iou(np.array(full(0, 10)), np.array(full(0, 6)))) == pytest.approx(0.6)
+    tb, tp = np.array([[full(0, 10)]], np.float32), np.ones((1, 1), bool)
+    b, p = np.array([[full(0, 6)]], np.float32), np.ones((1, 1))
+    assert se.match_objects(tb, tp, b, p, iou_threshold=0.5)[0, 0] == 0
+    assert se.match_objects(tb, tp, b, p, iou_threshold=0.7)[0, 0] == -1
+    assert se.match_objects(tb, tp, b, np.zeros((1, 1)), iou_threshold=0.1)[0, 0] == -1  # absent: never matched
+    # A = [0, 10] and B = [1, 11]; s0 = [0, 10] (IoU 1 with A, 9/11 with B), s1 = [0, 7] (0.7 with A, 6/11 with B).
+    # At threshold 0.6 the greedy A -> s0 leaves B unmatched; the best one-to-one assignment is A -> s1, B -> s0.
+    tb, tp = np.array([[full(0, 10), full(1, 11)]], np.float32), np.ones((1, 2), bool)
+    b, p = np.array([[full(0, 10), full(0, 7)]], np.float32), np.ones((1, 2))
+    np.testing.assert_array_equal(se.match_objects(tb, tp, b, p, iou_threshold=0.6), [[1, 0]])
+    np.testing.assert_array_equal(se.match_objects(tb, tp, b, p, iou_threshold=0.5), [[0, 1]])  # 1 + 6/11 > 0.7 + 9/11
+
+
+def test_bad_inputs_raise():
+    tb, tp = _two_objects()
+    boxes, pres, ids = _inferred(tb, [(0, 1)] * T)
+    with pytest.raises(ValueError, match="presence must be"):
+        se.match_objects(tb, tp, boxes, pres[:, :2])
+    with pytest.raises(ValueError, match="true_presence must be"):
+        se.tracking_errors(tb, tp[:, :1], boxes, pres, ids)
+    with pytest.raises(ValueError, match="ids must be"):
+        se.tracking_errors(tb, tp, boxes, pres, ids[:-1])
+    with pytest.raises(ValueError, match="frames"):
+        se.tracking_errors(tb[:-1], tp[:-1], boxes, pres, ids)
+    with pytest.raises(ValueError, match="labels"):
+        se.addition_targets(np.zeros((2, 2), np.int32), np.zeros((2, 3, 3), bool))
+    with pytest.raises(ValueError, match="targets_train must be integers in 0..18"):
+        se.train_addition_classifier(np.zeros((4, 3)), np.array([0, 1, 2, 19]), np.zeros((2, 3)), np.zeros(2, int),
+                                     steps=1)
+    with pytest.raises(ValueError, match="same width"):
+        se.train_addition_classifier(np.zeros((4, 3)), np.zeros(4, int), np.zeros((2, 5)), np.zeros(2, int), steps=1)
+
+
+def test_addition_targets_and_features():
+    labels = np.array([[3, 7], [5, -1], [-1, -1]], np.int32)
+    presence = np.array([[[1, 1], [0, 1]], [[1, 0], [0, 0]], [[0, 0], [0, 0]]], bool)
+    np.testing.assert_array_equal(se.addition_targets(labels, presence), [[10, 7], [5, 0], [0, 0]])
+    with pytest.raises(ValueError, match="label -1"):
+        se.addition_targets(labels, np.ones((3, 2, 2), bool))
+    z_what = np.arange(6, dtype=np.float32).reshape(1, 3, 2)  # slots [0 1], [2 3], [4 5]
+    f = se.addition_features(z_what, np.array([[1.0, 1.0, 0.0]]), np.array([[5, 2, -1]]))
+    np.testing.assert_array_equal(f, [[2, 3, 0, 1, 0, 0]])  # identity order (2 then 5), the absent slot zeroed
+    f = se.addition_features(z_what, np.array([[1.0, 1.0, 0.0]]), np.array([[2, 5, -1]]))  # model order: unchanged
+    np.testing.assert_array_equal(f, [[0, 1, 2, 3, 0, 0]])
+
+
+def _digit_features(n, rng):
+    """Two digit slots coded one-hot (times presence) plus noise and 4 distractor dimensions; targets = digit sum."""
+    digits = rng.integers(0, 10, size=(n, 2))
+    pres = rng.random((n, 2)) < 0.8
+    x = (np.eye(10)[digits] * pres[..., None]).reshape(n, 20)
+    x = np.concatenate([x, rng.normal(size=(n, 4))], axis=1) + 0.05 * rng.normal(size=(n, 24))
+    return x.astype(np.float32), np.sum(digits * pres, axis=1)
+
+
+def test_addition_classifier_learns_sums_and_not_noise():
+    rng = np.random.default_rng(0)
+    xs, ys = _digit_features(2000, rng)
+    xt, yt = _digit_features(500, rng)
+    kw = dict(steps=400, batch_size=128, learning_rate=3e-3, seed=0)
+    r = se.train_addition_classifier(xs, ys, xt, yt, **kw)
+    assert r["test_accuracy"] > 0.95 and r["train_accuracy"] > 0.95
+    assert (r["num_train"], r["num_test"], r["num_classes"]) == (2000, 500, 19)
+    control = se.train_addition_classifier(xs, rng.permutation(ys), xt, yt, **kw)  # shuffled training targets
+    assert control["test_accuracy"] < control["majority_baseline"] + 0.1
+    json.dumps(r)
+
+
+def test_tracking_and_addition_on_untrained_quick_sqair():
+    from experiments.configs import sqair_mnist
+    from ocr_jax.models import sqair_task
+
+    config = sqair_mnist.get_config("quick")
+    config.task_config.num_eval = 16
+    config.task_config.eval.update(batch_size=8)
+    task = sqair_task.SQAIRTask(config.task_config)
+    params = jax.jit(task.model.init)(jax.random.key(0))
+    data = task.test_data
+    r = se.tracking_and_addition(task, params, data, key=jax.random.key(1), classifier_steps=20,
+                                 classifier_hidden=(16,))
+    json.dumps(r)
+    tr, add = r["tracking"], r["addition"]
+    assert (r["num_sequences"], r["num_frames"], tr["num_sequences"]) == (16, 3, 16)
+    assert tr["num_true"] == int(data["presence"][:16].sum())
+    assert tr["matches"] + tr["misses"] == tr["num_true"]
+    assert tr["matches"] + tr["false_positives"] == tr["num_inferred"]
+    assert tr["switches"] == tr["swaps"] + tr["redetections"] <= tr["continuations"] <= tr["matches"]
+    assert tr["failure_mode"] in ("no_matches", "disc_only", "redetects_at_t2", "switches", "tracks")
+    for k in ("recall", "precision", "switch_rate", "redetection_rate", "motp"):
+        assert tr[k] is None or 0.0 <= tr[k] <= 1.0
+    # the same best particles as evaluate_sqair (same key): the inferred object count agrees with its confusion
+    ev = sqair_task.evaluate_sqair(task, params, data, key=jax.random.key(1), log_marginal_sequences=0)
+    confusion = np.asarray(ev["confusion"])
+    assert tr["num_inferred"] == int((confusion * np.arange(confusion.shape[1])).sum())
+    assert (add["num_train_sequences"], add["num_test_sequences"]) == (8, 8)
+    assert (add["num_train"], add["num_test"], add["num_classes"]) == (24, 24, 19)
+    assert 0.0 <= add["train_accuracy"] <= 1.0 and 0.0 <= add["test_accuracy"] <= 1.0
