@@ -27,14 +27,6 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "AIR config file, optionally with ':variant'.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "One subdirectory per (estimator, K) is created here.")
-_ESTIMATORS = flags.DEFINE_list("estimators", ["vimco", "ww"], "AIR estimators (ocr_jax.models.air_task).")
-_PARTICLES = flags.DEFINE_list("particles", ["2", "5", "10", "20"], "Particle counts K.")
-_COUNT_IMAGES = flags.DEFINE_integer("count_images", 10_000, "Test images for count accuracy.")
-_LM_IMAGES = flags.DEFINE_integer("log_marginal_images", 100, "Test images for log p̂(x) and KL.")
-_LM_PARTICLES = flags.DEFINE_integer("log_marginal_particles", 5000, "Particles of the log p̂(x) estimate.")
-flags.mark_flags_as_required(["config", "workdir"])
 
 
 def run_name(estimator: str, num_particles: int) -> str:
@@ -122,18 +114,27 @@ def run_study(base, workdir: str, *, estimators, particles, count_images: int, l
   return results
 
 
-def main(argv):
-  del argv
-  results = run_study(_CONFIG.value, _WORKDIR.value, estimators=_ESTIMATORS.value, particles=_PARTICLES.value,
-                      count_images=_COUNT_IMAGES.value, log_marginal_images=_LM_IMAGES.value,
-                      log_marginal_particles=_LM_PARTICLES.value)
+def main(flag_values) -> None:
+  results = run_study(flag_values.config, flag_values.workdir, estimators=flag_values.estimators,
+                      particles=flag_values.particles, count_images=flag_values.count_images,
+                      log_marginal_images=flag_values.log_marginal_images,
+                      log_marginal_particles=flag_values.log_marginal_particles)
   print("| estimator | K | steps | count accuracy | log p̂(x) | KL(q‖p_θ(z|x)) |")
   print("| --- | --- | --- | --- | --- | --- |")
   for r in results.values():
     print(f"| {r['estimator']} | {r['num_particles']} | {r['step']} | {r['count_accuracy']:.4f} | "
           f"{r['log_marginal']:.2f} | {r['kl']:.2f} |")
-  print(f"wrote {_WORKDIR.value}/results.json and {_WORKDIR.value}/air_estimators.png")
+  print(f"wrote {flag_values.workdir}/results.json and {flag_values.workdir}/air_estimators.png")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  # Flags are defined only when run as a script, so the module can be imported next to the other experiments.
+  config_flags.DEFINE_config_file("config", None, "AIR config file, optionally with ':variant'.")
+  flags.DEFINE_string("workdir", None, "One subdirectory per (estimator, K) is created here.")
+  flags.DEFINE_list("estimators", ["vimco", "ww"], "AIR estimators (ocr_jax.models.air_task).")
+  flags.DEFINE_list("particles", ["2", "5", "10", "20"], "Particle counts K.")
+  flags.DEFINE_integer("count_images", 10_000, "Test images for count accuracy.")
+  flags.DEFINE_integer("log_marginal_images", 100, "Test images for log p̂(x) and KL.")
+  flags.DEFINE_integer("log_marginal_particles", 5000, "Particles of the log p̂(x) estimate.")
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(lambda argv: main(flags.FLAGS))

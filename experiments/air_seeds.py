@@ -66,7 +66,8 @@ def main(argv):
     config.seed = seed
     run_dir = os.path.join(_WORKDIR.value, f"seed_{seed}")
     if _STOP.value:
-      config.stop_when = dict(metric="eval/count_accuracy", at_least=_THRESHOLD.value)
+      with config.unlocked():  # config files are locked by config_flags; stop_when is an optional field
+        config.stop_when = dict(metric="eval/count_accuracy", at_least=_THRESHOLD.value)
     already = os.path.exists(os.path.join(run_dir, "metrics.jsonl")) and summarise(
         training_curve(run_dir), _THRESHOLD.value)["reached"]
     print(f"[air_seeds] seed {seed} -> {run_dir}", flush=True)

@@ -38,3 +38,24 @@ def test_resumed_run_does_not_double_count(tmp_path):
       {"step": 100, "compile_seconds": 1.0}, {"step": 200, "steps_per_sec": 100.0},
       {"step": 200, "eval/count_accuracy": 1.0}])
   assert air_seeds.training_curve(str(tmp_path))[0]["train_seconds"] == pytest.approx(4.0)
+
+
+def test_cli_stops_each_seed_at_the_threshold_and_skips_reached_seeds(tmp_path):
+  """The CLI as a user runs it (a locked config from config_flags): with a threshold of 0 the first evaluation
+  (step 20) meets it, so the seed stops there; a rerun skips it."""
+  import os
+  import subprocess
+  import sys
+
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  cmd = [sys.executable, "-m", "experiments.air_seeds", "--config=experiments/configs/air_multi_mnist.py:quick",
+         f"--workdir={tmp_path}", "--seeds=3", "--stop_at_threshold", "--threshold=0.0",
+         "--config.eval_every=20", "--config.progress_bar=False"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  for _ in range(2):
+    result = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "seeds.json").read_text())
+    assert summary["reached"] == 1 and summary["per_seed"]["3"]["first_step"] == 20
+    assert summary["per_seed"]["3"]["final_step"] == 20  # stopped at the first evaluation (num_steps is 60)
+  assert sorted(os.listdir(tmp_path / "seed_3" / "checkpoints")) == ["20"]

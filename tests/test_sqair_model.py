@@ -229,6 +229,17 @@ def test_paper_architectures_build():
     assert counts["mlp32"] < 0.9e6 < counts["conv"] and counts["mlp32"] < counts["mlp"]
 
 
+@pytest.mark.parametrize("make_config", [mlp_sqair_config, conv_sqair_config])
+def test_decoder_output_bias_sets_the_initial_glimpse_intensity(make_config):
+    """Every hidden bias starts at zero, so z_what = 0 decodes to exactly sigmoid(decoder_output_bias) per pixel."""
+    for bias in (0.0, -2.0):
+        model = SQAIR(make_config(8, image_shape=(SIZE, SIZE), glimpse_shape=(8, 8), z_what_dim=3,
+                                  decoder_output_bias=bias))
+        params = model.init(jax.random.key(0))
+        glimpse = model._g(params, "glimpse_decoder", jnp.zeros((1, 3)))
+        np.testing.assert_allclose(glimpse, jax.nn.sigmoid(bias) * np.ones((1, 8, 8)), rtol=1e-6)
+
+
 def test_curriculum_length():
     from ocr_jax.models.sqair_task import curriculum_length
 

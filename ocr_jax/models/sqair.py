@@ -81,6 +81,10 @@ class SQAIRConfig:
     where_prior_scale: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
     keep_logit_init: float = 10.0
     no_new_objects_logit_init: float = 10.0
+    # Initial bias of the glimpse decoder's output logits. 0 (sigmoid 0.5) makes every new object paint a grey
+    # square, a large likelihood penalty that teaches the model to switch objects off before it learns to draw;
+    # a negative bias (AIR's decoder_output_bias, e.g. -2: sigmoid 0.12) starts objects nearly transparent.
+    decoder_output_bias: float = 0.0
     conv_channels: tuple[int, ...] = (16, 32, 32, 64)
     conv_strides: tuple[int, ...] = (2, 2, 1, 1)
     decoder_channels: tuple[int, ...] = (32, 64, 64)
@@ -263,8 +267,9 @@ class GlimpseDecoder(nn.Module):
         c = self.config
         h, w = c.glimpse_shape
         lead = z_what.shape[:-1]
+        out_bias = nn.initializers.constant(c.decoder_output_bias)
         if c.arch == "mlp":
-            logits = MLP((c.hidden, c.hidden, h * w))(z_what).reshape(lead + (h, w))
+            logits = MLP((c.hidden, c.hidden, h * w), last_bias_init=out_bias)(z_what).reshape(lead + (h, w))
             return jax.nn.sigmoid(logits)
         up = int(np.prod(c.decoder_strides))
         bh, bw = h // up, w // up
@@ -273,7 +278,7 @@ class GlimpseDecoder(nn.Module):
         for ch, s in zip(c.decoder_channels, c.decoder_strides):
             x = nn.Conv(ch * s * s, (3, 3), padding="SAME")(x)
             x = nn.elu(_depth_to_space(x, s) if s > 1 else x)
-        x = nn.Conv(1, (3, 3), padding="SAME")(x)
+        x = nn.Conv(1, (3, 3), padding="SAME", bias_init=out_bias)(x)
         return jax.nn.sigmoid(x[..., 0]).reshape(lead + (h, w))
 
 
