@@ -79,7 +79,10 @@ def plot(results: dict, path: str) -> str:
       rows = sorted((r for r in results.values() if r["estimator"] == est), key=lambda r: r["num_particles"])
       ax.plot([r["num_particles"] for r in rows], [r[name] for r in rows], "o-", color=plotting.color_for(i),
               label=est)
+    ks = sorted({r["num_particles"] for r in results.values()})
     ax.set_xscale("log")
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.minorticks_off()
     ax.set_xlabel("particles K")
     ax.set_ylabel(ylabel)
   axes[0].legend()

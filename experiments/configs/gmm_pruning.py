@@ -4,6 +4,8 @@ Run (full):
   python -m experiments.gmm_pruning --config=experiments/configs/gmm_pruning.py --workdir=runs/gmm_pruning
 Reduced run (adverse start, K ∈ {2, 20}, 5 seeds, 2000 iterations):
   python -m experiments.gmm_pruning --config=experiments/configs/gmm_pruning.py:reduced --workdir=runs/gmm_reduced
+The equal start at the reduced budget (the other half of thesis Fig. 8.C.2):
+  python -m experiments.gmm_pruning --config=experiments/configs/gmm_pruning.py:reduced_equal --workdir=runs/gmm_equal
 Quick smoke run:
   python -m experiments.gmm_pruning --config=experiments/configs/gmm_pruning.py:quick --workdir=runs/gmm_quick
 """
@@ -32,6 +34,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.seed = 0
     if arg == "reduced":  # what 2 shared CPU cores afford in ~20 minutes
         c.starts = ["adverse"]
+        c.num_particles = [2, 20]
+        c.num_seeds = 5
+        c.num_iterations = 2000
+    if arg == "reduced_equal":
+        c.starts = ["equal"]
         c.num_particles = [2, 20]
         c.num_seeds = 5
         c.num_iterations = 2000
