@@ -88,6 +88,7 @@ def report(config: ml_collections.ConfigDict, workdir: str) -> dict:
     data = task.test_data
     example_batch = {"frames": data["frames"][: config.global_batch_size]}
     params, step = train.restore_params(config, workdir, task, example_batch)
+    params = jax.device_put(params)  # host (numpy) -> device arrays, once
     results = sqair_task.evaluate_sqair(task, params, data, key=jax.random.key(step))
     summary = {"step": step, **{k: v for k, v in results.items() if k != "example"}}
     # Tracking against the ground-truth identities and the addition experiment (§5.D.4): the classifier is trained

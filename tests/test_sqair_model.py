@@ -229,6 +229,17 @@ def test_paper_architectures_build():
     assert counts["mlp32"] < 0.9e6 < counts["conv"] and counts["mlp32"] < counts["mlp"]
 
 
+def test_generation_accepts_host_numpy_params(setup):
+    """Parameters restored from a checkpoint are numpy arrays on the host (train.restore_params): generation, whose
+    scan indexes the discovery-count table with traced indices, must accept them and give the same samples."""
+    model, params = setup["model"], setup["params"]
+    host = jax.device_get(params)
+    a = model.generate(params, jax.random.key(3), 2, 2)
+    b = model.generate(host, jax.random.key(3), 2, 2)
+    np.testing.assert_allclose(a["canvas"], b["canvas"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(a["ids"], b["ids"])
+
+
 @pytest.mark.parametrize("make_config", [mlp_sqair_config, conv_sqair_config])
 def test_decoder_output_bias_sets_the_initial_glimpse_intensity(make_config):
     """Every hidden bias starts at zero, so z_what = 0 decodes to exactly sigmoid(decoder_output_bias) per pixel."""

@@ -189,7 +189,8 @@ class LearnedVector(nn.Module):
 
     @nn.compact
     def __call__(self):
-        return self.param("value", nn.initializers.zeros, (self.size,))
+        # jnp.asarray: parameters restored to the host are numpy arrays, which traced indices cannot index.
+        return jnp.asarray(self.param("value", nn.initializers.zeros, (self.size,)))
 
 
 class DiscoveryCountLogits(nn.Module):
@@ -206,7 +207,7 @@ class DiscoveryCountLogits(nn.Module):
             table = jnp.zeros(shape, dtype)
             return table.at[1, :, 0].set(self.no_new_objects_logit_init)
 
-        return self.param("logits", init, (2, n, n))
+        return jnp.asarray(self.param("logits", init, (2, n, n)))  # see LearnedVector
 
 
 class ObservationEncoders(nn.Module):
