@@ -165,6 +165,7 @@ def test_stop_when_stops_at_first_evaluation_meeting_the_threshold(tmp_path):
   config.stop_when.metric = "eval/no_such_metric"
   with pytest.raises(KeyError, match="no_such_metric"):
     train_and_evaluate(config, str(tmp_path / "bad"))
+  assert sorted(os.listdir(tmp_path / "bad" / "checkpoints")) == ["2"]  # the state before the error was saved
 
 
 # ---- CLI as a new user runs it --------------------------------------------------------------------------------------

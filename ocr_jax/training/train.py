@@ -113,6 +113,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     if not stop_when:
       return False
     if stop_when.metric not in scalars:
+      checkpointer.save(state)  # lose nothing: the error surfaces only at the first evaluation
       raise KeyError(f"stop_when.metric={stop_when.metric!r} is not an evaluation scalar; have {sorted(scalars)}")
     return scalars[stop_when.metric] >= stop_when.at_least
 
