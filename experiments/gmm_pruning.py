@@ -211,6 +211,8 @@ def plot(results, cfg, workdir):
                 ax.errorbar(cfg.num_particles, qs[:, 1], yerr=[qs[:, 1] - qs[:, 0], qs[:, 2] - qs[:, 1]],
                             color=colors[method], label=names[method], marker="o", capsize=3)
             ax.set(xscale="log", yscale="log", xlabel="K", title=f"{start}: final {'model' if j == 0 else 'inference'} error")
+            ax.set_xticks(list(cfg.num_particles), [str(k) for k in cfg.num_particles])
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # log-axis minor labels overlap the K labels
         axes[i, 0].legend(fontsize=8)
     fig.tight_layout()
     path = os.path.join(workdir, "estimators_gmm_final_vs_K.png")
