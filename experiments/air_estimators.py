@@ -28,7 +28,6 @@ from absl import app, flags
 from ml_collections import config_flags
 
 
-
 def run_name(estimator: str, num_particles: int) -> str:
   return f"{estimator}_K{num_particles}"
 

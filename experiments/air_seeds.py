@@ -68,10 +68,10 @@ def main(argv):
     if _STOP.value:
       with config.unlocked():  # config files are locked by config_flags; stop_when is an optional field
         config.stop_when = dict(metric="eval/count_accuracy", at_least=_THRESHOLD.value)
-    already = os.path.exists(os.path.join(run_dir, "metrics.jsonl")) and summarise(
+    already_reached = _STOP.value and os.path.exists(os.path.join(run_dir, "metrics.jsonl")) and summarise(
         training_curve(run_dir), _THRESHOLD.value)["reached"]
     print(f"[air_seeds] seed {seed} -> {run_dir}", flush=True)
-    if not (_STOP.value and already):
+    if not already_reached:  # with --stop_at_threshold, a seed that already reached it is not trained further
       train.train_and_evaluate(config, run_dir)  # resumes from the latest checkpoint; returns at once if finished
     results[seed] = summarise(training_curve(run_dir), _THRESHOLD.value)
 

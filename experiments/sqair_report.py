@@ -27,15 +27,8 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ocr_jax import plotting  # noqa: E402
-from ocr_jax import spatial_transformer as st  # noqa: E402
 from ocr_jax.models import sqair_eval, sqair_task  # noqa: E402
-from ocr_jax.models.sqair import where_to_transform  # noqa: E402
 from ocr_jax.training import train  # noqa: E402
-
-
-def boxes_of(task: sqair_task.SQAIRTask, z_where) -> np.ndarray:
-    """Unconstrained ``z_where [..., 4]`` -> boxes ``[..., 4]`` in pixel edges (y_min, x_min, y_max, x_max)."""
-    return np.asarray(st.z_where_to_box(where_to_transform(z_where), task.model.config.image_shape))
 
 
 def write_pictures(task: sqair_task.SQAIRTask, params, results: dict, step: int, workdir: str) -> list[str]:
@@ -59,7 +52,7 @@ def write_pictures(task: sqair_task.SQAIRTask, params, results: dict, step: int,
 
     T = inputs.shape[1]
     samples = jax.device_get(task.model.generate(params, jax.random.key(0), n, T))
-    fig = plotting.plot_frame_strips(np.clip(samples["canvas"], 0, 1), boxes_of(task, samples["z_where"]),
+    fig = plotting.plot_frame_strips(np.clip(samples["canvas"], 0, 1), sqair_task.boxes_of(task, samples["z_where"]),
                                      samples["z_pres"] > 0, color_ids=np.maximum(samples["ids"], 0),
                                      title="sequences sampled from the generative model (likelihood means)")
     paths.append(str(plotting.save_figure(fig, os.path.join(workdir, "prior_samples.png"))))
@@ -73,7 +66,7 @@ def write_pictures(task: sqair_task.SQAIRTask, params, results: dict, step: int,
     cond_ids = np.concatenate([cond["inferred"]["ids"][:, 0], cond["rollout"]["ids"]], axis=1)
     rows = np.concatenate([inputs, np.clip(cond["frames"], 0, 1)])
     fig = plotting.plot_frame_strips(
-        rows, np.concatenate([ex["boxes"], boxes_of(task, z_where)]), np.concatenate([ex["z_pres"], z_pres]) > 0,
+        rows, np.concatenate([ex["boxes"], sqair_task.boxes_of(task, z_where)]), np.concatenate([ex["z_pres"], z_pres]) > 0,
         color_ids=np.maximum(np.concatenate([ex["ids"], cond_ids]), 0),
         row_titles=[f"input {i}" for i in range(n)] + [f"first {k} inferred, then prior" for _ in range(n)],
         title=f"conditional generation: frames 0..{k - 1} inferred, {k}..{T - 1} simulated")

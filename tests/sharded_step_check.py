@@ -21,8 +21,7 @@ from ocr_jax.training.optimizers import make_optimizers  # noqa: E402
 from ocr_jax.training.train_step import init_train_state, make_train_step  # noqa: E402
 
 
-def updated_params(config, devices, batch):
-  task = tasks.make_task(config)
+def updated_params(config, task, devices, batch):
   optimizers, schedules = make_optimizers(config.optimizers)
   mesh = mesh_lib.make_data_mesh(devices)
   state = init_train_state(task, optimizers, 0, batch, mesh)
@@ -46,8 +45,8 @@ def main(config_module: str, variant: str) -> None:
   task = tasks.make_task(config)
   batch = next(task.train_batches(seed=0, start_step=0, global_batch_size=8, process_index=0, process_count=1))
   assert jax.device_count() > 1, jax.device_count()
-  one = updated_params(config, jax.devices()[:1], batch)
-  many = updated_params(config, jax.devices(), batch)
+  one = updated_params(config, task, jax.devices()[:1], batch)
+  many = updated_params(config, task, jax.devices(), batch)
   np.testing.assert_allclose(one, many, rtol=2e-4, atol=2e-6)
   print("OK")
 

@@ -434,27 +434,19 @@ def train_addition_classifier(features_train, targets_train, features_test, targ
 
 
 def _best_particle_outputs(task, params, frames: np.ndarray, key) -> dict[str, np.ndarray]:
-    """Runs ``task.eval_functions()[0]`` over ``frames [n, T, H, W]`` in batches of ``eval.batch_size``; returns the
-    best particle's (largest log-weight) ``z_what [n, T, N, Dw]``, ``z_pres [n, T, N]``, ``ids [n, T, N]`` and
-    ``boxes [n, T, N, 4]`` (pixel edges, clipped to the canvas, as the ground-truth boxes are)."""
-    from ocr_jax import spatial_transformer as st
-    from ocr_jax.models.sqair import where_to_transform
+    """The best particle's (largest log-weight) ``z_what [n, T, N, Dw]``, ``z_pres [n, T, N]``, ``ids [n, T, N]`` and
+    ``boxes [n, T, N, 4]`` (pixel edges, clipped to the canvas, as the ground-truth boxes are) for ``frames [n, T,
+    H, W]``, from the same batches and keys as ``evaluate_sqair`` (``sqair_task.inference_batches``)."""
+    from ocr_jax.models import sqair_task
 
-    infer = task.eval_functions()[0]
-    image_shape = task.model.config.image_shape
-    bs = task.config.eval.batch_size
+    H, W = task.model.config.image_shape
     parts = {k: [] for k in ("z_what", "z_pres", "ids", "boxes")}
-    for start in range(0, len(frames), bs):
-        out = jax.device_get(infer(params, frames[start:start + bs], jax.random.fold_in(key, start)))
-        best = np.argmax(out["log_weight"], axis=1)
-        pick = lambda a: np.asarray(a)[np.arange(len(best)), best]  # noqa: E731  [B, K, ...] -> [B, ...]
-        boxes = np.asarray(st.z_where_to_box(where_to_transform(jnp.asarray(pick(out["z_where"]))), image_shape))
-        H, W = image_shape
-        boxes = np.clip(boxes, 0.0, np.array([H, W, H, W], np.float32))
+    for _, out, pick in sqair_task.inference_batches(task, params, frames, key):
         parts["z_what"].append(pick(out["z_what"]))
         parts["z_pres"].append(pick(out["z_pres"]))
         parts["ids"].append(pick(out["ids"]).astype(np.int64))
-        parts["boxes"].append(boxes)
+        parts["boxes"].append(np.clip(sqair_task.boxes_of(task, pick(out["z_where"])), 0.0,
+                                      np.array([H, W, H, W], np.float32)))
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 

@@ -206,6 +206,28 @@ def to_float_frames(frames) -> jax.Array:
     return frames.astype(jnp.float32)
 
 
+def boxes_of(task: SQAIRTask, z_where) -> np.ndarray:
+    """Unconstrained ``z_where [..., 4]`` -> boxes ``[..., 4]`` in pixel edges (y_min, x_min, y_max, x_max)."""
+    from ocr_jax import spatial_transformer as st
+    from ocr_jax.models.sqair import where_to_transform
+
+    return np.asarray(st.z_where_to_box(where_to_transform(jnp.asarray(z_where)), task.model.config.image_shape))
+
+
+def inference_batches(task: SQAIRTask, params, frames: np.ndarray, key: jax.Array):
+    """Runs the task's jitted ``infer`` (``eval.num_particles`` particles) over ``frames [n, T, H, W]`` in batches of
+    ``eval.batch_size``, with key ``fold_in(key, start)`` for the batch starting at sequence ``start``, so that every
+    evaluation of the same frames with the same key sees the same particles. Yields ``(start, out, pick)``: the host
+    outputs ``[B, K, ...]`` and ``pick``, which selects the best particle (largest log-weight): ``[B, K, ...] ->
+    [B, ...]``."""
+    infer = task.eval_functions()[0]
+    for start in range(0, len(frames), task.config.eval.batch_size):
+        out = jax.device_get(infer(params, frames[start:start + task.config.eval.batch_size],
+                                   jax.random.fold_in(key, start)))
+        best = np.argmax(out["log_weight"], axis=1)
+        yield start, out, lambda a, best=best: np.asarray(a)[np.arange(len(best)), best]
+
+
 def evaluate_sqair(task: SQAIRTask, params, data: dict[str, np.ndarray], *, key: jax.Array,
                    num_sequences: int | None = None, log_marginal_sequences: int | None = None) -> dict:
     """Test-set evaluation over all ``T`` frames (no curriculum mask).
@@ -220,9 +242,6 @@ def evaluate_sqair(task: SQAIRTask, params, data: dict[str, np.ndarray], *, key:
     ``confusion`` [true, inferred] counts; and ``example``: the first ``eval.num_pictures`` sequences with the best
     particle's ``canvas``, ``boxes`` (pixel edges), ``z_pres`` and ``ids``.
     """
-    from ocr_jax import spatial_transformer as st
-    from ocr_jax.models.sqair import where_to_transform
-
     cfg = task.config
     ev = cfg.eval
     model = task.model
@@ -230,20 +249,17 @@ def evaluate_sqair(task: SQAIRTask, params, data: dict[str, np.ndarray], *, key:
     if n < 1:
         raise ValueError("evaluate_sqair needs at least one sequence")
     K = ev.num_particles
-    infer, log_marginal = task.eval_functions()
+    log_marginal = task.eval_functions()[1]
     max_count = model.config.max_objects
     sums = dict(correct=0.0, seq_correct=0.0, iwae=0.0, elbo=0.0, log_likelihood=0.0, num_objects=0.0)
     confusion = np.zeros((max_count + 1, max_count + 1), np.int64)
     example = None
     T = data["frames"].shape[1]
-    for start in range(0, n, ev.batch_size):
-        frames = data["frames"][start:start + ev.batch_size][: n - start]
-        out = jax.device_get(infer(params, frames, jax.random.fold_in(key, start)))
+    for start, out, pick in inference_batches(task, params, data["frames"][:n], key):
         log_w = out["log_weight"]  # [B, K]
-        best = np.argmax(log_w, axis=1)
-        pick = lambda a: a[np.arange(len(best)), best]  # noqa: E731  [B, K, ...] -> [B, ...]
+        num = len(log_w)
         counts = pick(out["z_pres"]).sum(-1).astype(np.int64)  # [B, T]
-        true = np.minimum(data["counts"][start:start + len(best)], max_count)
+        true = np.minimum(data["counts"][start:start + num], max_count)
         np.add.at(confusion, (true.ravel(), counts.ravel()), 1)
         sums["correct"] += float(np.sum(counts == true))
         sums["seq_correct"] += float(np.sum(np.all(counts == true, axis=1)))
@@ -253,10 +269,9 @@ def evaluate_sqair(task: SQAIRTask, params, data: dict[str, np.ndarray], *, key:
         sums["log_likelihood"] += float(np.sum(np.mean(out["log_likelihood"].sum(-1), axis=1)))
         sums["num_objects"] += float(np.sum(out["z_pres"].sum(-1).mean(1)))
         if example is None:
-            j = slice(0, min(ev.num_pictures, len(best)))
-            boxes = np.asarray(st.z_where_to_box(where_to_transform(jnp.asarray(pick(out["z_where"]))),
-                                                 model.config.image_shape))
-            example = dict(frames=frames[j], canvas=pick(out["canvas"])[j], boxes=boxes[j],
+            j = slice(0, min(ev.num_pictures, num))
+            boxes = boxes_of(task, pick(out["z_where"]))
+            example = dict(frames=data["frames"][start:start + num][j], canvas=pick(out["canvas"])[j], boxes=boxes[j],
                            z_pres=pick(out["z_pres"])[j], ids=pick(out["ids"])[j], true_counts=true[j],
                            counts=counts[j])
     results = dict(num_sequences=int(n), num_frames=int(T), num_particles=int(K),
@@ -282,6 +297,6 @@ def make_sqair_task(config: ml_collections.ConfigDict) -> SQAIRTask:
 
 tasks.register("sqair", make_sqair_task)
 
-__all__ = ["SQAIRTask", "curriculum_length", "default_task_config", "evaluate_sqair", "load_sequences",
-           "make_sequences", "make_sqair_task", "to_float_frames"]
+__all__ = ["SQAIRTask", "boxes_of", "curriculum_length", "default_task_config", "evaluate_sqair", "inference_batches",
+           "load_sequences", "make_sequences", "make_sqair_task", "to_float_frames"]
 
