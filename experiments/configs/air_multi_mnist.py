@@ -8,6 +8,9 @@ Variants (``--config=experiments/configs/air_multi_mnist.py:VARIANT``):
   reinforce  raw score function without any baseline (the failure case, for comparison)
   pyro       the Pyro example's recipe (scaled digits, overlap allowed) and its inverse z_where parametrisation
   bernoulli  Bernoulli likelihood on stochastically binarised images (thesis §8.4.2; experiments/air_estimators.py)
+  moving     frame-wise AIR on SQAIR's moving multi-MNIST (every frame of the 60k training sequences an image; the
+             MLP-AIR baseline row of thesis Table 5.4.1); experiments/air_frames_report.py evaluates it on SQAIR's
+             test sequences
   bench      the matched architecture of the Pyro example (K=1, NVIL, batch 64, 28x28 glimpse, LSTM 256 on raw pixels,
              200-unit MLPs), for benchmarks/air_throughput.py
   quick      a tiny run on synthetic blob "digits" (no download): seconds, for tests and smoke checks
@@ -31,7 +34,7 @@ def optimizer(name: str, learning_rate: float, **kw) -> ml_collections.ConfigDic
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variants = set(filter(None, (arg or "").split("+")))
-  unknown = variants - {"nvil", "ww", "reinforce", "pyro", "bernoulli", "bench", "quick"}
+  unknown = variants - {"nvil", "ww", "reinforce", "pyro", "bernoulli", "moving", "bench", "quick"}
   if unknown:
     raise ValueError(f"unknown variant(s) {sorted(unknown)}; see the module docstring")
 
@@ -85,6 +88,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     tc.model.update(where_parametrisation="pyro", scale_range=(0.0, 1.0))
   if "bernoulli" in variants:
     tc.data.binarize = True  # the task then uses the Bernoulli likelihood
+  if "moving" in variants:
+    # SQAIR's sequences (sqair_mnist.py: data_seed 0, 10 frames): 60k training sequences = 600k frames; the test
+    # split is SQAIR's 1000 evaluation sequences (10k frames).
+    tc.data.update(name="moving_multi_mnist", num_train=60_000, num_test=1_000, num_frames=10)
+    tc.eval.log_marginal_images = 500  # IWAE-1000 on the first 50 test sequences, as SQAIR's report
   if "bench" in variants:
     tc.model.update(glimpse_shape=(28, 28), rnn_hidden=256, image_encoder="raw", glimpse_encoder_hidden=(200,),
                     glimpse_decoder_hidden=(200,), baseline_hidden=(200,))

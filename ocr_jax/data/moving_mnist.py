@@ -173,3 +173,37 @@ def make_moving_multi_mnist(
         "positions": positions.astype(np.float32),
         "velocities": velocities.astype(np.float32),
     }
+
+
+def load_moving_multi_mnist(split: str, num_sequences: int, *, seed: int, digits: str = "mnist",
+                            digit_size: int = 28, **kw) -> dict[str, np.ndarray]:
+    """``num_sequences`` moving multi-MNIST sequences built from the ``split`` ("train" | "test") digits.
+
+    ``digits="mnist"`` uses the MNIST split (``ocr_jax.data.load_mnist``); ``digits="blobs"`` uses synthetic blob
+    digits of ``digit_size`` pixels (no download; for tests). ``**kw`` go to :func:`make_moving_multi_mnist`
+    (``num_frames``, ``canvas_size``, ``max_digits``, ``motion``, ``hard``). SQAIR and the frame-wise AIR baseline
+    both read their sequences from here, so with the same arguments they see the same frames.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
+    if digits == "mnist":
+        from ocr_jax.data.mnist import load_mnist
+
+        images, labels = load_mnist(split)
+    elif digits == "blobs":
+        from ocr_jax.data.synthetic import blob_digits
+
+        images, labels = blob_digits(2000, seed=seed + (split == "test"), size=digit_size,
+                                     min_extent=max(2, digit_size // 3), max_extent=max(3, (3 * digit_size) // 4))
+    else:
+        raise ValueError(f"digits must be 'mnist' or 'blobs'; got {digits!r}")
+    return make_moving_multi_mnist(images, labels, num_sequences, seed=seed, **kw)
+
+
+def frames_as_images(sequences: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Sequences ``frames [n, T, H, W]``, ``counts [n, T]`` -> independent images ``[n·T, H, W]``, ``counts [n·T]``
+    (sequence-major: image ``i·T + t`` is frame t of sequence i), for models trained frame-wise (AIR)."""
+    frames, counts = sequences["frames"], sequences["counts"]
+    if frames.ndim != 4 or counts.shape != frames.shape[:2]:
+        raise ValueError(f"need frames [n, T, H, W] and counts [n, T]; got {frames.shape} and {counts.shape}")
+    return {"images": frames.reshape(-1, *frames.shape[2:]), "counts": counts.reshape(-1)}

@@ -58,6 +58,7 @@ def default_task_config() -> ml_collections.ConfigDict:
                 num_test=10_000,
                 seed=0,
                 method="generate",  # "builder" reads/writes the TFDS array_record copy
+                num_frames=10,  # name="moving_multi_mnist" only: frames per sequence
                 binarize=False,  # stochastic binarisation (Bernoulli likelihood, thesis §8.4.2)
                 synthetic_digits=False,  # tests: random blobs instead of MNIST (no download)
             ),
@@ -70,6 +71,10 @@ def default_task_config() -> ml_collections.ConfigDict:
                 num_pictures=16,
                 periodic_images=2_000,  # during training: count accuracy / ELBO on this many test images
                 periodic_log_marginal_images=0,  # during training: no IWAE-K log p(x) (it is the costly part)
+                # experiments/air_frames_report.py only (data.name = "moving_multi_mnist"): particles per frame, the
+                # IoU of a tracking match, the addition classifier's steps and training sequences (as SQAIR's)
+                sequence_particles=5, tracking_iou_threshold=0.3, addition_steps=10_000,
+                addition_train_sequences=2_000,
             ),
         )
     )
@@ -86,8 +91,27 @@ def make_air_config(model_cfg: ml_collections.ConfigDict | dict) -> air_lib.AIRC
     return air_lib.AIRConfig(**values)
 
 
+def load_moving_sequences(data_cfg, split: str) -> dict[str, np.ndarray]:
+    """For ``data.name = "moving_multi_mnist"``: the SQAIR task's moving multi-MNIST sequences (``num_train`` /
+    ``num_test`` sequences of ``num_frames`` frames; train seed ``seed``, test seed ``seed + 1``, as
+    ``sqair_task.SQAIRTask`` with ``data_seed = seed``), so that AIR trained frame-wise (the MLP-AIR row of thesis
+    Table 5.4.1) sees exactly SQAIR's frames. Returns the ``make_moving_multi_mnist`` dict (``frames [n, T, H, W]``)."""
+    from ocr_jax.data.moving_mnist import load_moving_multi_mnist
+
+    num = data_cfg.num_train if split == "train" else data_cfg.num_test
+    return load_moving_multi_mnist(split, num, seed=data_cfg.seed + (split == "test"),
+                                   digits="blobs" if data_cfg.get("synthetic_digits", False) else "mnist",
+                                   num_frames=data_cfg.num_frames, max_digits=data_cfg.max_digits)
+
+
 def load_multi_mnist(data_cfg, split: str) -> dict[str, np.ndarray]:
-    """The multi-MNIST split named by ``data_cfg`` (images uint8 [n, 50, 50], counts [n], boxes, labels)."""
+    """The split named by ``data_cfg``: images uint8 [n, 50, 50] and counts [n] (multi-MNIST also has boxes and
+    labels). ``data.name = "moving_multi_mnist"`` gives every frame of the moving sequences as an image
+    (``load_moving_sequences``; ``num_train`` / ``num_test`` count sequences)."""
+    if data_cfg.name == "moving_multi_mnist":
+        from ocr_jax.data.moving_mnist import frames_as_images
+
+        return frames_as_images(load_moving_sequences(data_cfg, split))
     num = data_cfg.num_train if split == "train" else data_cfg.num_test
     if data_cfg.get("synthetic_digits", False):
         from ocr_jax.data.multi_mnist import make_multi_mnist
@@ -321,6 +345,99 @@ def evaluate_air(task: AIRTask, params, step: int, *, num_images: int, log_margi
     results["example"] = {"images": images[:k], "canvas": r["canvas"][:k], "boxes": r["boxes"][:k],
                           "z_pres": r["z_pres"][:k], "counts": r["counts"][:k],
                           "true_counts": data["counts"][:k]}
+    return results
+
+
+@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("num_particles",))
+def _infer_frames(task: AIRTask, params, images_uint8, key, step, *, num_particles: int) -> dict[str, jax.Array]:
+    """K posterior samples per image ``[B, H, W]``: ``log_weight``, ``log_likelihood`` ``[B, K]``; ``z_pres [B, K, N]``,
+    ``z_what [B, K, N, D]``, ``boxes [B, K, N, 4]``."""
+    k_bin, k_infer = jax.random.split(typed_key(key))
+    x = to_float_images(images_uint8, k_bin, task.config.data.binarize)
+    out = task.model.infer(params, x, k_infer, num_particles=num_particles, continue_prob=task.continue_prob(step))
+    return dict(log_weight=out.log_weight, log_likelihood=out.log_likelihood, z_pres=out.z_pres, z_what=out.z_what,
+                boxes=out.boxes(task.model.config.canvas_shape))
+
+
+def evaluate_air_on_sequences(task: AIRTask, params, step: int, sequences: dict[str, np.ndarray], *, key: jax.Array,
+                              num_particles: int = 5, log_marginal_sequences: int = 0,
+                              train_sequences: dict[str, np.ndarray] | None = None, classifier_steps: int = 0,
+                              iou_threshold: float = 0.3) -> dict[str, Any]:
+    """AIR applied frame by frame to moving multi-MNIST ``sequences`` (``frames [n, T, H, W]``, ``counts [n, T]``,
+    ``boxes``, ``presence``, ``labels``): the MLP-AIR row of thesis Table 5.4.1, in the units of SQAIR's evaluation
+    (``sqair_task.evaluate_sqair``, ``sqair_eval.tracking_and_addition``).
+
+    AIR treats the frames as independent images, so its sequence terms are sums over frames: with K =
+    ``num_particles`` posterior samples per frame, ``elbo`` = Σ_t mean_k log w_tk, ``log_likelihood`` = Σ_t mean_k
+    log p(x_t | z_tk), ``kl`` = their difference, ``iwae`` = Σ_t log mean_k w_tk, and ``log_marginal`` = Σ_t of the
+    IWAE-``eval.log_marginal_particles`` estimate of log p(x_t) on the first ``log_marginal_sequences`` sequences.
+    Counting uses the best particle (largest log-weight) of each frame: ``count_accuracy`` over frames,
+    ``sequence_count_accuracy`` (all T frames right), ``confusion [true, inferred]``. ``tracking``: AIR has no
+    identities across frames; its step index is used as the identity (``sqair_eval.tracking_errors``), so switches
+    count how often AIR's object order changes between frames. ``addition`` (if ``train_sequences`` and
+    ``classifier_steps > 0``): ``sqair_eval.addition_experiment`` on z_what·z_pres in step order.
+    """
+    from ocr_jax.models import sqair_eval
+
+    frames = np.asarray(sequences["frames"])
+    if frames.ndim != 4 or frames.shape[2:] != tuple(task.model.config.canvas_shape):
+        raise ValueError(f"need frames [n, T, {task.model.config.canvas_shape[0]}, "
+                         f"{task.model.config.canvas_shape[1]}]; got {frames.shape}")
+    n, T = frames.shape[:2]
+    N = task.model.config.max_steps
+    ev = task.config.eval
+
+    def best_particle_outputs(frames_nt, key):
+        images = frames_nt.reshape(-1, *frames_nt.shape[2:])
+        parts = []
+        for i, start in enumerate(range(0, len(images), ev.batch_size)):
+            r = jax.device_get(_infer_frames(task, params, jnp.asarray(images[start:start + ev.batch_size]),
+                                             jax.random.fold_in(key, i), step, num_particles=num_particles))
+            best = np.argmax(r["log_weight"], axis=1)
+            rows = np.arange(len(best))
+            m = np.max(r["log_weight"], axis=1)
+            parts.append(dict(
+                iwae=m + np.log(np.mean(np.exp(r["log_weight"] - m[:, None]), axis=1)),
+                elbo=r["log_weight"].mean(1), log_likelihood=r["log_likelihood"].mean(1),
+                z_pres=r["z_pres"][rows, best], z_what=r["z_what"][rows, best], boxes=r["boxes"][rows, best]))
+        out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        out = {k: v.reshape(len(frames_nt), frames_nt.shape[1], *v.shape[1:]) for k, v in out.items()}
+        out["ids"] = np.where(out["z_pres"] > 0, np.arange(N), -1)
+        return out
+
+    out = best_particle_outputs(frames, key)
+    counts = out["z_pres"].sum(-1).astype(np.int64)
+    true = np.minimum(sequences["counts"], N)
+    confusion = np.zeros((N + 1, N + 1), np.int64)
+    np.add.at(confusion, (true.ravel(), counts.ravel()), 1)
+    results: dict[str, Any] = dict(
+        step=int(step), num_sequences=int(n), num_frames=int(T), num_particles=int(num_particles),
+        count_accuracy=float(np.mean(counts == true)),
+        sequence_count_accuracy=float(np.mean(np.all(counts == true, axis=1))),
+        iwae=float(out["iwae"].sum(1).mean()), elbo=float(out["elbo"].sum(1).mean()),
+        log_likelihood=float(out["log_likelihood"].sum(1).mean()),
+        num_objects=float(out["z_pres"].sum(-1).mean()), confusion=confusion.tolist())
+    results["iwae_per_frame"] = results["iwae"] / T
+    results["kl"] = results["log_likelihood"] - results["elbo"]
+    m = min(log_marginal_sequences, n)
+    if m > 0:
+        images = frames[:m].reshape(-1, *frames.shape[2:])
+        chunk = min(ev.log_marginal_chunk, ev.log_marginal_particles)
+        lm = [np.asarray(task.log_marginal(params, jnp.asarray(images[s:s + 50]), jax.random.fold_in(key, 10_000 + s),
+                                           step, num_particles=ev.log_marginal_particles, chunk_size=chunk))
+              for s in range(0, len(images), 50)]
+        results.update(log_marginal=float(np.concatenate(lm).reshape(m, T).sum(1).mean()),
+                       log_marginal_sequences=int(m), log_marginal_particles=int(ev.log_marginal_particles))
+    H, W = task.model.config.canvas_shape
+    clipped = np.clip(out["boxes"], 0.0, np.array([H, W, H, W], np.float32))
+    results["tracking"] = sqair_eval.tracking_errors(sequences["boxes"], sequences["presence"], clipped,
+                                                     out["z_pres"], out["ids"], iou_threshold)
+    results["iou_threshold"] = float(iou_threshold)
+    results["addition"] = None
+    if train_sequences is not None and classifier_steps > 0:
+        train_out = best_particle_outputs(np.asarray(train_sequences["frames"]), jax.random.fold_in(key, 1 << 30))
+        results["addition"] = sqair_eval.addition_experiment(train_out, train_sequences, out, sequences,
+                                                             steps=classifier_steps)
     return results
 
 

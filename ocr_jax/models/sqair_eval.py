@@ -49,6 +49,7 @@ __all__ = [
     "COUNT_KEYS",
     "FAILURE_THRESHOLDS",
     "add_counts",
+    "addition_experiment",
     "addition_features",
     "addition_targets",
     "box_iou",
@@ -340,6 +341,28 @@ def addition_targets(labels, presence) -> np.ndarray:
     return np.sum(np.where(presence, labels[:, None, :], 0), axis=-1).astype(np.int32)
 
 
+def addition_experiment(train_outputs: dict, train_data: dict, test_outputs: dict, test_data: dict,
+                        **classifier_kw) -> dict[str, Any]:
+    """The addition experiment (§5.D.4) on a frozen model's outputs for training and test sequences.
+
+    ``*_outputs``: ``z_what [n, T, N, Dw]``, ``z_pres [n, T, N]``, ``ids [n, T, N]`` (the slot order of the features,
+    :func:`addition_features`); ``*_data``: the sequences' ``labels [n, D]`` and ``presence [n, T, D]``. Every frame is
+    one example (target: :func:`addition_targets`; 9·D + 1 classes). ``classifier_kw`` go to
+    :func:`train_addition_classifier`. Returns its result with ``num_train_sequences`` and ``num_test_sequences``.
+    """
+    feats = [addition_features(o["z_what"], o["z_pres"], o["ids"]) for o in (train_outputs, test_outputs)]
+    targets = [addition_targets(d["labels"], d["presence"]) for d in (train_data, test_data)]
+    for f, y in zip(feats, targets):
+        if f.shape[:2] != y.shape:
+            raise ValueError(f"outputs cover {f.shape[:2]} (sequences, frames) but the data {y.shape}")
+    num_classes = 9 * train_data["labels"].shape[1] + 1
+    result = train_addition_classifier(feats[0].reshape(-1, feats[0].shape[-1]), targets[0].reshape(-1),
+                                       feats[1].reshape(-1, feats[1].shape[-1]), targets[1].reshape(-1),
+                                       num_classes=num_classes, **classifier_kw)
+    result.update(num_train_sequences=int(len(feats[0])), num_test_sequences=int(len(feats[1])))
+    return result
+
+
 class AdditionMLP(nn.Module):
     """``[..., features] -> logits [..., num_classes]``: Dense + ELU per hidden layer, then a linear layer."""
 
@@ -484,27 +507,25 @@ def tracking_and_addition(task, params, data: dict[str, np.ndarray], *, key: jax
     if classifier_steps <= 0:
         return results
 
-    num_classes = 9 * data["labels"].shape[1] + 1
-    feats = addition_features(out["z_what"], out["z_pres"], out["ids"])  # [n, T, N·Dw]
-    targets = addition_targets(data["labels"][:n], data["presence"][:n])  # [n, T]
+    train_kw = dict(hidden=classifier_hidden, steps=classifier_steps, batch_size=classifier_batch_size,
+                    learning_rate=classifier_learning_rate, seed=classifier_seed)
+    test_data = {k: data[k][:n] for k in ("labels", "presence")}
     if train_data is not None:
         m = min(num_train_sequences or len(train_data["frames"]), len(train_data["frames"]))
         if m < 1:
             raise ValueError("train_data needs at least one sequence")
         tr = _best_particle_outputs(task, params, train_data["frames"][:m], jax.random.fold_in(key, 1 << 30))
-        f_train = addition_features(tr["z_what"], tr["z_pres"], tr["ids"])
-        y_train = addition_targets(train_data["labels"][:m], train_data["presence"][:m])
-        f_test, y_test = feats, targets
+        addition = addition_experiment(tr, {k: train_data[k][:m] for k in ("labels", "presence")}, out, test_data,
+                                       **train_kw)
     else:
         m = int(math.floor(train_fraction * n))
         if not 1 <= m < n:
             raise ValueError(f"train_fraction={train_fraction} of {n} sequences leaves no training or no test "
                              "sequence; pass more sequences or train_data")
-        f_train, y_train, f_test, y_test = feats[:m], targets[:m], feats[m:], targets[m:]
-    addition = train_addition_classifier(
-        f_train.reshape(-1, f_train.shape[-1]), y_train.reshape(-1), f_test.reshape(-1, f_test.shape[-1]),
-        y_test.reshape(-1), hidden=classifier_hidden, steps=classifier_steps, batch_size=classifier_batch_size,
-        learning_rate=classifier_learning_rate, seed=classifier_seed, num_classes=num_classes)
-    addition.update(num_train_sequences=int(len(f_train)), num_test_sequences=int(len(f_test)))
+        head, tail = slice(None, m), slice(m, None)
+        addition = addition_experiment({k: v[head] for k, v in out.items()},
+                                       {k: v[head] for k, v in test_data.items()},
+                                       {k: v[tail] for k, v in out.items()},
+                                       {k: v[tail] for k, v in test_data.items()}, **train_kw)
     results["addition"] = addition
     return results

@@ -64,22 +64,12 @@ def make_sequences(cfg: ml_collections.ConfigDict, split: str, num: int, seed: i
 def load_sequences(cfg: ml_collections.ConfigDict, split: str, num: int, seed: int) -> dict[str, np.ndarray]:
     """Moving multi-MNIST ``num`` sequences with ground truth: ``frames [n, T, H, W]`` uint8, ``counts [n, T]``,
     ``boxes [n, T, digits, 4]``, ``presence [n, T, digits]``, ``labels [n, digits]`` (see ocr_jax.data.moving_mnist)."""
-    from ocr_jax.data.moving_mnist import make_moving_multi_mnist
+    from ocr_jax.data.moving_mnist import load_moving_multi_mnist
 
-    if cfg.data == "mnist":
-        from ocr_jax.data.mnist import load_mnist
-
-        digits, labels = load_mnist(split)
-    elif cfg.data == "blobs":
-        from ocr_jax.data.synthetic import blob_digits
-
-        size = cfg.digit_size
-        digits, labels = blob_digits(2000, seed=seed + (split == "test"), size=size, min_extent=max(2, size // 3),
-                                     max_extent=max(3, (3 * size) // 4))
-    else:
+    if cfg.data not in ("mnist", "blobs"):
         raise ValueError(f"data must be 'mnist' or 'blobs'; got {cfg.data!r}")
-    return make_moving_multi_mnist(digits, labels, num, seed=seed, num_frames=cfg.num_frames,
-                                   canvas_size=cfg.canvas_size, max_digits=cfg.max_digits)
+    return load_moving_multi_mnist(split, num, seed=seed, digits=cfg.data, digit_size=cfg.digit_size,
+                                   num_frames=cfg.num_frames, canvas_size=cfg.canvas_size, max_digits=cfg.max_digits)
 
 
 class SQAIRTask:
