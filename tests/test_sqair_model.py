@@ -251,6 +251,18 @@ def test_decoder_output_bias_sets_the_initial_glimpse_intensity(make_config):
         np.testing.assert_allclose(glimpse, jax.nn.sigmoid(bias) * np.ones((1, 8, 8)), rtol=1e-6)
 
 
+def test_posterior_presence_logits_start_at_their_configured_biases():
+    """Every hidden bias starts at zero, so zero inputs give exactly the configured initial presence logits (the
+    official code's prop_step_bias / disc_step_bias)."""
+    H = 8
+    for prop, disc in ((5.0, 1.0), (0.0, -3.0)):
+        model = SQAIR(mlp_sqair_config(H, image_shape=(SIZE, SIZE), glimpse_shape=(8, 8), z_what_dim=3,
+                                       prop_presence_logit_init=prop, disc_presence_logit_init=disc))
+        params = model.init(jax.random.key(0))
+        np.testing.assert_allclose(model._i(params, "prop_pres", jnp.zeros((2, 3 + 4 + H + H))), [prop, prop])
+        np.testing.assert_allclose(model._i(params, "disc_pres", jnp.zeros((2, H))), [disc, disc])
+
+
 def test_curriculum_length():
     from ocr_jax.models.sqair_task import curriculum_length
 

@@ -81,6 +81,12 @@ class SQAIRConfig:
     where_prior_scale: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
     keep_logit_init: float = 10.0
     no_new_objects_logit_init: float = 10.0
+    # Initial biases of the posterior presence logits, as the official code's prop_step_bias = 5 ("added to the
+    # logit of propagating an existing object") and disc_step_bias = 1: at initialisation PROP keeps every object
+    # (probability 0.993) instead of dropping half of them, which otherwise teaches DISC to re-discover every
+    # object in every frame (the DISC-only failure mode, §5.G; measured in docs/results.md).
+    prop_presence_logit_init: float = 5.0
+    disc_presence_logit_init: float = 1.0
     # Initial bias of the glimpse decoder's output logits. 0 (sigmoid 0.5) makes every new object paint a grey
     # square, a large likelihood penalty that teaches the model to switch objects off before it learns to draw;
     # a negative bias (AIR's decoder_output_bias, e.g. -2: sigmoid 0.12) starts objects nearly transparent.
@@ -304,10 +310,10 @@ def _build_networks(c: SQAIRConfig):
         "temporal_init": (LearnedVector(H), ()),
         "prop_where": (GaussianHead(H, Dz), (zeros(Dw + Dz + H + H),)),
         "prop_what": (GaussianHead(H, Dw), (zeros(H + Dw + H + H),)),
-        "prop_pres": (LogitHead(H), (zeros(Dw + Dz + H + H),)),
+        "prop_pres": (LogitHead(H, c.prop_presence_logit_init), (zeros(Dw + Dz + H + H),)),
         "latent_encoder": (MLP((H, H), activate_final=True), (zeros(Dw + Dz),)),
         "disc_rnn": (nn.SimpleCell(H), (zeros(H), zeros(H + H + Dw + Dz))),
-        "disc_pres": (LogitHead(H), (zeros(H),)),
+        "disc_pres": (LogitHead(H, c.disc_presence_logit_init), (zeros(H),)),
         "disc_where": (GaussianHead(H, Dz), (zeros(H),)),
         "disc_what": (GaussianHead(H, Dw), (zeros(H),)),
     }
