@@ -73,8 +73,8 @@ def write_reconstructions(task: air_task.AIRTask, params, sequences: dict, step:
     presence = r["z_pres"].reshape(*shape, -1) > 0
     slots = np.broadcast_to(np.arange(presence.shape[-1]), presence.shape)
     counts = r["counts"].reshape(shape)
-    titles = [f"input {i} (true {''.join(map(str, sequences['counts'][i]))})" for i in range(n)]
-    titles += [f"recon. {i} (inferred {''.join(map(str, counts[i]))})" for i in range(n)]
+    titles = [f"true {''.join(map(str, sequences['counts'][i]))}" for i in range(n)]  # short: vertical labels
+    titles += [f"inf. {''.join(map(str, counts[i]))}" for i in range(n)]
     fig = plotting.plot_frame_strips(
         np.concatenate([frames.astype(np.float32) / 255.0, canvas]), np.concatenate([boxes, boxes]),
         np.concatenate([presence, presence]), color_ids=np.concatenate([slots, slots]), row_titles=titles,

@@ -39,8 +39,9 @@ def write_pictures(task: sqair_task.SQAIRTask, params, results: dict, step: int,
     boxes = np.concatenate([ex["boxes"], ex["boxes"]])
     presence = np.concatenate([ex["z_pres"], ex["z_pres"]]) > 0
     ids = np.concatenate([ex["ids"], ex["ids"]])
-    titles = [f"input {i} (true counts {''.join(map(str, ex['true_counts'][i]))})" for i in range(n)]
-    titles += [f"recon. {i} (inferred {''.join(map(str, ex['counts'][i]))})" for i in range(n)]
+    # short row titles (they are vertical labels of one cell's height): counts per frame, true then inferred
+    titles = [f"true {''.join(map(str, ex['true_counts'][i]))}" for i in range(n)]
+    titles += [f"inf. {''.join(map(str, ex['counts'][i]))}" for i in range(n)]
     paths = []
     fig = plotting.plot_frame_strips(frames, boxes, presence, color_ids=np.maximum(ids, 0), row_titles=titles,
                                      title=f"SQAIR step {step}: test inputs with inferred boxes (colour = identity), "
