@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import jax
 import matplotlib
@@ -29,6 +28,7 @@ import numpy as np  # noqa: E402
 
 from ocr_jax import plotting  # noqa: E402
 from ocr_jax.models import air_task  # noqa: E402
+from experiments.report_cli import run_report  # noqa: E402
 from ocr_jax.training import train  # noqa: E402
 
 # Thesis Table 5.4.1 (per 10-frame sequence, nats; ../shared/spec/SQAIR.md).
@@ -128,22 +128,9 @@ def report(config: ml_collections.ConfigDict, workdir: str, sqair_results: str |
 
 
 def main(argv=None):
-    from absl import app, flags, logging
-    from ml_collections import config_flags
-
-    config_flag = config_flags.DEFINE_config_file("config", None, "AIR config file[:variant] (the ':moving' one)")
-    workdir_flag = flags.DEFINE_string("workdir", None, "the AIR run's directory")
-    sqair_flag = flags.DEFINE_string("sqair_results", None, "a SQAIR run's results.json, for the comparison table")
-    flags.mark_flags_as_required(["config", "workdir"])
-
-    def run(_):
-        if not flags.FLAGS["verbosity"].present:
-            logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
-        results = report(config_flag.value, workdir_flag.value, sqair_flag.value)
-        print(json.dumps({k: v for k, v in results.items() if k not in ("confusion", "table")}, indent=1))
-        print(results["table"])
-
-    app.run(run, argv=[sys.argv[0], *(argv or sys.argv[1:])])
+    run_report(report, config_help="AIR config file[:variant] (the ':moving' one)", argv=argv,
+               optional_flags={"sqair_results": "a SQAIR run's results.json, for the comparison table"},
+               text_key="table")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import jax
 import matplotlib
@@ -23,6 +22,7 @@ import numpy as np  # noqa: E402
 
 from ocr_jax import plotting  # noqa: E402
 from ocr_jax.models import air_task  # noqa: E402
+from experiments.report_cli import run_report  # noqa: E402
 from ocr_jax.training import train  # noqa: E402
 
 
@@ -89,22 +89,7 @@ def report(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def main(argv=None):
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    config_flag = config_flags.DEFINE_config_file("config", None, "AIR config file[:variant]")
-    workdir_flag = flags.DEFINE_string("workdir", None, "the run's directory")
-    flags.mark_flags_as_required(["config", "workdir"])
-
-    def run(_):
-        from absl import logging
-
-        if not flags.FLAGS["verbosity"].present:
-            logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
-        summary = report(config_flag.value, workdir_flag.value)
-        print(json.dumps({k: v for k, v in summary.items() if k != "confusion"}, indent=1))
-
-    app.run(run, argv=[sys.argv[0], *(argv or sys.argv[1:])])
+    run_report(report, config_help="AIR config file[:variant]", argv=argv)
 
 
 if __name__ == "__main__":
