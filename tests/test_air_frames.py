@@ -106,3 +106,19 @@ def test_air_frames_report_trains_and_writes_the_table(tmp_path):
   assert (tmp_path / "reconstructions.png").stat().st_size > 1000
   with pytest.raises(ValueError, match="moving"):
     air_frames_report.report(air_multi_mnist.get_config("quick"), str(tmp_path))
+
+
+def test_eval_curves_read_sorted_steps_and_tabulate(tmp_path):
+  from experiments import eval_curves
+
+  for step, acc in ((1000, 0.5), (200, 0.25), (30, 0.125)):
+    (tmp_path / f"eval_step{step}.json").write_text(json.dumps({"count_accuracy": acc, "step": step}))
+  (tmp_path / "eval_step5.json").write_text(json.dumps({"elbo": 1.0}))  # another metric only
+  curve = eval_curves.read_eval_curve(str(tmp_path), "count_accuracy")
+  assert curve == [(30, 0.125), (200, 0.25), (1000, 0.5)]  # numeric, not lexical, order
+  table = eval_curves.markdown_curves({"a": curve, "b": [(200, 0.75)]}, "count_accuracy").splitlines()
+  assert table[2:] == ["| 30 | 0.125 |  |", "| 200 | 0.25 | 0.75 |", "| 1000 | 0.5 |  |"]
+  fig = eval_curves.plot_curves({"a": curve}, "count_accuracy")
+  assert len(fig.axes[0].lines) == 1
+  with pytest.raises(FileNotFoundError, match="eval_step"):
+    eval_curves.read_eval_curve(str(tmp_path / "missing"), "count_accuracy")
