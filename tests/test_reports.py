@@ -67,3 +67,16 @@ def test_main_job_quick_writes_results_and_pictures(tmp_path):
   assert 0.0 <= results["count_accuracy"] <= 1.0 and np.isfinite(results["log_marginal"])
   for name in ("reconstructions.png", "confusion.png", "prior_samples.png"):
     assert (tmp_path / "air" / name).stat().st_size > 1000
+
+
+def test_sqair_periodic_evaluation_writes_counting_and_tracking(sqair_setup, tmp_path):
+  task, params, r = sqair_setup
+  scalars = task.evaluate(params, {}, 3, str(tmp_path))
+  saved = json.load(open(tmp_path / "eval_step3.json"))
+  assert saved["step"] == 3 and saved["count_accuracy"] == scalars["eval/count_accuracy"]
+  assert saved["num_sequences"] == r["num_sequences"] and 0.0 <= saved["count_accuracy"] <= 1.0
+  for k in sqair_task.PERIODIC_TRACKING_KEYS:
+    assert f"tracking_{k}" in saved
+  assert saved["tracking_failure_mode"] in ("tracks", "redetects_at_t2", "disc_only", "switches", "no_matches")
+  recall = saved["tracking_recall"]
+  assert recall is None or (0.0 <= recall <= 1.0 and scalars["eval/tracking_recall"] == recall)

@@ -43,12 +43,17 @@ def default_task_config() -> ml_collections.ConfigDict:
         eval=dict(batch_size=50, num_particles=5, log_marginal_sequences=50, log_marginal_particles=1000,
                   log_marginal_chunk=50, num_pictures=4,
                   # during training: the first periodic_sequences test sequences, no IWAE-K log p(x)
-                  periodic_sequences=200, periodic_log_marginal_sequences=0,
+                  periodic_sequences=200, periodic_log_marginal_sequences=0, periodic_tracking=True,
                   # final report only (experiments/sqair_report.py): tracking scored at this IoU between inferred
                   # glimpse boxes and the (tight) true digit boxes; the addition classifier (§5.D.4) trained for
                   # addition_steps on addition_train_sequences training sequences
                   tracking_iou_threshold=0.3, addition_steps=10_000, addition_train_sequences=2_000),
     ))
+
+
+# Tracking numbers added to the periodic evaluations (``eval.periodic_tracking``) as ``tracking_<key>``.
+PERIODIC_TRACKING_KEYS = ("recall", "precision", "switch_rate", "redetection_rate", "redetection_rate_at_t2",
+                          "mota", "failure_mode")
 
 
 def curriculum_length(step, start_length: int, length_every: int, max_length: int):
@@ -176,9 +181,18 @@ class SQAIRTask:
         subset. Writes ``<workdir>/eval_step<step>.json``."""
         del model_state
         ev = self.config.eval
-        results = evaluate_sqair(self, params, self.test_data, key=jax.random.key(step),
-                                 num_sequences=ev.periodic_sequences,
+        key = jax.random.key(step)
+        results = evaluate_sqair(self, params, self.test_data, key=key, num_sequences=ev.periodic_sequences,
                                  log_marginal_sequences=ev.periodic_log_marginal_sequences)
+        if ev.periodic_tracking:
+            # Tracking on the same sequences and particles (no addition classifier): shows during training whether
+            # the run tracks or falls into a failure mode (re-detections, DISC-only; §5.G).
+            from ocr_jax.models import sqair_eval
+
+            tracking = sqair_eval.tracking_and_addition(self, params, self.test_data, key=key,
+                                                        num_sequences=ev.periodic_sequences, classifier_steps=0,
+                                                        iou_threshold=ev.tracking_iou_threshold)["tracking"]
+            results.update({f"tracking_{k}": tracking[k] for k in PERIODIC_TRACKING_KEYS})
         if workdir and jax.process_index() == 0:
             with open(os.path.join(workdir, f"eval_step{step}.json"), "w") as f:
                 json.dump({"step": int(step), **{k: v for k, v in results.items() if k != "example"}}, f, indent=1)
