@@ -263,6 +263,17 @@ def test_posterior_presence_logits_start_at_their_configured_biases():
         np.testing.assert_allclose(model._i(params, "disc_pres", jnp.zeros((2, H))), [disc, disc])
 
 
+def test_where_posterior_scale_starts_at_softplus_of_its_bias():
+    H = 8
+    for bias in (-3.0, 0.5):
+        model = SQAIR(mlp_sqair_config(H, image_shape=(SIZE, SIZE), glimpse_shape=(8, 8), z_what_dim=3,
+                                       where_posterior_scale_bias=bias))
+        params = model.init(jax.random.key(0))
+        for name, width in (("disc_where", H), ("prop_where", 3 + 4 + H + H)):
+            _, scale = model._i(params, name, jnp.zeros((2, width)))
+            np.testing.assert_allclose(scale, np.full((2, 4), np.log1p(np.exp(bias)) + 1e-4), rtol=1e-5)
+
+
 def test_curriculum_length():
     from ocr_jax.models.sqair_task import curriculum_length
 

@@ -77,8 +77,14 @@ class SQAIRConfig:
     arch: str = "mlp"
     max_seq_len: int = 10
     likelihood_sigma: float = 0.3
-    where_prior_loc: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    # Discovery prior over the unconstrained z_where = (scale logits y/x, shifts y/x); the official code's
+    # scale_prior = -2 (glimpse scale sigmoid(-2) = 0.12 of the canvas) favours small glimpses, which keeps one
+    # object from covering two digits.
+    where_prior_loc: tuple[float, float, float, float] = (-2.0, -2.0, 0.0, 0.0)
     where_prior_scale: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+    # Posterior z_where standard deviations start at softplus(where_posterior_scale_bias) (the official code's
+    # transform_var_bias = -3: 0.049), not ~1, which would scatter glimpses over half the canvas at initialisation.
+    where_posterior_scale_bias: float = -3.0
     keep_logit_init: float = 10.0
     no_new_objects_logit_init: float = 10.0
     # Initial biases of the posterior presence logits, as the official code's prop_step_bias = 5 ("added to the
@@ -167,12 +173,13 @@ class GaussianHead(nn.Module):
 
     hidden: int
     dim: int
+    scale_bias: float = 0.5  # scale = softplus(raw + scale_bias) + 1e-4; raw starts near 0
 
     @nn.compact
     def __call__(self, *inputs):
         out = MLP((self.hidden, 2 * self.dim))(jnp.concatenate(inputs, axis=-1))
         loc, raw_scale = jnp.split(out, 2, axis=-1)
-        return loc, jax.nn.softplus(raw_scale + 0.5) + 1e-4
+        return loc, jax.nn.softplus(raw_scale + self.scale_bias) + 1e-4
 
 
 class LogitHead(nn.Module):
@@ -308,13 +315,13 @@ def _build_networks(c: SQAIRConfig):
         "relation_rnn": (nn.SimpleCell(H), (zeros(H), zeros(H + Dw + Dz + H + Dw + Dz))),
         "temporal_rnn": (nn.GRUCell(H), (zeros(H), zeros(H + Dz + H))),
         "temporal_init": (LearnedVector(H), ()),
-        "prop_where": (GaussianHead(H, Dz), (zeros(Dw + Dz + H + H),)),
+        "prop_where": (GaussianHead(H, Dz, c.where_posterior_scale_bias), (zeros(Dw + Dz + H + H),)),
         "prop_what": (GaussianHead(H, Dw), (zeros(H + Dw + H + H),)),
         "prop_pres": (LogitHead(H, c.prop_presence_logit_init), (zeros(Dw + Dz + H + H),)),
         "latent_encoder": (MLP((H, H), activate_final=True), (zeros(Dw + Dz),)),
         "disc_rnn": (nn.SimpleCell(H), (zeros(H), zeros(H + H + Dw + Dz))),
         "disc_pres": (LogitHead(H, c.disc_presence_logit_init), (zeros(H),)),
-        "disc_where": (GaussianHead(H, Dz), (zeros(H),)),
+        "disc_where": (GaussianHead(H, Dz, c.where_posterior_scale_bias), (zeros(H),)),
         "disc_what": (GaussianHead(H, Dw), (zeros(H),)),
     }
     return gen, inf

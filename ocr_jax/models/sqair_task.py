@@ -33,6 +33,7 @@ def default_task_config() -> ml_collections.ConfigDict:
         # model (§5.D.2)
         arch="mlp", hidden=256, z_what_dim=50, max_objects=3, canvas_size=50, glimpse_size=20,
         likelihood_sigma=0.3, decoder_output_bias=0.0, prop_presence_logit_init=5.0, disc_presence_logit_init=1.0,
+        where_prior_loc=(-2.0, -2.0, 0.0, 0.0), where_posterior_scale_bias=-3.0,
         # objective (§5.3)
         num_particles=5,
         # curriculum (§5.D.1): start_length frames, +1 every length_every steps, up to num_frames
@@ -94,7 +95,8 @@ class SQAIRTask:
             max_objects=cfg.max_objects, z_what_dim=cfg.z_what_dim, hidden=cfg.hidden, arch=cfg.arch,
             max_seq_len=cfg.num_frames, likelihood_sigma=cfg.likelihood_sigma,
             decoder_output_bias=cfg.decoder_output_bias, prop_presence_logit_init=cfg.prop_presence_logit_init,
-            disc_presence_logit_init=cfg.disc_presence_logit_init))
+            disc_presence_logit_init=cfg.disc_presence_logit_init, where_prior_loc=tuple(cfg.where_prior_loc),
+            where_posterior_scale_bias=cfg.where_posterior_scale_bias))
         self._train_frames = train_frames
 
     @property
