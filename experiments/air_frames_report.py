@@ -9,8 +9,8 @@ Reads the latest checkpoint in <workdir>/checkpoints and writes <workdir>/result
 (``air_task.evaluate_air_on_sequences``: counting accuracy per frame and per sequence, IWAE bound, ELBO, log p(x|z)
 and KL summed over the frames, IWAE-K log p(x_{1:T}) = Σ_t log p̂(x_t), tracking with AIR's step index as identity,
 the addition experiment), reconstructions.png (test sequences with AIR's boxes coloured by step, and
-reconstructions), and table.md: the Table 5.4.1 columns for this run, the SQAIR run given by --sqair_results
-(experiments/sqair_report.py's results.json) and the paper.
+reconstructions), and table.md: the Table 5.4.1 columns for this run, the SQAIR runs given by --sqair_results
+(comma-separated results.json files of experiments/sqair_report.py) and the paper.
 """
 
 from __future__ import annotations
@@ -113,10 +113,10 @@ def report(config: ml_collections.ConfigDict, workdir: str, sqair_results: str |
         json.dump(results, f, indent=1)
 
     rows = {f"MLP-AIR, frame-wise (this run, step {step})": table_row(results)}
-    if sqair_results:
-        with open(sqair_results) as f:
+    for path in filter(None, (sqair_results or "").split(",")):
+        with open(path) as f:
             sq = json.load(f)
-        rows[f"MLP-SQAIR ({os.path.basename(os.path.dirname(os.path.abspath(sqair_results)))}, step "
+        rows[f"MLP-SQAIR ({os.path.basename(os.path.dirname(os.path.abspath(path)))}, step "
              f"{sq.get('step')})"] = table_row(sq)
     rows.update(PAPER_ROWS)
     table = markdown_table(rows)
@@ -129,7 +129,7 @@ def report(config: ml_collections.ConfigDict, workdir: str, sqair_results: str |
 
 def main(argv=None):
     run_report(report, config_help="AIR config file[:variant] (the ':moving' one)", argv=argv,
-               optional_flags={"sqair_results": "a SQAIR run's results.json, for the comparison table"},
+               optional_flags={"sqair_results": "SQAIR runs' results.json files (comma-separated), for the table"},
                text_key="table")
 
 

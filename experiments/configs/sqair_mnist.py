@@ -36,6 +36,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.task_module = "ocr_jax.models.sqair_task"
   config.task_config = ml_collections.ConfigDict(dict(
       arch="mlp", hidden=256, z_what_dim=50, max_objects=3, canvas_size=50, glimpse_size=20, likelihood_sigma=0.3,
+      # the official code's initial biases (ocr_jax.models.sqair.SQAIRConfig); docs/results.md's runs A and B
+      # override them (A: all four as before; B: the two z_where ones), e.g. for run A
+      #   --config.task_config.prop_presence_logit_init=0 --config.task_config.disc_presence_logit_init=0
+      #   --config.task_config.where_prior_loc="(0.,0.,0.,0.)" --config.task_config.where_posterior_scale_bias=0.5
+      prop_presence_logit_init=5.0, disc_presence_logit_init=1.0, where_prior_loc=(-2.0, -2.0, 0.0, 0.0),
+      where_posterior_scale_bias=-3.0,
       num_particles=5, start_length=3, length_every=100_000,
       data="mnist", num_frames=10, num_train=60_000, num_eval=1_000, max_digits=2, digit_size=28, data_seed=0))
 
