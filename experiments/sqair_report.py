@@ -69,7 +69,7 @@ def write_pictures(task: sqair_task.SQAIRTask, params, results: dict, step: int,
     fig = plotting.plot_frame_strips(
         rows, np.concatenate([ex["boxes"], sqair_task.boxes_of(task, z_where)]), np.concatenate([ex["z_pres"], z_pres]) > 0,
         color_ids=np.maximum(np.concatenate([ex["ids"], cond_ids]), 0),
-        row_titles=[f"input {i}" for i in range(n)] + [f"first {k} inferred, then prior" for _ in range(n)],
+        row_titles=[f"input {i}" for i in range(n)] + [f"rollout {i}" for i in range(n)],
         title=f"conditional generation: frames 0..{k - 1} inferred, {k}..{T - 1} simulated")
     paths.append(str(plotting.save_figure(fig, os.path.join(workdir, "conditional.png"))))
     plt.close(fig)
