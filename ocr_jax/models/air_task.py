@@ -296,6 +296,20 @@ def estimator_surrogates(estimator: str, model: air_lib.AIR, params, out: air_li
     return surrogates, new_state, s.bound
 
 
+def log_marginal_of_images(task: AIRTask, params, images_uint8: np.ndarray, key: jax.Array, step: int,
+                           batch_size: int = 50) -> np.ndarray:
+    """IWAE-``eval.log_marginal_particles`` estimates of log p(x) ``[n]`` for ``images_uint8 [n, H, W]``, in batches of
+    ``batch_size`` images (key ``fold_in(key, 10_000 + start)`` for the batch starting at ``start``) with at most
+    ``eval.log_marginal_chunk`` particles materialised at once."""
+    ev = task.config.eval
+    chunk = min(ev.log_marginal_chunk, ev.log_marginal_particles)
+    return np.concatenate([
+        np.asarray(task.log_marginal(params, jnp.asarray(images_uint8[s:s + batch_size]),
+                                     jax.random.fold_in(key, 10_000 + s), step,
+                                     num_particles=ev.log_marginal_particles, chunk_size=chunk))
+        for s in range(0, len(images_uint8), batch_size)])
+
+
 def evaluate_air(task: AIRTask, params, step: int, *, num_images: int, log_marginal_images: int,
                  seed: int = 1234) -> dict[str, Any]:
     """Test-split metrics: count accuracy, confusion matrix [true, predicted], ELBO, log p(x|z), IWAE log p(x)."""
@@ -327,14 +341,7 @@ def evaluate_air(task: AIRTask, params, step: int, *, num_images: int, log_margi
     results["kl"] = results["log_likelihood"] - results["elbo"]
     if log_marginal_images > 0:
         m = min(log_marginal_images, n)
-        chunk = min(cfg.eval.log_marginal_chunk, cfg.eval.log_marginal_particles)
-        lm = []
-        for start in range(0, m, 50):
-            images = jnp.asarray(data["images"][start:min(start + 50, m)])
-            lm.append(np.asarray(task.log_marginal(params, images, jax.random.fold_in(key, 10_000 + start), step,
-                                                   num_particles=cfg.eval.log_marginal_particles,
-                                                   chunk_size=chunk)))
-        results["log_marginal"] = float(np.mean(np.concatenate(lm)))
+        results["log_marginal"] = float(np.mean(log_marginal_of_images(task, params, data["images"][:m], key, step)))
         results["log_marginal_images"] = int(m)
         results["log_marginal_particles"] = int(cfg.eval.log_marginal_particles)
     images, r = first
@@ -395,9 +402,8 @@ def evaluate_air_on_sequences(task: AIRTask, params, step: int, sequences: dict[
                                              jax.random.fold_in(key, i), step, num_particles=num_particles))
             best = np.argmax(r["log_weight"], axis=1)
             rows = np.arange(len(best))
-            m = np.max(r["log_weight"], axis=1)
             parts.append(dict(
-                iwae=m + np.log(np.mean(np.exp(r["log_weight"] - m[:, None]), axis=1)),
+                iwae=np.asarray(objectives.log_mean_exp(r["log_weight"], axis=1)),
                 elbo=r["log_weight"].mean(1), log_likelihood=r["log_likelihood"].mean(1),
                 z_pres=r["z_pres"][rows, best], z_what=r["z_what"][rows, best], boxes=r["boxes"][rows, best]))
         out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -421,12 +427,8 @@ def evaluate_air_on_sequences(task: AIRTask, params, step: int, sequences: dict[
     results["kl"] = results["log_likelihood"] - results["elbo"]
     m = min(log_marginal_sequences, n)
     if m > 0:
-        images = frames[:m].reshape(-1, *frames.shape[2:])
-        chunk = min(ev.log_marginal_chunk, ev.log_marginal_particles)
-        lm = [np.asarray(task.log_marginal(params, jnp.asarray(images[s:s + 50]), jax.random.fold_in(key, 10_000 + s),
-                                           step, num_particles=ev.log_marginal_particles, chunk_size=chunk))
-              for s in range(0, len(images), 50)]
-        results.update(log_marginal=float(np.concatenate(lm).reshape(m, T).sum(1).mean()),
+        lm = log_marginal_of_images(task, params, frames[:m].reshape(-1, *frames.shape[2:]), key, step)
+        results.update(log_marginal=float(lm.reshape(m, T).sum(1).mean()),
                        log_marginal_sequences=int(m), log_marginal_particles=int(ev.log_marginal_particles))
     H, W = task.model.config.canvas_shape
     clipped = np.clip(out["boxes"], 0.0, np.array([H, W, H, W], np.float32))
