@@ -1,6 +1,6 @@
 """Builds the multi-MNIST and moving multi-MNIST datasets, times them, and draws samples with their boxes.
 
-    python -m experiments.build_datasets                       # all five full-size datasets, TFDS array_record
+    python -m experiments.build_datasets                       # all six full-size datasets, TFDS array_record
     python -m experiments.build_datasets --method generate     # the same arrays generated in memory, nothing written
     python -m experiments.build_datasets --small --out /tmp/x  # the *_small configs (a few seconds)
     python -m experiments.build_datasets --datasets multi_mnist:pyro
@@ -27,9 +27,10 @@ from ocr_jax.data.mnist import load_mnist
 DEFAULT_DATASETS = (
     "multi_mnist:kosiorek",
     "multi_mnist:pyro",
+    "moving_multi_mnist:official",
+    "moving_multi_mnist_hard:hard",
     "moving_multi_mnist:bounce",
     "moving_multi_mnist:leave_and_return",
-    "moving_multi_mnist_hard:hard",
 )
 SMALL = {"multi_mnist": "_small", "moving_multi_mnist": "_small", "moving_multi_mnist_hard": "_small"}
 

@@ -31,7 +31,7 @@ def main(argv=None) -> dict:
     from experiments import build_datasets
 
     print(f"[main] 1/3 datasets -> {workdir}/datasets", flush=True)
-    datasets = ["multi_mnist:kosiorek", "moving_multi_mnist:bounce"]
+    datasets = ["multi_mnist:kosiorek", "moving_multi_mnist:official"]
     if "quick" in variant:
         build_datasets.main(["--out", f"{workdir}/datasets", "--method", "generate", "--small", "--datasets",
                              *datasets])

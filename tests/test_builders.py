@@ -79,6 +79,13 @@ def test_config_names():
     assert builders.make_config("multi_mnist", recipe="pyro").name == "pyro"
     assert builders.make_config("moving_multi_mnist_hard").name == "hard"
     assert builders.make_config("moving_multi_mnist", config="bounce_small").num_train == 1000
+    # Moving multi-MNIST: the official recipe by default; motion= names the first generator ("bounce_patch").
+    assert builders.make_config("moving_multi_mnist").name == "official"
+    assert builders.make_config("moving_multi_mnist_hard").recipe == "official"
+    c = builders.make_config("moving_multi_mnist", motion="leave_and_return")
+    assert c.name == "leave_and_return" and c.recipe == "bounce_patch"
+    assert builders.make_config("moving_multi_mnist_hard", recipe="bounce_patch").name == "bounce_hard"
+    assert builders.make_config("moving_multi_mnist", recipe="bounce_patch").name == "bounce"
     c = builders.make_config("multi_mnist", recipe="pyro", num_train=100)
     assert c.name == "pyro_num_train-100" and c.recipe == "pyro" and c.num_test == 10_000
     with pytest.raises(TypeError, match="unknown multi_mnist options"):

@@ -56,7 +56,8 @@ class MultiMnistConfig(tfds.core.BuilderConfig):
 
 @dataclasses.dataclass(eq=False)
 class MovingMultiMnistConfig(tfds.core.BuilderConfig):
-    motion: str = "bounce"
+    recipe: str = "official"
+    motion: str | None = None  # recipe="bounce_patch" only
     hard: bool = False
     num_frames: int = 10
     max_digits: int = 2
@@ -151,16 +152,31 @@ class MultiMnist(_Base):
 class MovingMultiMnist(_Base):
     """Moving multi-MNIST for SQAIR (see ocr_jax.data.moving_mnist)."""
 
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release.",
+        "2.0.0": "recipe='official' (the SQAIR authors' generator) is the default; the first generator is "
+                 "recipe='bounce_patch' (configs bounce, leave_and_return, bounce_hard); 'hard' is now official + "
+                 "hard; new features sequence_counts and full_boxes.",
+    }
+    _PATCH = dict(recipe="bounce_patch")
+    _SMALL = dict(num_train=1_000, num_test=200)
     BUILDER_CONFIGS = [
-        MovingMultiMnistConfig(name="bounce", motion="bounce", description="official SQAIR generator: bounce inside"),
-        MovingMultiMnistConfig(name="leave_and_return", motion="leave_and_return",
-                               description="paper's text: digits partly leave the frame and come back"),
-        MovingMultiMnistConfig(name="hard", motion="bounce", hard=True,
-                               description="digits appear and disappear at arbitrary frames"),
-        MovingMultiMnistConfig(name="bounce_small", motion="bounce", num_train=1_000, num_test=200),
-        MovingMultiMnistConfig(name="leave_and_return_small", motion="leave_and_return", num_train=1_000,
-                               num_test=200),
-        MovingMultiMnistConfig(name="hard_small", motion="bounce", hard=True, num_train=1_000, num_test=200),
+        MovingMultiMnistConfig(name="official", description="the official SQAIR generator (default): tight "
+                               "templates, corner bounded to [0, 50], noisy constant acceleration, pixel maximum"),
+        MovingMultiMnistConfig(name="hard", hard=True,
+                               description="official recipe; digits appear and disappear at arbitrary frames"),
+        MovingMultiMnistConfig(name="bounce", motion="bounce", **_PATCH,
+                               description="first generator: whole 28×28 patch bounces inside [0, 22]²"),
+        MovingMultiMnistConfig(name="leave_and_return", motion="leave_and_return", **_PATCH,
+                               description="first generator: the patch centre bounces off the canvas edges"),
+        MovingMultiMnistConfig(name="bounce_hard", motion="bounce", hard=True, **_PATCH,
+                               description="first generator, digits appear and disappear at arbitrary frames"),
+        MovingMultiMnistConfig(name="official_small", **_SMALL),
+        MovingMultiMnistConfig(name="hard_small", hard=True, **_SMALL),
+        MovingMultiMnistConfig(name="bounce_small", motion="bounce", **_PATCH, **_SMALL),
+        MovingMultiMnistConfig(name="leave_and_return_small", motion="leave_and_return", **_PATCH, **_SMALL),
+        MovingMultiMnistConfig(name="bounce_hard_small", motion="bounce", hard=True, **_PATCH, **_SMALL),
     ]
 
     def _info(self):
@@ -173,7 +189,9 @@ class MovingMultiMnist(_Base):
                 "index": tfds.features.Tensor(shape=(), dtype=np.int64),
                 "frames": _pixels((t, h, h)),
                 "counts": _tensor(shape=(t,), dtype=np.int32),
+                "sequence_counts": _tensor(shape=(), dtype=np.int32),
                 "boxes": _tensor(shape=(t, k, 4), dtype=np.float32),
+                "full_boxes": _tensor(shape=(t, k, 4), dtype=np.float32),
                 "presence": _tensor(shape=(t, k), dtype=np.bool_),
                 "labels": _tensor(shape=(k,), dtype=np.int32),
                 "positions": _tensor(shape=(t, k, 2), dtype=np.float32),
@@ -184,8 +202,8 @@ class MovingMultiMnist(_Base):
     def _make(self, digits, labels, n, seed):
         c = self.builder_config
         return make_moving_multi_mnist(digits, labels, n, seed=seed, num_frames=c.num_frames,
-                                       canvas_size=c.canvas_size, max_digits=c.max_digits, motion=c.motion,
-                                       hard=c.hard)
+                                       canvas_size=c.canvas_size, max_digits=c.max_digits, recipe=c.recipe,
+                                       motion=c.motion, hard=c.hard)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -193,7 +211,7 @@ class MovingMultiMnist(_Base):
 
 DATASETS = {
     "multi_mnist": (MultiMnist, MultiMnistConfig, "kosiorek", {}),
-    "moving_multi_mnist": (MovingMultiMnist, MovingMultiMnistConfig, "bounce", {}),
+    "moving_multi_mnist": (MovingMultiMnist, MovingMultiMnistConfig, "official", {}),
     "moving_multi_mnist_hard": (MovingMultiMnist, MovingMultiMnistConfig, "hard", {"hard": True}),
 }
 
@@ -202,14 +220,22 @@ def make_config(name: str, **overrides):
     """A builder config for dataset `name`: a named config (`config="pyro"`) plus field overrides.
 
     Overridden configs get a name that spells out every field that differs from the named base config, so that
-    different data never share a directory.
+    different data never share a directory. For moving multi-MNIST, `motion=` without `recipe=` implies
+    `recipe="bounce_patch"` (the only recipe with a motion option).
     """
     builder_cls, config_cls, default, implied = DATASETS[name]
     base_name = overrides.pop("config", None)
-    if base_name is None:  # pick the named config that matches recipe/motion, if one does
-        key = overrides.get("recipe") or overrides.get("motion")
-        if overrides.get("hard", implied.get("hard")):
-            key = "hard" if overrides.get("motion", "bounce") == "bounce" else None
+    if base_name is None:  # pick the named config that matches recipe/motion/hard, if one does
+        if config_cls is MovingMultiMnistConfig:
+            if overrides.get("motion") is not None and "recipe" not in overrides:
+                overrides["recipe"] = "bounce_patch"
+            hard = overrides.get("hard", implied.get("hard", False))
+            if overrides.get("recipe", "official") == "official":
+                key = "hard" if hard else "official"
+            else:
+                key = (overrides.get("motion") or "bounce") + ("_hard" if hard else "")
+        else:
+            key = overrides.get("recipe")
         base_name = key if key in {c.name for c in builder_cls.BUILDER_CONFIGS} else default
     base = {c.name: c for c in builder_cls.BUILDER_CONFIGS}[base_name]
     fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(config_cls)
