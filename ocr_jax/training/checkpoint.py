@@ -89,6 +89,32 @@ class Checkpointer:
           "an older step, or choose another --workdir.") from e
     return TrainState(**restored)
 
+  def restore_items(self, target: dict[str, Any], step: int | None = None) -> dict[str, Any]:
+    """Restores only the top-level items of the saved `TrainState` named in `target` (e.g. ``{"params": ...}``),
+    into its structure, shapes, dtypes and shardings (arrays or `jax.ShapeDtypeStruct` with a sharding); the other
+    items (optimiser states, ...) are not read, so no optimiser is needed. For inference (`ocr_jax.api.load_run`).
+
+    Raises CheckpointError if there is no such step or the items do not match the checkpoint (missing keys, other
+    shapes)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"no checkpoint to restore in {self.directory}")
+    if step not in self.all_steps():
+      raise CheckpointError(f"no checkpoint of step {step} in {self.directory}; steps saved: {self.all_steps()}")
+
+    def abstract(x):
+      return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+
+    target = jax.tree.map(abstract, dict(target))
+    args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                  partial_restore=True)
+    try:
+      return self._manager.restore(step, args=args)
+    except Exception as e:  # orbax raises many types (KeyError, ValueError, tensorstore errors).
+      detail = str(e) if len(str(e)) < 600 else str(e)[:600] + " ..."
+      raise CheckpointError(f"could not restore {sorted(target)} of checkpoint step {step} from {self.directory}: "
+                            f"{type(e).__name__}: {detail}") from e
+
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
