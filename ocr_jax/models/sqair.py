@@ -20,8 +20,23 @@ Log-densities (per particle, per time step; thesis Eq. 5.3-5.4): ``log_likelihoo
 
 Choices the thesis leaves open, and how they are made here:
 - z_where is 4-D ``(s_x, s_y, t_x, t_y)`` in an unconstrained space; the spatial transformer gets
-  ``s = s_min + (1 - s_min) sigmoid(raw_s)``, ``t = raw_t``. All densities are over the unconstrained values.
-- The propagation prior's and posterior's z_where means are residual: ``z_where_{t-1} + f(...)``.
+  ``s = s_min + (1 - s_min) sigmoid(raw_s)`` and, with ``where_map="sigmoid_tanh"`` (the official code,
+  ``modules.py:220-227``), ``t = tanh(raw_t)``, so a glimpse's centre never leaves the canvas (``"sigmoid_linear"``:
+  ``t = raw_t``, the first implementation). All densities are over the unconstrained values.
+- The propagation prior's and posterior's z_where means are residual: ``z_where_{t-1} + f(...)``; the posterior's
+  update and PROP's proposal are scaled by ``prop_update_scale`` (0.1 in the official code, ``core.py:291, 322``),
+  so PROP starts as "stay put".
+
+Start-up (what decides whether training finds every object; each option is a config field, tested):
+- every posterior standard deviation is ``softplus(raw + bias) + std_floor`` (1e-2 as the official code);
+- DISC starts like the AIR that learns to count: head kernels scaled by ``disc_head_kernel_scale`` (the biases
+  dominate), presence probability ``sigmoid(disc_presence_logit_init)`` (0.8), glimpse scale ``disc_init_scale``;
+- DISC's presence is predicted after z_where and z_what, from ``[h, z_what]`` (``presence_after_what``;
+  the official ``core.py:200-208``);
+- PROP's z_what posterior is ``"gated"`` (official ``core.py:343-354``): mean ``f·z_what_{t-1} + (1 - i)·μ_g +
+  (1 - u)·μ_T`` and scale ``(1 - i)·σ_g + (1 - u)·σ_T`` with gates ``f, i, u = 0.9999·sigmoid(·)`` whose bias is
+  +1 (so the mean starts ≈ 0.73·z_what_{t-1} + 0.27·new evidence), ``(μ_g, σ_g)`` DISC's glimpse head (shared) on
+  the new glimpse and ``(μ_T, σ_T)`` a head on the temporal RNN's output; ``"direct"`` is one head on everything.
 - A discovered object's temporal state is the temporal GRU applied to a learned initial state with input
   ``[glimpse encoding, z_where, DISC-RNN output]`` (the DISC analogue of Eq. 5.15).
 - The discovery prior ``p_θ(D_t | P_t)`` is a learned table of logits indexed by (first frame?, P_t), masked to
@@ -92,7 +107,22 @@ class SQAIRConfig:
     # (probability 0.993) instead of dropping half of them, which otherwise teaches DISC to re-discover every
     # object in every frame (the DISC-only failure mode, §5.G; measured in docs/results.md).
     prop_presence_logit_init: float = 5.0
-    disc_presence_logit_init: float = 1.0
+    # DISC starts with presence probability sigmoid(1.386) = 0.8, as the AIR that learns to count.
+    disc_presence_logit_init: float = 1.386
+    # Start-up (module docstring); the first implementation's values were "sigmoid_linear", 1e-4, 1.0, None,
+    # False, 1.0 and "direct".
+    where_map: str = "sigmoid_tanh"
+    std_floor: float = 1e-2
+    disc_head_kernel_scale: float = 0.1
+    # Initial DISC glimpse scale (fraction of the canvas side): 0.4 = 20 px of 50, a tight-cropped MNIST digit.
+    # None leaves the scale logit's bias at 0 (scale ≈ 0.5).
+    disc_init_scale: float | None = 0.4
+    presence_after_what: bool = True
+    prop_update_scale: float = 0.1
+    prop_what: str = "gated"
+    # Unroll the inference scans over objects and time (same values). XLA's cost analysis counts a scan body once,
+    # so FLOPs per step are counted on an unrolled copy (benchmarks/sqair_step.py).
+    scan_unroll: bool = False
     # Initial bias of the glimpse decoder's output logits. 0 (sigmoid 0.5) makes every new object paint a grey
     # square, a large likelihood penalty that teaches the model to switch objects off before it learns to draw;
     # a negative bias (AIR's decoder_output_bias, e.g. -2: sigmoid 0.12) starts objects nearly transparent.
@@ -105,6 +135,15 @@ class SQAIRConfig:
     def __post_init__(self):
         if self.arch not in ("mlp", "conv"):
             raise ValueError(f"arch must be 'mlp' or 'conv'; got {self.arch!r}")
+        if self.where_map not in WHERE_MAPS:
+            raise ValueError(f"where_map must be one of {WHERE_MAPS}; got {self.where_map!r}")
+        if self.prop_what not in ("gated", "direct"):
+            raise ValueError(f"prop_what must be 'gated' or 'direct'; got {self.prop_what!r}")
+        if not self.std_floor > 0 or not self.likelihood_sigma > 0:
+            raise ValueError(f"std_floor and likelihood_sigma must be positive; got {self.std_floor}, "
+                             f"{self.likelihood_sigma}")
+        if self.disc_init_scale is not None and not _MIN_SCALE < self.disc_init_scale < 1.0:
+            raise ValueError(f"disc_init_scale must lie in ({_MIN_SCALE}, 1); got {self.disc_init_scale}")
         if self.max_objects < 1 or self.max_seq_len < 1 or self.z_what_dim < 1 or self.hidden < 1:
             raise ValueError("max_objects, max_seq_len, z_what_dim and hidden must be positive")
         if self.arch == "conv":
@@ -123,10 +162,22 @@ def conv_sqair_config(hidden: int = 128, **overrides) -> SQAIRConfig:
     return SQAIRConfig(arch="conv", hidden=hidden, **overrides)
 
 
-def where_to_transform(z_where: jax.Array) -> jax.Array:
-    """Unconstrained ``z_where [..., 4]`` -> spatial-transformer parameters ``(s_x, s_y, t_x, t_y) [..., 4]``."""
+WHERE_MAPS = ("sigmoid_tanh", "sigmoid_linear")
+
+
+def where_to_transform(z_where: jax.Array, where_map: str = "sigmoid_tanh") -> jax.Array:
+    """Unconstrained ``z_where [..., 4]`` -> spatial-transformer parameters ``(s_x, s_y, t_x, t_y) [..., 4]``:
+    ``s = s_min + (1 - s_min) sigmoid(raw_s)``; ``t = tanh(raw_t)`` (``"sigmoid_tanh"``) or ``raw_t``
+    (``"sigmoid_linear"``)."""
+    if where_map not in WHERE_MAPS:
+        raise ValueError(f"where_map must be one of {WHERE_MAPS}; got {where_map!r}")
     scale = _MIN_SCALE + (1.0 - _MIN_SCALE) * jax.nn.sigmoid(z_where[..., :2])
-    return jnp.concatenate([scale, z_where[..., 2:]], axis=-1)
+    shift = jnp.tanh(z_where[..., 2:]) if where_map == "sigmoid_tanh" else z_where[..., 2:]
+    return jnp.concatenate([scale, shift], axis=-1)
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -157,12 +208,16 @@ class MLP(nn.Module):
     features: Sequence[int]
     activate_final: bool = False
     last_bias_init: Callable = nn.initializers.zeros
+    last_kernel_scale: float = 1.0  # the last layer's kernel is LeCun-normal times this
 
     @nn.compact
     def __call__(self, x):
         for i, f in enumerate(self.features):
             last = i == len(self.features) - 1
-            x = nn.Dense(f, bias_init=self.last_bias_init if last else nn.initializers.zeros)(x)
+            kernel_init = nn.initializers.variance_scaling(self.last_kernel_scale ** 2 if last else 1.0, "fan_in",
+                                                           "truncated_normal")
+            x = nn.Dense(f, kernel_init=kernel_init,
+                         bias_init=self.last_bias_init if last else nn.initializers.zeros)(x)
             if not last or self.activate_final:
                 x = nn.elu(x)
         return x
@@ -173,13 +228,20 @@ class GaussianHead(nn.Module):
 
     hidden: int
     dim: int
-    scale_bias: float = 0.5  # scale = softplus(raw + scale_bias) + 1e-4; raw starts near 0
+    scale_bias: float = 0.5  # scale = softplus(raw + scale_bias) + min_scale; raw starts near 0
+    min_scale: float = 1e-2
+    kernel_scale: float = 1.0  # of the output layer's kernel
+    loc_bias: tuple[float, ...] | None = None  # initial bias of the loc outputs (default 0)
 
     @nn.compact
     def __call__(self, *inputs):
-        out = MLP((self.hidden, 2 * self.dim))(jnp.concatenate(inputs, axis=-1))
+        bias = np.zeros(2 * self.dim, np.float32)
+        if self.loc_bias is not None:
+            bias[:self.dim] = self.loc_bias
+        out = MLP((self.hidden, 2 * self.dim), last_kernel_scale=self.kernel_scale,
+                  last_bias_init=lambda *_: jnp.asarray(bias))(jnp.concatenate(inputs, axis=-1))
         loc, raw_scale = jnp.split(out, 2, axis=-1)
-        return loc, jax.nn.softplus(raw_scale + self.scale_bias) + 1e-4
+        return loc, jax.nn.softplus(raw_scale + self.scale_bias) + self.min_scale
 
 
 class LogitHead(nn.Module):
@@ -187,12 +249,47 @@ class LogitHead(nn.Module):
 
     hidden: int
     bias_init: float = 0.0
+    kernel_scale: float = 1.0  # of the output layer's kernel
 
     @nn.compact
     def __call__(self, *inputs):
-        out = MLP((self.hidden, 1), last_bias_init=nn.initializers.constant(self.bias_init))(
-            jnp.concatenate(inputs, axis=-1))
+        out = MLP((self.hidden, 1), last_bias_init=nn.initializers.constant(self.bias_init),
+                  last_kernel_scale=self.kernel_scale)(jnp.concatenate(inputs, axis=-1))
         return out[..., 0]
+
+
+class WhatGates(nn.Module):
+    """PROP's z_what gates ``(f, i, u) = 0.9999·sigmoid(Dense(h) + 1)``, each ``[..., dim]`` (official
+    ``core.py:343-354``: "remember" bias +1)."""
+
+    dim: int
+
+    @nn.compact
+    def __call__(self, h):
+        gates = 0.9999 * jax.nn.sigmoid(nn.Dense(3 * self.dim, bias_init=nn.initializers.constant(1.0))(h))
+        return jnp.split(gates, 3, axis=-1)
+
+
+class DiscoveryRNN(nn.Module):
+    """DISC's vanilla RNN ``h' = tanh(P·e_t + W·[l_t, z^{i-1}] + U·h + b)`` with the image code's projection
+    ``P·e_t`` a separate method: it depends only on the frame, so it is computed once per frame outside the
+    object scan and the particles (as AIR does)."""
+
+    hidden: int
+
+    def setup(self):
+        self.image_projection = nn.Dense(self.hidden, use_bias=False)
+        self.input_projection = nn.Dense(self.hidden)
+        self.recurrent = nn.Dense(self.hidden, use_bias=False)
+
+    def project_image(self, image_code):
+        return self.image_projection(image_code)
+
+    def __call__(self, h, projected_image, inputs):
+        return jnp.tanh(projected_image + self.input_projection(inputs) + self.recurrent(h))
+
+    def init_all(self, h, image_code, inputs):
+        return self(h, self.project_image(image_code), inputs)
 
 
 class LearnedVector(nn.Module):
@@ -297,32 +394,43 @@ class GlimpseDecoder(nn.Module):
 
 
 def _build_networks(c: SQAIRConfig):
-    """(generative modules, inference modules, their init inputs) — every module and its dummy inputs."""
+    """(generative modules, inference modules): name -> (module, dummy init inputs[, init method name])."""
     H, Dw, Dz = c.hidden, c.z_what_dim, 4
     zeros = lambda *n: jnp.zeros(n, jnp.float32)  # noqa: E731
+    floor = c.std_floor
     gen = {
         "glimpse_decoder": (GlimpseDecoder(c), (zeros(1, Dw),)),
         "prior_rnn": (nn.GRUCell(H), (zeros(H), zeros(Dw + Dz))),
         "prior_init": (LearnedVector(H), ()),
         "prior_pres": (LogitHead(H, c.keep_logit_init), (zeros(H),)),
-        "prior_what": (GaussianHead(H, Dw), (zeros(H),)),
-        "prior_where": (GaussianHead(H, Dz), (zeros(H),)),
+        "prior_what": (GaussianHead(H, Dw, min_scale=floor), (zeros(H),)),
+        "prior_where": (GaussianHead(H, Dz, min_scale=floor), (zeros(H),)),
         "disc_count": (DiscoveryCountLogits(c.max_objects, c.no_new_objects_logit_init), ()),
     }
+    scale_logit = 0.0 if c.disc_init_scale is None else _logit((c.disc_init_scale - _MIN_SCALE) / (1 - _MIN_SCALE))
+    if c.prop_what == "gated":  # the temporal head sees (h^R, h^T); the glimpse evidence is DISC's what head
+        prop_what = {"prop_what": (GaussianHead(H, Dw, min_scale=floor), (zeros(H + H),)),
+                     "prop_what_gates": (WhatGates(Dw), (zeros(H),))}
+    else:
+        prop_what = {"prop_what": (GaussianHead(H, Dw, min_scale=floor), (zeros(H + Dw + H + H),))}
     inf = {
         "encoders": (ObservationEncoders(c), (zeros(1, *c.glimpse_shape), zeros(1, *c.image_shape))),
         "proposal": (MLP((H, Dz)), (zeros(Dz + H),)),
         "relation_rnn": (nn.SimpleCell(H), (zeros(H), zeros(H + Dw + Dz + H + Dw + Dz))),
         "temporal_rnn": (nn.GRUCell(H), (zeros(H), zeros(H + Dz + H))),
         "temporal_init": (LearnedVector(H), ()),
-        "prop_where": (GaussianHead(H, Dz, c.where_posterior_scale_bias), (zeros(Dw + Dz + H + H),)),
-        "prop_what": (GaussianHead(H, Dw), (zeros(H + Dw + H + H),)),
+        "prop_where": (GaussianHead(H, Dz, c.where_posterior_scale_bias, min_scale=floor),
+                       (zeros(Dw + Dz + H + H),)),
+        **prop_what,
         "prop_pres": (LogitHead(H, c.prop_presence_logit_init), (zeros(Dw + Dz + H + H),)),
         "latent_encoder": (MLP((H, H), activate_final=True), (zeros(Dw + Dz),)),
-        "disc_rnn": (nn.SimpleCell(H), (zeros(H), zeros(H + H + Dw + Dz))),
-        "disc_pres": (LogitHead(H, c.disc_presence_logit_init), (zeros(H),)),
-        "disc_where": (GaussianHead(H, Dz, c.where_posterior_scale_bias), (zeros(H),)),
-        "disc_what": (GaussianHead(H, Dw), (zeros(H),)),
+        "disc_rnn": (DiscoveryRNN(H), (zeros(H), zeros(H), zeros(H + Dw + Dz)), "init_all"),
+        "disc_pres": (LogitHead(H, c.disc_presence_logit_init, kernel_scale=c.disc_head_kernel_scale),
+                      (zeros(H + (Dw if c.presence_after_what else 0)),)),
+        "disc_where": (GaussianHead(H, Dz, c.where_posterior_scale_bias, min_scale=floor,
+                                    kernel_scale=c.disc_head_kernel_scale,
+                                    loc_bias=(scale_logit, scale_logit, 0.0, 0.0)), (zeros(H),)),
+        "disc_what": (GaussianHead(H, Dw, min_scale=floor), (zeros(H),)),
     }
     return gen, inf
 
@@ -354,9 +462,10 @@ class SQAIR:
         out = {}
         for group, nets in (("generative", self._gen), ("inference", self._inf)):
             out[group] = {}
-            for name, (module, dummy) in sorted(nets.items()):
+            for name, (module, dummy, *method) in sorted(nets.items()):
                 key, sub = jax.random.split(key)
-                out[group][name] = module.init(sub, *dummy)["params"]
+                init_method = getattr(module, method[0]) if method else None
+                out[group][name] = module.init(sub, *dummy, method=init_method)["params"]
         return out
 
     def _call(self, params, group, name, *args, method=None):
@@ -408,8 +517,12 @@ class SQAIR:
     def _render(self, params, z_what, z_where, z_pres):
         """Algorithm 1: ``[objects, ...] -> canvas [height, width]`` = Σ_i z_pres^i ST^{-1}(f^dec(z_what^i), z_where^i)."""
         glimpses = self._g(params, "glimpse_decoder", z_what)
-        pasted = paste_glimpse(glimpses, where_to_transform(z_where), self.config.image_shape)
+        pasted = paste_glimpse(glimpses, self.to_transform(z_where), self.config.image_shape)
         return jnp.sum(z_pres[:, None, None] * pasted, axis=0)
+
+    def to_transform(self, z_where):
+        """Unconstrained z_where -> spatial-transformer parameters under this model's ``where_map``."""
+        return where_to_transform(z_where, self.config.where_map)
 
     def _log_likelihood(self, image, canvas):
         s = self.config.likelihood_sigma
@@ -468,7 +581,7 @@ class SQAIR:
         keys = jax.random.split(key, N)
 
         def glimpse_code(z_where):
-            g = extract_glimpse(image, where_to_transform(z_where), c.glimpse_shape)
+            g = extract_glimpse(image, self.to_transform(z_where), c.glimpse_shape)
             return self._i(params, "encoders", g, method=ObservationEncoders.encode_glimpse)
 
         def step(carry, xs):
@@ -476,21 +589,29 @@ class SQAIR:
             what_prev, where_prev, alive, h_t_prev, h_p_prev, k = xs
             k_where, k_what, k_pres = jax.random.split(k, 3)
             # Alg. 2 lines 6-8: proposal location from (z_where_{t-1}, h^T_{t-1}), proposal glimpse, its encoding.
-            proposal = where_prev + self._i(params, "proposal", jnp.concatenate([where_prev, h_t_prev], -1))
+            proposal = where_prev + c.prop_update_scale * self._i(params, "proposal",
+                                                                  jnp.concatenate([where_prev, h_t_prev], -1))
             e_hat = glimpse_code(proposal)
             # Line 9 / Eq. 5.14 (h^{R,j}: j = last object alive at t−1 before i).
             w_rel, _ = self._i(params, "relation_rnn", h_rel, jnp.concatenate(
                 [e_hat, what_prev, where_prev, h_t_prev, what_j, where_j], -1))
             # Line 10 / Eq. 5.12 second line.
             loc, scale = self._i(params, "prop_where", what_prev, where_prev, h_t_prev, w_rel)
-            loc = where_prev + loc
+            loc = where_prev + c.prop_update_scale * loc
             where = loc + scale * jax.random.normal(k_where, loc.shape)
             log_q_where = _normal_log_prob(where, loc, scale)
             # Lines 11-13 / Eq. 5.15.
             e = glimpse_code(where)
             w_temp, _ = self._i(params, "temporal_rnn", h_t_prev, jnp.concatenate([e, where, w_rel], -1))
             # Line 14.
-            loc, scale = self._i(params, "prop_what", e, what_prev, w_rel, w_temp)
+            if c.prop_what == "gated":
+                g_loc, g_scale = self._i(params, "disc_what", e)  # the glimpse's evidence, as DISC reads it
+                t_loc, t_scale = self._i(params, "prop_what", w_rel, w_temp)
+                keep, take, temporal = self._i(params, "prop_what_gates", w_temp)
+                loc = keep * what_prev + (1 - take) * g_loc + (1 - temporal) * t_loc
+                scale = (1 - take) * g_scale + (1 - temporal) * t_scale
+            else:
+                loc, scale = self._i(params, "prop_what", e, what_prev, w_rel, w_temp)
             what = loc + scale * jax.random.normal(k_what, loc.shape)
             log_q_what = _normal_log_prob(what, loc, scale)
             # Line 15 / Eq. 5.13: Bernoulli · δ(z_pres_{t−1} = 1).
@@ -512,10 +633,10 @@ class SQAIR:
 
         init = (jnp.zeros((H,)), jnp.zeros((Dw,)), jnp.zeros((4,)))
         xs = (state["z_what"], state["z_where"], state["z_pres"], state["h_temporal"], state["h_prior"], keys)
-        _, out = jax.lax.scan(step, init, xs)
+        _, out = jax.lax.scan(step, init, xs, unroll=c.scan_unroll)
         return out
 
-    def _discover(self, params, image, image_code, prop, num_prop, key):
+    def _discover(self, params, image, image_projection, prop, num_prop, key):
         """DISC (Alg. 3): AIR conditioned on the DeepSets code of the propagated objects (Eq. 5.6), N masked steps of
         which only the first N − P_t may be present; also the discovery prior of the continuous latents (Eq. 5.7)."""
         c = self.config
@@ -530,19 +651,20 @@ class SQAIR:
             i, k = xs
             k_pres, k_where, k_what = jax.random.split(k, 3)
             allowed = running * (i < N - num_prop)
-            w, _ = self._i(params, "disc_rnn", h_disc,
-                           jnp.concatenate([image_code, latent_code, what_prev, where_prev], -1))
-            pres_logit = self._i(params, "disc_pres", w)
-            pres = _sample_bernoulli(k_pres, pres_logit) * allowed
-            log_q_pres = allowed * _bernoulli_log_prob(pres, pres_logit)
+            w = self._i(params, "disc_rnn", h_disc, image_projection,
+                        jnp.concatenate([latent_code, what_prev, where_prev], -1))
             loc, scale = self._i(params, "disc_where", w)
             where = loc + scale * jax.random.normal(k_where, loc.shape)
             log_q_where = _normal_log_prob(where, loc, scale)
-            g = extract_glimpse(image, where_to_transform(where), c.glimpse_shape)
+            g = extract_glimpse(image, self.to_transform(where), c.glimpse_shape)
             e = self._i(params, "encoders", g, method=ObservationEncoders.encode_glimpse)
             loc, scale = self._i(params, "disc_what", e)
             what = loc + scale * jax.random.normal(k_what, loc.shape)
             log_q_what = _normal_log_prob(what, loc, scale)
+            # Presence after where and what (official core.py:200-208), or from h alone.
+            pres_logit = self._i(params, "disc_pres", *((w, what) if c.presence_after_what else (w,)))
+            pres = _sample_bernoulli(k_pres, pres_logit) * allowed
+            log_q_pres = allowed * _bernoulli_log_prob(pres, pres_logit)
             h_temp, _ = self._i(params, "temporal_rnn", h_temporal_init, jnp.concatenate([e, where, w], -1))
             out = dict(z_what=what, z_where=where, z_pres=pres, h_temporal=h_temp,
                        log_q=log_q_pres + pres * (log_q_where + log_q_what), log_q_pres=log_q_pres,
@@ -550,19 +672,27 @@ class SQAIR:
             return (w, what, where, running * pres), out
 
         init = (jnp.zeros((H,)), jnp.zeros((Dw,)), jnp.zeros((4,)), jnp.ones(()))
-        _, out = jax.lax.scan(step, init, (jnp.arange(N), keys))
+        _, out = jax.lax.scan(step, init, (jnp.arange(N), keys), unroll=c.scan_unroll)
         return out
 
-    def _infer_step(self, params, state, image, image_code, t, key):
-        """One frame of inference for one particle: PROP, DISC, likelihood. Returns (new state, per-step outputs)."""
+    def _nothing_propagated(self, state):
+        """PROP's outputs when no object is alive (frame 1): nothing to compute."""
+        N = self.config.max_objects
+        return dict(z_what=state["z_what"], z_where=state["z_where"], z_pres=jnp.zeros((N,)),
+                    h_temporal=state["h_temporal"], h_prior=state["h_prior"], log_q=jnp.zeros((N,)),
+                    log_q_pres=jnp.zeros((N,)), log_p=jnp.zeros((N,)))
+
+    def _infer_step(self, params, state, image, image_projection, t, key, *, first: bool = False):
+        """One frame of inference for one particle: PROP, DISC, likelihood. Returns (new state, per-step outputs).
+        ``first`` (static): frame 1 of a sequence, whose state is empty, so PROP is skipped."""
         k_prop, k_disc = jax.random.split(key)
         is_first = t == 0
-        prop = self._propagate(params, image, state, k_prop)
+        prop = self._nothing_propagated(state) if first else self._propagate(params, image, state, k_prop)
         prop_state = dict(z_what=prop["z_what"], z_where=prop["z_where"], z_pres=prop["z_pres"],
                           ids=state["ids"], h_temporal=prop["h_temporal"], h_prior=prop["h_prior"])
         prop_state = self._compact(prop["z_pres"], prop_state)
         num_prop = jnp.sum(prop["z_pres"]).astype(jnp.int32)
-        disc = self._discover(params, image, image_code, prop_state, num_prop, k_disc)
+        disc = self._discover(params, image, image_projection, prop_state, num_prop, k_disc)
         num_disc = jnp.sum(disc["z_pres"]).astype(jnp.int32)
         prior_init = jnp.broadcast_to(self._g(params, "prior_init"), disc["h_temporal"].shape)
         disc_state = dict(z_what=disc["z_what"], z_where=disc["z_where"], z_pres=disc["z_pres"],
@@ -583,26 +713,37 @@ class SQAIR:
         )
         return new_state, out
 
-    def _infer_particle(self, params, images, image_codes, key, t0=0, state=None):
-        """One particle over a sequence ``images [time, H, W]``; key of frame t is ``fold_in(key, t)``."""
-        if state is None:
-            state = self._empty_state(params)
-        ts = t0 + jnp.arange(images.shape[0])
+    def _infer_particle(self, params, images, image_projections, key, t0=0, state=None):
+        """One particle over a sequence ``images [time, H, W]``; key of frame t is ``fold_in(key, t)``. From an empty
+        state (``state is None``), frame 1 runs DISC only and the scan covers frames 2..T."""
 
-        def step(carry, xs):
+        def step(carry, xs, first=False):
             st, log_w = carry
-            image, code, t = xs
-            st, out = self._infer_step(params, st, image, code, t, jax.random.fold_in(key, t))
+            image, projection, t = xs
+            st, out = self._infer_step(params, st, image, projection, t, jax.random.fold_in(key, t), first=first)
             log_w = log_w + (out["log_likelihood"] + out["log_p_disc"] + out["log_p_prop"]
                              - out["log_q_disc"] - out["log_q_prop"])
             return (st, log_w), out
 
-        (state, log_w), out = jax.lax.scan(step, (state, jnp.zeros(())), (images, image_codes, ts))
+        ts = t0 + jnp.arange(images.shape[0])
+        if state is not None:
+            (state, log_w), out = jax.lax.scan(step, (state, jnp.zeros(())), (images, image_projections, ts),
+                                               unroll=self.config.scan_unroll)
+            return out, log_w, state
+        carry, first = step((self._empty_state(params), jnp.zeros(())), (images[0], image_projections[0], ts[0]),
+                            first=True)
+        if images.shape[0] == 1:
+            return jax.tree.map(lambda a: a[None], first), carry[1], carry[0]
+        (state, log_w), rest = jax.lax.scan(step, carry, (images[1:], image_projections[1:], ts[1:]),
+                                            unroll=self.config.scan_unroll)
+        out = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b], axis=0), first, rest)
         return out, log_w, state
 
     def encode_images(self, params, images):
-        """h^enc of every frame, ``[..., H, W] -> [..., hidden]`` (computed once, shared by all particles)."""
-        return self._i(params, "encoders", images, method=ObservationEncoders.encode_image)
+        """DISC's view of every frame, ``[..., H, W] -> [..., hidden]``: the image code h^enc projected into the
+        discovery RNN (Eq. 5.6's input term), computed once per frame and shared by all particles and objects."""
+        code = self._i(params, "encoders", images, method=ObservationEncoders.encode_image)
+        return self._i(params, "disc_rnn", code, method=DiscoveryRNN.project_image)
 
     @staticmethod
     def particle_key(key, batch_index, particle_index):

@@ -2,14 +2,14 @@
 presence variable (discovery and propagation), reparameterisation for the continuous latents, and the
 sequence-length curriculum.
 
-Curriculum with a traced step. The train step is jitted once, so the sequence length cannot change the shapes:
-the model always runs over all ``T`` frames of the batch and the per-step terms of frames ``t ≥ L(step)`` are
-masked out of every particle's log-weight. Inference and the generative model are causal (frame t's latents
-depend only on frames ≤ t), so the masked log-weight is exactly the log-weight of the first ``L`` frames and later
-frames get zero gradient. (The cost is that of the full length from the start.)
+Curriculum by slicing. ``train_batches`` cuts every batch to the curriculum length ``L(step)`` (the official code
+truncates the data the same way), so a step computes only the ``L`` frames it trains on; the training loop compiles
+one step per length (at most ``num_frames``). Inference and the generative model are causal (frame t's latents
+depend only on frames ≤ t), so this is exactly the bound of the first ``L`` frames.
 
 The bound is divided by the number of frames used (as the official code does) for the surrogate losses; metrics
-report it both per sequence and per frame.
+report it both per sequence and per frame. VIMCO's θ and φ surrogates are one array, so the train step's one
+backward pass serves both groups.
 """
 
 from __future__ import annotations
@@ -32,8 +32,12 @@ def default_task_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         # model (§5.D.2)
         arch="mlp", hidden=256, z_what_dim=50, max_objects=3, canvas_size=50, glimpse_size=20,
-        likelihood_sigma=0.3, decoder_output_bias=0.0, prop_presence_logit_init=5.0, disc_presence_logit_init=1.0,
+        likelihood_sigma=0.3, decoder_output_bias=0.0, prop_presence_logit_init=5.0, disc_presence_logit_init=1.386,
         where_prior_loc=(-2.0, -2.0, 0.0, 0.0), where_posterior_scale_bias=-3.0,
+        # start-up (ocr_jax.models.sqair module docstring); the first implementation: "sigmoid_linear", 1e-4, 1.0,
+        # None, False, 1.0, "direct" (and disc_presence_logit_init 1.0)
+        where_map="sigmoid_tanh", std_floor=1e-2, disc_head_kernel_scale=0.1, disc_init_scale=0.4,
+        presence_after_what=True, prop_update_scale=0.1, prop_what="gated",
         # objective (§5.3)
         num_particles=5,
         # curriculum (§5.D.1): start_length frames, +1 every length_every steps, up to num_frames
@@ -58,8 +62,11 @@ PERIODIC_TRACKING_KEYS = ("recall", "precision", "switch_rate", "redetection_rat
 
 
 def curriculum_length(step, start_length: int, length_every: int, max_length: int):
-    """§5.D.1: ``min(start_length + step // length_every, max_length)`` (works on traced steps)."""
-    return jnp.minimum(start_length + step // length_every, max_length)
+    """§5.D.1: ``min(start_length + step // length_every, max_length)``; a Python int for an int step (the
+    training loop's), an array for an array step."""
+    if isinstance(step, (int, np.integer)):
+        return int(min(start_length + int(step) // length_every, max_length))
+    return jnp.minimum(start_length + jnp.asarray(step) // length_every, max_length)
 
 
 def make_sequences(cfg: ml_collections.ConfigDict, split: str, num: int, seed: int) -> np.ndarray:
@@ -78,6 +85,17 @@ def load_sequences(cfg: ml_collections.ConfigDict, split: str, num: int, seed: i
                                    num_frames=cfg.num_frames, canvas_size=cfg.canvas_size, max_digits=cfg.max_digits)
 
 
+def model_config(cfg: ml_collections.ConfigDict) -> SQAIRConfig:
+    """The :class:`SQAIRConfig` a task config describes: every SQAIRConfig field the task config names, plus
+    ``canvas_size``, ``glimpse_size`` and ``num_frames`` (-> image_shape, glimpse_shape, max_seq_len)."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(SQAIRConfig)}
+    kw = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.items() if k in fields}
+    return SQAIRConfig(image_shape=(cfg.canvas_size, cfg.canvas_size),
+                       glimpse_shape=(cfg.glimpse_size, cfg.glimpse_size), max_seq_len=cfg.num_frames, **kw)
+
+
 class SQAIRTask:
     """`ocr_jax.training.tasks.Task` for SQAIR. Parameter groups: ``generative`` (θ) and ``inference`` (φ)."""
 
@@ -90,13 +108,10 @@ class SQAIRTask:
         self.config = cfg
         if cfg.num_particles < 2:
             raise ValueError("VIMCO needs num_particles >= 2")
-        self.model = SQAIR(SQAIRConfig(
-            image_shape=(cfg.canvas_size, cfg.canvas_size), glimpse_shape=(cfg.glimpse_size, cfg.glimpse_size),
-            max_objects=cfg.max_objects, z_what_dim=cfg.z_what_dim, hidden=cfg.hidden, arch=cfg.arch,
-            max_seq_len=cfg.num_frames, likelihood_sigma=cfg.likelihood_sigma,
-            decoder_output_bias=cfg.decoder_output_bias, prop_presence_logit_init=cfg.prop_presence_logit_init,
-            disc_presence_logit_init=cfg.disc_presence_logit_init, where_prior_loc=tuple(cfg.where_prior_loc),
-            where_posterior_scale_bias=cfg.where_posterior_scale_bias))
+        if not 1 <= cfg.start_length <= cfg.num_frames or cfg.length_every < 1:
+            raise ValueError(f"need 1 <= start_length <= num_frames and length_every >= 1; got start_length="
+                             f"{cfg.start_length}, num_frames={cfg.num_frames}, length_every={cfg.length_every}")
+        self.model = SQAIR(model_config(cfg))
         self._train_frames = train_frames
 
     @property
@@ -115,40 +130,39 @@ class SQAIRTask:
         c = self.config
         return curriculum_length(step, c.start_length, c.length_every, c.num_frames)
 
-    def per_particle_terms(self, params, frames, key, step):
-        """Masked per-particle sums ``[batch, particles]``: (log p, log q of reparameterised latents, log q of the
-        presence variables, log p(x|z)), and the number of frames used."""
-        images = jnp.asarray(frames, jnp.float32)
-        if jnp.issubdtype(jnp.asarray(frames).dtype, jnp.integer):
-            images = images / 255.0
-        out = self.model.infer(params, images, key, self.config.num_particles)
-        length = self.sequence_length(step)
-        mask = (jnp.arange(images.shape[1]) < length).astype(jnp.float32)  # [time]
-        total = lambda x: jnp.sum(x * mask, axis=-1)  # noqa: E731  [batch, particles, time] -> [batch, particles]
+    def per_particle_terms(self, params, frames, key):
+        """Per-particle sums over the frames of ``frames [batch, time, H, W]`` (all of them: the batch is already cut
+        to the curriculum length), each ``[batch, particles]``: (log p, log q of reparameterised latents, log q of
+        the presence variables, log p(x|z)), and the per-step outputs."""
+        out = self.model.infer(params, to_float_frames(frames), key, self.config.num_particles)
+        total = lambda x: jnp.sum(x, axis=-1)  # noqa: E731  [batch, particles, time] -> [batch, particles]
         log_p = total(out["log_likelihood"] + out["log_p_disc"] + out["log_p_prop"])
         log_q_score = total(out["log_q_pres"])
         log_q_reparam = total(out["log_q_disc"] + out["log_q_prop"]) - log_q_score
-        return log_p, log_q_reparam, log_q_score, total(out["log_likelihood"]), out, length
+        return log_p, log_q_reparam, log_q_score, total(out["log_likelihood"]), out
 
     def loss(self, params, model_state, batch, key, step):
-        log_p, log_q_reparam, log_q_score, log_lik, out, length = self.per_particle_terms(
-            params, batch["frames"], key, step)
+        del step  # the curriculum is in the batch's length (train_batches)
+        log_p, log_q_reparam, log_q_score, log_lik, out = self.per_particle_terms(params, batch["frames"], key)
         s = objectives.vimco(log_p, log_q_reparam, log_q_score)
-        frames = length.astype(jnp.float32)
-        surrogates = {"generative": s.theta / frames, "inference": s.phi / frames}
+        length = out["z_pres"].shape[2]
+        frames = float(length)
+        # VIMCO's θ and φ surrogates are the same array: one backward pass serves both groups (train_step).
+        assert s.theta is s.phi
+        surrogate = s.theta / frames
+        surrogates = {"generative": surrogate, "inference": surrogate}
         sg = jax.lax.stop_gradient
         log_w = sg(log_p - log_q_reparam - log_q_score)
-        mask = (jnp.arange(out["z_pres"].shape[2]) < length).astype(jnp.float32)
         metrics = {
             "iwae": s.bound,
             "iwae_per_frame": s.bound / frames,
             "elbo": jnp.mean(log_w),
             "log_likelihood": jnp.mean(sg(log_lik)),
             "kl": jnp.mean(sg(log_lik) - log_w),
-            "num_objects": jnp.sum(jnp.mean(out["z_pres"].sum(-1), axis=(0, 1)) * mask) / frames,
-            "num_discovered_after_first": jnp.sum(jnp.mean(out["num_discovered"], axis=(0, 1)) * mask
-                                                  * (jnp.arange(mask.shape[0]) > 0)) / jnp.maximum(frames - 1, 1),
-            "sequence_length": frames,
+            "num_objects": jnp.mean(out["z_pres"].sum(-1)),
+            "num_discovered_after_first": (jnp.mean(out["num_discovered"][:, :, 1:]) if length > 1
+                                           else jnp.zeros(())),
+            "sequence_length": jnp.asarray(frames),
         }
         return surrogates, (metrics, model_state)
 
@@ -201,8 +215,12 @@ class SQAIRTask:
         return {f"eval/{k}": v for k, v in results.items() if isinstance(v, (int, float))}
 
     def train_batches(self, *, seed, start_step, global_batch_size, process_index, process_count):
-        return deterministic_batches({"frames": self.train_frames}, global_batch_size, seed=seed,
-                                     start_step=start_step, process_index=process_index, process_count=process_count)
+        """Deterministic batches of sequences cut to the curriculum length of their step (``sequence_length``)."""
+        batches = deterministic_batches({"frames": self.train_frames}, global_batch_size, seed=seed,
+                                        start_step=start_step, process_index=process_index,
+                                        process_count=process_count)
+        for step, batch in enumerate(batches, start=start_step):
+            yield {"frames": batch["frames"][:, :self.sequence_length(step)]}
 
 
 def to_float_frames(frames) -> jax.Array:
@@ -216,9 +234,8 @@ def to_float_frames(frames) -> jax.Array:
 def boxes_of(task: SQAIRTask, z_where) -> np.ndarray:
     """Unconstrained ``z_where [..., 4]`` -> boxes ``[..., 4]`` in pixel edges (y_min, x_min, y_max, x_max)."""
     from ocr_jax import spatial_transformer as st
-    from ocr_jax.models.sqair import where_to_transform
 
-    return np.asarray(st.z_where_to_box(where_to_transform(jnp.asarray(z_where)), task.model.config.image_shape))
+    return np.asarray(st.z_where_to_box(task.model.to_transform(jnp.asarray(z_where)), task.model.config.image_shape))
 
 
 def inference_batches(task: SQAIRTask, params, frames: np.ndarray, key: jax.Array):
@@ -241,8 +258,11 @@ def evaluate_sqair(task: SQAIRTask, params, data: dict[str, np.ndarray], *, key:
 
     Per batch of sequences ``[B, T, H, W]``, K = ``eval.num_particles`` particles are drawn; the particle with the
     largest log-weight gives the inferred count of every frame (Σ_objects z_pres), compared with the dataset's
-    ``counts [B, T]``. Returns floats: ``count_accuracy`` (over frames), ``sequence_count_accuracy`` (all T frames
-    right), ``iwae`` = mean_b log (1/K) Σ_k w_bk and ``iwae_per_frame``, ``elbo`` = mean log w, ``log_likelihood`` =
+    ``counts [B, T]`` (digits visible in the frame). Returns floats: ``count_accuracy`` (over frames),
+    ``count_accuracy_first_frame`` and ``count_accuracy_later_frames`` (frame 1 is DISC alone; later frames need
+    PROP), ``count_accuracy_by_frame`` (a list over frame indices), ``count_accuracy_official_label`` (against the
+    official per-sequence label ``sequence_counts``, as Table 5.4.1, when the data has it),
+    ``sequence_count_accuracy`` (all T frames right), ``iwae`` = mean_b log (1/K) Σ_k w_bk and ``iwae_per_frame``, ``elbo`` = mean log w, ``log_likelihood`` =
     mean log p(x|z), ``kl`` = log_likelihood − elbo, ``num_objects`` per frame; ``log_marginal`` (IWAE with
     ``eval.log_marginal_particles`` particles, chunked) on the first ``log_marginal_sequences`` (default
     ``eval.log_marginal_sequences``) sequences;
@@ -258,7 +278,10 @@ def evaluate_sqair(task: SQAIRTask, params, data: dict[str, np.ndarray], *, key:
     K = ev.num_particles
     log_marginal = task.eval_functions()[1]
     max_count = model.config.max_objects
-    sums = dict(correct=0.0, seq_correct=0.0, iwae=0.0, elbo=0.0, log_likelihood=0.0, num_objects=0.0)
+    sums = dict(correct=0.0, seq_correct=0.0, iwae=0.0, elbo=0.0, log_likelihood=0.0, num_objects=0.0,
+                correct_official=0.0)
+    T = data["frames"].shape[1]
+    correct_by_frame = np.zeros(T)
     confusion = np.zeros((max_count + 1, max_count + 1), np.int64)
     example = None
     T = data["frames"].shape[1]
@@ -269,6 +292,10 @@ def evaluate_sqair(task: SQAIRTask, params, data: dict[str, np.ndarray], *, key:
         true = np.minimum(data["counts"][start:start + num], max_count)
         np.add.at(confusion, (true.ravel(), counts.ravel()), 1)
         sums["correct"] += float(np.sum(counts == true))
+        correct_by_frame += np.sum(counts == true, axis=0)
+        if "sequence_counts" in data:  # the official per-sequence label (Table 5.4.1), repeated over frames
+            label = np.minimum(data["sequence_counts"][start:start + num], max_count)[:, None]
+            sums["correct_official"] += float(np.sum(counts == label))
         sums["seq_correct"] += float(np.sum(np.all(counts == true, axis=1)))
         m = np.max(log_w, axis=1, keepdims=True)
         sums["iwae"] += float(np.sum(m[:, 0] + np.log(np.mean(np.exp(log_w - m), axis=1))))
@@ -283,9 +310,14 @@ def evaluate_sqair(task: SQAIRTask, params, data: dict[str, np.ndarray], *, key:
                            counts=counts[j])
     results = dict(num_sequences=int(n), num_frames=int(T), num_particles=int(K),
                    count_accuracy=sums["correct"] / (n * T), sequence_count_accuracy=sums["seq_correct"] / n,
+                   count_accuracy_first_frame=float(correct_by_frame[0] / n),
+                   count_accuracy_later_frames=float(correct_by_frame[1:].sum() / (n * (T - 1))) if T > 1 else None,
+                   count_accuracy_by_frame=(correct_by_frame / n).tolist(),
                    iwae=sums["iwae"] / n, iwae_per_frame=sums["iwae"] / (n * T), elbo=sums["elbo"] / n,
                    log_likelihood=sums["log_likelihood"] / n, num_objects=sums["num_objects"] / (n * T))
     results["kl"] = results["log_likelihood"] - results["elbo"]
+    if "sequence_counts" in data:
+        results["count_accuracy_official_label"] = sums["correct_official"] / (n * T)
     m = min(ev.log_marginal_sequences if log_marginal_sequences is None else log_marginal_sequences, n)
     if m > 0:
         lms = [np.asarray(log_marginal(params, data["frames"][s:s + ev.batch_size][: m - s],

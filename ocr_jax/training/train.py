@@ -14,7 +14,6 @@ Config fields used here (see experiments/configs/toy_vae.py for a complete examp
 
 from __future__ import annotations
 
-import itertools
 import os
 import time
 from typing import Any
@@ -78,24 +77,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     source.close()
   start_step = int(to_host(state.step))
 
-  # ---- The train step: compiled once, batch sharded over "data", state donated. ------------------------------
-  # Compiled ahead of time from the first batch's shapes, so compile time is measured and never hits the loop.
+  # ---- The train step: compiled once per batch shape, batch sharded over "data", state donated. ---------------
+  # Compiled ahead of time when a batch shape is first seen, so compile time is measured and logged. A task whose
+  # batches change shape (SQAIR's curriculum slices sequences to the current length) gets one compiled step per shape.
   if start_step >= config.num_steps:
     logging.info("checkpoint step %d >= num_steps=%d: nothing to train", start_step, config.num_steps)
     checkpointer.close()
     return state
   batches = batches_from(start_step)
-  first_batch = next(batches)
   next_key = jax.jit(step_key, out_shardings=mesh_lib.replicated(mesh))
-  t0 = time.perf_counter()
-  train_step = make_train_step(task, optimizers, mesh=mesh, schedules=schedules).lower(
-      state, mesh_lib.shard_batch(first_batch, mesh), next_key(state.rng, state.step)).compile()
-  compile_seconds = time.perf_counter() - t0
-  batches = itertools.chain([first_batch], batches)
+  jitted_step = make_train_step(task, optimizers, mesh=mesh, schedules=schedules)
+  compiled_steps: dict[Any, Any] = {}
+  compile_times: list[tuple[int, float]] = []  # (step, seconds), written once the writer exists
+
+  def train_step(state, sharded_batch, key):
+    shapes = tuple((tuple(a.shape), str(a.dtype)) for a in jax.tree.leaves(sharded_batch))
+    if shapes not in compiled_steps:
+      t0 = time.perf_counter()
+      compiled_steps[shapes] = jitted_step.lower(state, sharded_batch, key).compile()
+      compile_times.append((int(to_host(state.step)), time.perf_counter() - t0))
+    return compiled_steps[shapes](state, sharded_batch, key)
 
   # ---- Writers: metrics.jsonl + TensorBoard on process 0, progress bar. ---------------------------------------
   writer = MetricWriter(workdir)
-  writer.write_scalars(start_step, {"compile_seconds": compile_seconds})
+
+  def log_compile_times():
+    while compile_times:
+      at, seconds = compile_times.pop(0)
+      writer.write_scalars(at, {"compile_seconds": seconds})
   progress = tqdm.tqdm(total=config.num_steps, initial=start_step, disable=not (is_main and config.progress_bar),
                        dynamic_ncols=True, unit="step")
   evaluate = getattr(task, "evaluate", None)
@@ -129,6 +138,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                   f"{checkpointer.directory}. Rerun the same command to resume.")
         local_batch = next(batches)
         state, metrics = train_step(state, mesh_lib.shard_batch(local_batch, mesh), next_key(state.rng, state.step))
+        log_compile_times()
 
         # NaN/Inf: the step returned the unchanged (last good) state; keep it and the batch, then stop.
         if not bool(to_host(metrics["finite"])):

@@ -62,16 +62,35 @@ def _check_groups(groups: Mapping[str, Any], optimizers: Mapping[str, Any], what
                      f"{sorted(optimizers)}; configure one optimiser per group (config.optimizers)")
 
 
+def surrogate_partition(surrogates: Mapping[str, Any]) -> list[list[str]]:
+  """Groups (sorted) partitioned by surrogate identity: groups whose surrogates are the same array share a list.
+
+  >>> loss = jnp.ones(()); surrogate_partition({"inference": loss, "generative": loss, "baseline": loss * 2})
+  [['baseline'], ['generative', 'inference']]
+  """
+  parts: list[tuple[Any, list[str]]] = []
+  for g in sorted(surrogates):
+    for s, gs in parts:
+      if surrogates[g] is s:
+        gs.append(g)
+        break
+    else:
+      parts.append((surrogates[g], [g]))
+  return [gs for _, gs in parts]
+
+
 def make_train_step(task: Task, optimizers: Mapping[str, optax.GradientTransformation], *, mesh: Mesh | None = None,
                     schedules: Mapping[str, optax.Schedule] | None = None, donate: bool = True
                     ) -> Callable[[TrainState, PyTree, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
   """Builds ``train_step(state, batch, key) -> (state, metrics)``, jitted once.
 
   One forward pass of ``task.loss`` gives a dict of surrogates, one per group; the gradient for group g is
-  ``d surrogates[g] / d params[g]``, obtained from the same forward pass by one `jax.vjp` pull-back per group with a
-  one-hot cotangent (1 for surrogates[g], 0 for the others) and keeping only the ``params[g]`` part. So a group's
-  parameters never receive gradient from another group's objective (e.g. the NVIL baseline loss does not train the
-  encoder). Each group is then updated by its own optax optimiser.
+  ``d surrogates[g] / d params[g]``, obtained from the same forward pass by `jax.vjp` pull-backs with one-hot
+  cotangents, keeping only the ``params[g]`` part. So a group's parameters never receive gradient from another
+  group's objective (e.g. the NVIL baseline loss does not train the encoder). Groups whose surrogate is *the same
+  array* (``surrogates["generative"] is surrogates["inference"]``, as for IWAE/VIMCO, where one scalar's gradient is
+  both groups' estimator) share one pull-back: one backward pass serves them all. A task that wants separate
+  estimators returns separate arrays. Each group is then updated by its own optax optimiser.
 
   Shardings: state, key and metrics replicated; every batch leaf split along its leading axis over ``data``. XLA
   inserts the all-reduce implied by batch means in ``task.loss``. The state argument is donated.
@@ -90,27 +109,32 @@ def make_train_step(task: Task, optimizers: Mapping[str, optax.GradientTransform
   groups = sorted(optimizers)
 
   def train_step(state: TrainState, batch: PyTree, key: jax.Array):
+    shared = []  # at trace time: the groups of each distinct surrogate array, in order
+
     def forward(params):
       surrogates, (metrics, model_state) = task.loss(params, state.model_state, batch, key, state.step)
-      return surrogates, (metrics, model_state)
+      _check_groups(surrogates, optimizers, what="the surrogates returned by task.loss")
+      shared[:] = surrogate_partition(surrogates)
+      distinct = [surrogates[gs[0]] for gs in shared]
+      return distinct, (metrics, model_state, surrogates)
 
-    surrogates, pullback, (metrics, model_state) = jax.vjp(forward, state.params, has_aux=True)
-    _check_groups(surrogates, optimizers, what="the surrogates returned by task.loss")
+    distinct, pullback, (metrics, model_state, surrogates) = jax.vjp(forward, state.params, has_aux=True)
 
     params, opt_states, metrics = dict(state.params), dict(state.opt_states), dict(metrics)
     finite = jnp.array(True)
-    for g in groups:
-      one_hot = {h: jnp.full_like(s, 1.0 if h == g else 0.0) for h, s in surrogates.items()}
+    for i, gs in enumerate(shared):
+      one_hot = [jnp.full_like(s, 1.0 if j == i else 0.0) for j, s in enumerate(distinct)]
       (grads_all,) = pullback(one_hot)
-      grads = grads_all[g]  # d surrogates[g] / d params[g]; the other groups' parts are discarded.
-      updates, opt_states[g] = optimizers[g].update(grads, state.opt_states[g], state.params[g])
-      params[g] = optax.apply_updates(state.params[g], updates)
-      grad_norm = optax.global_norm(grads)
-      finite &= jnp.isfinite(surrogates[g]) & jnp.isfinite(grad_norm)
-      metrics[f"surrogate/{g}"] = surrogates[g]
-      metrics[f"grad_norm/{g}"] = grad_norm
-      if schedules is not None and g in schedules:
-        metrics[f"lr/{g}"] = jnp.asarray(schedules[g](state.step), jnp.float32)
+      for g in gs:
+        grads = grads_all[g]  # d surrogates[g] / d params[g]; the other groups' parts are discarded.
+        updates, opt_states[g] = optimizers[g].update(grads, state.opt_states[g], state.params[g])
+        params[g] = optax.apply_updates(state.params[g], updates)
+        grad_norm = optax.global_norm(grads)
+        finite &= jnp.isfinite(surrogates[g]) & jnp.isfinite(grad_norm)
+        metrics[f"surrogate/{g}"] = surrogates[g]
+        metrics[f"grad_norm/{g}"] = grad_norm
+        if schedules is not None and g in schedules:
+          metrics[f"lr/{g}"] = jnp.asarray(schedules[g](state.step), jnp.float32)
 
     new_state = state.replace(step=state.step + 1, params=params, opt_states=opt_states, model_state=model_state)
     # Skip a non-finite update entirely: the caller keeps a good state to checkpoint and stops (see train.py).
