@@ -1,0 +1,367 @@
+"""SQAIR start-up options (``ocr_jax/models/sqair.py``, module docstring "Start-up"): one focused test per
+``SQAIRConfig`` field, each checking values against a closed form, so that ignoring the option fails the test.
+Tiny sizes (16 units, 16×16 frames, 6×6 glimpses, z_what_dim 3); every jitted function is compiled once."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ocr_jax.models.sqair import SQAIR, SQAIRConfig, mlp_sqair_config, where_to_transform
+
+N, H, DW, SIZE = 3, 16, 3, 16
+B, K, T = 2, 2, 3
+S_MIN = 0.01  # where_to_transform's smallest glimpse scale
+
+
+def _config(**overrides):
+    return mlp_sqair_config(hidden=H, image_shape=(SIZE, SIZE), glimpse_shape=(6, 6), z_what_dim=DW, max_objects=N,
+                            max_seq_len=T, **overrides)
+
+
+def _module(model, name):
+    return (model._inf if name in model._inf else model._gen)[name]
+
+
+def _init_one(model, name, key=jax.random.key(0)):
+    """(module, params) of one network, initialised alone (cheaper than the whole model)."""
+    module, dummy, *method = _module(model, name)
+    params = module.init(key, *dummy, method=getattr(module, method[0]) if method else None)["params"]
+    return module, params
+
+
+def _input_width(model, name):
+    return _module(model, name)[1][-1].shape[-1]
+
+
+def _set_last(tree, path, bias):
+    """Copy of a module's params where the Dense at ``path`` has a zero kernel and the given bias: its output is the
+    constant ``bias`` whatever the input."""
+    if not path:
+        return dict(kernel=jnp.zeros_like(tree["kernel"]),
+                    bias=jnp.broadcast_to(jnp.asarray(bias, jnp.float32), tree["bias"].shape))
+    return dict(tree, **{path[0]: _set_last(tree[path[0]], path[1:], bias)})
+
+
+def _force(params, group, name, bias):
+    """Copy of the full params where network ``name``'s output layer returns the constant ``bias``."""
+    net = params[group][name]
+    path = ("MLP_0", "Dense_1") if "MLP_0" in net else ("Dense_1",) if "Dense_1" in net else ("Dense_0",)
+    return dict(params, **{group: dict(params[group], **{name: _set_last(net, path, bias)})})
+
+
+def _images():
+    """[B, T, 16, 16] in [0, 1]: two bright squares moving right/down."""
+    x = np.zeros((B, T, SIZE, SIZE), np.float32)
+    for b in range(B):
+        for t in range(T):
+            x[b, t, 2 + t:6 + t, 2 + 2 * t:6 + 2 * t] = 1.0
+            if b == 1:
+                x[b, t, 9:13, 10 - t:14 - t] = 0.8
+    return jnp.asarray(x)
+
+
+def _normal_log_prob(x, loc, scale):
+    x, loc, scale = (np.asarray(a, np.float64) for a in (x, loc, scale))
+    return np.sum(-0.5 * ((x - loc) / scale) ** 2 - np.log(scale) - 0.5 * np.log(2 * np.pi), axis=-1)
+
+
+# --- 1. where_map ----------------------------------------------------------------------------------------------------
+
+
+def test_where_map_tanh_bounds_shifts_linear_passes_them():
+    raw = jnp.asarray([[3.0, -2.0, 50.0, -1e3], [0.0, 40.0, 0.3, -0.7], [-60.0, 1.5, 1e4, 2.0]])
+    r = np.asarray(raw, np.float64)
+    scale = S_MIN + (1 - S_MIN) / (1 + np.exp(-r[:, :2]))
+    tanh = np.asarray(where_to_transform(raw, "sigmoid_tanh"))
+    linear = np.asarray(where_to_transform(raw, "sigmoid_linear"))
+    np.testing.assert_allclose(tanh[:, :2], scale, rtol=1e-6)
+    np.testing.assert_allclose(linear[:, :2], scale, rtol=1e-6)
+    np.testing.assert_allclose(tanh[:, 2:], np.tanh(r[:, 2:]), rtol=1e-6)
+    assert np.all(np.abs(tanh[:, 2:]) <= 1.0)  # (float32 tanh of a huge value rounds to exactly ±1)
+    np.testing.assert_array_equal(linear[:, 2:], raw[:, 2:])
+    # The default is the official code's map, and the model applies its configured map.
+    np.testing.assert_array_equal(where_to_transform(raw), tanh)
+    np.testing.assert_array_equal(SQAIR(_config(where_map="sigmoid_linear")).to_transform(raw), linear)
+    np.testing.assert_array_equal(SQAIR(_config()).to_transform(raw), tanh)
+    with pytest.raises(ValueError, match="where_map"):
+        where_to_transform(raw, "tanh")
+    with pytest.raises(ValueError, match="where_map"):
+        _config(where_map="sigmoid")
+
+
+# --- 2. std_floor ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("floor", [1e-2, 0.037])
+def test_std_floor_is_every_gaussian_heads_smallest_std(floor):
+    model = SQAIR(_config(std_floor=floor))
+    x = jax.random.normal(jax.random.key(1), (2, 64))
+    for name in ("disc_where", "disc_what", "prop_where", "prop_what", "prior_what", "prior_where"):
+        module, params = _init_one(model, name)
+        dim = module.dim
+        last = params["MLP_0"]["Dense_1"]
+        bias = np.concatenate([np.asarray(last["bias"][:dim]), np.full(dim, -1e4, np.float32)])
+        loc, scale = module.apply({"params": _set_last(params, ("MLP_0", "Dense_1"), bias)},
+                                  x[:, :_input_width(model, name)])
+        np.testing.assert_allclose(scale, np.full((2, dim), floor), rtol=1e-6, err_msg=name)
+        np.testing.assert_allclose(loc, np.broadcast_to(bias[:dim], (2, dim)), rtol=1e-6, err_msg=name)
+
+
+# --- 3. disc_head_kernel_scale ---------------------------------------------------------------------------------------
+
+
+def test_disc_head_kernel_scale_shrinks_only_discs_output_kernels():
+    key = jax.random.key(3)
+    small = SQAIR(_config(disc_head_kernel_scale=0.1)).init(key)
+    unit = SQAIR(_config(disc_head_kernel_scale=1.0)).init(key)
+    scaled = [("inference", "disc_where"), ("inference", "disc_pres")]
+    for group, name in scaled:
+        a, b = small[group][name]["MLP_0"], unit[group][name]["MLP_0"]
+        # Same key: the same truncated-normal draws, so the kernels (and their stds) are exactly in ratio 0.1.
+        np.testing.assert_allclose(a["Dense_1"]["kernel"], 0.1 * np.asarray(b["Dense_1"]["kernel"]), rtol=1e-5,
+                                   atol=1e-8)
+        np.testing.assert_allclose(np.std(a["Dense_1"]["kernel"]) / np.std(b["Dense_1"]["kernel"]), 0.1, rtol=1e-4)
+        jax.tree.map(np.testing.assert_array_equal, a["Dense_0"], b["Dense_0"])
+        np.testing.assert_array_equal(a["Dense_1"]["bias"], b["Dense_1"]["bias"])
+    # LeCun-normal times the scale: std ≈ scale / sqrt(fan_in) (128 draws: ~6% sampling error).
+    k = np.asarray(unit["inference"]["disc_where"]["MLP_0"]["Dense_1"]["kernel"])
+    assert abs(np.std(k) * np.sqrt(H) - 1.0) < 0.3
+    for group in ("generative", "inference"):
+        for name in unit[group]:
+            if (group, name) not in scaled:
+                jax.tree.map(np.testing.assert_array_equal, small[group][name], unit[group][name])
+
+
+# --- 4. disc_init_scale ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("init_scale, expected", [(0.4, 0.4), (0.25, 0.25), (None, S_MIN + (1 - S_MIN) * 0.5)])
+def test_disc_init_scale_sets_the_initial_glimpse_scale(init_scale, expected):
+    model = SQAIR(_config(disc_init_scale=init_scale))
+    module, params = _init_one(model, "disc_where")
+    loc, _ = module.apply({"params": params}, jnp.zeros((2, H)))
+    transform = np.asarray(model.to_transform(loc))
+    np.testing.assert_allclose(transform[:, :2], np.full((2, 2), expected), rtol=1e-5)
+    np.testing.assert_array_equal(transform[:, 2:], 0.0)
+    if init_scale is None:
+        np.testing.assert_array_equal(loc, 0.0)
+        np.testing.assert_allclose(expected, 0.505, rtol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [0.0, 0.005, S_MIN, 1.0, 1.5, -0.3])
+def test_disc_init_scale_out_of_range_raises(bad):
+    with pytest.raises(ValueError, match="disc_init_scale"):
+        _config(disc_init_scale=bad)
+
+
+# --- 5. disc_presence_logit_init -------------------------------------------------------------------------------------
+
+
+def test_default_disc_presence_probability_is_0_8():
+    model = SQAIR(_config())
+    module, params = _init_one(model, "disc_pres")
+    logit = module.apply({"params": params}, jnp.zeros((2, _input_width(model, "disc_pres"))))
+    np.testing.assert_allclose(jax.nn.sigmoid(logit), [0.8, 0.8], atol=1e-4)
+    # A different value moves it (so the default is not an accident of the initialisation).
+    module, params = _init_one(SQAIR(_config(disc_presence_logit_init=-2.0)), "disc_pres")
+    np.testing.assert_allclose(module.apply({"params": params}, jnp.zeros((1, H + DW))), [-2.0], rtol=1e-6)
+
+
+# --- 6. presence_after_what ------------------------------------------------------------------------------------------
+
+
+def test_presence_after_what_feeds_z_what_to_discs_presence():
+    w = jax.random.normal(jax.random.key(4), (2, H))
+    what = jax.random.normal(jax.random.key(5), (2, DW))
+    after = SQAIR(_config(presence_after_what=True))
+    module, params = _init_one(after, "disc_pres")
+    assert params["MLP_0"]["Dense_0"]["kernel"].shape == (H + DW, H)
+    a = module.apply({"params": params}, w, what)
+    b = module.apply({"params": params}, w, what + 1.0)
+    assert np.all(np.abs(np.asarray(a) - np.asarray(b)) > 1e-4)  # the logit depends on z_what
+    np.testing.assert_allclose(a, module.apply({"params": params}, jnp.concatenate([w, what], -1)), rtol=1e-6)
+    before = SQAIR(_config(presence_after_what=False))
+    module, params = _init_one(before, "disc_pres")
+    assert params["MLP_0"]["Dense_0"]["kernel"].shape == (H, H)
+    module.apply({"params": params}, w)  # h alone
+    with pytest.raises(Exception):
+        module.apply({"params": params}, w, what)
+
+
+# --- 7-8. PROP: prop_update_scale and the gated z_what posterior -----------------------------------------------------
+
+FLOOR = 1e-3  # std_floor of the PROP tests: the where posterior's std is driven to it, so z_where ≈ its mean
+C_PROPOSAL = np.asarray([0.3, -0.5, 0.7, -0.2], np.float32)
+C_WHERE = np.asarray([-0.4, 0.6, 0.25, -0.8], np.float32)
+
+
+@pytest.fixture(scope="module")
+def prop_setup():
+    """Params with PROP's proposal MLP → C_PROPOSAL and prop_where → (C_WHERE, std FLOOR), PROP keeping every object;
+    one jitted ``_propagate`` per prop_update_scale that also reports every z_where it extracts a glimpse at."""
+    rng = np.random.default_rng(0)
+    base = SQAIR(_config(std_floor=FLOOR))
+    params = base.init(jax.random.key(0))
+    params = _force(params, "inference", "proposal", C_PROPOSAL)
+    params = _force(params, "inference", "prop_where", np.concatenate([C_WHERE, np.full(4, -1e4, np.float32)]))
+    params = _force(params, "inference", "prop_pres", 50.0)
+    state = dict(z_what=jnp.asarray(rng.normal(size=(N, DW)), jnp.float32),
+                 z_where=jnp.asarray(rng.normal(size=(N, 4)), jnp.float32),
+                 z_pres=jnp.ones((N,)),
+                 h_temporal=jnp.asarray(rng.normal(size=(N, H)), jnp.float32),
+                 h_prior=jnp.asarray(rng.normal(size=(N, H)), jnp.float32))
+    image = _images()[1, 1]
+    models = {}
+    for scale in (0.1, 1.0):
+        model = SQAIR(_config(std_floor=FLOOR, prop_update_scale=scale))
+        seen = []
+
+        def to_transform(z_where, model=model, seen=seen):
+            jax.debug.callback(lambda z: seen.append(np.asarray(z)), z_where, ordered=True)
+            return where_to_transform(z_where, model.config.where_map)
+
+        model.to_transform = to_transform
+        models[scale] = (model, jax.jit(model._propagate), seen)
+    return dict(params=params, state=state, image=image, models=models, key=jax.random.key(7))
+
+
+@pytest.mark.parametrize("scale", [0.1, 1.0])
+def test_prop_update_scale_scales_the_proposal_and_the_where_update(prop_setup, scale):
+    s = prop_setup
+    model, prop, seen = s["models"][scale]
+    seen.clear()
+    out = jax.device_get(prop(s["params"], s["image"], s["state"], s["key"]))
+    jax.effects_barrier()
+    prev = np.asarray(s["state"]["z_where"])
+    # Each object extracts two glimpses, in order: at the proposal, then at the sampled z_where.
+    assert len(seen) == 2 * N
+    np.testing.assert_allclose(np.stack(seen[0::2]), prev + scale * C_PROPOSAL, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.stack(seen[1::2]), out["z_where"], rtol=1e-6, atol=1e-6)
+    # The posterior mean is z_where_{t-1} + scale · c; its std is the floor, so the sample is within 5 stds of it.
+    np.testing.assert_allclose(out["z_where"], prev + scale * C_WHERE, atol=5 * FLOOR)
+    np.testing.assert_array_equal(out["z_pres"], 1.0)
+
+
+def test_gated_prop_what_posterior(prop_setup):
+    s = prop_setup
+    model, prop, seen = s["models"][0.1]
+    params = s["params"]
+    # Gates with zero input: 0.9999·sigmoid(+1) (the "remember" bias).
+    gates = model._i(params, "prop_what_gates", jnp.zeros((H,)))
+    assert len(gates) == 3
+    for g in gates:
+        np.testing.assert_allclose(g, np.full(DW, 0.9999 / (1 + np.exp(-1.0))), rtol=1e-6)
+    # Force the gates, DISC's glimpse head (μ_g, σ_g) and the temporal head (μ_T, σ_T) to constants.
+    raw_gates = np.asarray([0.5, -0.3, 1.2, -1.0, 0.2, -2.0, 2.0, 0.7, -0.4], np.float32)  # (f, i, u) per dim
+    mu_g, raw_g = np.asarray([0.5, -1.0, 2.0]), np.asarray([0.0, -1.0, 0.5])
+    mu_t, raw_t = np.asarray([-0.3, 0.8, 0.1]), np.asarray([-0.5, 0.3, 1.0])
+    params = _force(params, "inference", "prop_what_gates", raw_gates)
+    params = _force(params, "inference", "disc_what", np.concatenate([mu_g, raw_g]))
+    params = _force(params, "inference", "prop_what", np.concatenate([mu_t, raw_t]))
+    out = jax.device_get(prop(params, s["image"], s["state"], s["key"]))
+    keep, take, temporal = np.split(0.9999 / (1 + np.exp(-raw_gates.astype(np.float64))), 3)
+    softplus = lambda x: np.log1p(np.exp(x))  # noqa: E731
+    sigma_g, sigma_t = softplus(raw_g + 0.5) + FLOOR, softplus(raw_t + 0.5) + FLOOR  # GaussianHead's scale_bias 0.5
+    prev_what = np.asarray(s["state"]["z_what"], np.float64)
+    loc = keep * prev_what + (1 - take) * mu_g + (1 - temporal) * mu_t
+    scale = (1 - take) * sigma_g + (1 - temporal) * sigma_t
+    eps = (out["z_what"] - loc) / scale
+    assert np.all(np.abs(eps) < 5.0), eps
+    # log q of each object = log q(pres=1) + log N(z_where; mean, FLOOR) + log N(z_what; loc, scale): holds only
+    # with the closed-form loc and scale.
+    where_loc = np.asarray(s["state"]["z_where"], np.float64) + 0.1 * C_WHERE
+    expected = (np.log(1 / (1 + np.exp(-50.0))) + _normal_log_prob(out["z_where"], where_loc, FLOOR)
+                + _normal_log_prob(out["z_what"], loc, scale))
+    np.testing.assert_allclose(out["log_q"], expected, rtol=1e-4, atol=5e-3)
+    # "direct": one head on everything, no gates; an unknown name raises.
+    shapes = jax.eval_shape(SQAIR(_config(prop_what="direct")).init, jax.random.key(0))
+    assert "prop_what_gates" not in shapes["inference"] and "prop_what_gates" in params["inference"]
+    assert shapes["inference"]["prop_what"]["MLP_0"]["Dense_0"]["kernel"].shape == (DW + H + H + H, H)
+    with pytest.raises(ValueError, match="prop_what"):
+        _config(prop_what="lstm")
+
+
+# --- 9-10. inference: scan_unroll and frame 1 ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def infer_setup():
+    model = SQAIR(_config())
+    params = model.init(jax.random.key(0))
+    params = _force(params, "inference", "disc_pres", 2.0)  # most objects present
+    calls = []
+    propagate = model._propagate
+
+    def counting_propagate(*args, **kwargs):
+        calls.append(1)
+        return propagate(*args, **kwargs)
+
+    model._propagate = counting_propagate  # counts traces of PROP
+    infer = jax.jit(lambda p, x, k: model.infer(p, x, k, K))
+    key = jax.random.key(42)
+    images = _images()
+    out = jax.device_get(infer(params, images, key))
+    return dict(model=model, params=params, infer=infer, key=key, images=images, out=out, calls=calls,
+                prop_traces=len(calls))
+
+
+def _scans(jaxpr, found):
+    """(length, unroll) of every scan in a jaxpr, nested ones included."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scan":
+            found.append((eqn.params["length"], eqn.params["unroll"]))
+        for value in eqn.params.values():
+            inner = getattr(value, "jaxpr", None)
+            if inner is not None:
+                _scans(getattr(inner, "jaxpr", inner), found)
+    return found
+
+
+def test_scan_unroll_gives_the_same_inference(infer_setup):
+    """The unrolled model's particle (``infer_sequence`` with ``particle_key``: infer's code path for one particle,
+    whose compile is half of the vmapped infer's) equals the rolled ``infer``'s particle."""
+    s = infer_setup
+    model = SQAIR(dataclasses.replace(s["model"].config, scan_unroll=True))
+    traced = jax.jit(model.infer_sequence).trace(s["params"], s["images"][0], s["key"])
+    scans = _scans(traced.jaxpr.jaxpr, [])
+    # Every scan (frame 1's DISC, the frames 2..T, PROP and DISC inside them) is unrolled completely.
+    assert len(scans) == 4 and all(unroll == length for length, unroll in scans), scans
+    single = traced.lower().compile()
+    a = s["out"]
+    assert a["z_pres"].sum() > 0 and a["propagated"].any()  # a non-trivial comparison
+    for b in range(B):
+        for k in range(K):
+            out, log_w = jax.device_get(single(s["params"], s["images"][b], model.particle_key(s["key"], b, k)))
+            for name in ("ids", "z_pres", "propagated", "num_propagated", "num_discovered"):
+                np.testing.assert_array_equal(out[name], a[name][b, k], err_msg=name)
+            for name in ("z_where", "z_what", "log_q_prop", "log_q_disc", "log_p_prop", "log_p_disc"):
+                np.testing.assert_allclose(out[name], a[name][b, k], rtol=1e-5, atol=1e-5, err_msg=name)
+            np.testing.assert_allclose(log_w, a["log_weight"][b, k], rtol=1e-5)
+
+
+def test_frame_one_runs_disc_only(infer_setup):
+    s = infer_setup
+    assert s["prop_traces"] == 1  # the 3-frame run traced PROP once: in the scan over frames 2..T
+    one = jax.device_get(s["infer"](s["params"], s["images"][:, :1], s["key"]))
+    assert len(s["calls"]) == s["prop_traces"]  # the 1-frame run never traced PROP
+    a = s["out"]
+    assert a["z_pres"][:, :, 0].sum() > 0
+    for name, value in one.items():
+        if name == "log_weight":
+            continue
+        assert value.shape[2] == 1, name
+        if value.dtype.kind in "biu":
+            np.testing.assert_array_equal(value[:, :, 0], a[name][:, :, 0], err_msg=name)
+        else:
+            np.testing.assert_allclose(value[:, :, 0], a[name][:, :, 0], rtol=1e-5, atol=1e-5, err_msg=name)
+    per_step = (one["log_likelihood"] + one["log_p_disc"] + one["log_p_prop"] - one["log_q_disc"]
+                - one["log_q_prop"])[:, :, 0]
+    np.testing.assert_allclose(one["log_weight"], per_step, rtol=1e-6)
+    for out in (one, a):
+        np.testing.assert_array_equal(out["log_p_prop"][:, :, 0], 0.0)
+        np.testing.assert_array_equal(out["log_q_prop"][:, :, 0], 0.0)
+        np.testing.assert_array_equal(out["num_propagated"][:, :, 0], 0)
+        assert not out["propagated"][:, :, 0].any()
