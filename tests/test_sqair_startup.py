@@ -365,3 +365,23 @@ def test_frame_one_runs_disc_only(infer_setup):
         np.testing.assert_array_equal(out["log_q_prop"][:, :, 0], 0.0)
         np.testing.assert_array_equal(out["num_propagated"][:, :, 0], 0)
         assert not out["propagated"][:, :, 0].any()
+
+
+# --- 11. disc_later_presence_bias ------------------------------------------------------------------------------------
+
+
+def test_disc_later_presence_bias_acts_after_the_first_frame_only():
+    """With PROP forgetting everything and DISC wanting to discover (logit +3), a bias of −50 after frame 1 leaves
+    frame 1 unchanged and stops every discovery in later frames; 0 leaves later discoveries possible."""
+    outs = {}
+    for bias in (0.0, -50.0):
+        model = SQAIR(_config(disc_later_presence_bias=bias))
+        params = model.init(jax.random.key(0))
+        params = _force(params, "inference", "prop_pres", -50.0)
+        params = _force(params, "inference", "disc_pres", 3.0)
+        outs[bias] = jax.device_get(jax.jit(lambda p, x, k: model.infer(p, x, k, 4))(params, _images(),
+                                                                                       jax.random.key(1)))
+    np.testing.assert_array_equal(outs[-50.0]["z_pres"][:, :, 0], outs[0.0]["z_pres"][:, :, 0])
+    assert outs[0.0]["num_discovered"][:, :, 1:].sum() > 0
+    np.testing.assert_array_equal(outs[-50.0]["num_discovered"][:, :, 1:], 0)
+    assert outs[-50.0]["num_discovered"][:, :, 0].sum() > 0

@@ -142,6 +142,17 @@ def test_groups_sharing_one_surrogate_get_the_same_update_from_one_backward_pass
   assert surrogate_partition({"b": loss, "a": loss, "c": loss * 2}) == [["a", "b"], ["c"]]
 
 
+def test_stop_after_seconds_saves_and_a_rerun_continues(tmp_path):
+  config = small_config(num_steps=6)
+  config.stop_after_seconds = 1e-9  # stop after the first step
+  state = train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 1
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert any(r.get("stopped_on_time") == 1.0 for r in rows)
+  config.stop_after_seconds = 0  # disabled: the rerun resumes at step 1 and finishes
+  assert int(train_and_evaluate(config, str(tmp_path)).step) == 6
+
+
 def test_mismatched_groups_are_rejected():
   task = CoupledTask()
   with pytest.raises(ValueError, match="do not match the optimiser groups"):

@@ -36,7 +36,10 @@ Start-up (what decides whether training finds every object; each option is a con
 - PROP's z_what posterior is ``"gated"`` (official ``core.py:343-354``): mean ``f·z_what_{t-1} + (1 - i)·μ_g +
   (1 - u)·μ_T`` and scale ``(1 - i)·σ_g + (1 - u)·σ_T`` with gates ``f, i, u = 0.9999·sigmoid(·)`` whose bias is
   +1 (so the mean starts ≈ 0.73·z_what_{t-1} + 0.27·new evidence), ``(μ_g, σ_g)`` DISC's glimpse head (shared) on
-  the new glimpse and ``(μ_T, σ_T)`` a head on the temporal RNN's output; ``"direct"`` is one head on everything.
+  the new glimpse and ``(μ_T, σ_T)`` a head on the temporal RNN's output (as in the official code, this scale is a
+  gate-weighted sum of floored scales and can fall below ``std_floor`` when the gates saturate); ``"direct"`` is one
+  head on everything;
+- ``disc_later_presence_bias`` is added to DISC's presence logit in frames t > 1.
 - A discovered object's temporal state is the temporal GRU applied to a learned initial state with input
   ``[glimpse encoding, z_where, DISC-RNN output]`` (the DISC analogue of Eq. 5.15).
 - The discovery prior ``p_θ(D_t | P_t)`` is a learned table of logits indexed by (first frame?, P_t), masked to
@@ -120,6 +123,9 @@ class SQAIRConfig:
     presence_after_what: bool = True
     prop_update_scale: float = 0.1
     prop_what: str = "gated"
+    # Added to DISC's posterior presence logit after the first frame (a fixed offset of q, like the prior's
+    # no-new-objects logit): negative values make re-detecting an object that PROP holds unlikely at the start.
+    disc_later_presence_bias: float = 0.0
     # Unroll the inference scans over objects and time (same values). XLA's cost analysis counts a scan body once,
     # so FLOPs per step are counted on an unrolled copy (benchmarks/sqair_step.py).
     scan_unroll: bool = False
@@ -636,7 +642,7 @@ class SQAIR:
         _, out = jax.lax.scan(step, init, xs, unroll=c.scan_unroll)
         return out
 
-    def _discover(self, params, image, image_projection, prop, num_prop, key):
+    def _discover(self, params, image, image_projection, prop, num_prop, key, is_first=True):
         """DISC (Alg. 3): AIR conditioned on the DeepSets code of the propagated objects (Eq. 5.6), N masked steps of
         which only the first N − P_t may be present; also the discovery prior of the continuous latents (Eq. 5.7)."""
         c = self.config
@@ -663,6 +669,7 @@ class SQAIR:
             log_q_what = _normal_log_prob(what, loc, scale)
             # Presence after where and what (official core.py:200-208), or from h alone.
             pres_logit = self._i(params, "disc_pres", *((w, what) if c.presence_after_what else (w,)))
+            pres_logit = pres_logit + jnp.where(is_first, 0.0, c.disc_later_presence_bias)
             pres = _sample_bernoulli(k_pres, pres_logit) * allowed
             log_q_pres = allowed * _bernoulli_log_prob(pres, pres_logit)
             h_temp, _ = self._i(params, "temporal_rnn", h_temporal_init, jnp.concatenate([e, where, w], -1))
@@ -692,7 +699,7 @@ class SQAIR:
                           ids=state["ids"], h_temporal=prop["h_temporal"], h_prior=prop["h_prior"])
         prop_state = self._compact(prop["z_pres"], prop_state)
         num_prop = jnp.sum(prop["z_pres"]).astype(jnp.int32)
-        disc = self._discover(params, image, image_projection, prop_state, num_prop, k_disc)
+        disc = self._discover(params, image, image_projection, prop_state, num_prop, k_disc, is_first)
         num_disc = jnp.sum(disc["z_pres"]).astype(jnp.int32)
         prior_init = jnp.broadcast_to(self._g(params, "prior_init"), disc["h_temporal"].shape)
         disc_state = dict(z_what=disc["z_what"], z_where=disc["z_where"], z_pres=disc["z_pres"],

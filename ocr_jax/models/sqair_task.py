@@ -38,6 +38,7 @@ def default_task_config() -> ml_collections.ConfigDict:
         # None, False, 1.0, "direct" (and disc_presence_logit_init 1.0)
         where_map="sigmoid_tanh", std_floor=1e-2, disc_head_kernel_scale=0.1, disc_init_scale=0.4,
         presence_after_what=True, prop_update_scale=0.1, prop_what="gated",
+        disc_later_presence_bias=0.0,
         # objective (§5.3)
         num_particles=5,
         # curriculum (§5.D.1): start_length frames, +1 every length_every steps, up to num_frames

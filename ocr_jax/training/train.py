@@ -10,6 +10,8 @@ Config fields used here (see experiments/configs/toy_vae.py for a complete examp
     headline_metric (optional; default task.headline_metric), progress_bar (bool)
     stop_when (optional): {metric, at_least}: stop (after saving a checkpoint) at the first periodic evaluation whose
                           scalar ``metric`` (e.g. "eval/count_accuracy") is >= ``at_least``
+    stop_after_seconds (optional): save a checkpoint and return once this much wall-clock time has passed in the
+                          loop, so a long run is a sequence of bounded commands (rerun the same one to continue)
 """
 
 from __future__ import annotations
@@ -129,6 +131,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   # ---- The loop. ----------------------------------------------------------------------------------------------
   step = start_step
   last_log_time, last_log_step = time.perf_counter(), start_step
+  loop_start, time_budget = time.perf_counter(), config.get("stop_after_seconds")
   try:
     with StopRequest().installed() as stop:
       while step < config.num_steps:
@@ -166,6 +169,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             break
         if step % ckpt_cfg.every == 0:
           checkpointer.save(state)
+        if time_budget and time.perf_counter() - loop_start >= time_budget:
+          logging.info("step %d: stop_after_seconds=%s reached; saving a checkpoint (rerun to continue)", step,
+                       time_budget)
+          writer.write_scalars(step, {"stopped_on_time": 1.0})
+          break
 
       checkpointer.save(state)  # on normal or early exit (no-op if the last periodic save was this step).
   finally:
