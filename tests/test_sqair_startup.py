@@ -385,3 +385,19 @@ def test_disc_later_presence_bias_acts_after_the_first_frame_only():
     assert outs[0.0]["num_discovered"][:, :, 1:].sum() > 0
     np.testing.assert_array_equal(outs[-50.0]["num_discovered"][:, :, 1:], 0)
     assert outs[-50.0]["num_discovered"][:, :, 0].sum() > 0
+
+
+def test_disc_suppression_schedule_of_the_task():
+    """SQAIRTask.disc_later_bias: the suppression bias during the first disc_suppression_steps steps, the model's own
+    offset after; evaluations use the bias of the step they evaluate."""
+    import ml_collections
+
+    from ocr_jax.models.sqair_task import SQAIRTask
+
+    task = SQAIRTask(ml_collections.ConfigDict(dict(
+        hidden=8, z_what_dim=3, max_objects=2, canvas_size=16, glimpse_size=6, data="blobs", digit_size=8,
+        num_frames=3, start_length=1, disc_suppression_steps=100, disc_suppression_bias=-30.0,
+        disc_later_presence_bias=-1.5)))
+    np.testing.assert_allclose([float(task.disc_later_bias(s)) for s in (0, 99, 100, 5000)], [-30, -30, -1.5, -1.5])
+    np.testing.assert_allclose(jax.jit(task.disc_later_bias)(jnp.asarray(99)), -30.0)
+    assert float(task.disc_later_bias(task.eval_step)) == -1.5  # default: the trained model, no suppression

@@ -642,7 +642,7 @@ class SQAIR:
         _, out = jax.lax.scan(step, init, xs, unroll=c.scan_unroll)
         return out
 
-    def _discover(self, params, image, image_projection, prop, num_prop, key, is_first=True):
+    def _discover(self, params, image, image_projection, prop, num_prop, key, is_first=True, later_bias=None):
         """DISC (Alg. 3): AIR conditioned on the DeepSets code of the propagated objects (Eq. 5.6), N masked steps of
         which only the first N − P_t may be present; also the discovery prior of the continuous latents (Eq. 5.7)."""
         c = self.config
@@ -669,7 +669,8 @@ class SQAIR:
             log_q_what = _normal_log_prob(what, loc, scale)
             # Presence after where and what (official core.py:200-208), or from h alone.
             pres_logit = self._i(params, "disc_pres", *((w, what) if c.presence_after_what else (w,)))
-            pres_logit = pres_logit + jnp.where(is_first, 0.0, c.disc_later_presence_bias)
+            pres_logit = pres_logit + jnp.where(is_first, 0.0, c.disc_later_presence_bias if later_bias is None
+                                                else later_bias)
             pres = _sample_bernoulli(k_pres, pres_logit) * allowed
             log_q_pres = allowed * _bernoulli_log_prob(pres, pres_logit)
             h_temp, _ = self._i(params, "temporal_rnn", h_temporal_init, jnp.concatenate([e, where, w], -1))
@@ -689,7 +690,7 @@ class SQAIR:
                     h_temporal=state["h_temporal"], h_prior=state["h_prior"], log_q=jnp.zeros((N,)),
                     log_q_pres=jnp.zeros((N,)), log_p=jnp.zeros((N,)))
 
-    def _infer_step(self, params, state, image, image_projection, t, key, *, first: bool = False):
+    def _infer_step(self, params, state, image, image_projection, t, key, *, first: bool = False, later_bias=None):
         """One frame of inference for one particle: PROP, DISC, likelihood. Returns (new state, per-step outputs).
         ``first`` (static): frame 1 of a sequence, whose state is empty, so PROP is skipped."""
         k_prop, k_disc = jax.random.split(key)
@@ -699,7 +700,7 @@ class SQAIR:
                           ids=state["ids"], h_temporal=prop["h_temporal"], h_prior=prop["h_prior"])
         prop_state = self._compact(prop["z_pres"], prop_state)
         num_prop = jnp.sum(prop["z_pres"]).astype(jnp.int32)
-        disc = self._discover(params, image, image_projection, prop_state, num_prop, k_disc, is_first)
+        disc = self._discover(params, image, image_projection, prop_state, num_prop, k_disc, is_first, later_bias)
         num_disc = jnp.sum(disc["z_pres"]).astype(jnp.int32)
         prior_init = jnp.broadcast_to(self._g(params, "prior_init"), disc["h_temporal"].shape)
         disc_state = dict(z_what=disc["z_what"], z_where=disc["z_where"], z_pres=disc["z_pres"],
@@ -720,14 +721,15 @@ class SQAIR:
         )
         return new_state, out
 
-    def _infer_particle(self, params, images, image_projections, key, t0=0, state=None):
+    def _infer_particle(self, params, images, image_projections, key, t0=0, state=None, later_bias=None):
         """One particle over a sequence ``images [time, H, W]``; key of frame t is ``fold_in(key, t)``. From an empty
         state (``state is None``), frame 1 runs DISC only and the scan covers frames 2..T."""
 
         def step(carry, xs, first=False):
             st, log_w = carry
             image, projection, t = xs
-            st, out = self._infer_step(params, st, image, projection, t, jax.random.fold_in(key, t), first=first)
+            st, out = self._infer_step(params, st, image, projection, t, jax.random.fold_in(key, t), first=first,
+                                       later_bias=later_bias)
             log_w = log_w + (out["log_likelihood"] + out["log_p_disc"] + out["log_p_prop"]
                              - out["log_q_disc"] - out["log_q_prop"])
             return (st, log_w), out
@@ -764,25 +766,29 @@ class SQAIR:
         out, log_w, _ = self._infer_particle(params, images, codes, key)
         return out, log_w
 
-    def _infer_batch(self, params, images, key, num_particles):
+    def _infer_batch(self, params, images, key, num_particles, later_bias=None):
         B = images.shape[0]
         codes = self.encode_images(params, images)  # [batch, time, hidden], shared across particles
         keys = jax.vmap(lambda b: jax.vmap(lambda k: self.particle_key(key, b, k))(jnp.arange(num_particles)))(
             jnp.arange(B))
 
         def per_sequence(images_b, codes_b, keys_b):
-            return jax.vmap(lambda k: self._infer_particle(params, images_b, codes_b, k), in_axes=0)(keys_b)
+            return jax.vmap(lambda k: self._infer_particle(params, images_b, codes_b, k, later_bias=later_bias))(
+                keys_b)
 
         return jax.vmap(per_sequence)(images, codes, keys)
 
-    def infer(self, params, images, key, num_particles: int = 1):
+    def infer(self, params, images, key, num_particles: int = 1, *, disc_later_presence_bias=None):
         """Run inference on ``images [batch, time, H, W]`` with ``num_particles`` (K) independent particles.
 
         Returns a dict with per-step outputs ``[batch, particles, time, ...]`` (see the class docstring) and
         ``log_weight [batch, particles]`` = Σ_t (log p(x_t|z_t) + log p^D + log p^P − log q^D − log q^P).
+        ``disc_later_presence_bias`` (a scalar, may be traced) overrides the config's offset of DISC's presence
+        logit after frame 1 (a training schedule: ``SQAIRTask.disc_later_bias``).
         """
         self.validate_sequence(images)
-        out, log_w, _ = self._infer_batch(params, jnp.asarray(images, jnp.float32), key, num_particles)
+        out, log_w, _ = self._infer_batch(params, jnp.asarray(images, jnp.float32), key, num_particles,
+                                          disc_later_presence_bias)
         out["log_weight"] = log_w
         return out
 

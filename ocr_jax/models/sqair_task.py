@@ -39,6 +39,10 @@ def default_task_config() -> ml_collections.ConfigDict:
         where_map="sigmoid_tanh", std_floor=1e-2, disc_head_kernel_scale=0.1, disc_init_scale=0.4,
         presence_after_what=True, prop_update_scale=0.1, prop_what="gated",
         disc_later_presence_bias=0.0,
+        # DISC suppressed after frame 1 during the first disc_suppression_steps steps of training: its presence
+        # logit gets disc_suppression_bias in frames t > 1, so PROP must learn to follow the objects DISC found in
+        # frame 1 before DISC may re-detect them (0 steps: off). Measured in docs/results.md.
+        disc_suppression_steps=0, disc_suppression_bias=-30.0,
         # objective (§5.3)
         num_particles=5,
         # curriculum (§5.D.1): start_length frames, +1 every length_every steps, up to num_frames
@@ -101,6 +105,7 @@ class SQAIRTask:
     """`ocr_jax.training.tasks.Task` for SQAIR. Parameter groups: ``generative`` (θ) and ``inference`` (φ)."""
 
     headline_metric = "iwae_per_frame"
+    eval_step = 2**31 - 1  # the training step whose DISC suppression inference_batches uses (default: none)
 
     def __init__(self, config: ml_collections.ConfigDict | None = None, *, train_frames: np.ndarray | None = None):
         cfg = default_task_config()
@@ -131,11 +136,20 @@ class SQAIRTask:
         c = self.config
         return curriculum_length(step, c.start_length, c.length_every, c.num_frames)
 
-    def per_particle_terms(self, params, frames, key):
+    def disc_later_bias(self, step):
+        """DISC's presence-logit offset after frame 1 at training step ``step`` (int or traced): the suppression
+        bias during the first ``disc_suppression_steps`` steps, the model's own ``disc_later_presence_bias`` after."""
+        c = self.config
+        return jnp.where(jnp.asarray(step) < c.disc_suppression_steps, c.disc_suppression_bias,
+                         c.disc_later_presence_bias).astype(jnp.float32)
+
+    def per_particle_terms(self, params, frames, key, step=None):
         """Per-particle sums over the frames of ``frames [batch, time, H, W]`` (all of them: the batch is already cut
         to the curriculum length), each ``[batch, particles]``: (log p, log q of reparameterised latents, log q of
         the presence variables, log p(x|z)), and the per-step outputs."""
-        out = self.model.infer(params, to_float_frames(frames), key, self.config.num_particles)
+        bias = None if step is None else self.disc_later_bias(step)
+        out = self.model.infer(params, to_float_frames(frames), key, self.config.num_particles,
+                               disc_later_presence_bias=bias)
         total = lambda x: jnp.sum(x, axis=-1)  # noqa: E731  [batch, particles, time] -> [batch, particles]
         log_p = total(out["log_likelihood"] + out["log_p_disc"] + out["log_p_prop"])
         log_q_score = total(out["log_q_pres"])
@@ -143,8 +157,8 @@ class SQAIRTask:
         return log_p, log_q_reparam, log_q_score, total(out["log_likelihood"]), out
 
     def loss(self, params, model_state, batch, key, step):
-        del step  # the curriculum is in the batch's length (train_batches)
-        log_p, log_q_reparam, log_q_score, log_lik, out = self.per_particle_terms(params, batch["frames"], key)
+        # The curriculum is in the batch's length (train_batches); the step sets DISC's suppression.
+        log_p, log_q_reparam, log_q_score, log_lik, out = self.per_particle_terms(params, batch["frames"], key, step)
         s = objectives.vimco(log_p, log_q_reparam, log_q_score)
         length = out["z_pres"].shape[2]
         frames = float(length)
@@ -175,7 +189,8 @@ class SQAIRTask:
             from ocr_jax.diagnostics import log_marginal_chunked
 
             model, ev = self.model, self.config.eval
-            infer = jax.jit(lambda p, x, k: model.infer(p, to_float_frames(x), k, ev.num_particles))
+            infer = jax.jit(lambda p, x, k, b: model.infer(p, to_float_frames(x), k, ev.num_particles,
+                                                           disc_later_presence_bias=b))
 
             @jax.jit
             def log_marginal(p, x, k):
@@ -198,6 +213,7 @@ class SQAIRTask:
         subset. Writes ``<workdir>/eval_step<step>.json``."""
         del model_state
         ev = self.config.eval
+        self.eval_step = step  # periodic evaluations see the model as trained at this step (DISC suppression)
         key = jax.random.key(step)
         results = evaluate_sqair(self, params, self.test_data, key=key, num_sequences=ev.periodic_sequences,
                                  log_marginal_sequences=ev.periodic_log_marginal_sequences)
@@ -244,11 +260,13 @@ def inference_batches(task: SQAIRTask, params, frames: np.ndarray, key: jax.Arra
     ``eval.batch_size``, with key ``fold_in(key, start)`` for the batch starting at sequence ``start``, so that every
     evaluation of the same frames with the same key sees the same particles. Yields ``(start, out, pick)``: the host
     outputs ``[B, K, ...]`` and ``pick``, which selects the best particle (largest log-weight): ``[B, K, ...] ->
-    [B, ...]``."""
+    [B, ...]``. DISC's suppression is that of training step ``task.eval_step`` (set by the periodic evaluation;
+    default: after training, i.e. none)."""
     infer = task.eval_functions()[0]
+    bias = task.disc_later_bias(task.eval_step)
     for start in range(0, len(frames), task.config.eval.batch_size):
         out = jax.device_get(infer(params, frames[start:start + task.config.eval.batch_size],
-                                   jax.random.fold_in(key, start)))
+                                   jax.random.fold_in(key, start), bias))
         best = np.argmax(out["log_weight"], axis=1)
         yield start, out, lambda a, best=best: np.asarray(a)[np.arange(len(best)), best]
 
