@@ -53,14 +53,10 @@ def _force(params, group, name, bias):
 
 
 def _images():
-    """[B, T, 16, 16] in [0, 1]: two bright squares moving right/down."""
-    x = np.zeros((B, T, SIZE, SIZE), np.float32)
-    for b in range(B):
-        for t in range(T):
-            x[b, t, 2 + t:6 + t, 2 + 2 * t:6 + 2 * t] = 1.0
-            if b == 1:
-                x[b, t, 9:13, 10 - t:14 - t] = 0.8
-    return jnp.asarray(x)
+    """[B, T, 16, 16] in [0, 1]: two bright squares moving right/down (test_sqair_model's sequences)."""
+    from test_sqair_model import _moving_squares
+
+    return _moving_squares()
 
 
 def _normal_log_prob(x, loc, scale):
