@@ -387,13 +387,27 @@ def nvil_per_step(
     return Surrogates(theta=loss, phi=loss, bound=sg(jnp.mean(log_w)), baseline=baseline_loss, aux=aux), new_state
 
 
+def log_sum_exp_of_others(log_w: Array) -> Array:
+    """``log Σ_{ℓ≠k} exp(log_w_ℓ)`` for every k, ``[..., K] -> [..., K]``, in O(K) time and memory: the log-sum-exp
+    of the prefix before k and of the suffix after k (two cumulative log-add-exp scans), combined. Stable even when
+    w_k dominates (no subtraction of exponentials). K = 1 gives −inf."""
+    k, axis = log_w.shape[-1], log_w.ndim - 1
+    prefix = jax.lax.associative_scan(jnp.logaddexp, log_w, axis=axis)  # log Σ_{ℓ≤k}
+    suffix = jax.lax.associative_scan(jnp.logaddexp, log_w, axis=axis, reverse=True)  # log Σ_{ℓ≥k}
+    empty = jnp.full(log_w.shape[:-1] + (1,), -jnp.inf, log_w.dtype)
+    before = jnp.concatenate([empty, prefix[..., : k - 1]], axis=-1)
+    after = jnp.concatenate([suffix[..., 1:], empty], axis=-1)
+    return jnp.logaddexp(before, after)
+
+
 def vimco_leave_one_out(log_w: Array) -> Array:
     """VIMCO's leave-one-out baselines Υ_{−k} ``[..., particles]`` (thesis Eq. 8.3, Mnih & Rezende 2016):
 
         Υ_{−k} = log (1/K) ( exp((1/(K−1)) Σ_{ℓ≠k} log w_ℓ) + Σ_{ℓ≠k} w_ℓ ),
 
     i.e. log Ẑ_K with w_k replaced by the geometric mean of the other K − 1 weights (−log K included). Υ_{−k}
-    does not depend on w_k. Requires K ≥ 2.
+    does not depend on w_k. Requires K ≥ 2. O(K) time and memory (:func:`log_sum_exp_of_others`), no ``[K, K]``
+    array.
     """
     k = log_w.shape[-1]
     if k < 2:
@@ -402,10 +416,7 @@ def vimco_leave_one_out(log_w: Array) -> Array:
     shift = sg(jnp.max(log_w, axis=-1, keepdims=True))
     lw = log_w - shift
     geo_mean_others = (jnp.sum(lw, axis=-1, keepdims=True) - lw) / (k - 1)  # [..., K]
-    eye = jnp.eye(k, dtype=bool)
-    # Row k holds log w with entry k replaced by the geometric mean of the others.
-    replaced = jnp.where(eye, geo_mean_others[..., :, None], lw[..., None, :])  # [..., K, K]
-    return jax.nn.logsumexp(replaced, axis=-1) - math.log(k) + shift
+    return jnp.logaddexp(geo_mean_others, log_sum_exp_of_others(lw)) - math.log(k) + shift
 
 
 def vimco(log_p: Array, log_q_reparam: Array | None, log_q_score: Array) -> Surrogates:

@@ -282,3 +282,18 @@ def test_load_run_and_infer_after_real_sqair_training(tmp_path):
   out = api.infer_sequences(run, np.zeros((2, c.max_seq_len, *c.image_shape), np.uint8), num_particles=2)
   assert out["boxes"].shape == (2, c.max_seq_len, c.max_objects, 4)
   np.testing.assert_array_equal(out["counts"], out["presence"].sum(-1))
+
+
+def test_sqair_diagnose_frame_terms_add_up_to_the_log_weight(sqair_run):
+  """experiments/sqair_diagnose: per-frame means whose sum over frames is the mean log-weight; frame 1 propagates
+  nothing."""
+  from experiments import sqair_diagnose
+
+  frames = np.asarray(jax.random.uniform(jax.random.key(3), (4, 3) + sqair_run.model.config.image_shape))
+  terms = sqair_diagnose.frame_terms(sqair_run, frames, num_particles=2)
+  assert all(len(v) == 3 for v in terms.values())
+  assert terms["num_propagated"][0] == 0 and terms["log_p_prop"][0] == 0 and terms["log_q_prop"][0] == 0
+  out = sqair_run.model.infer(sqair_run.params, frames, jax.random.key(0), 2)
+  total = sum(np.sum(terms[k]) for k in ("log_likelihood", "log_p_disc", "log_p_prop")) - sum(
+      np.sum(terms[k]) for k in ("log_q_disc", "log_q_prop"))
+  np.testing.assert_allclose(total, float(np.mean(out["log_weight"])), rtol=1e-3, atol=0.05)

@@ -499,3 +499,26 @@ def test_estimators_jit():
     np.testing.assert_allclose(out.theta, obj.vimco(lp, lqr, lqs).theta, rtol=1e-6)
     s, st = jax.jit(obj.nvil)(lp, lqr, lqs, jnp.zeros(3), obj.nvil_init())
     assert int(st.count) == 1
+
+
+def test_vimco_leave_one_out_is_the_quadratic_definition_in_linear_memory():
+    """The O(K) prefix/suffix form equals the [K, K] definition (float64, extreme weights included), and the jitted
+    baseline at K = 1000 allocates no [B, K, K] array (memory grows linearly in K)."""
+    def quadratic(log_w):
+        k = log_w.shape[-1]
+        geo = (jnp.sum(log_w, -1, keepdims=True) - log_w) / (k - 1)
+        replaced = jnp.where(jnp.eye(k, dtype=bool), geo[..., :, None], log_w[..., None, :])
+        return jax.nn.logsumexp(replaced, axis=-1) - np.log(k)
+
+    rng = np.random.default_rng(0)
+    with jax.enable_x64(True):
+        for k in (2, 3, 7, 64):
+            log_w = jnp.asarray(rng.normal(scale=30.0, size=(5, k)))
+            log_w = log_w.at[0, 0].set(500.0)  # one particle dominates
+            np.testing.assert_allclose(obj.vimco_leave_one_out(log_w), quadratic(log_w), rtol=1e-12, atol=1e-9)
+            np.testing.assert_allclose(obj.log_sum_exp_of_others(log_w),
+                                       [[jax.nn.logsumexp(np.delete(np.asarray(r), i)) for i in range(k)]
+                                        for r in log_w], rtol=1e-12, atol=1e-9)
+    lowered = jax.jit(jax.grad(lambda lw: jnp.sum(obj.vimco_leave_one_out(lw)))).lower(jnp.zeros((256, 1000)))
+    text = lowered.as_text()
+    assert "256x1000x1000" not in text and "1000x1000" not in text

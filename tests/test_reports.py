@@ -37,6 +37,14 @@ def test_sqair_evaluation_values_are_consistent(sqair_setup):
                                 np.bincount(data["counts"].ravel()))  # rows are the true counts
   assert r["count_accuracy"] == pytest.approx(np.trace(confusion) / (n * T))
   assert 0.0 <= r["sequence_count_accuracy"] <= r["count_accuracy"] <= 1.0
+  by_frame = np.asarray(r["count_accuracy_by_frame"])
+  assert by_frame.shape == (T,) and r["count_accuracy"] == pytest.approx(by_frame.mean())
+  assert r["count_accuracy_first_frame"] == pytest.approx(by_frame[0])
+  assert r["count_accuracy_later_frames"] == pytest.approx(by_frame[1:].mean())
+  # Against the official per-sequence label: equal to the per-frame score where every digit is visible.
+  assert 0.0 <= r["count_accuracy_official_label"] <= 1.0
+  if np.all(data["counts"] == data["sequence_counts"][:, None]):
+    assert r["count_accuracy_official_label"] == pytest.approx(r["count_accuracy"])
   assert r["kl"] == pytest.approx(r["log_likelihood"] - r["elbo"], rel=1e-6, abs=1e-4)
   assert r["iwae"] >= r["elbo"] - 1e-3  # Jensen, sequence by sequence
   assert r["iwae_per_frame"] == pytest.approx(r["iwae"] / T)
