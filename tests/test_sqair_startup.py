@@ -397,3 +397,23 @@ def test_disc_suppression_schedule_of_the_task():
     np.testing.assert_allclose([float(task.disc_later_bias(s)) for s in (0, 99, 100, 5000)], [-30, -30, -1.5, -1.5])
     np.testing.assert_allclose(jax.jit(task.disc_later_bias)(jnp.asarray(99)), -30.0)
     assert float(task.disc_later_bias(task.eval_step)) == -1.5  # default: the trained model, no suppression
+
+
+def test_first_frame_continue_prob_is_a_fixed_truncated_geometric_count_prior():
+    """ρ > 0: log p(D_1 = n) = n log ρ − log Σ_{m ≤ N} ρ^m in frame 1 (and over {0..N − P} when P are propagated);
+    later frames keep the learned table; 0 keeps the table in frame 1 too; ρ outside [0, 1) raises."""
+    rho = 0.01
+    model = SQAIR(_config(first_frame_continue_prob=rho))
+    learned = SQAIR(_config())
+    params = model.init(jax.random.key(0))
+    norm = np.log(sum(rho ** m for m in range(N + 1)))
+    for n in range(N + 1):
+        np.testing.assert_allclose(model._disc_count_log_prob(params, True, 0, n), n * np.log(rho) - norm, rtol=1e-5)
+        np.testing.assert_allclose(model._disc_count_log_prob(params, False, 0, n),
+                                   learned._disc_count_log_prob(params, False, 0, n), rtol=1e-6)
+        np.testing.assert_allclose(learned._disc_count_log_prob(params, True, 0, n), -np.log(N + 1), rtol=1e-5)
+    norm1 = np.log(sum(rho ** m for m in range(N)))  # one object propagated: D_1 ∈ {0..N − 1}
+    np.testing.assert_allclose(model._disc_count_log_prob(params, True, 1, 1), np.log(rho) - norm1, rtol=1e-5)
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="first_frame_continue_prob"):
+            _config(first_frame_continue_prob=bad)

@@ -50,6 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       #   --config.task_config.prop_what=direct --config.task_config.disc_presence_logit_init=1.0
       where_map="sigmoid_tanh", std_floor=1e-2, disc_head_kernel_scale=0.1, disc_init_scale=0.4,
       presence_after_what=True, prop_update_scale=0.1, prop_what="gated", disc_later_presence_bias=0.0,
+      first_frame_continue_prob=0.0,
       disc_suppression_steps=0, disc_suppression_bias=-30.0,
       num_particles=5, start_length=3, length_every=100_000,
       data="mnist", num_frames=10, num_train=60_000, num_eval=1_000, max_digits=2, digit_size=28, data_seed=0))

@@ -126,6 +126,10 @@ class SQAIRConfig:
     # Added to DISC's posterior presence logit after the first frame (a fixed offset of q, like the prior's
     # no-new-objects logit): negative values make re-detecting an object that PROP holds unlikely at the start.
     disc_later_presence_bias: float = 0.0
+    # 0: the discovery-count prior of frame 1 is the learned table (the official code). A value ρ in (0, 1): the
+    # fixed truncated geometric p(D_1 = n) ∝ ρ^n, AIR's count prior (log ρ nats per object), which keeps DISC from
+    # explaining one digit with several small glimpses (measured in docs/results.md).
+    first_frame_continue_prob: float = 0.0
     # Unroll the inference scans over objects and time (same values). XLA's cost analysis counts a scan body once,
     # so FLOPs per step are counted on an unrolled copy (benchmarks/sqair_step.py).
     scan_unroll: bool = False
@@ -148,6 +152,9 @@ class SQAIRConfig:
         if not self.std_floor > 0 or not self.likelihood_sigma > 0:
             raise ValueError(f"std_floor and likelihood_sigma must be positive; got {self.std_floor}, "
                              f"{self.likelihood_sigma}")
+        if not 0.0 <= self.first_frame_continue_prob < 1.0:
+            raise ValueError(f"first_frame_continue_prob must lie in [0, 1) (0: learned); got "
+                             f"{self.first_frame_continue_prob}")
         if self.disc_init_scale is not None and not _MIN_SCALE < self.disc_init_scale < 1.0:
             raise ValueError(f"disc_init_scale must lie in ({_MIN_SCALE}, 1); got {self.disc_init_scale}")
         if self.max_objects < 1 or self.max_seq_len < 1 or self.z_what_dim < 1 or self.hidden < 1:
@@ -535,12 +542,21 @@ class SQAIR:
         z = (image - canvas) / s
         return jnp.sum(-0.5 * z * z - math.log(s) - 0.5 * _LOG_2PI)
 
+    def _disc_count_logits(self, params, is_first, num_prop):
+        """Logits of p^D(D_t | P_t) (Eq. 5.8) over D_t ∈ {0..N} (−inf above N − P_t): the learned table, or in frame
+        1, with ``first_frame_continue_prob`` = ρ > 0, the fixed truncated geometric ``p(D_1 = n) ∝ ρ^n`` (AIR's count
+        prior)."""
+        c = self.config
+        N = c.max_objects
+        logits = self._g(params, "disc_count")[jnp.where(is_first, 0, 1), num_prop]
+        if c.first_frame_continue_prob > 0:
+            geometric = jnp.arange(N + 1, dtype=jnp.float32) * math.log(c.first_frame_continue_prob)
+            logits = jnp.where(is_first, geometric, logits)
+        return jnp.where(jnp.arange(N + 1) <= N - num_prop, logits, -jnp.inf)
+
     def _disc_count_log_prob(self, params, is_first, num_prop, num_disc):
         """log p^D(D_t | P_t) (Eq. 5.8): Categorical over {0..N − P_t}."""
-        N = self.config.max_objects
-        logits = self._g(params, "disc_count")[jnp.where(is_first, 0, 1), num_prop]
-        logits = jnp.where(jnp.arange(N + 1) <= N - num_prop, logits, -jnp.inf)
-        return jax.nn.log_softmax(logits)[num_disc]
+        return jax.nn.log_softmax(self._disc_count_logits(params, is_first, num_prop))[num_disc]
 
     def _disc_prior_log_prob(self, z_what, z_where):
         c = self.config
@@ -815,8 +831,7 @@ class SQAIR:
                                               h_temporal=state["h_temporal"], h_prior=h_p))
         num_prop = jnp.sum(pres).astype(jnp.int32)
         is_first = t == 0
-        logits = self._g(params, "disc_count")[jnp.where(is_first, 0, 1), num_prop]
-        logits = jnp.where(jnp.arange(N + 1) <= N - num_prop, logits, -jnp.inf)
+        logits = self._disc_count_logits(params, is_first, num_prop)
         # Inverse-CDF sample of D_t ~ Categorical(softmax(logits)) over {0..N − P_t}.
         cdf = jnp.cumsum(jax.nn.softmax(logits))
         num_disc = jnp.minimum(jnp.sum(cdf < uniforms[N]), N - num_prop).astype(jnp.int32)

@@ -39,6 +39,7 @@ def default_task_config() -> ml_collections.ConfigDict:
         where_map="sigmoid_tanh", std_floor=1e-2, disc_head_kernel_scale=0.1, disc_init_scale=0.4,
         presence_after_what=True, prop_update_scale=0.1, prop_what="gated",
         disc_later_presence_bias=0.0,
+        first_frame_continue_prob=0.0,
         # DISC suppressed after frame 1 during the first disc_suppression_steps steps of training: its presence
         # logit gets disc_suppression_bias in frames t > 1, so PROP must learn to follow the objects DISC found in
         # frame 1 before DISC may re-detect them (0 steps: off). Measured in docs/results.md.
