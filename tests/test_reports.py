@@ -41,6 +41,11 @@ def test_sqair_evaluation_values_are_consistent(sqair_setup):
   assert by_frame.shape == (T,) and r["count_accuracy"] == pytest.approx(by_frame.mean())
   assert r["count_accuracy_first_frame"] == pytest.approx(by_frame[0])
   assert r["count_accuracy_later_frames"] == pytest.approx(by_frame[1:].mean())
+  from ocr_jax.models.sqair_task import two_digit_overlap
+  overlap = two_digit_overlap(data)
+  assert np.all((overlap == -1) == (data["presence"].sum(-1) != 2))
+  for o, name in ((0, "apart"), (1, "overlapping")):
+    assert (f"count_accuracy_two_digits_{name}" in r) == bool(np.any(overlap == o))
   # Against the official per-sequence label: equal to the per-frame score where every digit is visible.
   assert 0.0 <= r["count_accuracy_official_label"] <= 1.0
   if np.all(data["counts"] == data["sequence_counts"][:, None]):
@@ -88,3 +93,14 @@ def test_sqair_periodic_evaluation_writes_counting_and_tracking(sqair_setup, tmp
   assert saved["tracking_failure_mode"] in ("tracks", "redetects_at_t2", "disc_only", "switches", "no_matches")
   recall = saved["tracking_recall"]
   assert recall is None or (0.0 <= recall <= 1.0 and scalars["eval/tracking_recall"] == recall)
+
+
+def test_two_digit_overlap_on_hand_made_boxes():
+  from ocr_jax.models.sqair_task import two_digit_overlap
+
+  boxes = np.zeros((1, 3, 2, 4), np.float32)
+  presence = np.array([[[True, True], [True, True], [True, False]]])
+  boxes[0, 0] = [[0, 0, 10, 10], [5, 5, 15, 15]]    # intersect
+  boxes[0, 1] = [[0, 0, 10, 10], [10, 0, 20, 10]]   # touch at an edge: apart
+  boxes[0, 2] = [[0, 0, 10, 10], [0, 0, 0, 0]]      # one digit
+  np.testing.assert_array_equal(two_digit_overlap(dict(boxes=boxes, presence=presence)), [[1, 0, -1]])

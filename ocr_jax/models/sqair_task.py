@@ -272,6 +272,22 @@ def inference_batches(task: SQAIRTask, params, frames: np.ndarray, key: jax.Arra
         yield start, out, lambda a, best=best: np.asarray(a)[np.arange(len(best)), best]
 
 
+def two_digit_overlap(data: dict[str, np.ndarray]) -> np.ndarray:
+    """``[n, T]`` int8: 1 where a frame shows exactly two digits whose tight ``boxes`` (y_min, x_min, y_max, x_max)
+    intersect, 0 where it shows two apart, −1 for every other frame."""
+    boxes, presence = np.asarray(data["boxes"]), np.asarray(data["presence"], bool)
+    out = np.full(presence.shape[:2], -1, np.int8)
+    two = presence.sum(-1) == 2
+    if boxes.shape[2] < 2 or not two.any():
+        return out
+    a, b = boxes[..., 0, :], boxes[..., 1, :]
+    inter = ((np.minimum(a[..., 2], b[..., 2]) > np.maximum(a[..., 0], b[..., 0]))
+             & (np.minimum(a[..., 3], b[..., 3]) > np.maximum(a[..., 1], b[..., 1])))
+    two_first = two & presence[..., 0] & presence[..., 1]
+    out[two_first] = inter[two_first].astype(np.int8)
+    return out
+
+
 def evaluate_sqair(task: SQAIRTask, params, data: dict[str, np.ndarray], *, key: jax.Array,
                    num_sequences: int | None = None, log_marginal_sequences: int | None = None) -> dict:
     """Test-set evaluation over all ``T`` frames (no curriculum mask).
@@ -282,6 +298,7 @@ def evaluate_sqair(task: SQAIRTask, params, data: dict[str, np.ndarray], *, key:
     ``count_accuracy_first_frame`` and ``count_accuracy_later_frames`` (frame 1 is DISC alone; later frames need
     PROP), ``count_accuracy_by_frame`` (a list over frame indices), ``count_accuracy_official_label`` (against the
     official per-sequence label ``sequence_counts``, as Table 5.4.1, when the data has it),
+    ``count_accuracy_two_digits_apart`` / ``_overlapping`` (two-digit frames whose tight boxes are apart / overlap),
     ``sequence_count_accuracy`` (all T frames right), ``iwae`` = mean_b log (1/K) Σ_k w_bk and ``iwae_per_frame``, ``elbo`` = mean log w, ``log_likelihood`` =
     mean log p(x|z), ``kl`` = log_likelihood − elbo, ``num_objects`` per frame; ``log_marginal`` (IWAE with
     ``eval.log_marginal_particles`` particles, chunked) on the first ``log_marginal_sequences`` (default
@@ -302,6 +319,8 @@ def evaluate_sqair(task: SQAIRTask, params, data: dict[str, np.ndarray], *, key:
                 correct_official=0.0)
     T = data["frames"].shape[1]
     correct_by_frame = np.zeros(T)
+    overlap = two_digit_overlap(data) if "boxes" in data and "presence" in data else None  # [n, T] or None
+    by_overlap = np.zeros((2, 2))  # [apart / overlapping two-digit frames, (correct, total)]
     confusion = np.zeros((max_count + 1, max_count + 1), np.int64)
     example = None
     T = data["frames"].shape[1]
@@ -313,6 +332,10 @@ def evaluate_sqair(task: SQAIRTask, params, data: dict[str, np.ndarray], *, key:
         np.add.at(confusion, (true.ravel(), counts.ravel()), 1)
         sums["correct"] += float(np.sum(counts == true))
         correct_by_frame += np.sum(counts == true, axis=0)
+        if overlap is not None:
+            ov = overlap[start:start + num]  # -1: not a two-digit frame
+            for o in (0, 1):
+                by_overlap[o] += (np.sum((counts == true) & (ov == o)), np.sum(ov == o))
         if "sequence_counts" in data:  # the official per-sequence label (Table 5.4.1), repeated over frames
             label = np.minimum(data["sequence_counts"][start:start + num], max_count)[:, None]
             sums["correct_official"] += float(np.sum(counts == label))
@@ -336,6 +359,10 @@ def evaluate_sqair(task: SQAIRTask, params, data: dict[str, np.ndarray], *, key:
                    iwae=sums["iwae"] / n, iwae_per_frame=sums["iwae"] / (n * T), elbo=sums["elbo"] / n,
                    log_likelihood=sums["log_likelihood"] / n, num_objects=sums["num_objects"] / (n * T))
     results["kl"] = results["log_likelihood"] - results["elbo"]
+    if overlap is not None:  # frames with two visible digits whose tight boxes are apart / overlap
+        for o, name in ((0, "apart"), (1, "overlapping")):
+            if by_overlap[o, 1]:
+                results[f"count_accuracy_two_digits_{name}"] = float(by_overlap[o, 0] / by_overlap[o, 1])
     if "sequence_counts" in data:
         results["count_accuracy_official_label"] = sums["correct_official"] / (n * T)
     m = min(ev.log_marginal_sequences if log_marginal_sequences is None else log_marginal_sequences, n)
