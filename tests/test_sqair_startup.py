@@ -316,6 +316,7 @@ def _scans(jaxpr, found):
     return found
 
 
+@pytest.mark.slow  # ≈ 26 s (compiling the unrolled program); a check of the benchmark's FLOP-counting copy
 def test_scan_unroll_gives_the_same_inference(infer_setup):
     """The unrolled model's particle (``infer_sequence`` with ``particle_key``: infer's code path for one particle,
     whose compile is half of the vmapped infer's) equals the rolled ``infer``'s particle."""
