@@ -14,6 +14,7 @@ backward pass serves both groups.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -94,8 +95,6 @@ def load_sequences(cfg: ml_collections.ConfigDict, split: str, num: int, seed: i
 def model_config(cfg: ml_collections.ConfigDict) -> SQAIRConfig:
     """The :class:`SQAIRConfig` a task config describes: every SQAIRConfig field the task config names, plus
     ``canvas_size``, ``glimpse_size`` and ``num_frames`` (-> image_shape, glimpse_shape, max_seq_len)."""
-    import dataclasses
-
     fields = {f.name for f in dataclasses.fields(SQAIRConfig)}
     kw = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.items() if k in fields}
     return SQAIRConfig(image_shape=(cfg.canvas_size, cfg.canvas_size),

@@ -90,23 +90,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   next_key = jax.jit(step_key, out_shardings=mesh_lib.replicated(mesh))
   jitted_step = make_train_step(task, optimizers, mesh=mesh, schedules=schedules)
   compiled_steps: dict[Any, Any] = {}
-  compile_times: list[tuple[int, float]] = []  # (step, seconds), written once the writer exists
 
   def train_step(state, sharded_batch, key):
+    """The compiled step for this batch's shapes (compiled and its time logged the first time they are seen)."""
     shapes = tuple((tuple(a.shape), str(a.dtype)) for a in jax.tree.leaves(sharded_batch))
     if shapes not in compiled_steps:
       t0 = time.perf_counter()
       compiled_steps[shapes] = jitted_step.lower(state, sharded_batch, key).compile()
-      compile_times.append((int(to_host(state.step)), time.perf_counter() - t0))
+      writer.write_scalars(int(to_host(state.step)), {"compile_seconds": time.perf_counter() - t0})
     return compiled_steps[shapes](state, sharded_batch, key)
 
   # ---- Writers: metrics.jsonl + TensorBoard on process 0, progress bar. ---------------------------------------
-  writer = MetricWriter(workdir)
-
-  def log_compile_times():
-    while compile_times:
-      at, seconds = compile_times.pop(0)
-      writer.write_scalars(at, {"compile_seconds": seconds})
+  writer = MetricWriter(workdir)  # also used by train_step above, which first runs in the loop below
   progress = tqdm.tqdm(total=config.num_steps, initial=start_step, disable=not (is_main and config.progress_bar),
                        dynamic_ncols=True, unit="step")
   evaluate = getattr(task, "evaluate", None)
@@ -141,7 +136,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                   f"{checkpointer.directory}. Rerun the same command to resume.")
         local_batch = next(batches)
         state, metrics = train_step(state, mesh_lib.shard_batch(local_batch, mesh), next_key(state.rng, state.step))
-        log_compile_times()
 
         # NaN/Inf: the step returned the unchanged (last good) state; keep it and the batch, then stop.
         if not bool(to_host(metrics["finite"])):
