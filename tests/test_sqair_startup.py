@@ -418,3 +418,37 @@ def test_first_frame_continue_prob_is_a_fixed_truncated_geometric_count_prior():
     for bad in (-0.1, 1.0):
         with pytest.raises(ValueError, match="first_frame_continue_prob"):
             _config(first_frame_continue_prob=bad)
+
+
+def test_count_penalty_schedule_and_objective():
+    """SQAIRTask.count_penalty: 0 before count_penalty_start, then linear to count_penalty over count_penalty_ramp
+    steps. The training surrogate is VIMCO on log p − λ·Σ_t Σ_i z_pres (the same particles), while the logged IWAE
+    bound stays the model's own; negative settings raise."""
+    import ml_collections
+
+    from ocr_jax import objectives
+    from ocr_jax.models.sqair_task import SQAIRTask
+
+    base = dict(hidden=8, z_what_dim=3, max_objects=2, canvas_size=16, glimpse_size=6, data="blobs", digit_size=8,
+                num_frames=2, start_length=2, num_particles=3)
+    task = SQAIRTask(ml_collections.ConfigDict(dict(base, count_penalty=4.0, count_penalty_start=100,
+                                                    count_penalty_ramp=50)))
+    np.testing.assert_allclose([float(task.count_penalty(s)) for s in (0, 100, 125, 150, 10_000)], [0, 0, 2, 4, 4])
+    np.testing.assert_allclose(jax.jit(task.count_penalty)(jnp.asarray(125)), 2.0)
+    step_at_once = SQAIRTask(ml_collections.ConfigDict(dict(base, count_penalty=3.0, count_penalty_start=10)))
+    np.testing.assert_allclose([float(step_at_once.count_penalty(s)) for s in (9, 10)], [0.0, 3.0])
+
+    frames = (np.asarray(_images()[:, :2]) * 255).astype(np.uint8)
+    params, _ = task.init(jax.random.key(0), None)
+    key = jax.random.key(1)
+    surrogates, (metrics, _) = task.loss(params, {}, {"frames": frames}, key, 10_000)
+    log_p, log_q_reparam, log_q_score, _, out = task.per_particle_terms(params, frames, key, 10_000)
+    objects = np.asarray(out["z_pres"]).sum(axis=(-2, -1))
+    assert objects.max() > 0  # the penalty has something to charge
+    penalised = objectives.vimco(log_p - 4.0 * objects, log_q_reparam, log_q_score)
+    np.testing.assert_allclose(surrogates["inference"], penalised.theta / 2, rtol=1e-5)
+    plain = objectives.vimco(log_p, log_q_reparam, log_q_score)
+    np.testing.assert_allclose(metrics["iwae"], plain.bound, rtol=1e-5)
+    assert float(metrics["count_penalty"]) == 4.0
+    with pytest.raises(ValueError, match="count_penalty"):
+        SQAIRTask(ml_collections.ConfigDict(dict(base, count_penalty=-1.0)))

@@ -45,6 +45,11 @@ def default_task_config() -> ml_collections.ConfigDict:
         # logit gets disc_suppression_bias in frames t > 1, so PROP must learn to follow the objects DISC found in
         # frame 1 before DISC may re-detect them (0 steps: off). Measured in docs/results.md.
         disc_suppression_steps=0, disc_suppression_bias=-30.0,
+        # A cost of count_penalty nats per present object per frame in the training objective (propagated and
+        # discovered alike), reached linearly over count_penalty_ramp steps from step count_penalty_start: AIR's
+        # annealed geometric count prior (ρ = exp(−penalty)) on top of SQAIR's learned count priors. Training only:
+        # every reported bound is the model's own. 0: off (the official code).
+        count_penalty=0.0, count_penalty_start=0, count_penalty_ramp=0,
         # objective (§5.3)
         num_particles=5,
         # curriculum (§5.D.1): start_length frames, +1 every length_every steps, up to num_frames
@@ -117,6 +122,9 @@ class SQAIRTask:
         if not 1 <= cfg.start_length <= cfg.num_frames or cfg.length_every < 1:
             raise ValueError(f"need 1 <= start_length <= num_frames and length_every >= 1; got start_length="
                              f"{cfg.start_length}, num_frames={cfg.num_frames}, length_every={cfg.length_every}")
+        if cfg.count_penalty < 0 or cfg.count_penalty_start < 0 or cfg.count_penalty_ramp < 0:
+            raise ValueError(f"count_penalty, count_penalty_start and count_penalty_ramp must be >= 0; got "
+                             f"{cfg.count_penalty}, {cfg.count_penalty_start}, {cfg.count_penalty_ramp}")
         self.model = SQAIR(model_config(cfg))
         self._train_frames = train_frames
 
@@ -143,6 +151,14 @@ class SQAIRTask:
         return jnp.where(jnp.asarray(step) < c.disc_suppression_steps, c.disc_suppression_bias,
                          c.disc_later_presence_bias).astype(jnp.float32)
 
+    def count_penalty(self, step):
+        """Nats charged per present object per frame at training step ``step`` (int or traced): 0 before
+        ``count_penalty_start``, then rising linearly to ``count_penalty`` over ``count_penalty_ramp`` steps."""
+        c = self.config
+        elapsed = jnp.asarray(step, jnp.float32) - c.count_penalty_start
+        fraction = jnp.clip(elapsed / c.count_penalty_ramp, 0.0, 1.0) if c.count_penalty_ramp else elapsed >= 0
+        return (c.count_penalty * fraction).astype(jnp.float32)
+
     def per_particle_terms(self, params, frames, key, step=None):
         """Per-particle sums over the frames of ``frames [batch, time, H, W]`` (all of them: the batch is already cut
         to the curriculum length), each ``[batch, particles]``: (log p, log q of reparameterised latents, log q of
@@ -159,7 +175,10 @@ class SQAIRTask:
     def loss(self, params, model_state, batch, key, step):
         # The curriculum is in the batch's length (train_batches); the step sets DISC's suppression.
         log_p, log_q_reparam, log_q_score, log_lik, out = self.per_particle_terms(params, batch["frames"], key, step)
-        s = objectives.vimco(log_p, log_q_reparam, log_q_score)
+        # The count penalty enters the training objective (and with it VIMCO's learning signal) only.
+        penalty = self.count_penalty(step)
+        objects = jnp.sum(out["z_pres"], axis=(-2, -1))  # [batch, particles]: Σ_t Σ_i z_pres
+        s = objectives.vimco(log_p - penalty * objects, log_q_reparam, log_q_score)
         length = out["z_pres"].shape[2]
         frames = float(length)
         # VIMCO's θ and φ surrogates are the same array: one backward pass serves both groups (train_step).
@@ -168,9 +187,11 @@ class SQAIRTask:
         surrogates = {"generative": surrogate, "inference": surrogate}
         sg = jax.lax.stop_gradient
         log_w = sg(log_p - log_q_reparam - log_q_score)
+        bound = jnp.mean(objectives.log_mean_exp(log_w))  # the model's IWAE bound, without the penalty
         metrics = {
-            "iwae": s.bound,
-            "iwae_per_frame": s.bound / frames,
+            "iwae": bound,
+            "iwae_per_frame": bound / frames,
+            "count_penalty": penalty,
             "elbo": jnp.mean(log_w),
             "log_likelihood": jnp.mean(sg(log_lik)),
             "kl": jnp.mean(sg(log_lik) - log_w),
