@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.configs import air_multi_mnist
+from ocr_jax.configs import air_multi_mnist
 from ocr_jax.models import air_task
 from ocr_jax.training import mesh as mesh_lib
 from ocr_jax.training.optimizers import make_optimizers

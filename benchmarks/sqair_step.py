@@ -28,7 +28,7 @@ import time
 import jax
 import numpy as np
 
-from experiments.configs import sqair_mnist
+from ocr_jax.configs import sqair_mnist
 from ocr_jax.training import tasks
 from ocr_jax.training import mesh as mesh_lib
 from ocr_jax.training.optimizers import make_optimizers

@@ -1,6 +1,6 @@
 r"""Steps/s and compile time of the train step on 1 vs N simulated CPU devices (not a test).
 
-  python benchmarks/train_step_scaling.py [--config=experiments/configs/toy_vae.py:quick] [--devices=1,8]
+  python benchmarks/train_step_scaling.py [--config=toy_vae:quick] [--devices=1,8]
       [--steps=200] [--global_batch_size=64]
 
 Each device count runs in a fresh subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=N (the count is
@@ -19,19 +19,17 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def measure(config_arg: str, steps: int, global_batch_size: int) -> dict:
+def measure(config_arg, steps: int, global_batch_size: int, devices=None) -> dict:
+  """Steps/s of the train step of ``config_arg`` (a config NAME[:VARIANT], FILE.py[:VARIANT] or a ConfigDict) with
+  the batch sharded over ``devices`` (default: all)."""
   import jax
-  import importlib.util
+  from ocr_jax import configs
   from ocr_jax.training import mesh as mesh_lib, optimizers, tasks, train_step as ts
 
-  path, _, variant = config_arg.partition(":")
-  spec = importlib.util.spec_from_file_location("bench_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(variant or None)
+  config = configs.get_config(config_arg) if isinstance(config_arg, str) else config_arg
   task = tasks.make_task(config)
   opts, schedules = optimizers.make_optimizers(config.optimizers)
-  mesh = mesh_lib.make_data_mesh()
+  mesh = mesh_lib.make_data_mesh(devices)
   batches = task.train_batches(seed=0, start_step=0, global_batch_size=global_batch_size, process_index=0,
                                process_count=1)
   local = [next(batches) for _ in range(8)]
@@ -58,7 +56,7 @@ def measure(config_arg: str, steps: int, global_batch_size: int) -> dict:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--config", default=os.path.join(REPO, "experiments/configs/toy_vae.py:quick"))
+  parser.add_argument("--config", default="toy_vae:quick", help="config NAME[:VARIANT] or FILE.py[:VARIANT]")
   parser.add_argument("--devices", default="1,8")
   parser.add_argument("--steps", type=int, default=200)
   parser.add_argument("--global_batch_size", type=int, default=64)

@@ -1,6 +1,6 @@
 r"""AIR trained by VIMCO and by reweighted wake-wake for several particle counts K (thesis §8.4.2, Fig. 8.4.3).
 
-  python -m experiments.air_estimators --config=experiments/configs/air_multi_mnist.py:bernoulli \
+  python -m experiments.air_estimators --config=air_multi_mnist:bernoulli \
       --workdir=runs/air_estimators [--estimators=vimco,ww] [--particles=2,5,10,20] [--config.num_steps=3000]
 
 As in §8.4.2: Bernoulli likelihood on stochastically binarised multi-MNIST (the ``bernoulli`` variant), at most
@@ -25,7 +25,8 @@ import json
 import os
 
 from absl import app, flags
-from ml_collections import config_flags
+
+from ocr_jax import configs
 
 
 def run_name(estimator: str, num_particles: int) -> str:
@@ -131,7 +132,7 @@ def main(flag_values) -> None:
 
 if __name__ == "__main__":
   # Flags are defined only when run as a script, so the module can be imported next to the other experiments.
-  config_flags.DEFINE_config_file("config", None, "AIR config file, optionally with ':variant'.")
+  configs.define_config_flag("config", None, "AIR config (air_multi_mnist[:VARIANT]) or config file")
   flags.DEFINE_string("workdir", None, "One subdirectory per (estimator, K) is created here.")
   flags.DEFINE_list("estimators", ["vimco", "ww"], "AIR estimators (ocr_jax.models.air_task).")
   flags.DEFINE_list("particles", ["2", "5", "10", "20"], "Particle counts K.")

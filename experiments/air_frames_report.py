@@ -1,8 +1,8 @@
 """The MLP-AIR baseline of thesis Table 5.4.1: AIR trained frame-wise on SQAIR's moving multi-MNIST, evaluated on
 SQAIR's test sequences in SQAIR's units (per 10-frame sequence), next to a SQAIR run and the paper's numbers.
 
-    python -m experiments.main --config=experiments/configs/air_multi_mnist.py:moving --workdir=runs/air_moving
-    python -m experiments.air_frames_report --config=experiments/configs/air_multi_mnist.py:moving \
+    python -m experiments.main --config=air_multi_mnist:moving --workdir=runs/air_moving
+    python -m experiments.air_frames_report --config=air_multi_mnist:moving \
         --workdir=runs/air_moving --sqair_results=runs/sqair_cpu/results.json
 
 Reads the latest checkpoint in <workdir>/checkpoints and writes <workdir>/results.json

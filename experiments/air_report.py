@@ -1,6 +1,6 @@
 """Evaluate a trained AIR run on the test split and draw its pictures.
 
-    python -m experiments.air_report --config=experiments/configs/air_multi_mnist.py --workdir=runs/air
+    python -m experiments.air_report --config=air_multi_mnist --workdir=runs/air
 
 Reads the latest checkpoint in <workdir>/checkpoints and writes <workdir>/results.json (count accuracy, confusion
 matrix, ELBO, log p(x|z), KL, IWAE-K log p(x)), reconstructions.png (inputs with inferred boxes coloured by step,

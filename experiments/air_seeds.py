@@ -1,6 +1,6 @@
 r"""AIR over several seeds: how many reach a count-accuracy threshold, and how fast (issue #5, TARGETS.md).
 
-  python -m experiments.air_seeds --config=experiments/configs/air_multi_mnist.py --workdir=runs/air_seeds \
+  python -m experiments.air_seeds --config=air_multi_mnist --workdir=runs/air_seeds \
       --seeds=0,1,2,3,4,5,6,7,8,9 [--threshold=0.95] [--stop_at_threshold] [--config.eval_every=1000 ...]
 
 Trains one run per seed in ``<workdir>/seed_<s>`` (each resumes if interrupted; finished seeds are skipped; with
@@ -19,9 +19,10 @@ import json
 import os
 
 from absl import app, flags
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "AIR config file, optionally with ':variant'.")
+from ocr_jax import configs
+
+_CONFIG = configs.define_config_flag("config", None, "AIR config (air_multi_mnist[:VARIANT]) or config file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "One subdirectory per seed is created here.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
 _THRESHOLD = flags.DEFINE_float("threshold", 0.95, "Count accuracy counted as success.")

@@ -26,9 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import app, flags
-from ml_collections import config_flags
 
-from ocr_jax import objectives
+from ocr_jax import configs, objectives
 
 
 SIGMA = 5.0
@@ -223,6 +222,6 @@ def plot(results, cfg, workdir):
 
 if __name__ == "__main__":
     # Flags are defined only when run as a script, so the module can be imported (tests) next to the others.
-    _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/gmm_pruning.py")
+    _CONFIG = configs.define_config_flag("config", "gmm_pruning")
     _WORKDIR = flags.DEFINE_string("workdir", "runs/gmm_pruning", "output directory")
     app.run(lambda argv: run(_CONFIG.value, _WORKDIR.value) and None)

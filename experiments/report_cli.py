@@ -14,9 +14,9 @@ def run_report(report: Callable[..., dict], *, config_help: str, argv=None,
     """Parses the flags, runs ``report`` and prints its result as JSON without ``hidden_keys``; the string under
     ``text_key`` (e.g. a markdown table) is printed as it is after the JSON."""
     from absl import app, flags, logging
-    from ml_collections import config_flags
+    from ocr_jax import configs
 
-    config_flag = config_flags.DEFINE_config_file("config", None, config_help)
+    config_flag = configs.define_config_flag("config", None, config_help)
     workdir_flag = flags.DEFINE_string("workdir", None, "the run's directory")
     extra = {name: flags.DEFINE_string(name, None, help) for name, help in (optional_flags or {}).items()}
     flags.mark_flags_as_required(["config", "workdir"])

@@ -1,6 +1,6 @@
 """Evaluate a trained SQAIR run on the test sequences and draw its pictures.
 
-    python -m experiments.sqair_report --config=experiments/configs/sqair_mnist.py:small --workdir=runs/sqair
+    python -m experiments.sqair_report --config=sqair_mnist:small --workdir=runs/sqair
 
 Reads the latest checkpoint in <workdir>/checkpoints and writes <workdir>/results.json (counting accuracy per frame
 and per sequence, confusion of true vs inferred counts, IWAE bound, ELBO, log p(x|z), KL, IWAE-K log p(x); tracking

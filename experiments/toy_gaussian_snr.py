@@ -9,7 +9,7 @@ objective (1/N) Σ_n MIWAE_{M,K}(x_n) — computed by ``jax.grad`` of ``ocr_jax.
 per-parameter SNR (Eq. 7.4, ``diagnostics.snr``) and the DSNR (Eq. 7.12, ``diagnostics.dsnr``). Slopes of log SNR
 against log K / log M are fitted by least squares on the per-parameter mean of log SNR.
 
-Usage: see experiments/configs/toy_gaussian_snr.py. Writes ``results.json`` and ``estimators_toy_*.png`` into the
+Usage: see ocr_jax/configs/toy_gaussian_snr.py. Writes ``results.json`` and ``estimators_toy_*.png`` into the
 workdir.
 """
 
@@ -24,9 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
-from ocr_jax import diagnostics, objectives
+from ocr_jax import configs, diagnostics, objectives
 
 
 
@@ -232,6 +231,6 @@ def run(cfg, workdir):
 
 if __name__ == "__main__":
     # Flags are defined only when run as a script, so the module can be imported (tests) next to the others.
-    _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/toy_gaussian_snr.py")
+    _CONFIG = configs.define_config_flag("config", "toy_gaussian_snr")
     _WORKDIR = flags.DEFINE_string("workdir", "runs/toy_gaussian_snr", "output directory")
     app.run(lambda argv: run(_CONFIG.value, _WORKDIR.value) and None)

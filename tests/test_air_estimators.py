@@ -5,7 +5,7 @@ import json
 import numpy as np
 
 from experiments import air_estimators
-from experiments.configs import air_multi_mnist
+from ocr_jax.configs import air_multi_mnist
 
 
 def test_study_config_sets_estimator_and_particles_only():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from experiments import air_frames_report
-from experiments.configs import air_multi_mnist, sqair_mnist
+from ocr_jax.configs import air_multi_mnist, sqair_mnist
 from ocr_jax.data.moving_mnist import frames_as_images
 from ocr_jax.models import air_task, sqair_task
 from ocr_jax.training.train import train_and_evaluate

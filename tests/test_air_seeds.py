@@ -48,7 +48,7 @@ def test_cli_stops_each_seed_at_the_threshold_and_skips_reached_seeds(tmp_path):
   import sys
 
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  cmd = [sys.executable, "-m", "experiments.air_seeds", "--config=experiments/configs/air_multi_mnist.py:quick",
+  cmd = [sys.executable, "-m", "experiments.air_seeds", "--config=air_multi_mnist:quick",
          f"--workdir={tmp_path}", "--seeds=3", "--stop_at_threshold", "--threshold=0.0",
          "--config.eval_every=20", "--config.progress_bar=False"]
   env = dict(os.environ, JAX_PLATFORMS="cpu")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import ocr_jax
-from experiments.configs import air_multi_mnist, sqair_mnist
+from ocr_jax.configs import air_multi_mnist, sqair_mnist
 from ocr_jax import api
 from ocr_jax import spatial_transformer as st
 from ocr_jax.models import air_task, sqair_task

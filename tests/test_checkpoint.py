@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from jax._src import compilation_cache
 
-from experiments.configs import toy_vae as toy_vae_config
+from ocr_jax.configs import toy_vae as toy_vae_config
 from ocr_jax.training import tasks, toy_vae
 from ocr_jax.training.checkpoint import CheckpointError
 from ocr_jax.training.train import train_and_evaluate

@@ -33,7 +33,7 @@ def worker(out, coordinator=None, num_processes=None, process_id=None):
 
 def run(out, devices):
   import jax
-  from experiments.configs import toy_vae as toy_vae_config
+  from ocr_jax.configs import toy_vae as toy_vae_config
   from ocr_jax.training import mesh as mesh_lib
   from ocr_jax.training import optimizers, toy_vae, train_step as train_step_lib
   from ocr_jax.training.writers import to_host

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from experiments import sqair_report
-from experiments.configs import sqair_mnist
+from ocr_jax.configs import sqair_mnist
 from ocr_jax.models import sqair_task
 
 

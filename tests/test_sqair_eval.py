@@ -183,7 +183,7 @@ def test_addition_classifier_learns_sums_and_not_noise():
 
 
 def test_tracking_and_addition_on_untrained_quick_sqair():
-    from experiments.configs import sqair_mnist
+    from ocr_jax.configs import sqair_mnist
     from ocr_jax.models import sqair_task
 
     config = sqair_mnist.get_config("quick")

@@ -323,4 +323,4 @@ def test_tiny_sqair_task_bound_improves():
 
 def test_sharded_and_single_device_steps_agree():
     """One SQAIR train step (quick config, VIMCO, K = 3) on 1 device and on 4 simulated devices: same update."""
-    sharded_step_check.run_in_subprocess("experiments.configs.sqair_mnist", "quick")
+    sharded_step_check.run_in_subprocess("ocr_jax.configs.sqair_mnist", "quick")

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import gmm_pruning, mnist_bounds, toy_gaussian_snr
-from experiments.configs import mnist_bounds as mnist_config
+from ocr_jax.configs import mnist_bounds as mnist_config
 
 
 def test_toy_log_probs_are_gaussian_densities_and_optimum_has_zero_vae_phi_gradient():

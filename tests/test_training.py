@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from experiments.configs import toy_vae as toy_vae_config
+from ocr_jax.configs import toy_vae as toy_vae_config
 from ocr_jax.training import optimizers as opt_lib
 from ocr_jax.training import tasks, toy_vae
 from ocr_jax.training.data import deterministic_batches
@@ -221,7 +221,7 @@ def test_stop_when_stops_at_first_evaluation_meeting_the_threshold(tmp_path):
 
 # ---- CLI as a new user runs it --------------------------------------------------------------------------------------
 def run_cli(workdir, cache_dir, *overrides):
-  cmd = [sys.executable, "-m", "experiments.main", "--config=experiments/configs/toy_vae.py:quick",
+  cmd = [sys.executable, "-m", "experiments.main", "--config=toy_vae:quick",
          f"--workdir={workdir}", "--config.log_every=10", "--config.eval_every=20", "--config.checkpoint.every=20",
          "--config.task_config.hidden=8", *overrides]
   # The persistent compilation cache lets the resumed run reuse the first run's compiled programs.

@@ -2,16 +2,23 @@
 
 Full reproduction (Burda et al. schedule: stages i = 0..7 of 3^i epochs at lr 1e-3·10^(−i/7), 3280 epochs, batch 20;
 ×8 methods ×4 seeds in the paper):
-  python -m experiments.mnist_bounds --config=experiments/configs/mnist_bounds.py --workdir=runs/mnist_bounds
+  python -m experiments.mnist_bounds --config=mnist_bounds --workdir=runs/mnist_bounds
 Small budgets (a fixed number of steps per method, test subset; ``medium``: all 8 methods, 10k steps ≈ 3.3 epochs):
-  python -m experiments.mnist_bounds --config=experiments/configs/mnist_bounds.py:small --workdir=runs/mnist_small
-  python -m experiments.mnist_bounds --config=experiments/configs/mnist_bounds.py:medium --workdir=runs/mnist_medium
+  python -m experiments.mnist_bounds --config=mnist_bounds:small --workdir=runs/mnist_small
+  python -m experiments.mnist_bounds --config=mnist_bounds:medium --workdir=runs/mnist_medium
 """
 
 import ml_collections
 
+from ocr_jax import configs
+
+VARIANTS = ("small", "medium", "quick")
+# A study script's config (not a training-loop task): run from a checkout.
+RUN_WITH = "python -m experiments.mnist_bounds"
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    configs.check_variant(arg, VARIANTS, config="mnist_bounds")
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.hidden = 200  # one stochastic layer: 784-200-200-50 (tanh), Bernoulli decoder (Burda et al. 2016)

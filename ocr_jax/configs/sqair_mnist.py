@@ -4,24 +4,28 @@ the sequence-length curriculum 3 → 10 frames (+1 every 100k steps).
 
 Full run (paper settings; days of GPU time):
 
-  python -m experiments.main --config=experiments/configs/sqair_mnist.py --workdir=/tmp/sqair_mnist
+  ocr-jax-train --config=sqair_mnist --workdir=/tmp/sqair_mnist
 
 CONV-SQAIR:
 
-  python -m experiments.main --config=experiments/configs/sqair_mnist.py:conv --workdir=/tmp/sqair_conv
+  ocr-jax-train --config=sqair_mnist:conv --workdir=/tmp/sqair_conv
 
 CPU-budget variants (``small``: 32 units, the §5.D.2 small model, faster curriculum; ``cpu``: 256 units, Adam,
 curriculum 1 -> 10 frames with DISC suppressed after frame 1 at length 2, 15k steps):
 
-  python -m experiments.main --config=experiments/configs/sqair_mnist.py:small --workdir=/tmp/sqair_small
-  python -m experiments.main --config=experiments/configs/sqair_mnist.py:cpu --workdir=runs/sqair_cpu
+  ocr-jax-train --config=sqair_mnist:small --workdir=/tmp/sqair_small
+  ocr-jax-train --config=sqair_mnist:cpu --workdir=runs/sqair_cpu
 
 Quick smoke run on synthetic blob digits (no download, 24×24 canvases, a few hundred steps):
 
-  python -m experiments.main --config=experiments/configs/sqair_mnist.py:quick --workdir=/tmp/sqair_quick
+  ocr-jax-train --config=sqair_mnist:quick --workdir=/tmp/sqair_quick
 """
 
 import ml_collections
+
+from ocr_jax import configs
+
+VARIANTS = ("conv", "small", "cpu", "quick")
 
 
 def rmsprop(learning_rate: float, boundaries_and_scales: dict) -> ml_collections.ConfigDict:
@@ -32,6 +36,7 @@ def rmsprop(learning_rate: float, boundaries_and_scales: dict) -> ml_collections
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  configs.check_variant(arg, VARIANTS, config="sqair_mnist")
   config = ml_collections.ConfigDict()
   config.task = "sqair"
   config.task_module = "ocr_jax.models.sqair_task"
@@ -120,6 +125,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     for group in ("generative", "inference"):
       config.optimizers[group].learning_rate = 1e-3
       config.optimizers[group].boundaries_and_scales = {}
-  else:
-    raise ValueError(f"unknown variant {arg!r}; use 'conv', 'small', 'cpu', 'quick' or nothing")
   return config

@@ -1,15 +1,22 @@
 """Config for the toy Gaussian SNR study (thesis §7.4, Fig. 7.4.1–7.4.3, appendix 7.C.3).
 
 Run (full, about 10 minutes on 2 shared CPU cores):
-  python -m experiments.toy_gaussian_snr --config=experiments/configs/toy_gaussian_snr.py --workdir=runs/toy_gaussian_snr
+  python -m experiments.toy_gaussian_snr --config=toy_gaussian_snr --workdir=runs/toy_gaussian_snr
 Quick smoke run (seconds):
-  python -m experiments.toy_gaussian_snr --config=experiments/configs/toy_gaussian_snr.py:quick --workdir=runs/toy_snr_quick
+  python -m experiments.toy_gaussian_snr --config=toy_gaussian_snr:quick --workdir=runs/toy_snr_quick
 """
 
 import ml_collections
 
+from ocr_jax import configs
+
+VARIANTS = ("quick",)
+# A study script's config (not a training-loop task): run from a checkout.
+RUN_WITH = "python -m experiments.toy_gaussian_snr"
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    configs.check_variant(arg, VARIANTS, config="toy_gaussian_snr")
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.dim = 20  # D

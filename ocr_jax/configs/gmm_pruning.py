@@ -1,19 +1,26 @@
 """Config for the GMM branch-pruning study (thesis §8.4.3, Fig. 8.4.4 and 8.C.2).
 
 Run (full):
-  python -m experiments.gmm_pruning --config=experiments/configs/gmm_pruning.py --workdir=runs/gmm_pruning
+  python -m experiments.gmm_pruning --config=gmm_pruning --workdir=runs/gmm_pruning
 Reduced run (adverse start, K ∈ {2, 20}, 5 seeds, 2000 iterations):
-  python -m experiments.gmm_pruning --config=experiments/configs/gmm_pruning.py:reduced --workdir=runs/gmm_reduced
+  python -m experiments.gmm_pruning --config=gmm_pruning:reduced --workdir=runs/gmm_reduced
 The equal start at the reduced budget (the other half of thesis Fig. 8.C.2):
-  python -m experiments.gmm_pruning --config=experiments/configs/gmm_pruning.py:reduced_equal --workdir=runs/gmm_equal
+  python -m experiments.gmm_pruning --config=gmm_pruning:reduced_equal --workdir=runs/gmm_equal
 Quick smoke run:
-  python -m experiments.gmm_pruning --config=experiments/configs/gmm_pruning.py:quick --workdir=runs/gmm_quick
+  python -m experiments.gmm_pruning --config=gmm_pruning:quick --workdir=runs/gmm_quick
 """
 
 import ml_collections
 
+from ocr_jax import configs
+
+VARIANTS = ("reduced", "reduced_equal", "quick")
+# A study script's config (not a training-loop task): run from a checkout.
+RUN_WITH = "python -m experiments.gmm_pruning"
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    configs.check_variant(arg, VARIANTS, config="gmm_pruning")
     c = ml_collections.ConfigDict()
     c.num_clusters = 20  # C; μ_c = 10c, σ_c = 5 fixed; true π_c ∝ c + 5 over c = 0..C−1
     c.hidden = 16  # inference network 1-16-C, tanh

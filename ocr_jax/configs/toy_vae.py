@@ -2,17 +2,21 @@
 
 Train (CPU, about a minute for the quick variant):
 
-  python -m experiments.main --config=experiments/configs/toy_vae.py:quick --workdir=/tmp/toy_vae
+  ocr-jax-train --config=toy_vae:quick --workdir=/tmp/toy_vae
 
 Full run with an override:
 
-  python -m experiments.main --config=experiments/configs/toy_vae.py --workdir=/tmp/toy_vae_full \
+  ocr-jax-train --config=toy_vae --workdir=/tmp/toy_vae_full \
       --config.optimizers.inference.learning_rate=3e-4
 
 Rerunning the same command resumes from the latest checkpoint in <workdir>/checkpoints.
 """
 
 import ml_collections
+
+from ocr_jax import configs
+
+VARIANTS = ("quick",)
 
 
 def rmsprop(learning_rate: float) -> ml_collections.ConfigDict:
@@ -23,6 +27,7 @@ def rmsprop(learning_rate: float) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  configs.check_variant(arg, VARIANTS, config="toy_vae")
   config = ml_collections.ConfigDict()
   config.task = "toy_vae"
   config.task_module = "ocr_jax.training.toy_vae"
@@ -54,6 +59,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.log_every = 20
     config.eval_every = 100
     config.checkpoint.every = 100
-  elif arg not in (None, ""):
-    raise ValueError(f"unknown variant {arg!r}; use 'quick' or nothing")
   return config

@@ -1,6 +1,6 @@
 """AIR on multi-MNIST (ocr_jax.models.air_task). Spec: ../shared/spec/AIR.md.
 
-Variants (``--config=experiments/configs/air_multi_mnist.py:VARIANT``):
+Variants (``--config=air_multi_mnist:VARIANT``):
 
   (default)  IWAE K=5 + VIMCO for z_pres (the SQAIR paper's AIR setting), Kosiorek recipe (28x28 digits, no overlap)
   nvil       K=1, per-step NVIL neural baselines with their own optimiser (the AIR paper)
@@ -16,12 +16,16 @@ Variants (``--config=experiments/configs/air_multi_mnist.py:VARIANT``):
   quick      a tiny run on synthetic blob "digits" (no download): seconds, for tests and smoke checks
 Variants combine with '+', e.g. ``nvil+quick``.
 
-  python -m experiments.main --config=experiments/configs/air_multi_mnist.py --workdir=runs/air
-  python -m experiments.main --config=experiments/configs/air_multi_mnist.py:nvil --workdir=runs/air_nvil \
-      --config.seed=3
+  ocr-jax-train --config=air_multi_mnist --workdir=runs/air
+  ocr-jax-train --config=air_multi_mnist:nvil --workdir=runs/air_nvil --config.seed=3
 """
 
 import ml_collections
+
+from ocr_jax import configs
+
+VARIANTS = ("nvil", "ww", "reinforce", "pyro", "bernoulli", "moving", "bench", "quick")
+COMBINABLE_VARIANTS = True
 
 
 def optimizer(name: str, learning_rate: float, **kw) -> ml_collections.ConfigDict:
@@ -33,10 +37,7 @@ def optimizer(name: str, learning_rate: float, **kw) -> ml_collections.ConfigDic
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variants = set(filter(None, (arg or "").split("+")))
-  unknown = variants - {"nvil", "ww", "reinforce", "pyro", "bernoulli", "moving", "bench", "quick"}
-  if unknown:
-    raise ValueError(f"unknown variant(s) {sorted(unknown)}; see the module docstring")
+  variants = configs.check_variant(arg, VARIANTS, config="air_multi_mnist", combine=COMBINABLE_VARIANTS)
 
   config = ml_collections.ConfigDict()
   config.task = "air"
