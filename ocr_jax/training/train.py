@@ -1,6 +1,6 @@
 """`train_and_evaluate(config, workdir)`: the training loop, one linear function to read top to bottom.
 
-Config fields used here (see experiments/configs/toy_vae.py for a complete example):
+Config fields used here (see ocr_jax/configs/toy_vae.py for a complete example):
 
     task, task_module, task_config        which Task to build (ocr_jax.training.tasks)
     seed, global_batch_size, num_steps
@@ -12,13 +12,23 @@ Config fields used here (see experiments/configs/toy_vae.py for a complete examp
                           scalar ``metric`` (e.g. "eval/count_accuracy") is >= ``at_least``
     stop_after_seconds (optional): save a checkpoint and return once this much wall-clock time has passed in the
                           loop, so a long run is a sequence of bounded commands (rerun the same one to continue)
+    allow_config_change (optional, default False): resume although fields outside `RESUMABLE_FIELDS` differ from the
+                          run's config.json
+
+What protects a run (docs/training.md): the config is checked before anything is written; one process trains in a
+workdir at a time (`writers.workdir_lock`); a resumed run must have the config its checkpoints were trained with,
+up to `RESUMABLE_FIELDS`; checkpoints are verified against their sha256 manifests before they are restored
+(`checkpoint.Checkpointer`); config.json is written only once the launch has restored its state.
 """
 
 from __future__ import annotations
 
+import json
+import numbers
 import os
+import sys
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import ml_collections
@@ -28,34 +38,195 @@ import tqdm
 
 from ocr_jax.training import mesh as mesh_lib
 from ocr_jax.training import tasks
-from ocr_jax.training.checkpoint import Checkpointer, CheckpointError
+from ocr_jax.training.checkpoint import Checkpointer, CheckpointError, RunSafetyError
 from ocr_jax.training.optimizers import make_optimizers
 from ocr_jax.training.train_step import TrainState, init_train_state, make_train_step, step_key
-from ocr_jax.training.writers import MetricWriter, StopRequest, local_copy, split_eval_results, to_host
+from ocr_jax.training.writers import (MetricWriter, StopRequest, local_copy, split_eval_results, to_host,
+                                     workdir_lock)
+
+# Fields that may differ between a run's config.json and the config that resumes it: they decide how long to train,
+# what to log and how often to save or evaluate, not what the checkpoints hold or how the next step computes.
+RESUMABLE_FIELDS = ("num_steps", "stop_after_seconds", "stop_when", "progress_bar", "headline_metric", "log_every",
+                    "eval_every", "checkpoint.every", "checkpoint.max_to_keep", "checkpoint.restore_from",
+                    "allow_config_change")
 
 
 class NonFiniteError(FloatingPointError):
   """Raised when a step produced NaN/Inf; the last good state and the offending batch have been saved."""
 
 
+# ---- Run safety: pure checks made before a launch writes anything. ----------------------------------------------
+def _is_int(x: Any) -> bool:
+  return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+  return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def config_problems(config: ml_collections.ConfigDict, device_count: int) -> list[str]:
+  """What is wrong with the loop's fields of ``config`` (empty if nothing): each a ``field=value: requirement``."""
+  ckpt = config.get("checkpoint") or {}
+  problems = []
+
+  def need(ok: bool, field: str, value: Any, requirement: str) -> None:
+    if not ok:
+      problems.append(f"{field}={value!r}: {requirement}")
+
+  batch = config.get("global_batch_size")
+  need(_is_int(batch) and batch >= 1 and batch % device_count == 0, "global_batch_size", batch,
+       f"must be an integer >= 1 divisible by the {device_count} devices")
+  num_steps = config.get("num_steps")
+  need(_is_int(num_steps) and num_steps >= 0, "num_steps", num_steps, "must be an integer >= 0")
+  log_every = config.get("log_every")
+  need(_is_int(log_every) and log_every >= 1, "log_every", log_every, "must be an integer >= 1")
+  eval_every = config.get("eval_every")
+  need(_is_int(eval_every) and eval_every >= 0, "eval_every", eval_every, "must be an integer >= 0 (0: no evaluation)")
+  every = ckpt.get("every")
+  need(_is_int(every) and every >= 1, "checkpoint.every", every, "must be an integer >= 1")
+  keep = ckpt.get("max_to_keep")
+  need(keep is None or (_is_int(keep) and keep >= 1), "checkpoint.max_to_keep", keep,
+       "must be an integer >= 1 (or None: keep every checkpoint)")
+  seconds = config.get("stop_after_seconds")
+  need(seconds is None or (_is_number(seconds) and seconds >= 0), "stop_after_seconds", seconds,
+       "must be a number >= 0 (0 or None: no time limit)")
+  stop_when = config.get("stop_when")
+  if stop_when:
+    need(isinstance(stop_when.get("metric"), str) and _is_number(stop_when.get("at_least")), "stop_when",
+         stop_when, "needs metric (an evaluation scalar's name) and at_least (a number)")
+    need(_is_int(eval_every) and eval_every >= 1, "eval_every", eval_every,
+         "must be >= 1 with stop_when (it is checked at the periodic evaluations)")
+  return problems
+
+
+_ABSENT = object()
+
+
+def config_changes(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+  """``(dotted path, old value, new value)`` for every leaf that differs between two JSON-like nested dicts, sorted;
+  a field present in only one of them has the value ``_ABSENT`` in the other."""
+  changes = []
+  for key in sorted(set(old) | set(new), key=str):
+    a, b = old.get(key, _ABSENT), new.get(key, _ABSENT)
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+      changes += config_changes(a, b, f"{prefix}{key}.")
+    elif a != b:
+      changes.append((f"{prefix}{key}", a, b))
+  return changes
+
+
+def is_resumable_field(path: str) -> bool:
+  """Whether the field at dotted ``path`` may change when a run resumes (it or a parent is in RESUMABLE_FIELDS)."""
+  return any(path == f or path.startswith(f + ".") for f in RESUMABLE_FIELDS)
+
+
+def describe_changes(changes: list[tuple[str, Any, Any]]) -> str:
+  """``"a.b: 1 -> 2, c: (absent) -> 'x'"``, each value cut to 60 characters."""
+  def show(v):
+    text = "(absent)" if v is _ABSENT else json.dumps(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+  return ", ".join(f"{path}: {show(a)} -> {show(b)}" for path, a, b in changes)
+
+
+def config_as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config as config.json holds it (so the two compare field by field)."""
+  return json.loads(config.to_json_best_effort())
+
+
+def read_run_config(workdir: str) -> dict[str, Any] | None:
+  """The run's ``config.json``, None if there is none. Raises RunSafetyError if it is unreadable."""
+  path = os.path.join(workdir, "config.json")
+  try:
+    with open(path) as f:
+      config = json.load(f)
+  except FileNotFoundError:
+    return None
+  except ValueError as e:
+    raise RunSafetyError(f"{path} is not valid JSON ({e}), so this launch cannot check that its config is the "
+                         "run's. Nothing was changed. Restore the file, or set config.allow_config_change=True to "
+                         "overwrite it.") from e
+  return config if isinstance(config, dict) else {}
+
+
+def write_run_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Writes ``<workdir>/config.json`` atomically (a temporary file renamed into place)."""
+  path = os.path.join(workdir, "config.json")
+  with open(path + ".tmp", "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  os.replace(path + ".tmp", path)
+
+
+def error_line(e: BaseException) -> str:
+  """An error as the one line a command prints: its message and notes, with line breaks and runs of spaces made one
+  space (for RunSafetyError, NonFiniteError and OSError, whose messages say what happened and what to do)."""
+  return " ".join(" ".join([str(e), *getattr(e, "__notes__", ())]).split())
+
+
+def _resume_note(checkpointer: Checkpointer) -> str:
+  """Where a run that stopped on an I/O error can resume from (for the error message)."""
+  try:
+    latest = checkpointer.latest_step()
+  except Exception as e:  # reporting must not hide the original error
+    return f"Could not list the checkpoints in {checkpointer.directory} either ({type(e).__name__}: {e})."
+  if latest is None:
+    return "No checkpoint had been saved yet."
+  return (f"The checkpoints saved so far were not modified; the latest is step {latest} in {checkpointer.directory}: "
+          "rerun to resume from it.")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains `config.task` for `config.num_steps` steps, resuming from ``<workdir>/checkpoints`` if present.
 
   Returns the final state. Raises KeyboardInterrupt after saving a checkpoint if stopped by SIGINT/SIGTERM, and
-  NonFiniteError (after saving the last good checkpoint and the batch) if a step is not finite.
+  NonFiniteError (after saving the last good checkpoint and the batch) if a step is not finite. Raises RunSafetyError
+  (CheckpointError is one) without writing anything if the config is invalid, another process holds the workdir,
+  the config differs from the run's config.json or no checkpoint can be restored; an OSError (e.g. a full disk)
+  carries a note naming the latest checkpoint.
   """
-  # ---- Where we are: processes, devices, the data mesh. ------------------------------------------------------
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  problems = config_problems(config, jax.device_count())
+  if problems:
+    raise RunSafetyError(f"invalid config: {'; '.join(problems)}. Nothing was written to {workdir}.")
+  with workdir_lock(workdir):
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.checkpoint.max_to_keep)
+    try:
+      return _train_and_evaluate(config, workdir, checkpointer)
+    except OSError as e:
+      e.add_note(_resume_note(checkpointer))
+      raise
+    finally:
+      checkpointer.close()
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, checkpointer: Checkpointer) -> TrainState:
+  """The loop of `train_and_evaluate`, with the config checked, the workdir locked and its checkpoints open."""
+  # ---- Where we are: processes, devices, the data mesh. ------------------------------------------------------
   process_index, process_count = jax.process_index(), jax.process_count()
   is_main = process_index == 0
   mesh = mesh_lib.make_data_mesh()
   batch_size = config.global_batch_size
-  if batch_size % jax.device_count():
-    raise ValueError(f"global_batch_size={batch_size} must be divisible by the {jax.device_count()} devices")
-  if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+
+  # ---- May this launch continue the run's checkpoints? Only with the config they were trained with. ----------
+  resume_step = checkpointer.latest_step()  # the newest good one (corrupt newer ones were moved aside)
+  changes = []
+  if resume_step is not None:
+    run_config = read_run_config(workdir)
+    if run_config is None:
+      logging.warning("%s has checkpoints but no config.json: cannot check that this config is the run's", workdir)
+    else:
+      changes = [c for c in config_changes(run_config, config_as_json(config)) if not is_resumable_field(c[0])]
+  if changes:
+    if resume_step >= config.num_steps:
+      logging.warning("this config differs from %s/config.json in %s; nothing to train, so nothing is changed",
+                      workdir, describe_changes(changes))
+    elif config.get("allow_config_change", False):
+      logging.warning("resuming %s at step %d with config changes (allow_config_change=True): %s", workdir,
+                      resume_step, describe_changes(changes))
+    else:
+      raise RunSafetyError(
+          f"refusing to resume {workdir} at step {resume_step}: this config differs from the run's config.json in "
+          f"{describe_changes(changes)}. Nothing was changed. Resume with the run's config (config.json), choose "
+          "another --workdir, or set config.allow_config_change=True to continue the run with the new values.")
 
   # ---- The model (a Task) and its optimisers, one per parameter group. ---------------------------------------
   task = tasks.make_task(config)
@@ -69,23 +240,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   # ---- State: initialise (already replicated over the mesh), then resume from the latest checkpoint. --------
   state = init_train_state(task, optimizers, config.seed, next(batches_from(0)), mesh)
   ckpt_cfg = config.checkpoint
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=ckpt_cfg.max_to_keep)
-  if checkpointer.latest_step() is not None:
-    state = checkpointer.restore(state)
+  if resume_step is not None:
+    try:
+      state = checkpointer.restore(state, resume_step)
+    except CheckpointError as e:
+      if not changes:
+        raise
+      raise CheckpointError(f"{e} This config differs from the run's config.json in "
+                            f"{describe_changes(changes)}.") from e.__cause__
   elif ckpt_cfg.get("restore_from"):
     # Warm start from another run; it must exist and be readable (CheckpointError otherwise).
     source = Checkpointer(ckpt_cfg.restore_from, must_exist=True)
-    state = source.restore(state)
-    source.close()
+    try:
+      state = source.restore(state)
+    finally:
+      source.close()
   start_step = int(to_host(state.step))
+  if start_step >= config.num_steps:
+    if is_main:
+      print(f"{workdir} is already at step {start_step} (num_steps={config.num_steps}): nothing to train",
+            file=sys.stderr)
+    return state
+  if is_main:  # only now: config.json describes the checkpoints this launch continues
+    write_run_config(workdir, config)
 
   # ---- The train step: compiled once per batch shape, batch sharded over "data", state donated. ---------------
   # Compiled ahead of time when a batch shape is first seen, so compile time is measured and logged. A task whose
   # batches change shape (SQAIR's curriculum slices sequences to the current length) gets one compiled step per shape.
-  if start_step >= config.num_steps:
-    logging.info("checkpoint step %d >= num_steps=%d: nothing to train", start_step, config.num_steps)
-    checkpointer.close()
-    return state
   batches = batches_from(start_step)
   next_key = jax.jit(step_key, out_shardings=mesh_lib.replicated(mesh))
   jitted_step = make_train_step(task, optimizers, mesh=mesh, schedules=schedules)
@@ -173,7 +354,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   finally:
     progress.close()
     writer.close()
-    checkpointer.close()
   return state
 
 
