@@ -228,10 +228,11 @@ def test_every_checkpoint_corrupt_is_an_error_and_nothing_is_modified(finished, 
 def test_config_changes_name_the_fields_and_know_which_may_change():
   old = {"num_steps": 8, "seed": 0, "optimizers": {"generative": {"learning_rate": 1e-3}}, "checkpoint": {"every": 2}}
   new = {"num_steps": 16, "seed": 0, "optimizers": {"generative": {"learning_rate": 3e-4}}, "checkpoint": {"every": 4},
-         "stop_when": {"metric": "eval/elbo", "at_least": 0.0}, "extra": [1, 2]}
+         "stop_when": {"metric": "eval/elbo", "at_least": 0.0}, "extra": [1, 2], "estimator_args": {}}
   changes = train_lib.config_changes(old, new)
   assert [c[0] for c in changes] == ["checkpoint.every", "extra", "num_steps", "optimizers.generative.learning_rate",
-                                     "stop_when"]
+                                     "stop_when.at_least", "stop_when.metric"]  # an added empty group is no change
+  assert [c[0] for c in train_lib.config_changes(new, old)][-2:] == ["stop_when.at_least", "stop_when.metric"]
   refused = [c for c in changes if not train_lib.is_resumable_field(c[0])]
   assert train_lib.describe_changes(refused) == "extra: (absent) -> [1, 2], optimizers.generative.learning_rate: " \
                                                 "0.001 -> 0.0003"

@@ -104,12 +104,14 @@ _ABSENT = object()
 
 def config_changes(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
   """``(dotted path, old value, new value)`` for every leaf that differs between two JSON-like nested dicts, sorted;
-  a field present in only one of them has the value ``_ABSENT`` in the other."""
+  a field present in only one of them has the value ``_ABSENT`` in the other. A group present in only one is
+  compared leaf by leaf with an empty one (so an added empty group is no change)."""
   changes = []
   for key in sorted(set(old) | set(new), key=str):
     a, b = old.get(key, _ABSENT), new.get(key, _ABSENT)
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-      changes += config_changes(a, b, f"{prefix}{key}.")
+    a_group, b_group = isinstance(a, Mapping), isinstance(b, Mapping)
+    if (a_group or b_group) and (a_group or a is _ABSENT) and (b_group or b is _ABSENT):
+      changes += config_changes(a if a_group else {}, b if b_group else {}, f"{prefix}{key}.")
     elif a != b:
       changes.append((f"{prefix}{key}", a, b))
   return changes
