@@ -45,15 +45,28 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
     return 2 * n ** 3 / best
 
 
-def measure(config, steps: int, repeats: int = 5) -> dict:
-    config.task_config.data.update(synthetic_digits=True, num_train=max(4096, config.global_batch_size * 8),
-                                   num_test=64)
+def memory_of(compiled) -> dict:
+    """XLA's buffer sizes of a compiled step in bytes ({} where the backend does not report them)."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - optional information
+        return {}
+    names = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
+             "generated_code_size_in_bytes")
+    return {n: int(getattr(m, n)) for n in names if m is not None and hasattr(m, n)}
+
+
+def measure(config, steps: int, repeats: int = 5, *, devices=None, num_batches: int = 8) -> dict:
+    """Steps/s of the AIR train step of ``config`` on synthetic digits, its batch sharded over ``devices`` (default:
+    all), cycling through ``num_batches`` distinct batches; also compile time, XLA FLOPs and buffer sizes."""
+    config.task_config.data.update(synthetic_digits=True,
+                                   num_train=max(4096, config.global_batch_size * num_batches), num_test=64)
     task = air_task.AIRTask(config.task_config)
     optimizers, schedules = make_optimizers(config.optimizers)
-    mesh = mesh_lib.make_data_mesh()
+    mesh = mesh_lib.make_data_mesh(devices)
     batches = task.train_batches(seed=0, start_step=0, global_batch_size=config.global_batch_size,
                                  process_index=0, process_count=1)
-    local = [mesh_lib.shard_batch(next(batches), mesh) for _ in range(8)]
+    local = [mesh_lib.shard_batch(next(batches), mesh) for _ in range(num_batches)]
     state = init_train_state(task, optimizers, 0, jax.device_get(local[0]), mesh)
     t = time.perf_counter()
     compiled = make_train_step(task, optimizers, mesh=mesh, schedules=schedules).lower(
@@ -75,7 +88,8 @@ def measure(config, steps: int, repeats: int = 5) -> dict:
     B = config.global_batch_size
     return dict(batch=B, particles=config.task_config.num_particles, max_steps=task.model.config.max_steps,
                 seconds_per_step=dt, median_seconds_per_step=float(np.median(windows)), steps_per_s=1 / dt,
-                images_per_s=B / dt, compile_s=compile_s, flops_per_step=flops, flop_per_s=flops / dt)
+                images_per_s=B / dt, compile_s=compile_s, flops_per_step=flops, flop_per_s=flops / dt,
+                devices=int(mesh.size), memory=memory_of(compiled))
 
 
 def main():
