@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import sharded_step_check
 
-from experiments.configs import air_multi_mnist
-from ocr_jax import objectives
+from ocr_jax.configs import air_multi_mnist
+from ocr_jax import estimators, objectives
 from ocr_jax.models import air_task
 from ocr_jax.training import mesh as mesh_lib
 from ocr_jax.training.optimizers import make_optimizers
@@ -69,7 +69,7 @@ def test_vimco_wiring_matches_the_library(nvil_setup):
     task, params, _, batch = nvil_setup
     images = batch["images"].astype(np.float32) / 255.0
     out = task.model.infer(params, images, jax.random.key(3), num_particles=4, continue_prob=0.5)
-    surrogates, _, bound = air_task.estimator_surrogates("vimco", task.model, params, out, {}, 0.9)
+    surrogates, _, bound = air_task.estimator_surrogates(estimators.get("vimco"), task.model, params, out, ())
     log_p = out.log_likelihood + out.log_p_steps.sum(-1)
     expected = objectives.vimco(log_p, out.log_q_reparam.sum(-1), out.log_q_pres.sum(-1))
     np.testing.assert_allclose(surrogates["inference"], expected.phi, rtol=1e-6)
@@ -85,7 +85,7 @@ def test_wake_wake_gradients(nvil_setup):
 
     def ww(p, group):
         out = task.model.infer(p, images, key, num_particles=K, continue_prob=0.5)
-        return air_task.estimator_surrogates("ww", task.model, p, out, model_state, 0.9)[0][group]
+        return air_task.estimator_surrogates(estimators.get("ww"), task.model, p, out, ())[0][group]
 
     def iwae_theta(p):
         out = task.model.infer(p, images, key, num_particles=K, continue_prob=0.5)
@@ -120,7 +120,10 @@ def test_bad_config_is_rejected():
     with pytest.raises(ValueError, match="num_particles >= 2"):
         air_task.AIRTask(config)
     config.estimator = "magic"
-    with pytest.raises(ValueError, match="estimator must be one of"):
+    with pytest.raises(ValueError, match="unknown estimator 'magic'; registered: .*vimco"):
+        air_task.AIRTask(config)
+    config.estimator = "dreg"  # needs every latent reparameterised; AIR's z_pres is not
+    with pytest.raises(ValueError, match="'dreg' needs log_q_stopped, which AIR does not provide"):
         air_task.AIRTask(config)
     with pytest.raises(ValueError, match="unknown AIR model options"):
         air_task.make_air_config({"not_a_field": 1})
@@ -155,4 +158,4 @@ def test_tiny_config_trains_and_its_bound_improves():
 
 
 def test_sharded_and_single_device_steps_agree():
-    sharded_step_check.run_in_subprocess("experiments.configs.air_multi_mnist", "quick+nvil")
+    sharded_step_check.run_in_subprocess("ocr_jax.configs.air_multi_mnist", "quick+nvil")

@@ -45,7 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.task_config = ml_collections.ConfigDict(dict(
       estimator="vimco",
       num_particles=5,
-      nvil_decay=0.9,
+      estimator_args=dict(),  # e.g. dict(decay=0.9) for nvil (ocr_jax.estimators)
       model=dict(
           glimpse_shape=(20, 20), z_what_dim=50, rnn="lstm", rnn_hidden=256,
           image_encoder="raw", glimpse_encoder_hidden=(256,), glimpse_decoder_hidden=(256,),

@@ -1,6 +1,8 @@
 """AIR on multi-MNIST as a training-loop Task (``ocr_jax.training.tasks``), with every estimator of AIR.md.
 
-Estimators (``task_config.estimator``), all over K = ``num_particles`` particles of the AIR posterior:
+Estimators (``task_config.estimator``: any name of :mod:`ocr_jax.estimators` whose terms AIR provides, i.e. all but
+``ws`` and ``dreg``; ``task_config.estimator_args``: its hyperparameters), all over K = ``num_particles`` particles
+of the AIR posterior (:func:`log_weight_terms`). The ones studied here:
 
 * ``"vimco"`` (default; the SQAIR paper's AIR setting, K = 5): IWAE bound; z_what/z_where reparameterised,
   z_pres by VIMCO's leave-one-out learning signal log Ẑ_K − Υ_{−k} (thesis Eq. 8.3) applied to log q of the whole
@@ -32,23 +34,22 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ocr_jax import objectives
+from ocr_jax import estimators, objectives
 from ocr_jax.diagnostics import log_marginal_chunked
 from ocr_jax.models import air as air_lib
 from ocr_jax.training import tasks
 from ocr_jax.training.data import deterministic_batches
 
-ESTIMATORS = ("vimco", "nvil", "ww", "reinforce")
 
 
 def default_task_config() -> ml_collections.ConfigDict:
-    """Defaults for the AIR task (see experiments/configs/air_multi_mnist.py for the tuned ones)."""
+    """Defaults for the AIR task (see ocr_jax/configs/air_multi_mnist.py for the tuned ones)."""
     return ml_collections.ConfigDict(
         dict(
             model=dict(),  # overrides of air_lib.AIRConfig fields
-            estimator="vimco",
+            estimator="vimco",  # any applicable name of ocr_jax.estimators
+            estimator_args=dict(),  # its hyperparameters, e.g. dict(decay=0.9) for NVIL
             num_particles=5,
-            nvil_decay=0.9,
             count_prior=dict(start=0.5, end=0.5, duration=1, kind="constant"),
             data=dict(
                 name="multi_mnist",
@@ -151,10 +152,8 @@ class AIRTask:
         cfg = default_task_config()
         if config:
             cfg.update(config)
-        if cfg.estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {cfg.estimator!r}")
-        if cfg.estimator == "vimco" and cfg.num_particles < 2:
-            raise ValueError("the VIMCO estimator needs num_particles >= 2")
+        self.estimator = estimators.get(cfg.estimator, **cfg.estimator_args)
+        estimators.check_applicable(self.estimator, PROVIDED_TERMS, cfg.num_particles, "AIR")
         self.config = cfg
         model_cfg = dict(cfg.model)
         if cfg.data.binarize:
@@ -189,7 +188,7 @@ class AIRTask:
     def init(self, key, batch):
         images = to_float_images(jnp.asarray(batch["images"]), None, False)
         params = self.model.init(key, images)
-        model_state = {"nvil": objectives.nvil_init((self.model.config.max_steps,))}
+        model_state = {"estimator": self.estimator.init(self.model.config.max_steps)}
         return params, model_state
 
     def continue_prob(self, step):
@@ -202,8 +201,9 @@ class AIRTask:
         images = to_float_images(batch["images"], k_bin, cfg.data.binarize)
         rho = self.continue_prob(step)
         out = self.model.infer(params, images, k_infer, num_particles=cfg.num_particles, continue_prob=rho)
-        surrogates, new_state, bound = estimator_surrogates(cfg.estimator, self.model, params, out, model_state,
-                                                            cfg.nvil_decay)
+        surrogates, estimator_state, bound = estimator_surrogates(self.estimator, self.model, params, out,
+                                                                  model_state["estimator"])
+        new_state = {**model_state, "estimator": estimator_state}
         counts = out.counts  # [B, K]
         metrics = {
             "bound": bound,
@@ -261,39 +261,34 @@ class AIRTask:
         return scalars
 
 
-def estimator_surrogates(estimator: str, model: air_lib.AIR, params, out: air_lib.AIROutput, model_state,
-                         nvil_decay: float):
+def log_weight_terms(out: air_lib.AIROutput) -> estimators.LogWeightTerms:
+    """AIR's per-particle log-weight terms ``[batch, particles(, steps)]`` (AIR.md Eq. 5): z_what/z_where
+    reparameterised, z_pres score-function, per-step terms for NVIL's per-step signals."""
+    return estimators.LogWeightTerms(
+        log_p=out.log_likelihood + jnp.sum(out.log_p_steps, -1),
+        log_q_reparam=jnp.sum(out.log_q_reparam, -1),
+        log_q_score=jnp.sum(out.log_q_pres, -1),
+        log_w_steps=out.log_p_steps - out.log_q_steps,
+        log_q_score_steps=out.log_q_pres,
+        log_likelihood=out.log_likelihood)
+
+
+# The LogWeightTerms fields AIR provides (baselines: AIR.baseline_values, computed when an estimator needs them).
+PROVIDED_TERMS = frozenset({"log_q_reparam", "log_q_score", "log_w_steps", "log_q_score_steps", "log_likelihood",
+                            "baselines"})
+
+
+def estimator_surrogates(estimator: estimators.Estimator, model: air_lib.AIR, params, out: air_lib.AIROutput,
+                         estimator_state):
     """Surrogate losses per parameter group for one AIR forward pass ``out`` ([batch, particles, steps] terms).
 
-    Returns ``(surrogates {"generative", "inference", "baseline"}, new_model_state, bound)``.
+    Returns ``(surrogates {"generative", "inference", "baseline"}, new_estimator_state, bound)``.
     """
-    log_p = out.log_likelihood + jnp.sum(out.log_p_steps, -1)  # [B, K]
-    log_q_reparam = jnp.sum(out.log_q_reparam, -1)
-    log_q_score = jnp.sum(out.log_q_pres, -1)
-    new_state = model_state
-    baseline_loss = jnp.zeros(())
-    if estimator == "vimco":
-        s = objectives.vimco(log_p, log_q_reparam, log_q_score)
-    elif estimator == "reinforce":
-        s = objectives.reinforce(log_p, log_q_reparam, log_q_score)
-    elif estimator == "nvil":
-        baselines = model.baseline_values(params, out)  # [B, K, N], functions of x and z^{<i} only
-        s, nvil_state = objectives.nvil_per_step(
-            out.log_p_steps - out.log_q_steps, out.log_q_pres, baselines, model_state["nvil"],
-            log_likelihood=out.log_likelihood, decay=nvil_decay)
-        new_state = {**model_state, "nvil": nvil_state}
-        baseline_loss = s.baseline
-    elif estimator == "ww":
-        sg = jax.lax.stop_gradient
-        theta = objectives.rws_wake_theta(log_p, log_q_reparam + log_q_score)
-        # φ: IWAE's reparameterised gradient for z_what/z_where (score path stopped) + wake-φ for z_pres.
-        reparam = objectives.iwae(log_p, log_q_reparam, sg(log_q_score))
-        wake_phi = objectives.rws_wake_phi(sg(log_p - log_q_reparam), log_q_score)
-        s = objectives.Surrogates(theta=theta, phi=reparam.phi + wake_phi, bound=reparam.bound)
-    else:
-        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-    surrogates = {"generative": s.theta, "inference": s.phi, "baseline": baseline_loss}
-    return surrogates, new_state, s.bound
+    terms = log_weight_terms(out)
+    if "baselines" in estimator.requires:
+        terms = terms._replace(baselines=model.baseline_values(params, out))  # [B, K, N]: x and z^{<i} only
+    s, new_state = estimator.surrogates(terms, estimator_state)
+    return estimators.losses_by_group(s), new_state, s.bound
 
 
 def log_marginal_of_images(task: AIRTask, params, images_uint8: np.ndarray, key: jax.Array, step: int,

@@ -22,8 +22,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import linen as nn
 
-from ocr_jax import objectives
+from ocr_jax import estimators, objectives
+from ocr_jax.models import modules
 from ocr_jax.models.sqair import SQAIR, SQAIRConfig
 from ocr_jax.training import tasks
 from ocr_jax.training.data import deterministic_batches
@@ -50,7 +52,10 @@ def default_task_config() -> ml_collections.ConfigDict:
         # annealed geometric count prior (ρ = exp(−penalty)) on top of SQAIR's learned count priors. Training only:
         # every reported bound is the model's own. 0: off (the official code).
         count_penalty=0.0, count_penalty_start=0, count_penalty_ramp=0,
-        # objective (§5.3)
+        # objective (§5.3): the paper's VIMCO, or any estimator of ocr_jax.estimators whose terms SQAIR provides
+        # (all but ws, dreg and dww) with its hyperparameters; NVIL adds a "baseline" parameter group (b_ψ(x), an
+        # MLP with baseline_hidden units per frame, summed over frames) that needs its own config.optimizers entry
+        estimator="vimco", estimator_args=dict(), baseline_hidden=64,
         num_particles=5,
         # curriculum (§5.D.1): start_length frames, +1 every length_every steps, up to num_frames
         start_length=3, length_every=100_000,
@@ -117,8 +122,8 @@ class SQAIRTask:
         if config:
             cfg.update(config)
         self.config = cfg
-        if cfg.num_particles < 2:
-            raise ValueError("VIMCO needs num_particles >= 2")
+        self.estimator = estimators.get(cfg.estimator, **cfg.estimator_args)
+        estimators.check_applicable(self.estimator, PROVIDED_TERMS, cfg.num_particles, "SQAIR")
         if not 1 <= cfg.start_length <= cfg.num_frames or cfg.length_every < 1:
             raise ValueError(f"need 1 <= start_length <= num_frames and length_every >= 1; got start_length="
                              f"{cfg.start_length}, num_frames={cfg.num_frames}, length_every={cfg.length_every}")
@@ -138,7 +143,18 @@ class SQAIRTask:
 
     def init(self, key, batch):
         del batch
-        return self.model.init(key), {}
+        k_model, k_baseline = jax.random.split(key)
+        params = self.model.init(k_model)
+        if self.estimator.trains_baseline:
+            frames = jnp.zeros((1, 1) + self.model.config.image_shape)
+            params["baseline"] = self._baseline.init(k_baseline, frames)["params"]
+        state = self.estimator.init()
+        # Stateless estimators keep model_state empty (as runs saved before the estimator interface).
+        return params, ({"estimator": state} if jax.tree.leaves(state) else {})
+
+    @property
+    def _baseline(self):
+        return SequenceBaseline(self.config.baseline_hidden)
 
     def sequence_length(self, step):
         c = self.config
@@ -175,16 +191,20 @@ class SQAIRTask:
     def loss(self, params, model_state, batch, key, step):
         # The curriculum is in the batch's length (train_batches); the step sets DISC's suppression.
         log_p, log_q_reparam, log_q_score, log_lik, out = self.per_particle_terms(params, batch["frames"], key, step)
-        # The count penalty enters the training objective (and with it VIMCO's learning signal) only.
+        # The count penalty enters the training objective (and with it the learning signals) only.
         penalty = self.count_penalty(step)
         objects = jnp.sum(out["z_pres"], axis=(-2, -1))  # [batch, particles]: Σ_t Σ_i z_pres
-        s = objectives.vimco(log_p - penalty * objects, log_q_reparam, log_q_score)
+        frames_float = to_float_frames(batch["frames"])
+        terms = estimators.LogWeightTerms(log_p=log_p - penalty * objects, log_q_reparam=log_q_reparam,
+                                          log_q_score=log_q_score)
+        if "baselines" in self.estimator.requires:  # b_ψ(x) [batch]: sees the frames only
+            terms = terms._replace(baselines=self._baseline.apply({"params": params["baseline"]}, frames_float))
+        s, estimator_state = self.estimator.surrogates(terms, model_state.get("estimator", ()))
         length = out["z_pres"].shape[2]
         frames = float(length)
-        # VIMCO's θ and φ surrogates are the same array: one backward pass serves both groups (train_step).
-        assert s.theta is s.phi
-        surrogate = s.theta / frames
-        surrogates = {"generative": surrogate, "inference": surrogate}
+        surrogates = per_frame_losses(estimators.losses_by_group(s), frames, self.estimator.trains_baseline)
+        if "estimator" in model_state:
+            model_state = {**model_state, "estimator": estimator_state}
         sg = jax.lax.stop_gradient
         log_w = sg(log_p - log_q_reparam - log_q_score)
         bound = jnp.mean(objectives.log_mean_exp(log_w))  # the model's IWAE bound, without the penalty
@@ -259,6 +279,34 @@ class SQAIRTask:
                                         process_count=process_count)
         for step, batch in enumerate(batches, start=start_step):
             yield {"frames": batch["frames"][:, :self.sequence_length(step)]}
+
+
+# The LogWeightTerms fields SQAIR provides (baselines: SequenceBaseline, when an estimator needs them).
+PROVIDED_TERMS = frozenset({"log_q_reparam", "log_q_score", "baselines"})
+
+
+class SequenceBaseline(nn.Module):
+    """NVIL's input-dependent baseline for a whole sequence, b_ψ(x_{1:L}) = Σ_t MLP(x_t) (Mnih & Gregor 2014): a
+    function of the frames only, so it leaves the estimator unbiased. ``frames [batch, time, H, W] -> [batch]``;
+    the sum over frames follows the bound's growth with the curriculum length."""
+
+    hidden: int
+
+    @nn.compact
+    def __call__(self, frames):
+        x = jax.lax.stop_gradient(frames).reshape(frames.shape[:2] + (-1,))
+        return jnp.sum(modules.MLP((self.hidden, 1), activation=nn.elu)(x)[..., 0], axis=-1)
+
+
+def per_frame_losses(losses: dict, frames: float, with_baseline: bool) -> dict:
+    """The surrogate losses divided by the number of frames (as the official code divides the bound); groups
+    whose losses are one array keep sharing one array, so the train step pulls back once for them. The
+    ``baseline`` group only when the estimator trains one."""
+    scaled = {}
+    out = {g: scaled.setdefault(id(v), v / frames) for g, v in losses.items() if g != "baseline"}
+    if with_baseline:
+        out["baseline"] = losses["baseline"]
+    return out
 
 
 def to_float_frames(frames) -> jax.Array:
