@@ -9,7 +9,7 @@ Each iteration draws a fresh batch of 100 points from the true model; Adam(1e-3)
   ws: sleep-φ on K·B samples (z, x) ~ p_θ (compute-matched to wake-φ with batch B, thesis §8.4);
   ww: wake-φ (Eq. 8.7);  dww: δ-WW, particles from q_δ = 0.8 q + 0.2 Uniform, weights p/q_δ at the drawn sample;
   vimco: Eq. 8.3;  reinforce: raw Eq. 8.2 (no baseline).
-All estimators come from ``ocr_jax.objectives``. Metrics every ``eval_every`` iterations: model error
+All estimators come from ``ocr_jax.estimators``. Metrics every ``eval_every`` iterations: model error
 ‖softmax(θ) − π‖₂ and inference error mean_x ‖q_φ(·|x) − p_true(·|x)‖₂ over 100 fixed test points.
 Seeds are vmapped. Writes ``results.json`` and ``estimators_gmm_*.png`` into the workdir.
 """
@@ -27,7 +27,7 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from ocr_jax import configs, objectives
+from ocr_jax import configs, estimators, objectives
 
 
 SIGMA = 5.0
@@ -61,36 +61,29 @@ def posterior(log_prior, x):
 
 
 def losses(method, theta, phi, x, key, k, delta):
-    """Surrogates for one batch x ``[B]``: returns (θ-loss, φ-loss)."""
+    """Surrogates for one batch x ``[B]`` from the estimator ``method`` of ocr_jax.estimators (ws, ww, dww, vimco,
+    reinforce): returns (θ-loss, φ-loss). z is discrete: its log q is a score-function term."""
+    estimator = estimators.get(method)
     logits = q_logits(phi, x)  # [B, C]
     log_prior = jax.nn.log_softmax(theta)
-    c = theta.shape[0]
-    if method == "dww":
+    if "log_proposal" in estimator.requires:  # δ-WW draws from the defensive mixture
         z, log_prop = objectives.defensive_categorical_sample(key, jax.lax.stop_gradient(logits), delta, (k,))
         z, log_prop = z.T, log_prop.T  # [B, K]
     else:
         z = jax.random.categorical(key, jax.lax.stop_gradient(logits), shape=(k, x.shape[0])).T  # [B, K]
         log_prop = None
     log_q = jnp.take_along_axis(jax.nn.log_softmax(logits), z, axis=-1)  # [B, K], z carries no gradient
-    log_p = log_prior[z] + log_lik(x[:, None], z)
-    if method in ("ww", "dww"):
-        s = objectives.rws(log_p, log_q, log_prop)
-        return s.theta, s.phi
-    if method == "ws":
+    terms = estimators.LogWeightTerms(log_p=log_prior[z] + log_lik(x[:, None], z), log_q_score=log_q,
+                                      log_proposal=log_prop)
+    if "log_q_sleep" in estimator.requires:
         # sleep-φ on K·B samples from the current model (compute matching, thesis §8.4)
         k_z, k_x = jax.random.split(jax.random.fold_in(key, 1))
         zs = jax.random.categorical(k_z, jax.lax.stop_gradient(theta), shape=(k * x.shape[0],))
         xs = 10.0 * zs + SIGMA * jax.random.normal(k_x, zs.shape)
         log_q_sleep = jnp.take_along_axis(jax.nn.log_softmax(q_logits(phi, xs)), zs[:, None], axis=-1)[:, 0]
-        return objectives.rws_wake_theta(log_p, log_q), objectives.rws_sleep_phi(log_q_sleep)
-    if method == "vimco":
-        s = objectives.vimco(log_p, None, log_q)
-        return s.theta, s.phi
-    if method == "reinforce":
-        s = objectives.reinforce(log_p, None, log_q)
-        return s.theta, s.phi
-    raise ValueError(f"unknown method {method!r}; expected one of ws, ww, dww, vimco, reinforce")
-    del c
+        terms = terms._replace(log_q_sleep=log_q_sleep)
+    s, _ = estimator.surrogates(terms, ())
+    return s.theta, s.phi
 
 
 def make_train(cfg, method, k, start):

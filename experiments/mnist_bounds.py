@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from ocr_jax import configs, diagnostics, objectives
+from ocr_jax import configs, diagnostics, estimators, objectives
 
 
 
@@ -60,15 +60,12 @@ def log_weights(params, x, key, num_particles):
 
 
 def surrogates(kind, arg, log_p, log_q):
-    if kind == "iwae":
-        return objectives.iwae(log_p, log_q)
-    if kind == "miwae":
-        return objectives.miwae(log_p, log_q, num_repeats=int(arg))
-    if kind == "piwae":
-        return objectives.piwae(log_p, log_q, num_repeats=int(arg))
-    if kind == "ciwae":
-        return objectives.ciwae(log_p, log_q, beta=float(arg))
-    raise ValueError(f"unknown objective {kind!r}")
+    """The objective ``kind`` (iwae, miwae, piwae, ciwae; ``arg`` its M or β) from ocr_jax.estimators on a VAE whose
+    latent is reparameterised."""
+    hyper = {"miwae": {"num_repeats": int(arg)}, "piwae": {"num_repeats": int(arg)},
+             "ciwae": {"beta": float(arg)}}.get(kind, {})
+    estimator = estimators.get(kind, **hyper)
+    return estimator.surrogates(estimators.LogWeightTerms(log_p=log_p, log_q_reparam=log_q), ())[0]
 
 
 def schedule(cfg, steps_per_epoch):

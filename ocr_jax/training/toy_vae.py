@@ -5,8 +5,8 @@ It has the three parameter groups of AIR-like models, each with its own objectiv
 * ``generative`` (θ): decoder, background and presence prior; surrogate ``-ELBO``.
 * ``inference`` (φ): encoder of q(z | x) (Gaussian, reparameterised) and q(pres | x) (Bernoulli, score function);
   surrogate ``-(ELBO + stop_grad(l̂) · log q(pres | x))`` with the NVIL-normalised learning signal
-  ``l̂ = (ELBO − b(x) − c) / max(1, σ)`` (Mnih & Gregor 2014, eq. 8 and §3.3; c, σ are running moments of
-  ``ELBO − b(x)`` kept in ``model_state``).
+  ``l̂ = (ELBO − c − b(x)) / max(1, σ)`` (Mnih & Gregor 2014, eq. 8 and §3.3; c, σ are running moments kept in
+  ``model_state``): ``ocr_jax.estimators.get("nvil")`` with one particle.
 * ``baseline`` (ψ): input-dependent baseline b(x); surrogate ``mean((stop_grad(ELBO − c) − b(x))²)``.
 
 Model: pres ~ Bernoulli(σ(prior_logit)), z ~ N(0, I)[latent], x[H, W] ~ Bernoulli(logits), with
@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from ocr_jax import estimators
 from ocr_jax.training import tasks
 from ocr_jax.training.data import deterministic_batches
 
@@ -95,6 +96,7 @@ class ToyVAETask:
     self.encoder = Encoder(cfg.hidden, cfg.latent)
     self.decoder = Decoder(cfg.hidden, cfg.image_size)
     self.baseline = Baseline(cfg.hidden)
+    self.estimator = estimators.get("nvil", decay=cfg.nvil_decay)
     self.train_images = make_bars(cfg.num_train, cfg.image_size, cfg.data_seed)
     self.eval_images = make_bars(cfg.num_eval, cfg.image_size, cfg.data_seed + 1)
     self._eval_fn = jax.jit(self._eval)
@@ -109,8 +111,7 @@ class ToyVAETask:
         "generative": self.decoder.init(k_gen, z, jnp.ones(x.shape[0]))["params"],
         "baseline": self.baseline.init(k_base, x)["params"],
     }
-    model_state = {"signal_mean": jnp.zeros(()), "signal_var": jnp.ones(())}
-    return params, model_state
+    return params, {"estimator": self.estimator.init()}
 
   def _elbo(self, params, x, key):
     """Per-example ELBO [batch] and log q(pres | x) [batch] for one sample of (z, pres)."""
@@ -132,19 +133,13 @@ class ToyVAETask:
     x = batch["image"]
     elbo, log_q_pres, log_lik, _ = self._elbo(params, x, key)
     b = self.baseline.apply({"params": params["baseline"]}, x)
-    signal = jax.lax.stop_gradient(elbo - b)
-    decay = self.config.nvil_decay
-    mean = decay * model_state["signal_mean"] + (1 - decay) * jnp.mean(signal)
-    var = decay * model_state["signal_var"] + (1 - decay) * jnp.mean((signal - mean) ** 2)
-    normalised = (signal - mean) / jnp.maximum(1.0, jnp.sqrt(var))
-    surrogates = {
-        "generative": -jnp.mean(elbo),
-        "inference": -jnp.mean(elbo + normalised * log_q_pres),
-        "baseline": jnp.mean((jax.lax.stop_gradient(elbo) - mean - b) ** 2),
-    }
+    # One particle per image: log w = ELBO; its presence part is the score-function term.
+    terms = estimators.LogWeightTerms(log_p=(elbo + log_q_pres)[:, None], log_q_score=log_q_pres[:, None],
+                                      baselines=b)
+    s, state = self.estimator.surrogates(terms, model_state["estimator"])
     metrics = {"elbo": jnp.mean(elbo), "log_likelihood": jnp.mean(log_lik), "baseline": jnp.mean(b),
-               "signal_std": jnp.sqrt(var)}
-    return surrogates, (metrics, {"signal_mean": mean, "signal_var": var})
+               "signal_std": s.aux["signal_std"]}
+    return estimators.losses_by_group(s), (metrics, {"estimator": state})
 
   def train_batches(self, *, seed, start_step, global_batch_size, process_index, process_count):
     return deterministic_batches({"image": self.train_images}, global_batch_size, seed=seed, start_step=start_step,
