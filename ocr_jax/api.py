@@ -18,7 +18,9 @@ Conventions of both inference functions:
 
 * Inputs: float in [0, 1] (any float dtype, used as float32), or uint8 in 0..255 (divided by 255 once). Anything else
   (other integer or bool dtypes, wrong rank, another frame size than the model's, NaN/inf, values outside [0, 1], an
-  empty batch, more frames than the SQAIR model's ``max_seq_len``) raises ValueError before anything runs.
+  empty batch, more frames than the SQAIR model's ``max_seq_len``) raises ValueError before anything runs; a
+  ``num_particles``/``batch_size`` that is not an int, or a key that is not an array, raises TypeError. The checks
+  are `ocr_jax.validation`'s, the same the models' own ``infer`` runs (which, unlike this API, reject uint8).
 * Particles: K = ``num_particles`` posterior samples per sequence/image; the one with the largest log importance
   weight is returned. Item i of the batch uses the key ``jax.random.fold_in(key, i)``, so its result does not depend
   on the batch size or on the other items. ``key``: a new-style ``jax.random.key``, an old-style
@@ -43,6 +45,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+
+from ocr_jax import validation
 
 __all__ = ["Run", "load_run", "infer_sequences", "infer_images", "TASKS"]
 
@@ -164,55 +168,23 @@ def _check_run(run: Run, task_name: str, function: str) -> None:
                          f"(config.task = {run.task_name!r}){hint}")
 
 
-def _as_float32(x, *, name: str, layout: str, image_shape: tuple[int, int]) -> np.ndarray:
-    """``x`` as a float32 numpy array in [0, 1] after the checks of the module docstring (rank, frame size, dtype,
-    finite, range); uint8 is divided by 255."""
-    arr = np.asarray(x)
-    rank = len(layout.split(","))
-    if arr.ndim != rank:
-        raise ValueError(f"{name} must have shape [{layout}] (rank {rank}); got shape {arr.shape}")
-    if tuple(arr.shape[-2:]) != tuple(image_shape):
-        raise ValueError(f"{name} must be {image_shape[0]}x{image_shape[1]} pixels (the model's frame size); "
-                         f"got {arr.shape[-2]}x{arr.shape[-1]} (shape {arr.shape})")
-    if arr.shape[0] < 1:
-        raise ValueError(f"{name} is empty (batch size 0); pass at least one")
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / np.float32(255.0)
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise ValueError(f"{name} must be float in [0, 1] or uint8 in 0..255; got dtype {arr.dtype}")
-    arr = arr.astype(np.float32)
-    finite = np.isfinite(arr)
-    if not finite.all():
-        raise ValueError(f"{name} contain {int(np.sum(~finite))} NaN/inf values")
-    lo, hi = float(arr.min()), float(arr.max())
-    if lo < 0.0 or hi > 1.0:
-        raise ValueError(f"{name} must lie in [0, 1] (float) or be uint8 in 0..255; got values in [{lo}, {hi}]"
-                         + (" (divide 0..255 values by 255)" if hi > 1.0 else ""))
-    return arr
+def _as_float32(x, *, name: str, axes: tuple[str, ...], image_shape: tuple[int, int], frame_source: str,
+                max_time: int | None = None) -> np.ndarray:
+    """``x`` as a float32 numpy array in [0, 1] after the checks of the module docstring (rank, frame size, empty
+    batch, sequence length, dtype, finite, range; `ocr_jax.validation.check_frames`, the models' own checks);
+    uint8 is divided by 255."""
+    return validation.check_frames(x, name=name, axes=axes, frame_shape=image_shape, frame_source=frame_source,
+                                   max_time=max_time, uint8="convert")
 
 
 def _as_key(key) -> jax.Array:
     """A typed PRNG key from None (seed 0), an int seed, a typed key or a legacy uint32[2] key."""
-    if key is None:
-        return jax.random.key(0)
-    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-        return jax.random.key(int(key))
-    dtype = getattr(key, "dtype", None)
-    if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
-        if np.shape(key) != ():
-            raise ValueError(f"key must be a single PRNG key; got a key array of shape {np.shape(key)}")
-        return key
-    arr = np.asarray(key)
-    if arr.shape != (2,) or arr.dtype != np.uint32:
-        raise ValueError("key must be jax.random.key(seed), jax.random.PRNGKey(seed) (uint32[2]), an int seed or "
-                         f"None; got {type(key).__name__} with shape {arr.shape} and dtype {arr.dtype}")
-    return jax.random.wrap_key_data(jnp.asarray(arr))
+    return validation.check_key(key, allow_seed=True)
 
 
 def _check_positive(**values) -> None:
     for name, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} must be a positive int; got {v!r}")
+        validation.check_count(v, name)
 
 
 def _batched(fn, x: np.ndarray, key: jax.Array, batch_size: int) -> dict[str, np.ndarray]:
@@ -266,10 +238,8 @@ def infer_sequences(run: Run, frames, *, key=None, num_particles: int = 5, batch
     _check_run(run, "sqair", "infer_sequences")
     _check_positive(num_particles=num_particles, batch_size=batch_size)
     c = run.model.config
-    x = _as_float32(frames, name="frames", layout="batch, time, height, width", image_shape=c.image_shape)
-    if x.shape[1] > c.max_seq_len:
-        raise ValueError(f"frames have {x.shape[1]} time steps but this model handles at most max_seq_len="
-                         f"{c.max_seq_len}; split longer sequences")
+    x = _as_float32(frames, name="frames", axes=("batch", "time", "height", "width"), image_shape=c.image_shape,
+                    frame_source=f"image_shape={tuple(c.image_shape)}", max_time=c.max_seq_len)
     out = _batched(functools.partial(_sqair_best_particle, run.model, run.params, num_particles=num_particles),
                    x, _as_key(key), batch_size)
     from ocr_jax.models import sqair_task
@@ -317,7 +287,9 @@ def infer_images(run: Run, images, *, key=None, num_particles: int = 1, batch_si
     """
     _check_run(run, "air", "infer_images")
     _check_positive(num_particles=num_particles, batch_size=batch_size)
-    x = _as_float32(images, name="images", layout="batch, height, width", image_shape=run.model.config.canvas_shape)
+    canvas = tuple(run.model.config.canvas_shape)
+    x = _as_float32(images, name="images", axes=("batch", "height", "width"), image_shape=canvas,
+                    frame_source=f"canvas_shape={canvas}")
     rho = jnp.asarray(_task_of(run).continue_prob(run.step), jnp.float32)
     out = _batched(lambda chunk, keys: _air_best_particle(run.model, run.params, chunk, keys, rho,
                                                           num_particles=num_particles),

@@ -98,7 +98,8 @@ def _shape_error(name: str, shape, expected) -> ValueError:
     return ValueError(f"{name} has shape {tuple(shape)}, expected {expected}")
 
 
-def _check_inputs(log_p, *others, names=("log_q_reparam", "log_q_score"), min_particles: int = 1):
+def _check_inputs(log_p, *others, names=("log_q_reparam", "log_q_score"), min_particles: int = 1,
+                  estimator: str = ""):
     log_p = jnp.asarray(log_p)
     if log_p.ndim < 1:
         raise ValueError(f"log_p must have a particle axis [..., particles]; got shape {tuple(log_p.shape)}")
@@ -109,7 +110,9 @@ def _check_inputs(log_p, *others, names=("log_q_reparam", "log_q_score"), min_pa
                 "all per-particle inputs must share the shape [..., particles]"
             )
     if log_p.shape[-1] < min_particles:
-        raise ValueError(f"need at least {min_particles} particles on the last axis; got shape {tuple(log_p.shape)}")
+        plural = "s" if min_particles > 1 else ""
+        raise ValueError(f"{estimator or 'this estimator'} needs at least {min_particles} particle{plural} on the last "
+                         f"axis (K >= {min_particles}); got shape {tuple(log_p.shape)}")
     return log_p
 
 
@@ -125,7 +128,10 @@ def log_weights(log_p: Array, log_q_reparam: Array | None = None, log_q_score: A
 
 
 def log_mean_exp(x: Array, axis: int = -1) -> Array:
-    """log (1/K) Σ_k exp(x_k), stable for |x| ~ 1e4."""
+    """log (1/K) Σ_k exp(x_k), stable for |x| ~ 1e4. K = ``x.shape[axis]`` must be >= 1."""
+    if x.shape[axis] < 1:
+        raise ValueError(f"log_mean_exp needs at least 1 particle (K >= 1) on axis {axis}; got shape "
+                         f"{tuple(x.shape)}")
     return jax.nn.logsumexp(x, axis=axis) - math.log(x.shape[axis])
 
 
@@ -373,6 +379,9 @@ def nvil_per_step(
     log_w_terms = jnp.asarray(log_w_terms)
     if log_w_terms.ndim < 2:
         raise ValueError(f"log_w_terms must be [..., particles, steps]; got shape {tuple(log_w_terms.shape)}")
+    if log_w_terms.shape[-2] < 1 or log_w_terms.shape[-1] < 1:
+        raise ValueError(f"NVIL needs at least 1 particle (K >= 1) and 1 step; got log_w_terms of shape "
+                         f"{tuple(log_w_terms.shape)} [..., particles, steps]")
     for name, a in (("log_q_score_steps", log_q_score_steps), ("baselines", baselines)):
         if tuple(jnp.shape(a)) != tuple(log_w_terms.shape):
             raise ValueError(f"{name} has shape {tuple(jnp.shape(a))}, expected log_w_terms' shape {tuple(log_w_terms.shape)}")
@@ -411,7 +420,8 @@ def vimco_leave_one_out(log_w: Array) -> Array:
     """
     k = log_w.shape[-1]
     if k < 2:
-        raise ValueError(f"VIMCO needs at least 2 particles; got log-weights of shape {tuple(log_w.shape)}")
+        raise ValueError(f"VIMCO needs at least 2 particles (K >= 2); got log-weights of shape "
+                         f"{tuple(log_w.shape)}")
     # Shift by the max for stability; the shift is a constant in each row and cancels exactly.
     shift = sg(jnp.max(log_w, axis=-1, keepdims=True))
     lw = log_w - shift
@@ -428,9 +438,8 @@ def vimco(log_p: Array, log_q_reparam: Array | None, log_q_score: Array) -> Surr
     """
     if log_q_score is None:
         raise ValueError("vimco needs log_q_score (log q of the score-function latents)")
+    log_p = _check_inputs(log_p, log_q_reparam, log_q_score, min_particles=2, estimator="VIMCO")
     log_w = log_weights(log_p, log_q_reparam, log_q_score)
-    if log_w.shape[-1] < 2:
-        raise ValueError(f"VIMCO needs at least 2 particles; got inputs of shape {tuple(log_w.shape)}")
     log_z = log_mean_exp(log_w)
     signals = log_z[..., None] - vimco_leave_one_out(log_w)
     loss = -jnp.mean(log_z + _score_term(signals, log_q_score))

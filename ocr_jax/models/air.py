@@ -63,6 +63,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ocr_jax import spatial_transformer as st
+from ocr_jax import validation
 from ocr_jax.models import modules
 
 Array = jax.Array
@@ -133,32 +134,49 @@ class AIRConfig:
     baseline_hidden: tuple[int, ...] = (256,)
 
     def __post_init__(self):
-        errors = []
-        if self.z_where_dim not in (3, 4):
-            errors.append(f"z_where_dim must be 3 or 4, got {self.z_where_dim}")
-        if self.max_steps < 1:
-            errors.append(f"max_steps must be >= 1, got {self.max_steps}")
-        if self.rnn not in modules.RNN_KINDS:
-            errors.append(f"rnn must be one of {modules.RNN_KINDS}, got {self.rnn!r}")
-        if self.likelihood not in ("gaussian", "bernoulli"):
-            errors.append(f"likelihood must be 'gaussian' or 'bernoulli', got {self.likelihood!r}")
-        if self.where_parametrisation not in ("sigmoid_tanh", "pyro"):
-            errors.append(f"where_parametrisation must be 'sigmoid_tanh' or 'pyro', got {self.where_parametrisation!r}")
+        check = validation.ConfigCheck(self)
+        check.ints_at_least(1, "canvas_shape", "glimpse_shape", length=2)
+        check.glimpse_fits("glimpse_shape", "canvas_shape")
+        check.int_at_least(1, "max_steps", "z_what_dim", "rnn_hidden")
+        check.require(self.z_where_dim in (3, 4), f"z_where_dim must be 3 or 4; got {self.z_where_dim!r}")
+        check.require(self.scan_unroll is True or self.scan_unroll is False or (
+            isinstance(self.scan_unroll, int) and self.scan_unroll >= 1),
+            f"scan_unroll must be True, False or an int >= 1; got {self.scan_unroll!r}")
+        check.one_of("image_encoder", ("raw", "mlp", "conv"))
+        check.one_of("rnn", modules.RNN_KINDS)
+        check.one_of("glimpse_encoder", ("mlp", "conv"))
+        check.one_of("glimpse_decoder", ("mlp", "conv"))
+        check.ints_at_least(1, "image_encoder_hidden", "controller_hidden", "glimpse_encoder_hidden",
+                            "glimpse_decoder_hidden", "encoder_conv_channels", "decoder_conv_channels")
+        # The NVIL baseline's first layer and the conv image encoder's projection need at least one hidden size.
+        check.ints_at_least(1, "baseline_hidden", nonempty=True)
+        if self.image_encoder == "conv":
+            check.ints_at_least(1, "image_encoder_hidden", "encoder_conv_channels", nonempty=True)
+        if self.glimpse_encoder == "conv":
+            check.ints_at_least(1, "encoder_conv_channels", nonempty=True)
+        if self.glimpse_decoder == "conv" and check.require(
+                len(self.decoder_conv_channels) > 0, "a conv glimpse_decoder needs decoder_conv_channels"):
+            f = 2 ** len(self.decoder_conv_channels)
+            check.require(all(g % f == 0 for g in self.glimpse_shape),
+                          f"a conv glimpse decoder with {len(self.decoder_conv_channels)} subpixel stages needs "
+                          f"glimpse_shape divisible by {f}; got {self.glimpse_shape}")
+        check.finite("decoder_output_bias")
+        check.one_of("likelihood", ("gaussian", "bernoulli"))
+        check.positive("obs_std")
+        check.number("bernoulli_eps", lambda v: 0 < v < 0.5, "a number in (0, 0.5)")
+        check.one_of("where_parametrisation", ("sigmoid_tanh", "pyro"))
         lo, hi = self.scale_range
-        if not 0.0 <= lo < hi:
-            errors.append(f"scale_range must satisfy 0 <= lo < hi, got {self.scale_range}")
-        elif self.where_parametrisation == "sigmoid_tanh" and not lo < self.init_scale < hi:
-            errors.append(f"init_scale {self.init_scale} must lie inside scale_range {self.scale_range}")
-        if not 0.0 < self.init_presence_prob < 1.0:
-            errors.append(f"init_presence_prob must be in (0, 1), got {self.init_presence_prob}")
+        if check.require(0.0 <= lo < hi, f"scale_range must satisfy 0 <= lo < hi; got {self.scale_range}"):
+            if self.where_parametrisation == "sigmoid_tanh":
+                check.require(lo < self.init_scale < hi,
+                              f"init_scale {self.init_scale} must lie inside scale_range {self.scale_range}")
+        check.positive("shift_range", "init_scale", "init_where_std")
         for name in ("where_prior_loc", "where_prior_scale"):
-            v = getattr(self, name)
-            if v is not None and len(v) != self.z_where_dim:
-                errors.append(f"{name} must have z_where_dim={self.z_where_dim} entries, got {v}")
-        if self.where_prior_scale is not None and min(self.where_prior_scale) <= 0:
-            errors.append(f"where_prior_scale must be positive, got {self.where_prior_scale}")
-        if errors:
-            raise ValueError("invalid AIRConfig: " + "; ".join(errors))
+            if getattr(self, name) is not None:
+                check.number_tuple(name, length=self.z_where_dim, positive=name == "where_prior_scale")
+        check.open_unit("init_presence_prob")
+        check.non_negative("head_kernel_scale")
+        check.done()
 
     @property
     def num_scales(self) -> int:
@@ -263,24 +281,23 @@ def _normal_log_prob(x, loc, scale):
 def validate_images(images, canvas_shape: Sequence[int]) -> None:
     """Check concrete images ``[batch, H, W]`` before training/evaluation (call outside jit).
 
-    Raises ValueError for: wrong rank, canvas size other than ``canvas_shape``, non-floating dtype, NaN/inf pixels,
-    values outside [0, 1].
+    Raises ValueError for: wrong rank, canvas size other than ``canvas_shape``, an empty batch, a non-floating dtype
+    (uint8 too: divide by 255), NaN/inf pixels, values outside [0, 1] (the checks of :meth:`AIR.infer`, through
+    ``ocr_jax.validation``), and for a traced ``images`` (its values cannot be checked).
     """
-    if isinstance(images, jax.core.Tracer):
+    if validation.is_traced(images):
         raise ValueError("validate_images needs concrete arrays; call it outside jit")
-    arr = np.asarray(images)
-    if arr.ndim != 3:
-        raise ValueError(f"images must have shape [batch, height, width]; got shape {arr.shape}")
-    if tuple(arr.shape[-2:]) != tuple(canvas_shape):
-        raise ValueError(f"images have canvas size {arr.shape[-2:]} but the model is configured for {tuple(canvas_shape)}")
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise ValueError(f"images must be floating point in [0, 1]; got dtype {arr.dtype} (divide uint8 images by 255)")
-    if not np.all(np.isfinite(arr)):
-        bad = int(np.sum(~np.isfinite(arr)))
-        raise ValueError(f"images contain {bad} NaN/inf pixels")
-    lo, hi = float(arr.min(initial=0.0)), float(arr.max(initial=0.0))
-    if lo < 0.0 or hi > 1.0:
-        raise ValueError(f"images must lie in [0, 1]; got min {lo}, max {hi}")
+    validation.check_frames(images, name="images", axes=("batch", "height", "width"), frame_shape=canvas_shape,
+                            frame_source=f"canvas size canvas_shape={tuple(canvas_shape)}")
+
+
+def _check_continue_prob(continue_prob, max_steps: int) -> None:
+    """The count prior's continue probability ρ: a scalar or ``[max_steps]`` float (may be traced); when concrete,
+    finite and in [0, 1]. ValueError otherwise."""
+    shape = tuple(jnp.shape(continue_prob))
+    if shape not in ((), (1,), (max_steps,)):
+        raise ValueError(f"continue_prob must be a scalar or have shape [max_steps] = ({max_steps},); got shape {shape}")
+    validation.check_values(continue_prob, "continue_prob values")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -455,7 +472,11 @@ class AIROutput(NamedTuple):
         return jnp.sum(self.z_pres, -1).astype(jnp.int32)
 
     def boxes(self, canvas_shape: Sequence[int]) -> Array:
-        """``[B, K, N, 4]`` (y_min, x_min, y_max, x_max) pixel edges; zero for absent steps (DESIGN.md)."""
+        """``[B, K, N, 4]`` (y_min, x_min, y_max, x_max) in pixel edges; zero for absent steps (DESIGN.md).
+
+        These are the **glimpse windows** given by ``z_where`` (where the model attends and pastes the decoded
+        glimpse), not tight bounding boxes of the object's pixels: a window usually has a margin around the digit.
+        """
         b = st.z_where_to_box(self.z_where, canvas_shape)
         return jnp.where(self.z_pres[..., None] > 0, b, 0.0)
 
@@ -494,7 +515,15 @@ class AIR:
         samples = model.generate(params, key, 16, continue_prob=rho)
 
     ``infer``/``generate`` are jit/grad friendly (``num_particles``/``num_samples`` static; ``continue_prob`` may
-    be traced). Run :func:`validate_images` on concrete inputs before jitted calls.
+    be traced).
+
+    Public entry points and their input checks (``ocr_jax.validation``; ValueError or TypeError naming what was
+    received and what to pass): ``init``, ``infer``, ``infer_with_keys``, ``reconstruct`` check images ``[B, H, W]``
+    (rank, the configured ``canvas_shape``, B >= 1, a float dtype: uint8 is rejected with "divide by 255"; finite
+    values in [0, 1] only on concrete arrays — under jit values are not known, so check them first with
+    :func:`validate_images`), ``num_particles`` an int >= 1 and keys; ``generate`` checks ``num_samples`` >= 1 and
+    the key. Keys may be typed (``jax.random.key``) or old-style (``jax.random.PRNGKey``, uint32[2]); both give the
+    same results for the same bits. ``continue_prob``: a scalar or ``[N]``, in [0, 1] when concrete.
     """
 
     def __init__(self, config: AIRConfig):
@@ -506,7 +535,10 @@ class AIR:
     # -- parameters ------------------------------------------------------------------------------------------------
 
     def init(self, key: Array, images: Array) -> dict[str, PyTree]:
+        """Parameters ``{"generative", "inference", "baseline"}``; ``images [batch, H, W]`` fix the shapes only (they
+        are checked as in :meth:`infer`). ``key``: ``jax.random.key`` or an old-style ``jax.random.PRNGKey``."""
         c = self.config
+        key = validation.check_key(key)
         images = self._check_images(images)
         k_inf, k_gen, k_base = jax.random.split(key, 3)
         inference = self.inference.init(k_inf, images[:1])
@@ -519,15 +551,13 @@ class AIR:
     # -- inference + generative pass --------------------------------------------------------------------------------
 
     def _check_images(self, images) -> Array:
-        images = jnp.asarray(images)
-        if images.ndim != 3 or tuple(images.shape[-2:]) != tuple(self.config.canvas_shape):
-            raise ValueError(
-                f"images must have shape [batch, {self.config.canvas_shape[0]}, {self.config.canvas_shape[1]}]; "
-                f"got {images.shape}"
-            )
-        if not jnp.issubdtype(images.dtype, jnp.floating):
-            raise ValueError(f"images must be floating point in [0, 1]; got dtype {images.dtype}")
-        return images
+        """``images [batch, H, W]``: rank, canvas size, batch >= 1, float dtype (uint8 rejected: divide by 255) and,
+        when concrete, finite values in [0, 1] (``ocr_jax.validation.check_frames``); returned as a jax array."""
+        c = self.config
+        images = validation.check_frames(images, name="images", axes=("batch", "height", "width"),
+                                         frame_shape=c.canvas_shape,
+                                         frame_source=f"canvas size AIRConfig.canvas_shape={tuple(c.canvas_shape)}")
+        return jnp.asarray(images)
 
     def infer(
         self,
@@ -543,10 +573,18 @@ class AIR:
         """Inference network + generative model for ``images [B, H, W]`` with K = ``num_particles``.
 
         Particle k of image b uses the key ``jax.random.split(key, (B, K))[b, k]`` (see :meth:`infer_with_keys`).
+
+        Checked (``ocr_jax.validation``; ValueError/TypeError with what was received): ``images`` as in
+        :func:`validate_images` (values only when concrete, i.e. not under jit), ``num_particles`` an int >= 1,
+        ``key`` a ``jax.random.key`` or an old-style ``jax.random.PRNGKey`` (uint32[2], same results for the same
+        bits), ``continue_prob`` a scalar or ``[N]`` in [0, 1].
         """
         images = self._check_images(images)
+        num_particles = validation.check_count(num_particles, "num_particles")
+        key = validation.check_key(key)
+        _check_continue_prob(continue_prob, self.config.max_steps)
         keys = jax.random.split(key, (images.shape[0], num_particles))
-        return self.infer_with_keys(
+        return self._infer_with_keys(
             params,
             images,
             keys,
@@ -565,7 +603,7 @@ class AIR:
         forced_presence: Array | None = None,
         encode_per_step: bool = False,
     ) -> AIROutput:
-        """As :meth:`infer` with explicit per-particle keys ``[B, K]``.
+        """As :meth:`infer` with explicit per-particle keys ``[B, K]`` (typed, or old-style ``[B, K, 2]`` uint32).
 
         Args:
           forced_presence: optional ``[B, K, N]`` {0, 1}: use these presence *draws* instead of sampling (test hook
@@ -574,8 +612,24 @@ class AIR:
           encode_per_step: reference path that recomputes the image encoding inside every step (identical results,
             slower); exists to test that the shared encoding is exact.
         """
-        c = self.config
         images = self._check_images(images)
+        if jnp.ndim(keys) < 2:
+            raise ValueError(f"keys must have shape [batch, particles] (jax.random.split(key, (batch, particles))); "
+                             f"got shape {jnp.shape(keys)}")
+        B, K = jnp.shape(keys)[:2]
+        if B != images.shape[0]:
+            raise ValueError(f"keys have {B} rows but images have batch size {images.shape[0]} (keys shape "
+                             f"{jnp.shape(keys)})")
+        if K < 1:
+            raise ValueError(f"keys must hold at least one particle per image (K >= 1); got shape {jnp.shape(keys)}")
+        keys = validation.check_key(keys, name="keys", batch_shape=(B, K))
+        _check_continue_prob(continue_prob, self.config.max_steps)
+        return self._infer_with_keys(params, images, keys, continue_prob=continue_prob,
+                                     forced_presence=forced_presence, encode_per_step=encode_per_step)
+
+    def _infer_with_keys(self, params, images, keys, *, continue_prob, forced_presence, encode_per_step) -> AIROutput:
+        """:meth:`infer_with_keys` on checked inputs (``images`` a float array, ``keys`` typed ``[B, K]``)."""
+        c = self.config
         B, K = keys.shape[:2]
         chex.assert_shape(keys, (images.shape[0], K))
         N = c.max_steps
@@ -708,8 +762,14 @@ class AIR:
     # -- generation -------------------------------------------------------------------------------------------------
 
     def generate(self, params: dict[str, PyTree], key: Array, num_samples: int, *, continue_prob: Any = 0.5) -> AIRSample:
-        """Sample ``num_samples`` scenes from the prior: n ~ truncated geometric, z_what ~ N(0, I), ẑ_where ~ prior."""
+        """Sample ``num_samples`` scenes from the prior: n ~ truncated geometric, z_what ~ N(0, I), ẑ_where ~ prior.
+
+        ``num_samples`` an int >= 1, ``key`` typed or old-style, ``continue_prob`` as in :meth:`infer` (checked).
+        """
         c = self.config
+        num_samples = validation.check_count(num_samples, "num_samples")
+        key = validation.check_key(key)
+        _check_continue_prob(continue_prob, c.max_steps)
         N = c.max_steps
         k_n, k_what, k_where, k_obs = jax.random.split(key, 4)
         n = jax.random.categorical(k_n, count_log_prior(continue_prob, N), shape=(num_samples,))
@@ -726,5 +786,6 @@ class AIR:
         return AIRSample(canvas, images, z_pres, z_where, z_what, n.astype(jnp.int32))
 
     def reconstruct(self, params, images, key, *, num_particles: int = 1, continue_prob: Any = 0.5) -> Array:
-        """``[B, K, H, W]`` reconstructions (likelihood means) from posterior samples."""
+        """``[B, K, H, W]`` reconstructions (likelihood means) from posterior samples (inputs checked as in
+        :meth:`infer`)."""
         return self.infer(params, images, key, num_particles=num_particles, continue_prob=continue_prob).canvas

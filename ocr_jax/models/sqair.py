@@ -64,6 +64,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ocr_jax import validation
 from ocr_jax.spatial_transformer import extract_glimpse, paste_glimpse
 
 __all__ = [
@@ -143,26 +144,42 @@ class SQAIRConfig:
     decoder_strides: tuple[int, ...] = (1, 2, 2)
 
     def __post_init__(self):
-        if self.arch not in ("mlp", "conv"):
-            raise ValueError(f"arch must be 'mlp' or 'conv'; got {self.arch!r}")
-        if self.where_map not in WHERE_MAPS:
-            raise ValueError(f"where_map must be one of {WHERE_MAPS}; got {self.where_map!r}")
-        if self.prop_what not in ("gated", "direct"):
-            raise ValueError(f"prop_what must be 'gated' or 'direct'; got {self.prop_what!r}")
-        if not self.std_floor > 0 or not self.likelihood_sigma > 0:
-            raise ValueError(f"std_floor and likelihood_sigma must be positive; got {self.std_floor}, "
-                             f"{self.likelihood_sigma}")
-        if not 0.0 <= self.first_frame_continue_prob < 1.0:
-            raise ValueError(f"first_frame_continue_prob must lie in [0, 1) (0: learned); got "
-                             f"{self.first_frame_continue_prob}")
-        if self.disc_init_scale is not None and not _MIN_SCALE < self.disc_init_scale < 1.0:
-            raise ValueError(f"disc_init_scale must lie in ({_MIN_SCALE}, 1); got {self.disc_init_scale}")
-        if self.max_objects < 1 or self.max_seq_len < 1 or self.z_what_dim < 1 or self.hidden < 1:
-            raise ValueError("max_objects, max_seq_len, z_what_dim and hidden must be positive")
-        if self.arch == "conv":
+        """Every field with a valid range is checked here; all violations are reported in one ValueError."""
+        check = validation.ConfigCheck(self)
+        check.one_of("arch", ("mlp", "conv"))
+        check.one_of("where_map", WHERE_MAPS)
+        check.one_of("prop_what", ("gated", "direct"))
+        check.ints_at_least(1, "image_shape", "glimpse_shape", length=2)
+        check.glimpse_fits("glimpse_shape", "image_shape")
+        check.int_at_least(1, "max_objects", "z_what_dim", "hidden", "max_seq_len")
+        # std_floor > 0 (not only >= 0): every posterior scale is softplus(.) + std_floor, and softplus underflows to
+        # 0 for very negative inputs, so a zero floor allows log(0) in the densities.
+        check.positive("likelihood_sigma", "std_floor")
+        check.number_tuple("where_prior_loc", length=4)
+        check.number_tuple("where_prior_scale", length=4, positive=True)
+        check.finite("where_posterior_scale_bias", "keep_logit_init", "no_new_objects_logit_init",
+                     "prop_presence_logit_init", "disc_presence_logit_init", "disc_later_presence_bias",
+                     "decoder_output_bias")
+        check.non_negative("disc_head_kernel_scale", "prop_update_scale")
+        check.number("first_frame_continue_prob", lambda v: 0.0 <= v < 1.0,
+                     "in [0, 1) (0: the learned discovery-count table)")
+        if self.disc_init_scale is not None:
+            check.number("disc_init_scale", lambda v: _MIN_SCALE < v < 1.0, f"in ({_MIN_SCALE}, 1) or None")
+        check.require(isinstance(self.presence_after_what, bool),
+                      f"presence_after_what must be a bool; got {self.presence_after_what!r}")
+        check.require(isinstance(self.scan_unroll, bool), f"scan_unroll must be a bool; got {self.scan_unroll!r}")
+        check.ints_at_least(1, "conv_channels", "conv_strides", "decoder_channels", "decoder_strides")
+        check.require(len(self.conv_channels) == len(self.conv_strides),
+                      f"conv_channels and conv_strides must have the same length; got {self.conv_channels} and "
+                      f"{self.conv_strides}")
+        check.require(len(self.decoder_channels) == len(self.decoder_strides),
+                      f"decoder_channels and decoder_strides must have the same length; got {self.decoder_channels} "
+                      f"and {self.decoder_strides}")
+        if self.arch == "conv" and not check.errors:
             up = int(np.prod(self.decoder_strides))
-            if any(g % up for g in self.glimpse_shape):
-                raise ValueError(f"conv decoder needs glimpse sides divisible by {up}; got {self.glimpse_shape}")
+            check.require(all(g % up == 0 for g in self.glimpse_shape),
+                          f"the conv decoder needs glimpse sides divisible by {up}; got {self.glimpse_shape}")
+        check.done()
 
 
 def mlp_sqair_config(hidden: int = 256, **overrides) -> SQAIRConfig:
@@ -462,6 +479,15 @@ class SQAIR:
       (0./1.), ``ids [..., objects]`` int32 (−1 absent), ``propagated [..., objects]`` bool,
       ``num_propagated``, ``num_discovered`` int32, ``canvas [..., height, width]`` (the likelihood's mean).
     ``infer`` also returns ``log_weight [batch, particles]`` accumulated object by object (Eq. 5.3-5.4).
+
+    Boxes: the model returns no boxes, only ``z_where``; the boxes of ``ocr_jax.api.infer_sequences`` and of the
+    evaluation (``sqair_task.boxes_of``) are the **glimpse windows** ``to_transform(z_where)`` in pixel edges
+    (y_min, x_min, y_max, x_max) — where the model attends and pastes each object — not tight bounding boxes.
+
+    Public entry points check their inputs through ``ocr_jax.validation`` (ValueError/TypeError naming what was
+    received and what to pass): ``init`` (key), ``infer``, ``infer_sequence``, ``conditional_generate`` (frames via
+    :meth:`validate_sequence`, particle and step counts, keys) and ``generate`` (counts, key). Keys may be typed
+    (``jax.random.key``) or old-style (``jax.random.PRNGKey``, uint32[2]).
     """
 
     def __init__(self, config: SQAIRConfig):
@@ -471,7 +497,9 @@ class SQAIR:
     # --- parameters -------------------------------------------------------------------------------------------------
 
     def init(self, key: jax.Array) -> dict:
-        """Returns ``{"generative": {name: params}, "inference": {name: params}}``."""
+        """Returns ``{"generative": {name: params}, "inference": {name: params}}``. ``key``: ``jax.random.key`` or an
+        old-style ``jax.random.PRNGKey`` (the same bits give the same parameters)."""
+        key = validation.check_key(key)
         out = {}
         for group, nets in (("generative", self._gen), ("inference", self._inf)):
             out[group] = {}
@@ -494,27 +522,17 @@ class SQAIR:
     # --- validation -------------------------------------------------------------------------------------------------
 
     def validate_sequence(self, images) -> None:
-        """Raise ``ValueError`` for a batch of sequences that does not fit the model: wrong rank or frame shape, more
-        frames than ``max_seq_len``, a non-floating dtype, or (when the values are concrete) NaN/inf or values outside
-        [0, 1]."""
+        """Raise ``ValueError`` for a batch of sequences ``[batch, time, height, width]`` that does not fit the model:
+        wrong rank or frame size (``image_shape``), an empty batch, no frames or more than ``max_seq_len``, a
+        non-floating dtype (uint8 included: divide by 255), or (only when the values are concrete, not under jit)
+        NaN/inf or values outside [0, 1]. The checks are ``ocr_jax.validation.check_frames``, shared with AIR and
+        ``ocr_jax.api``."""
+        self._check_frames(images, ("batch", "time", "height", "width"))
+
+    def _check_frames(self, images, axes):
         c = self.config
-        shape = tuple(np.shape(images))
-        if len(shape) != 4:
-            raise ValueError(f"images must have shape [batch, time, height, width]; got shape {shape}")
-        if shape[2:] != tuple(c.image_shape):
-            raise ValueError(f"frames must be {tuple(c.image_shape)} (height, width); got {shape[2:]}")
-        if shape[1] < 1 or shape[1] > c.max_seq_len:
-            raise ValueError(f"sequence length must be in [1, max_seq_len={c.max_seq_len}]; got {shape[1]}")
-        if not jnp.issubdtype(jnp.result_type(images), jnp.floating):
-            raise ValueError(f"images must be floating point in [0, 1]; got dtype {jnp.result_type(images)}")
-        try:
-            values = np.asarray(images)
-        except jax.errors.TracerArrayConversionError:
-            return  # traced: value checks belong outside jit
-        if not np.all(np.isfinite(values)):
-            raise ValueError("images contain NaN or inf")
-        if values.size and (values.min() < 0.0 or values.max() > 1.0):
-            raise ValueError(f"images must lie in [0, 1]; got range [{values.min()}, {values.max()}]")
+        validation.check_frames(images, name="frames", axes=axes, frame_shape=c.image_shape,
+                                frame_source=f"SQAIRConfig.image_shape={tuple(c.image_shape)}", max_time=c.max_seq_len)
 
     # --- shared pieces ----------------------------------------------------------------------------------------------
 
@@ -777,7 +795,9 @@ class SQAIR:
 
     def infer_sequence(self, params, images, key):
         """One particle for one sequence ``images [time, H, W]`` -> (outputs with axes ``[time, ...]``,
-        log_weight scalar). Uses ``key`` as is (compare ``particle_key``)."""
+        log_weight scalar). Uses ``key`` as is (compare ``particle_key``). Inputs are checked as in :meth:`infer`."""
+        self._check_frames(images, ("time", "height", "width"))
+        key = validation.check_key(key)
         codes = self.encode_images(params, images)
         out, log_w, _ = self._infer_particle(params, images, codes, key)
         return out, log_w
@@ -801,8 +821,20 @@ class SQAIR:
         ``log_weight [batch, particles]`` = Σ_t (log p(x_t|z_t) + log p^D + log p^P − log q^D − log q^P).
         ``disc_later_presence_bias`` (a scalar, may be traced) overrides the config's offset of DISC's presence
         logit after frame 1 (a training schedule: ``SQAIRTask.disc_later_bias``).
+
+        Checked: ``images`` by :meth:`validate_sequence` (values only when concrete), ``num_particles`` an int >= 1,
+        ``key`` a ``jax.random.key`` or an old-style ``jax.random.PRNGKey`` (uint32[2]; same results for the same
+        bits), ``disc_later_presence_bias`` a scalar (finite when concrete). ValueError/TypeError otherwise.
         """
         self.validate_sequence(images)
+        num_particles = validation.check_count(num_particles, "num_particles")
+        key = validation.check_key(key)
+        if disc_later_presence_bias is not None:
+            if jnp.shape(disc_later_presence_bias) != ():
+                raise ValueError(f"disc_later_presence_bias must be a scalar; got shape "
+                                 f"{jnp.shape(disc_later_presence_bias)}")
+            validation.check_values(disc_later_presence_bias, "disc_later_presence_bias", low=-math.inf,
+                                    high=math.inf)
         out, log_w, _ = self._infer_batch(params, jnp.asarray(images, jnp.float32), key, num_particles,
                                           disc_later_presence_bias)
         out["log_weight"] = log_w
@@ -863,9 +895,12 @@ class SQAIR:
 
         Returns the per-step prior outputs ``[batch, time, ...]`` (z's, ids, ``canvas``, ``log_p_disc``,
         ``log_p_prop``) and ``frames [batch, time, H, W]``: the canvas, plus N(0, σ²) noise if ``noisy``.
+        ``num_sequences`` and ``num_steps`` are ints >= 1 (``num_steps`` may exceed ``max_seq_len``: the prior has no
+        length limit); ``key`` typed or old-style (checked).
         """
-        if num_sequences < 1 or num_steps < 1:
-            raise ValueError("num_sequences and num_steps must be positive")
+        num_sequences = validation.check_count(num_sequences, "num_sequences")
+        num_steps = validation.check_count(num_steps, "num_steps")
+        key = validation.check_key(key)
         keys = jax.random.split(key, num_sequences)
 
         def one(k):
@@ -883,8 +918,12 @@ class SQAIR:
 
         Returns ``{"inferred": infer's outputs [batch, 1, k, ...], "rollout": prior outputs [batch, num_steps, ...],
         "frames": [batch, k + num_steps, H, W]}`` where the first k frames are the inferred canvases.
+        Checked: ``images`` as in :meth:`infer` (k <= ``max_seq_len``), ``num_steps`` an int >= 0 (0: inference
+        only; the rollout may go past ``max_seq_len``), ``key`` typed or old-style.
         """
         self.validate_sequence(images)
+        num_steps = validation.check_count(num_steps, "num_steps", minimum=0)
+        key = validation.check_key(key)
         images = jnp.asarray(images, jnp.float32)
         k_frames = images.shape[1]
         out, log_w, state = self._infer_batch(params, images, key, 1)
