@@ -93,3 +93,25 @@ def test_old_module_paths_alias_the_packaged_configs():
   assert air_multi_mnist is packaged
   assert importlib.import_module("experiments.configs.sqair_mnist") is importlib.import_module(
       "ocr_jax.configs.sqair_mnist")
+
+
+def test_run_controls_can_be_set_from_the_command_line_for_every_training_config(monkeypatch):
+  """``--config.allow_config_change`` and ``--config.stop_after_seconds`` parse for configs that do not declare
+  them (the parser adds the training loop's defaults); a config's own value is kept."""
+  from absl import flags as absl_flags
+
+  from ocr_jax import configs
+
+  for spec, declared_stop in (("toy_vae:quick", None), ("sqair_mnist:quick", 0)):
+    argv = ["prog", f"--config={spec}", "--config.allow_config_change=True", "--config.stop_after_seconds=540"]
+    monkeypatch.setattr("sys.argv", argv)  # config_flags reads the overrides from sys.argv
+    values = absl_flags.FlagValues()
+    configs.define_config_flag("config", flag_values=values)
+    values(argv)
+    assert values.config.allow_config_change is True and values.config.stop_after_seconds == 540
+    monkeypatch.setattr("sys.argv", ["prog", f"--config={spec}"])
+    values = absl_flags.FlagValues()
+    configs.define_config_flag("config", flag_values=values)
+    values(["prog", f"--config={spec}"])
+    assert values.config.allow_config_change is False
+    assert values.config.stop_after_seconds == (0.0 if declared_stop is None else declared_stop)

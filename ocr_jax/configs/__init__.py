@@ -20,6 +20,7 @@ import types
 
 from absl import flags
 from ml_collections import config_flags
+import ml_collections
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _LEGACY_DIR = os.path.join("experiments", "configs")
@@ -118,6 +119,12 @@ def define_config_flag(name: str = "config", default: str | None = None, help_st
   return holder
 
 
+# Fields of every training config that the training loop reads with these defaults (ocr_jax.training.train), added
+# to a packaged or file config that does not set them, so that e.g. ``--config.allow_config_change=True`` or
+# ``--config.stop_after_seconds=540`` work from the command line for every config.
+RUN_CONTROL_DEFAULTS = {"allow_config_change": False, "stop_after_seconds": 0.0}
+
+
 class _ResolvingParser(flags.ArgumentParser):
   """Wraps ml_collections' config-file parser: resolves a packaged config's name to its file first."""
 
@@ -125,7 +132,13 @@ class _ResolvingParser(flags.ArgumentParser):
     self._file_parser = file_parser
 
   def parse(self, argument):
-    return self._file_parser.parse(resolve(argument))
+    config = self._file_parser.parse(resolve(argument))
+    if isinstance(config, ml_collections.ConfigDict) and "task" in config:  # a training config: run controls
+      with config.unlocked():
+        for field, default in RUN_CONTROL_DEFAULTS.items():
+          if field not in config:
+            config[field] = default
+    return config
 
   def flag_type(self):
     return self._file_parser.flag_type()
