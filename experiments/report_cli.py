@@ -1,5 +1,7 @@
-"""The command line shared by the report scripts: ``--config=FILE[:variant] --workdir=DIR`` (plus optional string
-flags) -> ``report(config, workdir, **optional)``, whose JSON-able result is printed."""
+"""The command line shared by the report scripts: ``--workdir=DIR [--config=NAME[:variant]]`` (plus optional string
+flags) -> ``report(config, workdir, **optional)``, whose JSON-able result is printed. Without ``--config`` the
+run's own config (``<workdir>/config.json``) is used; with it, the given config (e.g. to score a run with other
+evaluation settings: ``--config=sqair_mnist:cpu --config.task_config.eval.batch_size=100``)."""
 
 from __future__ import annotations
 
@@ -19,13 +21,18 @@ def run_report(report: Callable[..., dict], *, config_help: str, argv=None,
     config_flag = configs.define_config_flag("config", None, config_help)
     workdir_flag = flags.DEFINE_string("workdir", None, "the run's directory")
     extra = {name: flags.DEFINE_string(name, None, help) for name, help in (optional_flags or {}).items()}
-    flags.mark_flags_as_required(["config", "workdir"])
+    flags.mark_flags_as_required(["workdir"])
     hidden = set(hidden_keys) | ({text_key} if text_key else set())
 
     def run(_):
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
-        results = report(config_flag.value, workdir_flag.value, **{k: f.value for k, f in extra.items()})
+        config = config_flag.value
+        if config is None:  # the run describes itself
+            from ocr_jax.api import load_config
+
+            config = load_config(workdir_flag.value)
+        results = report(config, workdir_flag.value, **{k: f.value for k, f in extra.items()})
         print(json.dumps({k: v for k, v in results.items() if k not in hidden}, indent=1))
         if text_key:
             print(results[text_key])

@@ -48,7 +48,7 @@ import numpy as np
 
 from ocr_jax import validation
 
-__all__ = ["Run", "load_run", "infer_sequences", "infer_images", "TASKS"]
+__all__ = ["Run", "load_config", "load_run", "infer_sequences", "infer_images", "TASKS"]
 
 # Tasks load_run understands, and the inference function of each.
 TASKS = {"air": "infer_images", "sqair": "infer_sequences"}
@@ -100,16 +100,11 @@ def _abstract_params(task_name: str, model) -> Any:
     return jax.eval_shape(model.init, key)
 
 
-def load_run(workdir: str | os.PathLike, *, step: int | None = None) -> Run:
-    """Loads the run in ``workdir``: its config (``config.json``) and the parameters of the latest checkpoint (or of
-    checkpoint ``step``) in ``<workdir>/checkpoints``.
+def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+    """The config a training run in ``workdir`` was launched with (its ``config.json``), as a ConfigDict.
 
-    Raises FileNotFoundError if ``workdir`` or its ``config.json`` is missing, ValueError if the config's task is not
-    one of `TASKS` or the file is not a config, and `ocr_jax.training.checkpoint.CheckpointError` if there is no
-    (such) checkpoint or it does not fit the model built from the config.
-    """
-    from ocr_jax.training.checkpoint import Checkpointer, CheckpointError
-
+    Raises FileNotFoundError if ``workdir`` or its ``config.json`` is missing, ValueError if the file is not a JSON
+    object."""
     workdir = os.path.abspath(os.fspath(workdir))
     if not os.path.isdir(workdir):
         raise FileNotFoundError(f"run directory {workdir} does not exist (or is not a directory)")
@@ -124,7 +119,22 @@ def load_run(workdir: str | os.PathLike, *, step: int | None = None) -> Run:
         raise ValueError(f"{config_path} is not valid JSON: {e}") from e
     if not isinstance(raw, dict):
         raise ValueError(f"{config_path} does not hold a config (a JSON object); got {type(raw).__name__}")
-    config = ml_collections.ConfigDict(raw)
+    return ml_collections.ConfigDict(raw)
+
+
+def load_run(workdir: str | os.PathLike, *, step: int | None = None) -> Run:
+    """Loads the run in ``workdir``: its config (``config.json``) and the parameters of the latest checkpoint (or of
+    checkpoint ``step``) in ``<workdir>/checkpoints``.
+
+    Raises FileNotFoundError if ``workdir`` or its ``config.json`` is missing, ValueError if the config's task is not
+    one of `TASKS` or the file is not a config, and `ocr_jax.training.checkpoint.CheckpointError` if there is no
+    (such) checkpoint or it does not fit the model built from the config.
+    """
+    from ocr_jax.training.checkpoint import Checkpointer, CheckpointError
+
+    workdir = os.path.abspath(os.fspath(workdir))
+    config = load_config(workdir)
+    config_path = os.path.join(workdir, "config.json")
     task_name = config.get("task")
     if task_name not in TASKS:
         raise ValueError(f"{config_path}: task {task_name!r} has no inference API; load_run supports "
