@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ocr_jax.configs import air_multi_mnist
-from ocr_jax.models import air_task
+from ocr_jax.tasks.air import AIRTask
 from ocr_jax.training import mesh as mesh_lib
 from ocr_jax.training.optimizers import make_optimizers
 from ocr_jax.training.train_step import init_train_state, make_train_step
@@ -61,7 +61,7 @@ def measure(config, steps: int, repeats: int = 5, *, devices=None, num_batches: 
     all), cycling through ``num_batches`` distinct batches; also compile time, XLA FLOPs and buffer sizes."""
     config.task_config.data.update(synthetic_digits=True,
                                    num_train=max(4096, config.global_batch_size * num_batches), num_test=64)
-    task = air_task.AIRTask(config.task_config)
+    task = AIRTask(config.task_config)
     optimizers, schedules = make_optimizers(config.optimizers)
     mesh = mesh_lib.make_data_mesh(devices)
     batches = task.train_batches(seed=0, start_step=0, global_batch_size=config.global_batch_size,

@@ -47,21 +47,21 @@ def evaluate_run(config, run_dir: str, *, count_images: int, log_marginal_images
   import jax
 
   from experiments.air_report import restore_params
-  from ocr_jax.models import air_task
+  from ocr_jax.evaluation.air import eval_summary, evaluate_air
+  from ocr_jax.tasks.air import AIRTask
 
   config.task_config.eval.log_marginal_particles = log_marginal_particles
   config.task_config.eval.log_marginal_chunk = min(config.task_config.eval.log_marginal_chunk, log_marginal_particles)
-  task = air_task.AIRTask(config.task_config)
+  task = AIRTask(config.task_config)
   params, step = restore_params(config, run_dir, task)
   params = jax.device_put(params)
-  counting = air_task.evaluate_air(task, params, step, num_images=count_images, log_marginal_images=0)
+  counting = evaluate_air(task, params, step, num_images=count_images, log_marginal_images=0)
   # ELBO and log p̂ on the same first `log_marginal_images` test images, so that their difference is the KL.
-  bounds = air_task.evaluate_air(task, params, step, num_images=log_marginal_images,
-                                 log_marginal_images=log_marginal_images)
+  bounds = evaluate_air(task, params, step, num_images=log_marginal_images, log_marginal_images=log_marginal_images)
   return dict(step=step, count_accuracy=counting["count_accuracy"], count_images=counting["num_images"],
               log_marginal=bounds["log_marginal"], elbo=bounds["elbo"], kl=bounds["log_marginal"] - bounds["elbo"],
               log_marginal_images=bounds["log_marginal_images"], log_marginal_particles=log_marginal_particles,
-              confusion=air_task.eval_summary(counting)["confusion"])
+              confusion=eval_summary(counting)["confusion"])
 
 
 def plot(results: dict, path: str) -> str:
@@ -134,7 +134,7 @@ if __name__ == "__main__":
   # Flags are defined only when run as a script, so the module can be imported next to the other experiments.
   configs.define_config_flag("config", None, "AIR config (air_multi_mnist[:VARIANT]) or config file")
   flags.DEFINE_string("workdir", None, "One subdirectory per (estimator, K) is created here.")
-  flags.DEFINE_list("estimators", ["vimco", "ww"], "AIR estimators (ocr_jax.models.air_task).")
+  flags.DEFINE_list("estimators", ["vimco", "ww"], "AIR estimators (ocr_jax.tasks.air).")
   flags.DEFINE_list("particles", ["2", "5", "10", "20"], "Particle counts K.")
   flags.DEFINE_integer("count_images", 10_000, "Test images for count accuracy.")
   flags.DEFINE_integer("log_marginal_images", 100, "Test images for log p̂(x) and KL.")

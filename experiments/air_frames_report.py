@@ -6,10 +6,10 @@ SQAIR's test sequences in SQAIR's units (per 10-frame sequence), next to a SQAIR
         --workdir=runs/air_moving --sqair_results=runs/sqair_cpu/results.json
 
 Reads the latest checkpoint in <workdir>/checkpoints and writes <workdir>/results.json
-(``air_task.evaluate_air_on_sequences``: counting accuracy per frame and per sequence, IWAE bound, ELBO, log p(x|z)
-and KL summed over the frames, IWAE-K log p(x_{1:T}) = Σ_t log p̂(x_t), tracking with AIR's step index as identity,
-the addition experiment), reconstructions.png (test sequences with AIR's boxes coloured by step, and
-reconstructions), and table.md: the Table 5.4.1 columns for this run, the SQAIR runs given by --sqair_results
+(``ocr_jax.evaluation.air.evaluate_air_on_sequences``: counting accuracy per frame and per sequence, IWAE bound,
+ELBO, log p(x|z) and KL summed over the frames, IWAE-K log p(x_{1:T}) = Σ_t log p̂(x_t), tracking with AIR's step
+index as identity, the addition experiment), reconstructions.png (test sequences with AIR's boxes coloured by step,
+and reconstructions), and table.md: the Table 5.4.1 columns for this run, the SQAIR runs given by --sqair_results
 (comma-separated results.json files of experiments/sqair_report.py) and the paper.
 """
 
@@ -27,7 +27,8 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ocr_jax import plotting  # noqa: E402
-from ocr_jax.models import air_task  # noqa: E402
+from ocr_jax.evaluation import air as air_eval  # noqa: E402
+from ocr_jax.tasks.air import AIRTask, load_moving_sequences  # noqa: E402
 from experiments.report_cli import run_report  # noqa: E402
 from ocr_jax.training import train  # noqa: E402
 
@@ -62,11 +63,12 @@ def markdown_table(rows: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_reconstructions(task: air_task.AIRTask, params, sequences: dict, step: int, workdir: str,
+def write_reconstructions(task: AIRTask, params, sequences: dict, step: int, workdir: str,
                           num_sequences: int = 4) -> str:
     frames = sequences["frames"][:num_sequences]
     n, T = frames.shape[:2]
-    r = jax.device_get(task._eval_batch(params, frames.reshape(-1, *frames.shape[2:]), jax.random.key(step), step))
+    r = jax.device_get(air_eval.eval_batch(task, params, frames.reshape(-1, *frames.shape[2:]), jax.random.key(step),
+                                           step))
     shape = (n, T)
     canvas = np.clip(r["canvas"], 0, 1).reshape(*shape, *frames.shape[2:])
     boxes = r["boxes"].reshape(*shape, *r["boxes"].shape[1:])
@@ -91,9 +93,9 @@ def report(config: ml_collections.ConfigDict, workdir: str, sqair_results: str |
     if cfg.data.name != "moving_multi_mnist":
         raise ValueError("air_frames_report evaluates AIR trained on moving multi-MNIST frames "
                          f"(the ':moving' config variant); this config's data is {cfg.data.name!r}")
-    task = air_task.AIRTask(cfg)
+    task = AIRTask(cfg)
     cfg = task.config  # the task's defaults updated with the config file's values
-    sequences = air_task.load_moving_sequences(cfg.data, "test")
+    sequences = load_moving_sequences(cfg.data, "test")
     batch = {"images": sequences["frames"].reshape(-1, *sequences["frames"].shape[2:])[:config.global_batch_size],
              "counts": sequences["counts"].reshape(-1)[:config.global_batch_size]}
     params, step = train.restore_params(config, workdir, task, batch)
@@ -103,10 +105,10 @@ def report(config: ml_collections.ConfigDict, workdir: str, sqair_results: str |
     sequences = {k: v[:num_seq] for k, v in sequences.items()}
     train_cfg = ml_collections.ConfigDict(cfg.data.to_dict())
     train_cfg.num_train = ev.addition_train_sequences
-    results = air_task.evaluate_air_on_sequences(
+    results = air_eval.evaluate_air_on_sequences(
         task, params, step, sequences, key=jax.random.key(step), num_particles=ev.sequence_particles,
         log_marginal_sequences=max(1, ev.log_marginal_images // sequences["frames"].shape[1]),
-        train_sequences=air_task.load_moving_sequences(train_cfg, "train"),
+        train_sequences=load_moving_sequences(train_cfg, "train"),
         classifier_steps=ev.addition_steps, iou_threshold=ev.tracking_iou_threshold)
     results["estimator"] = cfg.estimator
     with open(os.path.join(workdir, "results.json"), "w") as f:

@@ -21,19 +21,21 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ocr_jax import plotting  # noqa: E402
-from ocr_jax.models import air_task  # noqa: E402
+from ocr_jax import spatial_transformer as st  # noqa: E402
+from ocr_jax.evaluation import air as air_eval  # noqa: E402
+from ocr_jax.tasks.air import AIRTask  # noqa: E402
 from experiments.report_cli import run_report  # noqa: E402
 from ocr_jax.training import train  # noqa: E402
 
 
-def restore_params(config: ml_collections.ConfigDict, workdir: str, task: air_task.AIRTask):
+def restore_params(config: ml_collections.ConfigDict, workdir: str, task: AIRTask):
     """The parameters of the latest checkpoint in ``<workdir>/checkpoints`` and its step."""
     batch = next(task.train_batches(seed=config.seed, start_step=0, global_batch_size=config.global_batch_size,
                                     process_index=0, process_count=1))
     return train.restore_params(config, workdir, task, batch)
 
 
-def write_pictures(task: air_task.AIRTask, params, results: dict, step: int, workdir: str) -> list[str]:
+def write_pictures(task: AIRTask, params, results: dict, step: int, workdir: str) -> list[str]:
     ex = results["example"]
     n = len(ex["images"])
     titles = [f"true {t} / inferred {c}" for t, c in zip(ex["true_counts"], ex["counts"])]
@@ -62,8 +64,7 @@ def write_pictures(task: air_task.AIRTask, params, results: dict, step: int, wor
     # almost every scene is empty, so the picture uses the initial continue probability.
     picture_rho = float(task.config.count_prior.start)
     samples = task.model.generate(params, jax.random.key(0), 16, continue_prob=picture_rho)
-    boxes = np.asarray(jax.vmap(lambda z: air_task.air_lib.st.z_where_to_box(z, task.model.config.canvas_shape))(
-        samples.z_where))
+    boxes = np.asarray(jax.vmap(lambda z: st.z_where_to_box(z, task.model.config.canvas_shape))(samples.z_where))
     fig = plotting.plot_images(np.clip(np.asarray(samples.canvas), 0, 1), boxes, np.asarray(samples.z_pres) > 0,
                                title=f"samples from the generative model (likelihood means), count prior ρ = {picture_rho}")
     paths.append(str(plotting.save_figure(fig, os.path.join(workdir, "prior_samples.png"))))
@@ -73,12 +74,12 @@ def write_pictures(task: air_task.AIRTask, params, results: dict, step: int, wor
 
 def report(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Full test-split evaluation of the latest checkpoint; writes results.json and pictures into `workdir`."""
-    task = air_task.AIRTask(config.task_config)
+    task = AIRTask(config.task_config)
     params, step = restore_params(config, workdir, task)
     ev = config.task_config.eval
-    results = air_task.evaluate_air(task, params, step, num_images=ev.num_images,
+    results = air_eval.evaluate_air(task, params, step, num_images=ev.num_images,
                                     log_marginal_images=ev.log_marginal_images)
-    summary = air_task.eval_summary(results)
+    summary = air_eval.eval_summary(results)
     summary["estimator"] = config.task_config.estimator
     summary["recipe"] = config.task_config.data.recipe
     summary["count_prior"] = config.task_config.count_prior.to_dict()

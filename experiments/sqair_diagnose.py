@@ -16,14 +16,15 @@ import jax
 import numpy as np
 
 from ocr_jax import api
-from ocr_jax.models.sqair_task import load_sequences, to_float_frames
+from ocr_jax.data import to_unit_float
+from ocr_jax.tasks.sqair import load_sequences
 
 
 def frame_terms(run: api.Run, frames: np.ndarray, *, num_particles: int = 5, seed: int = 0) -> dict[str, list]:
     """Means over sequences and particles, per frame, of ``num_propagated``, ``num_discovered`` and the log-weight
     terms (``log_likelihood, log_p_disc, log_p_prop, log_q_disc, log_q_prop``) for ``frames [n, T, H, W]``."""
     model = run.model
-    infer = jax.jit(lambda p, x, k: model.infer(p, to_float_frames(x), k, num_particles))
+    infer = jax.jit(lambda p, x, k: model.infer(p, to_unit_float(x), k, num_particles))
     out = jax.device_get(infer(run.params, frames, jax.random.key(seed)))
     keys = ("num_propagated", "num_discovered", "log_likelihood", "log_p_disc", "log_p_prop", "log_q_disc",
             "log_q_prop")

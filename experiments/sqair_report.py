@@ -5,7 +5,7 @@
 Reads the latest checkpoint in <workdir>/checkpoints and writes <workdir>/results.json (counting accuracy per frame
 and per sequence, confusion of true vs inferred counts, IWAE bound, ELBO, log p(x|z), KL, IWAE-K log p(x); tracking
 against the ground-truth identities: matches, misses, identity swaps, re-detections, failure mode; the addition
-experiment's test accuracy, ocr_jax/models/sqair_eval.py), and
+experiment's test accuracy; ocr_jax/evaluation/sqair.py), and
   reconstructions.png  test sequences with the inferred boxes coloured by object identity, and reconstructions;
   sequences.gif        the same as an animation;
   prior_samples.png    sequences sampled from the generative model;
@@ -26,12 +26,14 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ocr_jax import plotting  # noqa: E402
-from ocr_jax.models import sqair_eval, sqair_task  # noqa: E402
+from ocr_jax.data import to_unit_float  # noqa: E402
+from ocr_jax.evaluation import sqair as sqair_eval  # noqa: E402
+from ocr_jax.tasks.sqair import SQAIRTask, load_sequences  # noqa: E402
 from experiments.report_cli import run_report  # noqa: E402
 from ocr_jax.training import train  # noqa: E402
 
 
-def write_pictures(task: sqair_task.SQAIRTask, params, results: dict, step: int, workdir: str) -> list[str]:
+def write_pictures(task: SQAIRTask, params, results: dict, step: int, workdir: str) -> list[str]:
     ex = results["example"]
     n = len(ex["frames"])
     inputs = ex["frames"].astype(np.float32) / 255.0
@@ -53,21 +55,22 @@ def write_pictures(task: sqair_task.SQAIRTask, params, results: dict, step: int,
 
     T = inputs.shape[1]
     samples = jax.device_get(task.model.generate(params, jax.random.key(0), n, T))
-    fig = plotting.plot_frame_strips(np.clip(samples["canvas"], 0, 1), sqair_task.boxes_of(task, samples["z_where"]),
+    fig = plotting.plot_frame_strips(np.clip(samples["canvas"], 0, 1), sqair_eval.boxes_of(task, samples["z_where"]),
                                      samples["z_pres"] > 0, color_ids=np.maximum(samples["ids"], 0),
                                      title="sequences sampled from the generative model (likelihood means)")
     paths.append(str(plotting.save_figure(fig, os.path.join(workdir, "prior_samples.png"))))
     plt.close(fig)
 
     k = max(1, T // 2)
-    cond = jax.device_get(task.model.conditional_generate(params, sqair_task.to_float_frames(ex["frames"][:, :k]),
+    cond = jax.device_get(task.model.conditional_generate(params, to_unit_float(ex["frames"][:, :k]),
                                                           jax.random.key(1), T - k))
     z_where = np.concatenate([cond["inferred"]["z_where"][:, 0], cond["rollout"]["z_where"]], axis=1)
     z_pres = np.concatenate([cond["inferred"]["z_pres"][:, 0], cond["rollout"]["z_pres"]], axis=1)
     cond_ids = np.concatenate([cond["inferred"]["ids"][:, 0], cond["rollout"]["ids"]], axis=1)
     rows = np.concatenate([inputs, np.clip(cond["frames"], 0, 1)])
     fig = plotting.plot_frame_strips(
-        rows, np.concatenate([ex["boxes"], sqair_task.boxes_of(task, z_where)]), np.concatenate([ex["z_pres"], z_pres]) > 0,
+        rows, np.concatenate([ex["boxes"], sqair_eval.boxes_of(task, z_where)]),
+        np.concatenate([ex["z_pres"], z_pres]) > 0,
         color_ids=np.maximum(np.concatenate([ex["ids"], cond_ids]), 0),
         row_titles=[f"input {i}" for i in range(n)] + [f"rollout {i}" for i in range(n)],
         title=f"conditional generation: frames 0..{k - 1} inferred, {k}..{T - 1} simulated")
@@ -78,17 +81,17 @@ def write_pictures(task: sqair_task.SQAIRTask, params, results: dict, step: int,
 
 def report(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Full evaluation of the latest checkpoint; writes results.json and pictures into ``workdir``."""
-    task = sqair_task.SQAIRTask(config.task_config)
+    task = SQAIRTask(config.task_config)
     data = task.test_data
     example_batch = {"frames": data["frames"][: config.global_batch_size]}
     params, step = train.restore_params(config, workdir, task, example_batch)
     params = jax.device_put(params)  # host (numpy) -> device arrays, once
-    results = sqair_task.evaluate_sqair(task, params, data, key=jax.random.key(step))
+    results = sqair_eval.evaluate_sqair(task, params, data, key=jax.random.key(step))
     summary = {"step": step, **{k: v for k, v in results.items() if k != "example"}}
     # Tracking against the ground-truth identities and the addition experiment (§5.D.4): the classifier is trained
     # on the representations of training sequences and tested on the test sequences; the model is frozen.
     ev = task.config.eval
-    train_data = sqair_task.load_sequences(task.config, "train", ev.addition_train_sequences, task.config.data_seed)
+    train_data = load_sequences(task.config, "train", ev.addition_train_sequences, task.config.data_seed)
     summary.update(sqair_eval.tracking_and_addition(
         task, params, data, key=jax.random.key(step), iou_threshold=ev.tracking_iou_threshold,
         classifier_steps=ev.addition_steps, train_data=train_data))

@@ -10,8 +10,8 @@
     out = ocr_jax.infer_images(run, images)                 # images [B, H, W]
 
 `load_run` reads ``<workdir>/config.json`` (written by `ocr_jax.training.train.train_and_evaluate`), builds the model
-of its task (``config.task``: ``"air"`` or ``"sqair"``) with the task classes of `ocr_jax.models.air_task` /
-`ocr_jax.models.sqair_task`, and restores only the parameters of a checkpoint in ``<workdir>/checkpoints`` (Orbax
+of its task (``config.task``: ``"air"`` or ``"sqair"``) with the task classes of `ocr_jax.tasks.air` /
+`ocr_jax.tasks.sqair`, and restores only the parameters of a checkpoint in ``<workdir>/checkpoints`` (Orbax
 partial restore: no dataset is generated or read, no optimiser is built, the optimiser states are not read).
 
 Conventions of both inference functions:
@@ -76,12 +76,12 @@ class Run:
 def _make_task(task_name: str, task_config: ml_collections.ConfigDict):
     """The training task's object (only its model and merged config are used; its data are lazy and not touched)."""
     if task_name == "air":
-        from ocr_jax.models import air_task
+        from ocr_jax.tasks import air
 
-        return air_task.AIRTask(task_config)
-    from ocr_jax.models import sqair_task
+        return air.AIRTask(task_config)
+    from ocr_jax.tasks import sqair
 
-    return sqair_task.SQAIRTask(task_config)
+    return sqair.SQAIRTask(task_config)
 
 
 def _task_of(run: "Run"):
@@ -241,7 +241,7 @@ def infer_sequences(run: Run, frames, *, key=None, num_particles: int = 5, batch
       ``ids [B, T, N]`` int32: object identities, stable across frames while an object is tracked, −1 where absent;
       ``presence [B, T, N]`` bool;
       ``z_what [B, T, N, D]``, ``z_where [B, T, N, 4]`` (the model's unconstrained z_where; boxes are
-        ``sqair_task.boxes_of`` of it): the latents, meaningful where present;
+        ``ocr_jax.evaluation.sqair.boxes_of`` of it): the latents, meaningful where present;
       ``log_weight [B]``: the chosen particle's log importance weight log p(x, z) − log q(z | x).
     Sequence i uses ``jax.random.fold_in(key, i)``; ``batch_size`` sequences run per jitted call.
     """
@@ -252,10 +252,10 @@ def infer_sequences(run: Run, frames, *, key=None, num_particles: int = 5, batch
                     frame_source=f"image_shape={tuple(c.image_shape)}", max_time=c.max_seq_len)
     out = _batched(functools.partial(_sqair_best_particle, run.model, run.params, num_particles=num_particles),
                    x, _as_key(key), batch_size)
-    from ocr_jax.models import sqair_task
+    from ocr_jax.evaluation import sqair as sqair_eval
 
     presence = out["z_pres"] > 0.5
-    boxes = np.asarray(sqair_task.boxes_of(_task_of(run), out["z_where"]), np.float32)
+    boxes = np.asarray(sqair_eval.boxes_of(_task_of(run), out["z_where"]), np.float32)
     return dict(
         counts=presence.sum(-1).astype(np.int32),
         boxes=np.where(presence[..., None], boxes, np.float32(0.0)),

@@ -10,7 +10,9 @@ import pytest
 from experiments import air_frames_report
 from ocr_jax.configs import air_multi_mnist, sqair_mnist
 from ocr_jax.data.moving_mnist import frames_as_images
-from ocr_jax.models import air_task, sqair_task
+from ocr_jax.evaluation import air as air_eval
+from ocr_jax.tasks import air as air_task
+from ocr_jax.tasks import sqair as sqair_task
 from ocr_jax.training.train import train_and_evaluate
 
 
@@ -61,12 +63,12 @@ def test_sequence_evaluation_sums_frames(untrained):
   task, params, seqs = untrained
   n, T = seqs["frames"].shape[:2]
   key = jax.random.key(3)
-  r = air_task.evaluate_air_on_sequences(task, params, 0, seqs, key=key, num_particles=3, log_marginal_sequences=2)
+  r = air_eval.evaluate_air_on_sequences(task, params, 0, seqs, key=key, num_particles=3, log_marginal_sequences=2)
   # Recompute per frame with the same batches and keys: the sequence terms are the sums of the frame terms.
   images = seqs["frames"].reshape(-1, 50, 50)
   bs = task.config.eval.batch_size
-  outs = [jax.device_get(air_task._infer_frames(task, params, images[s:s + bs], jax.random.fold_in(key, i), 0,
-                                                num_particles=3)) for i, s in enumerate(range(0, len(images), bs))]
+  outs = [jax.device_get(air_eval.infer_frames(task, params, images[s:s + bs], jax.random.fold_in(key, i), 0,
+                                               num_particles=3)) for i, s in enumerate(range(0, len(images), bs))]
   log_w = np.concatenate([o["log_weight"] for o in outs]).reshape(n, T, 3)
   log_lik = np.concatenate([o["log_likelihood"] for o in outs]).reshape(n, T, 3)
   z_pres = np.concatenate([o["z_pres"] for o in outs]).reshape(n, T, 3, -1)
@@ -82,7 +84,7 @@ def test_sequence_evaluation_sums_frames(untrained):
   assert np.isfinite(r["log_marginal"]) and r["log_marginal_sequences"] == 2
   assert r["tracking"]["num_sequences"] == n and r["addition"] is None
   with pytest.raises(ValueError, match="frames"):
-    air_task.evaluate_air_on_sequences(task, params, 0, {**seqs, "frames": seqs["frames"][:, :, :40]}, key=key)
+    air_eval.evaluate_air_on_sequences(task, params, 0, {**seqs, "frames": seqs["frames"][:, :, :40]}, key=key)
 
 
 def test_air_frames_report_trains_and_writes_the_table(tmp_path):

@@ -9,7 +9,8 @@ import sharded_step_check
 
 from ocr_jax.configs import air_multi_mnist
 from ocr_jax import estimators, objectives
-from ocr_jax.models import air_task
+from ocr_jax.evaluation import air as air_eval
+from ocr_jax.tasks import air as air_task
 from ocr_jax.training import mesh as mesh_lib
 from ocr_jax.training.optimizers import make_optimizers
 from ocr_jax.training.train_step import init_train_state, make_train_step
@@ -151,7 +152,7 @@ def test_tiny_config_trains_and_its_bound_improves():
     task, state, history = _train(config, 150)
     assert np.all(np.isfinite(history))
     assert history[-30:].mean() > history[:30].mean() + 20.0, (history[:30].mean(), history[-30:].mean())
-    results = air_task.evaluate_air(task, state.params, 150, num_images=128, log_marginal_images=8)
+    results = air_eval.evaluate_air(task, state.params, 150, num_images=128, log_marginal_images=8)
     assert 0.0 <= results["count_accuracy"] <= 1.0
     assert results["confusion"].sum() == 128
     assert results["log_marginal"] >= results["elbo"] - 5.0  # IWAE-K >= ELBO up to Monte-Carlo noise

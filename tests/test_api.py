@@ -20,7 +20,9 @@ import ocr_jax
 from ocr_jax.configs import air_multi_mnist, sqair_mnist
 from ocr_jax import api
 from ocr_jax import spatial_transformer as st
-from ocr_jax.models import air_task, sqair_task
+from ocr_jax.evaluation import sqair as sqair_eval
+from ocr_jax.tasks import air as air_task
+from ocr_jax.tasks import sqair as sqair_task
 from ocr_jax.training.checkpoint import CheckpointError
 from ocr_jax.training import train as train_lib
 from ocr_jax.training.train import train_and_evaluate
@@ -99,8 +101,8 @@ def forbid(monkeypatch, module, *names):
 @pytest.mark.parametrize("name", ["air", "sqair"])
 def test_load_run_restores_the_checkpoint_without_data_or_optimisers(name, request, monkeypatch):
   workdir, final_params = request.getfixturevalue(f"{name}_trained")
-  from ocr_jax.data import builders, mnist, moving_mnist, multi_mnist, synthetic
-  from ocr_jax.training import data as data_lib, optimizers, train as train_lib, train_step
+  from ocr_jax.data import builders, iterators, mnist, moving_mnist, multi_mnist, synthetic
+  from ocr_jax.training import optimizers, train as train_lib, train_step
 
   forbid(monkeypatch, moving_mnist, "load_moving_multi_mnist", "make_moving_multi_mnist")
   forbid(monkeypatch, multi_mnist, "make_multi_mnist")
@@ -109,7 +111,7 @@ def test_load_run_restores_the_checkpoint_without_data_or_optimisers(name, reque
   forbid(monkeypatch, synthetic, "blob_digits")
   forbid(monkeypatch, air_task, "load_multi_mnist", "load_moving_sequences", "deterministic_batches")
   forbid(monkeypatch, sqair_task, "load_sequences", "make_sequences", "deterministic_batches")
-  forbid(monkeypatch, data_lib, "deterministic_batches")
+  forbid(monkeypatch, iterators, "deterministic_batches")
   forbid(monkeypatch, optimizers, "make_optimizer", "make_optimizers")
   forbid(monkeypatch, train_step, "init_train_state")
   forbid(monkeypatch, train_lib, "restore_params")
@@ -158,6 +160,19 @@ def test_load_run_errors_are_clear(air_trained, tmp_path):
     api.load_run(tmp_path)
 
 
+def test_load_run_reads_a_run_made_before_the_tasks_moved(air_trained, tmp_path):
+  """Runs made before issue #14 name their task module by its old name (runs/sqair_cpu256: ocr_jax.models.sqair_task;
+  now ocr_jax.tasks.sqair): load_run builds the task from ``config.task`` and still reads them."""
+  workdir, final_params = air_trained
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["task_module"] == "ocr_jax.tasks.air"
+  (tmp_path / "config.json").write_text(json.dumps({**config, "task_module": "ocr_jax.models.air_task"}))
+  shutil.copytree(workdir / "checkpoints", tmp_path / "checkpoints")
+  run = api.load_run(tmp_path)
+  assert (run.task_name, run.step, type(run.task).__module__) == ("air", NUM_STEPS, "ocr_jax.tasks.air")
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(run.params), final_params)
+
+
 def test_import_ocr_jax_stays_light():
   code = "import sys, ocr_jax; assert 'jax' not in sys.modules, 'jax imported'; assert callable(ocr_jax.load_run)"
   subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
@@ -177,7 +192,7 @@ def test_infer_sequences_outputs(sqair_run):
   assert (out["counts"].dtype, out["ids"].dtype, out["presence"].dtype) == (np.int32, np.int32, np.bool_)
   np.testing.assert_array_equal(out["counts"], out["presence"].sum(-1))
   assert np.all((out["ids"] >= 0) == out["presence"])
-  expected_boxes = np.where(out["presence"][..., None], sqair_task.boxes_of(run.task, out["z_where"]), 0.0)
+  expected_boxes = np.where(out["presence"][..., None], sqair_eval.boxes_of(run.task, out["z_where"]), 0.0)
   np.testing.assert_allclose(out["boxes"], expected_boxes, rtol=1e-6, atol=1e-5)
   assert np.all(np.isfinite(out["log_weight"]))
 

@@ -12,7 +12,8 @@ import pytest
 from jax._src import compilation_cache
 
 from ocr_jax.configs import toy_vae as toy_vae_config
-from ocr_jax.training import tasks, toy_vae
+from ocr_jax.tasks import toy_vae
+from ocr_jax.training import tasks
 from ocr_jax.training.checkpoint import CheckpointError
 from ocr_jax.training.train import train_and_evaluate
 

@@ -35,7 +35,8 @@ def run(out, devices):
   import jax
   from ocr_jax.configs import toy_vae as toy_vae_config
   from ocr_jax.training import mesh as mesh_lib
-  from ocr_jax.training import optimizers, toy_vae, train_step as train_step_lib
+  from ocr_jax.tasks import toy_vae
+  from ocr_jax.training import optimizers, train_step as train_step_lib
   from ocr_jax.training.writers import to_host
 
   config = toy_vae_config.get_config("quick")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ocr_jax import api, objectives, validation
-from ocr_jax.models import air_task
+from ocr_jax.tasks import air as air_task
 from ocr_jax.models.air import AIR, AIRConfig, validate_images
 from ocr_jax.models.sqair import SQAIR, SQAIRConfig, mlp_sqair_config
 

@@ -11,7 +11,8 @@ import pytest
 
 from experiments import sqair_report
 from ocr_jax.configs import sqair_mnist
-from ocr_jax.models import sqair_task
+from ocr_jax.evaluation import sqair as sqair_eval
+from ocr_jax.tasks import sqair as sqair_task
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def sqair_setup():
                                  log_marginal_chunk=6)
   task = sqair_task.SQAIRTask(config.task_config)
   params = jax.jit(task.model.init)(jax.random.key(0))
-  return task, params, sqair_task.evaluate_sqair(task, params, task.test_data, key=jax.random.key(0))
+  return task, params, sqair_eval.evaluate_sqair(task, params, task.test_data, key=jax.random.key(0))
 
 
 def test_sqair_evaluation_values_are_consistent(sqair_setup):
@@ -41,7 +42,7 @@ def test_sqair_evaluation_values_are_consistent(sqair_setup):
   assert by_frame.shape == (T,) and r["count_accuracy"] == pytest.approx(by_frame.mean())
   assert r["count_accuracy_first_frame"] == pytest.approx(by_frame[0])
   assert r["count_accuracy_later_frames"] == pytest.approx(by_frame[1:].mean())
-  from ocr_jax.models.sqair_task import two_digit_overlap
+  from ocr_jax.evaluation.sqair import two_digit_overlap
   overlap = two_digit_overlap(data)
   assert np.all((overlap == -1) == (data["presence"].sum(-1) != 2))
   for o, name in ((0, "apart"), (1, "overlapping")):
@@ -58,7 +59,7 @@ def test_sqair_evaluation_values_are_consistent(sqair_setup):
   assert ex["frames"].shape[:2] == (2, T) and ex["boxes"].shape == ex["z_pres"].shape + (4,)
   np.testing.assert_array_equal(ex["counts"], ex["z_pres"].sum(-1))
   # Same key, same numbers (and the cached jitted functions are reused).
-  again = sqair_task.evaluate_sqair(task, params, data, key=jax.random.key(0))
+  again = sqair_eval.evaluate_sqair(task, params, data, key=jax.random.key(0))
   assert again["iwae"] == r["iwae"] and again["count_accuracy"] == r["count_accuracy"]
 
 
@@ -88,7 +89,7 @@ def test_sqair_periodic_evaluation_writes_counting_and_tracking(sqair_setup, tmp
   saved = json.load(open(tmp_path / "eval_step3.json"))
   assert saved["step"] == 3 and saved["count_accuracy"] == scalars["eval/count_accuracy"]
   assert saved["num_sequences"] == r["num_sequences"] and 0.0 <= saved["count_accuracy"] <= 1.0
-  for k in sqair_task.PERIODIC_TRACKING_KEYS:
+  for k in sqair_eval.PERIODIC_TRACKING_KEYS:
     assert f"tracking_{k}" in saved
   assert saved["tracking_failure_mode"] in ("tracks", "redetects_at_t2", "disc_only", "switches", "no_matches")
   recall = saved["tracking_recall"]
@@ -96,7 +97,7 @@ def test_sqair_periodic_evaluation_writes_counting_and_tracking(sqair_setup, tmp
 
 
 def test_two_digit_overlap_on_hand_made_boxes():
-  from ocr_jax.models.sqair_task import two_digit_overlap
+  from ocr_jax.evaluation.sqair import two_digit_overlap
 
   boxes = np.zeros((1, 3, 2, 4), np.float32)
   presence = np.array([[[True, True], [True, True], [True, False]]])

@@ -271,6 +271,23 @@ def test_allow_config_change_resumes_with_the_new_values(finished, tmp_path, cap
   assert saved["seed"] == 5 and saved["num_steps"] == NUM_STEPS + 2
 
 
+def test_a_run_that_names_a_moved_task_module_resumes(finished, tmp_path):
+  """The config.json of a run made before the tasks moved to ocr_jax/tasks (issue #14) names the old module, e.g.
+  ocr_jax.training.toy_vae: the run resumes with today's config, and a config file that names the old module (one
+  copied before the move) still builds the task and resumes (training.tasks.RENAMED_TASK_MODULES)."""
+  workdir = copy_run(finished, tmp_path)
+  saved = json.loads((workdir / "config.json").read_text())
+  assert saved["task_module"] == "ocr_jax.tasks.toy_vae"
+  (workdir / "config.json").write_text(json.dumps({**saved, "task_module": "ocr_jax.training.toy_vae"}))
+  config = small_config()
+  config.num_steps = NUM_STEPS + 2
+  assert int(train_and_evaluate(config, str(workdir)).step) == NUM_STEPS + 2
+  assert json.loads((workdir / "config.json").read_text())["task_module"] == "ocr_jax.tasks.toy_vae"
+  config.num_steps = NUM_STEPS + 4
+  config.task_module = "ocr_jax.training.toy_vae"
+  assert int(train_and_evaluate(config, str(workdir)).step) == NUM_STEPS + 4
+
+
 # ---- 5. A full disk: one clear error, the checkpoints intact. -----------------------------------------------------
 def test_disk_full_while_training_keeps_the_checkpoints_and_says_where_to_resume(finished, tmp_path, monkeypatch):
   workdir = copy_run(finished, tmp_path)

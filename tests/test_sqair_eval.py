@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from ocr_jax.models import sqair_eval as se
+from ocr_jax.evaluation import sqair as se
 
 T = 4
 
@@ -184,7 +184,7 @@ def test_addition_classifier_learns_sums_and_not_noise():
 
 def test_tracking_and_addition_on_untrained_quick_sqair():
     from ocr_jax.configs import sqair_mnist
-    from ocr_jax.models import sqair_task
+    from ocr_jax.tasks import sqair as sqair_task
 
     config = sqair_mnist.get_config("quick")
     config.task_config.num_eval = 16
@@ -205,7 +205,7 @@ def test_tracking_and_addition_on_untrained_quick_sqair():
     for k in ("recall", "precision", "switch_rate", "redetection_rate", "motp"):
         assert tr[k] is None or 0.0 <= tr[k] <= 1.0
     # the same best particles as evaluate_sqair (same key): the inferred object count agrees with its confusion
-    ev = sqair_task.evaluate_sqair(task, params, data, key=jax.random.key(1), log_marginal_sequences=0)
+    ev = se.evaluate_sqair(task, params, data, key=jax.random.key(1), log_marginal_sequences=0)
     confusion = np.asarray(ev["confusion"])
     assert tr["num_inferred"] == int((confusion * np.arange(confusion.shape[1])).sum())
     assert (add["num_train_sequences"], add["num_test_sequences"]) == (8, 8)

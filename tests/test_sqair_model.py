@@ -275,7 +275,7 @@ def test_where_posterior_scale_starts_at_softplus_of_its_bias():
 
 
 def test_curriculum_length():
-    from ocr_jax.models.sqair_task import curriculum_length
+    from ocr_jax.tasks.sqair import curriculum_length
 
     steps = jnp.asarray([0, 99_999, 100_000, 250_000, 10**7])
     np.testing.assert_array_equal(curriculum_length(steps, 3, 100_000, 10), [3, 3, 4, 5, 10])
@@ -288,7 +288,7 @@ def test_tiny_sqair_task_bound_improves():
     import ml_collections
     import optax
 
-    from ocr_jax.models.sqair_task import SQAIRTask
+    from ocr_jax.tasks.sqair import SQAIRTask
 
     cfg = ml_collections.ConfigDict(dict(
         arch="mlp", hidden=32, z_what_dim=8, max_objects=2, canvas_size=24, glimpse_size=8, num_particles=5,

@@ -389,7 +389,7 @@ def test_disc_suppression_schedule_of_the_task():
     offset after; evaluations use the bias of the step they evaluate."""
     import ml_collections
 
-    from ocr_jax.models.sqair_task import SQAIRTask
+    from ocr_jax.tasks.sqair import SQAIRTask
 
     task = SQAIRTask(ml_collections.ConfigDict(dict(
         hidden=8, z_what_dim=3, max_objects=2, canvas_size=16, glimpse_size=6, data="blobs", digit_size=8,
@@ -427,7 +427,7 @@ def test_count_penalty_schedule_and_objective():
     import ml_collections
 
     from ocr_jax import objectives
-    from ocr_jax.models.sqair_task import SQAIRTask
+    from ocr_jax.tasks.sqair import SQAIRTask
 
     base = dict(hidden=8, z_what_dim=3, max_objects=2, canvas_size=16, glimpse_size=6, data="blobs", digit_size=8,
                 num_frames=2, start_length=2, num_particles=3)
@@ -461,7 +461,7 @@ def test_sqair_trains_with_other_estimators(estimator):
     finite, non-zero gradient. A model that cannot provide an estimator's terms is refused at construction."""
     import ml_collections
 
-    from ocr_jax.models.sqair_task import SQAIRTask
+    from ocr_jax.tasks.sqair import SQAIRTask
 
     task = SQAIRTask(ml_collections.ConfigDict(dict(
         hidden=8, z_what_dim=3, max_objects=2, canvas_size=16, glimpse_size=6, data="blobs", digit_size=8,

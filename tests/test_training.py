@@ -15,8 +15,9 @@ import pytest
 
 from ocr_jax.configs import toy_vae as toy_vae_config
 from ocr_jax.training import optimizers as opt_lib
-from ocr_jax.training import tasks, toy_vae
-from ocr_jax.training.data import deterministic_batches
+from ocr_jax.data import deterministic_batches
+from ocr_jax.tasks import toy_vae
+from ocr_jax.training import tasks
 from ocr_jax.training.train import NonFiniteError, train_and_evaluate
 from ocr_jax.training.train_step import init_train_state, make_train_step
 

@@ -1,4 +1,4 @@
-"""AIR on multi-MNIST (ocr_jax.models.air_task). Spec: ../shared/spec/AIR.md.
+"""AIR on multi-MNIST (ocr_jax.tasks.air). Spec: ../shared/spec/AIR.md.
 
 Variants (``--config=air_multi_mnist:VARIANT``):
 
@@ -41,7 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config = ml_collections.ConfigDict()
   config.task = "air"
-  config.task_module = "ocr_jax.models.air_task"
+  config.task_module = "ocr_jax.tasks.air"
   config.task_config = ml_collections.ConfigDict(dict(
       estimator="vimco",
       num_particles=5,

@@ -44,7 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variants = configs.check_variant(arg, VARIANTS, config="sqair_mnist", combine=COMBINABLE_VARIANTS)
   config = ml_collections.ConfigDict()
   config.task = "sqair"
-  config.task_module = "ocr_jax.models.sqair_task"
+  config.task_module = "ocr_jax.tasks.sqair"
   config.task_config = ml_collections.ConfigDict(dict(
       arch="mlp", hidden=256, z_what_dim=50, max_objects=3, canvas_size=50, glimpse_size=20, likelihood_sigma=0.3,
       # the official code's initial biases (ocr_jax.models.sqair.SQAIRConfig); docs/results.md's runs A and B
@@ -62,7 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       presence_after_what=True, prop_update_scale=0.1, prop_what="gated", disc_later_presence_bias=0.0,
       first_frame_continue_prob=0.0,
       disc_suppression_steps=0, disc_suppression_bias=-30.0,
-      # a per-object cost in the training objective (ocr_jax.models.sqair_task; 0: off, the official code)
+      # a per-object cost in the training objective (ocr_jax.tasks.sqair; 0: off, the official code)
       count_penalty=0.0, count_penalty_start=0, count_penalty_ramp=0,
       # the estimator (ocr_jax.estimators): the paper's VIMCO; variants nvil and ww
       estimator="vimco", estimator_args=dict(), baseline_hidden=64,
@@ -134,7 +134,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       config.optimizers[group].boundaries_and_scales = {}
   if "nvil" in variants:
     # NVIL for every presence variable: one signal (log Ẑ_K − c − b_ψ(x)) / max(1, σ̂) per sequence, with the
-    # input-dependent baseline b_ψ as its own parameter group (ocr_jax.models.sqair_task.SequenceBaseline).
+    # input-dependent baseline b_ψ as its own parameter group (ocr_jax.tasks.sqair.SequenceBaseline).
     config.task_config.estimator = "nvil"
     config.optimizers.baseline = ml_collections.ConfigDict(dict(
         optimizer="adam", learning_rate=1e-3, schedule="constant", clip_global_norm=None))

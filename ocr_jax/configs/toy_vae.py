@@ -1,4 +1,4 @@
-"""Toy VAE with a discrete presence latent (ocr_jax.training.toy_vae): a demo and test config for the training loop.
+"""Toy VAE with a discrete presence latent (ocr_jax.tasks.toy_vae): a demo and test config for the training loop.
 
 Train (CPU, about a minute for the quick variant):
 
@@ -30,7 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   configs.check_variant(arg, VARIANTS, config="toy_vae")
   config = ml_collections.ConfigDict()
   config.task = "toy_vae"
-  config.task_module = "ocr_jax.training.toy_vae"
+  config.task_module = "ocr_jax.tasks.toy_vae"
   config.task_config = ml_collections.ConfigDict(dict(
       image_size=8, hidden=32, latent=4, num_train=1024, num_eval=256, data_seed=0, nvil_decay=0.9))
 

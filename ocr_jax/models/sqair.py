@@ -481,8 +481,8 @@ class SQAIR:
     ``infer`` also returns ``log_weight [batch, particles]`` accumulated object by object (Eq. 5.3-5.4).
 
     Boxes: the model returns no boxes, only ``z_where``; the boxes of ``ocr_jax.api.infer_sequences`` and of the
-    evaluation (``sqair_task.boxes_of``) are the **glimpse windows** ``to_transform(z_where)`` in pixel edges
-    (y_min, x_min, y_max, x_max) — where the model attends and pastes each object — not tight bounding boxes.
+    evaluation (``ocr_jax.evaluation.sqair.boxes_of``) are the **glimpse windows** ``to_transform(z_where)`` in pixel
+    edges (y_min, x_min, y_max, x_max) — where the model attends and pastes each object — not tight bounding boxes.
 
     Public entry points check their inputs through ``ocr_jax.validation`` (ValueError/TypeError naming what was
     received and what to pass): ``init`` (key), ``infer``, ``infer_sequence``, ``conditional_generate`` (frames via

@@ -88,7 +88,7 @@ def shard_batch(local_batch: Any, mesh: Mesh) -> Any:
 
   Args:
     local_batch: pytree of numpy arrays ``[local_batch, ...]``; process p holds global rows
-      ``[p * local_batch, (p + 1) * local_batch)`` (what `ocr_jax.training.data.deterministic_batches` yields).
+      ``[p * local_batch, (p + 1) * local_batch)`` (what `ocr_jax.data.deterministic_batches` yields).
     mesh: the data mesh.
 
   Returns:

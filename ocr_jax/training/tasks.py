@@ -1,17 +1,19 @@
 """The Task interface between a model and the training loop, and the registry of tasks by name.
 
-A model plugs into `train_and_evaluate` by registering a factory::
+A task module (ocr_jax/tasks/) plugs a model into `train_and_evaluate` by registering a factory::
 
-    # ocr_jax/models/air_task.py
-    from ocr_jax.training import tasks
-    def make_air_task(task_config: ml_collections.ConfigDict) -> tasks.Task: ...
-    tasks.register("air", make_air_task)
+    # ocr_jax/tasks/air.py
+    from ocr_jax.training.tasks import register
+    class AIRTask: ...  # init, loss, train_batches (and an evaluate hook)
+    register("air", AIRTask)
 
-and a config that names it (the module is imported lazily, so the training package never imports models)::
+and a config names it (the module is imported lazily, so the training package never imports the tasks)::
 
     config.task = "air"
-    config.task_module = "ocr_jax.models.air_task"
+    config.task_module = "ocr_jax.tasks.air"
     config.task_config = ml_collections.ConfigDict({...})  # passed to the factory
+
+Task modules that moved keep working under their old names in the configs of existing runs (`RENAMED_TASK_MODULES`).
 """
 
 from __future__ import annotations
@@ -55,8 +57,23 @@ class Task(Protocol):
                     process_count: int) -> Iterator[PyTree]:
     """Yields this process's share (``global_batch_size // process_count`` rows) of the global batches for steps
     ``start_step, start_step + 1, ...``. Must be a deterministic function of (seed, step) so that a resumed run sees
-    the same data as an uninterrupted one; `ocr_jax.training.data.deterministic_batches` does this for arrays."""
+    the same data as an uninterrupted one; `ocr_jax.data.deterministic_batches` does this for arrays."""
     ...
+
+
+# Task modules that were moved, old name -> new name. The config.json of a run names the task module it was trained
+# with, so runs made before a move (e.g. runs/sqair_pen, issue #14: the tasks left ocr_jax/models and
+# ocr_jax/training for ocr_jax/tasks) still load and resume. Only ever add to this table.
+RENAMED_TASK_MODULES = {
+    "ocr_jax.models.air_task": "ocr_jax.tasks.air",
+    "ocr_jax.models.sqair_task": "ocr_jax.tasks.sqair",
+    "ocr_jax.training.toy_vae": "ocr_jax.tasks.toy_vae",
+}
+
+
+def task_module_name(module: str | None) -> str | None:
+  """The current name of task module `module` (`RENAMED_TASK_MODULES`); other names (and None) unchanged."""
+  return RENAMED_TASK_MODULES.get(module, module)
 
 
 TaskFactory = Callable[[ml_collections.ConfigDict], Task]
@@ -76,8 +93,9 @@ def registered() -> list[str]:
 
 
 def make_task(config: ml_collections.ConfigDict) -> Task:
-  """Builds the task named by ``config.task``, importing ``config.task_module`` first if given."""
-  module = config.get("task_module")
+  """Builds the task named by ``config.task``, importing ``config.task_module`` (its current name,
+  `task_module_name`) first if given."""
+  module = task_module_name(config.get("task_module"))
   if module:
     importlib.import_module(module)
   name = config.task

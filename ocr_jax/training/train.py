@@ -2,7 +2,7 @@
 
 Config fields used here (see ocr_jax/configs/toy_vae.py for a complete example):
 
-    task, task_module, task_config        which Task to build (ocr_jax.training.tasks)
+    task, task_module, task_config        which Task to build (ocr_jax.training.tasks; the tasks are in ocr_jax.tasks)
     seed, global_batch_size, num_steps
     optimizers.<group>                    one optimiser config per parameter group (ocr_jax.training.optimizers)
     log_every, eval_every                 in steps; 0 disables evaluation
@@ -135,6 +135,14 @@ def config_as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(config.to_json_best_effort())
 
 
+def with_current_task_module(config_json: dict[str, Any]) -> dict[str, Any]:
+  """``config_json`` with its ``task_module`` under its current name (`tasks.RENAMED_TASK_MODULES`), so that a run
+  whose config.json names a task module that has since moved resumes with a config that names the new one."""
+  if config_json.get("task_module") is None:
+    return config_json
+  return {**config_json, "task_module": tasks.task_module_name(config_json["task_module"])}
+
+
 def read_run_config(workdir: str) -> dict[str, Any] | None:
   """The run's ``config.json``, None if there is none. Raises RunSafetyError if it is unreadable."""
   path = os.path.join(workdir, "config.json")
@@ -216,7 +224,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, checkpo
     if run_config is None:
       logging.warning("%s has checkpoints but no config.json: cannot check that this config is the run's", workdir)
     else:
-      changes = [c for c in config_changes(run_config, config_as_json(config)) if not is_resumable_field(c[0])]
+      changes = [c for c in config_changes(with_current_task_module(run_config),
+                                           with_current_task_module(config_as_json(config)))
+                 if not is_resumable_field(c[0])]
   if changes:
     if resume_step >= config.num_steps:
       logging.warning("this config differs from %s/config.json in %s; nothing to train, so nothing is changed",

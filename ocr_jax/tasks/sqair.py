@@ -9,7 +9,7 @@ depend only on frames ≤ t), so this is exactly the bound of the first ``L`` fr
 
 The bound is divided by the number of frames used (as the official code does) for the surrogate losses; metrics
 report it both per sequence and per frame. VIMCO's θ and φ surrogates are one array, so the train step's one
-backward pass serves both groups.
+backward pass serves both groups. Evaluation: ``ocr_jax.evaluation.sqair``.
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ import numpy as np
 from flax import linen as nn
 
 from ocr_jax import estimators, objectives
+from ocr_jax.data import deterministic_batches, to_unit_float
+from ocr_jax.evaluation import sqair as sqair_eval
 from ocr_jax.models import modules
 from ocr_jax.models.sqair import SQAIR, SQAIRConfig
-from ocr_jax.training import tasks
-from ocr_jax.training.data import deterministic_batches
+from ocr_jax.training.tasks import register
 
 
 def default_task_config() -> ml_collections.ConfigDict:
@@ -73,11 +74,6 @@ def default_task_config() -> ml_collections.ConfigDict:
     ))
 
 
-# Tracking numbers added to the periodic evaluations (``eval.periodic_tracking``) as ``tracking_<key>``.
-PERIODIC_TRACKING_KEYS = ("recall", "precision", "switch_rate", "redetection_rate", "redetection_rate_at_t2",
-                          "mota", "failure_mode")
-
-
 def curriculum_length(step, start_length: int, length_every: int, max_length: int):
     """§5.D.1: ``min(start_length + step // length_every, max_length)``; a Python int for an int step (the
     training loop's), an array for an array step."""
@@ -115,7 +111,7 @@ class SQAIRTask:
     """`ocr_jax.training.tasks.Task` for SQAIR. Parameter groups: ``generative`` (θ) and ``inference`` (φ)."""
 
     headline_metric = "iwae_per_frame"
-    eval_step = 2**31 - 1  # the training step whose DISC suppression inference_batches uses (default: none)
+    eval_step = 2**31 - 1  # the training step whose DISC suppression evaluation uses (default: none)
 
     def __init__(self, config: ml_collections.ConfigDict | None = None, *, train_frames: np.ndarray | None = None):
         cfg = default_task_config()
@@ -180,7 +176,7 @@ class SQAIRTask:
         to the curriculum length), each ``[batch, particles]``: (log p, log q of reparameterised latents, log q of
         the presence variables, log p(x|z)), and the per-step outputs."""
         bias = None if step is None else self.disc_later_bias(step)
-        out = self.model.infer(params, to_float_frames(frames), key, self.config.num_particles,
+        out = self.model.infer(params, to_unit_float(frames), key, self.config.num_particles,
                                disc_later_presence_bias=bias)
         total = lambda x: jnp.sum(x, axis=-1)  # noqa: E731  [batch, particles, time] -> [batch, particles]
         log_p = total(out["log_likelihood"] + out["log_p_disc"] + out["log_p_prop"])
@@ -194,7 +190,7 @@ class SQAIRTask:
         # The count penalty enters the training objective (and with it the learning signals) only.
         penalty = self.count_penalty(step)
         objects = jnp.sum(out["z_pres"], axis=(-2, -1))  # [batch, particles]: Σ_t Σ_i z_pres
-        frames_float = to_float_frames(batch["frames"])
+        frames_float = to_unit_float(batch["frames"])
         terms = estimators.LogWeightTerms(log_p=log_p - penalty * objects, log_q_reparam=log_q_reparam,
                                           log_q_score=log_q_score)
         if "baselines" in self.estimator.requires:  # b_ψ(x) [batch]: sees the frames only
@@ -222,27 +218,6 @@ class SQAIRTask:
         }
         return surrogates, (metrics, model_state)
 
-    def eval_functions(self):
-        """Jitted ``infer(params, frames, key)`` with ``eval.num_particles`` particles and ``log_marginal(params,
-        frames, key)`` (IWAE with ``eval.log_marginal_particles``, chunked), built once per task so that periodic
-        evaluations do not recompile."""
-        if getattr(self, "_eval_functions", None) is None:
-            from ocr_jax.diagnostics import log_marginal_chunked
-
-            model, ev = self.model, self.config.eval
-            infer = jax.jit(lambda p, x, k, b: model.infer(p, to_float_frames(x), k, ev.num_particles,
-                                                           disc_later_presence_bias=b))
-
-            @jax.jit
-            def log_marginal(p, x, k):
-                def log_weight_fn(kk, num):
-                    return model.infer(p, to_float_frames(x), kk, num)["log_weight"]
-
-                return log_marginal_chunked(log_weight_fn, k, ev.log_marginal_particles, ev.log_marginal_chunk)
-
-            self._eval_functions = (infer, log_marginal)
-        return self._eval_functions
-
     @property
     def test_data(self) -> dict[str, np.ndarray]:
         if getattr(self, "_test_data", None) is None:
@@ -256,17 +231,16 @@ class SQAIRTask:
         ev = self.config.eval
         self.eval_step = step  # periodic evaluations see the model as trained at this step (DISC suppression)
         key = jax.random.key(step)
-        results = evaluate_sqair(self, params, self.test_data, key=key, num_sequences=ev.periodic_sequences,
-                                 log_marginal_sequences=ev.periodic_log_marginal_sequences)
+        results = sqair_eval.evaluate_sqair(self, params, self.test_data, key=key,
+                                            num_sequences=ev.periodic_sequences,
+                                            log_marginal_sequences=ev.periodic_log_marginal_sequences)
         if ev.periodic_tracking:
             # Tracking on the same sequences and particles (no addition classifier): shows during training whether
             # the run tracks or falls into a failure mode (re-detections, DISC-only; §5.G).
-            from ocr_jax.models import sqair_eval
-
             tracking = sqair_eval.tracking_and_addition(self, params, self.test_data, key=key,
                                                         num_sequences=ev.periodic_sequences, classifier_steps=0,
                                                         iou_threshold=ev.tracking_iou_threshold)["tracking"]
-            results.update({f"tracking_{k}": tracking[k] for k in PERIODIC_TRACKING_KEYS})
+            results.update({f"tracking_{k}": tracking[k] for k in sqair_eval.PERIODIC_TRACKING_KEYS})
         if workdir and jax.process_index() == 0:
             with open(os.path.join(workdir, f"eval_step{step}.json"), "w") as f:
                 json.dump({"step": int(step), **{k: v for k, v in results.items() if k != "example"}}, f, indent=1)
@@ -309,148 +283,12 @@ def per_frame_losses(losses: dict, frames: float, with_baseline: bool) -> dict:
     return out
 
 
-def to_float_frames(frames) -> jax.Array:
-    """uint8 frames -> float32 in [0, 1]; float frames are passed through."""
-    frames = jnp.asarray(frames)
-    if jnp.issubdtype(frames.dtype, jnp.integer):
-        return frames.astype(jnp.float32) / 255.0
-    return frames.astype(jnp.float32)
-
-
-def boxes_of(task: SQAIRTask, z_where) -> np.ndarray:
-    """Unconstrained ``z_where [..., 4]`` -> boxes ``[..., 4]`` in pixel edges (y_min, x_min, y_max, x_max)."""
-    from ocr_jax import spatial_transformer as st
-
-    return np.asarray(st.z_where_to_box(task.model.to_transform(jnp.asarray(z_where)), task.model.config.image_shape))
-
-
-def inference_batches(task: SQAIRTask, params, frames: np.ndarray, key: jax.Array):
-    """Runs the task's jitted ``infer`` (``eval.num_particles`` particles) over ``frames [n, T, H, W]`` in batches of
-    ``eval.batch_size``, with key ``fold_in(key, start)`` for the batch starting at sequence ``start``, so that every
-    evaluation of the same frames with the same key sees the same particles. Yields ``(start, out, pick)``: the host
-    outputs ``[B, K, ...]`` and ``pick``, which selects the best particle (largest log-weight): ``[B, K, ...] ->
-    [B, ...]``. DISC's suppression is that of training step ``task.eval_step`` (set by the periodic evaluation;
-    default: after training, i.e. none)."""
-    infer = task.eval_functions()[0]
-    bias = task.disc_later_bias(task.eval_step)
-    for start in range(0, len(frames), task.config.eval.batch_size):
-        out = jax.device_get(infer(params, frames[start:start + task.config.eval.batch_size],
-                                   jax.random.fold_in(key, start), bias))
-        best = np.argmax(out["log_weight"], axis=1)
-        yield start, out, lambda a, best=best: np.asarray(a)[np.arange(len(best)), best]
-
-
-def two_digit_overlap(data: dict[str, np.ndarray]) -> np.ndarray:
-    """``[n, T]`` int8: 1 where a frame shows exactly two digits whose tight ``boxes`` (y_min, x_min, y_max, x_max)
-    intersect, 0 where it shows two apart, −1 for every other frame."""
-    boxes, presence = np.asarray(data["boxes"]), np.asarray(data["presence"], bool)
-    out = np.full(presence.shape[:2], -1, np.int8)
-    two = presence.sum(-1) == 2
-    if boxes.shape[2] < 2 or not two.any():
-        return out
-    a, b = boxes[..., 0, :], boxes[..., 1, :]
-    inter = ((np.minimum(a[..., 2], b[..., 2]) > np.maximum(a[..., 0], b[..., 0]))
-             & (np.minimum(a[..., 3], b[..., 3]) > np.maximum(a[..., 1], b[..., 1])))
-    two_first = two & presence[..., 0] & presence[..., 1]
-    out[two_first] = inter[two_first].astype(np.int8)
-    return out
-
-
-def evaluate_sqair(task: SQAIRTask, params, data: dict[str, np.ndarray], *, key: jax.Array,
-                   num_sequences: int | None = None, log_marginal_sequences: int | None = None) -> dict:
-    """Test-set evaluation over all ``T`` frames (no curriculum mask).
-
-    Per batch of sequences ``[B, T, H, W]``, K = ``eval.num_particles`` particles are drawn; the particle with the
-    largest log-weight gives the inferred count of every frame (Σ_objects z_pres), compared with the dataset's
-    ``counts [B, T]`` (digits visible in the frame). Returns floats: ``count_accuracy`` (over frames),
-    ``count_accuracy_first_frame`` and ``count_accuracy_later_frames`` (frame 1 is DISC alone; later frames need
-    PROP), ``count_accuracy_by_frame`` (a list over frame indices), ``count_accuracy_official_label`` (against the
-    official per-sequence label ``sequence_counts``, as Table 5.4.1, when the data has it),
-    ``count_accuracy_two_digits_apart`` / ``_overlapping`` (two-digit frames whose tight boxes are apart / overlap),
-    ``sequence_count_accuracy`` (all T frames right), ``iwae`` = mean_b log (1/K) Σ_k w_bk and ``iwae_per_frame``, ``elbo`` = mean log w, ``log_likelihood`` =
-    mean log p(x|z), ``kl`` = log_likelihood − elbo, ``num_objects`` per frame; ``log_marginal`` (IWAE with
-    ``eval.log_marginal_particles`` particles, chunked) on the first ``log_marginal_sequences`` (default
-    ``eval.log_marginal_sequences``) sequences;
-    ``confusion`` [true, inferred] counts; and ``example``: the first ``eval.num_pictures`` sequences with the best
-    particle's ``canvas``, ``boxes`` (pixel edges), ``z_pres`` and ``ids``.
-    """
-    cfg = task.config
-    ev = cfg.eval
-    model = task.model
-    n = min(num_sequences or len(data["frames"]), len(data["frames"]))
-    if n < 1:
-        raise ValueError("evaluate_sqair needs at least one sequence")
-    K = ev.num_particles
-    log_marginal = task.eval_functions()[1]
-    max_count = model.config.max_objects
-    sums = dict(correct=0.0, seq_correct=0.0, iwae=0.0, elbo=0.0, log_likelihood=0.0, num_objects=0.0,
-                correct_official=0.0)
-    T = data["frames"].shape[1]
-    correct_by_frame = np.zeros(T)
-    overlap = two_digit_overlap(data) if "boxes" in data and "presence" in data else None  # [n, T] or None
-    by_overlap = np.zeros((2, 2))  # [apart / overlapping two-digit frames, (correct, total)]
-    confusion = np.zeros((max_count + 1, max_count + 1), np.int64)
-    example = None
-    T = data["frames"].shape[1]
-    for start, out, pick in inference_batches(task, params, data["frames"][:n], key):
-        log_w = out["log_weight"]  # [B, K]
-        num = len(log_w)
-        counts = pick(out["z_pres"]).sum(-1).astype(np.int64)  # [B, T]
-        true = np.minimum(data["counts"][start:start + num], max_count)
-        np.add.at(confusion, (true.ravel(), counts.ravel()), 1)
-        sums["correct"] += float(np.sum(counts == true))
-        correct_by_frame += np.sum(counts == true, axis=0)
-        if overlap is not None:
-            ov = overlap[start:start + num]  # -1: not a two-digit frame
-            for o in (0, 1):
-                by_overlap[o] += (np.sum((counts == true) & (ov == o)), np.sum(ov == o))
-        if "sequence_counts" in data:  # the official per-sequence label (Table 5.4.1), repeated over frames
-            label = np.minimum(data["sequence_counts"][start:start + num], max_count)[:, None]
-            sums["correct_official"] += float(np.sum(counts == label))
-        sums["seq_correct"] += float(np.sum(np.all(counts == true, axis=1)))
-        m = np.max(log_w, axis=1, keepdims=True)
-        sums["iwae"] += float(np.sum(m[:, 0] + np.log(np.mean(np.exp(log_w - m), axis=1))))
-        sums["elbo"] += float(np.sum(np.mean(log_w, axis=1)))
-        sums["log_likelihood"] += float(np.sum(np.mean(out["log_likelihood"].sum(-1), axis=1)))
-        sums["num_objects"] += float(np.sum(out["z_pres"].sum(-1).mean(1)))
-        if example is None:
-            j = slice(0, min(ev.num_pictures, num))
-            boxes = boxes_of(task, pick(out["z_where"]))
-            example = dict(frames=data["frames"][start:start + num][j], canvas=pick(out["canvas"])[j], boxes=boxes[j],
-                           z_pres=pick(out["z_pres"])[j], ids=pick(out["ids"])[j], true_counts=true[j],
-                           counts=counts[j])
-    results = dict(num_sequences=int(n), num_frames=int(T), num_particles=int(K),
-                   count_accuracy=sums["correct"] / (n * T), sequence_count_accuracy=sums["seq_correct"] / n,
-                   count_accuracy_first_frame=float(correct_by_frame[0] / n),
-                   count_accuracy_later_frames=float(correct_by_frame[1:].sum() / (n * (T - 1))) if T > 1 else None,
-                   count_accuracy_by_frame=(correct_by_frame / n).tolist(),
-                   iwae=sums["iwae"] / n, iwae_per_frame=sums["iwae"] / (n * T), elbo=sums["elbo"] / n,
-                   log_likelihood=sums["log_likelihood"] / n, num_objects=sums["num_objects"] / (n * T))
-    results["kl"] = results["log_likelihood"] - results["elbo"]
-    if overlap is not None:  # frames with two visible digits whose tight boxes are apart / overlap
-        for o, name in ((0, "apart"), (1, "overlapping")):
-            if by_overlap[o, 1]:
-                results[f"count_accuracy_two_digits_{name}"] = float(by_overlap[o, 0] / by_overlap[o, 1])
-    if "sequence_counts" in data:
-        results["count_accuracy_official_label"] = sums["correct_official"] / (n * T)
-    m = min(ev.log_marginal_sequences if log_marginal_sequences is None else log_marginal_sequences, n)
-    if m > 0:
-        lms = [np.asarray(log_marginal(params, data["frames"][s:s + ev.batch_size][: m - s],
-                                       jax.random.fold_in(key, 10_000 + s)))
-               for s in range(0, m, ev.batch_size)]
-        results.update(log_marginal=float(np.mean(np.concatenate(lms))), log_marginal_sequences=int(m),
-                       log_marginal_particles=int(ev.log_marginal_particles))
-    results["confusion"] = confusion.tolist()
-    results["example"] = example
-    return results
-
-
 def make_sqair_task(config: ml_collections.ConfigDict) -> SQAIRTask:
     return SQAIRTask(config)
 
 
-tasks.register("sqair", make_sqair_task)
+register("sqair", make_sqair_task)
 
-__all__ = ["SQAIRTask", "boxes_of", "curriculum_length", "default_task_config", "evaluate_sqair", "inference_batches",
-           "load_sequences", "make_sequences", "make_sqair_task", "to_float_frames"]
+__all__ = ["SQAIRTask", "SequenceBaseline", "curriculum_length", "default_task_config", "load_sequences",
+           "make_sequences", "make_sqair_task", "model_config", "per_frame_losses"]
 

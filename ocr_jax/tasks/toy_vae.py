@@ -25,8 +25,8 @@ import ml_collections
 import numpy as np
 
 from ocr_jax import estimators
-from ocr_jax.training import tasks
-from ocr_jax.training.data import deterministic_batches
+from ocr_jax.data import deterministic_batches
+from ocr_jax.training.tasks import register
 
 
 def default_task_config() -> ml_collections.ConfigDict:
@@ -159,4 +159,4 @@ class ToyVAETask:
     return {"eval/elbo": float(elbo), "images/reconstructions": np.concatenate([top, bottom], axis=0)}
 
 
-tasks.register("toy_vae", ToyVAETask)
+register("toy_vae", ToyVAETask)

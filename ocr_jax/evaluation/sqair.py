@@ -1,5 +1,10 @@
-"""SQAIR evaluation beyond counting (thesis §5.4.1, §5.D.4, §5.G): tracking quality against the dataset's
-ground-truth identities, and the addition experiment.
+"""Evaluation of SQAIR (a task of ``ocr_jax.tasks.sqair``, thesis §5.4.1, §5.D.4, §5.G): counting accuracy, bounds
+and log p(x) over test sequences (:func:`evaluate_sqair`), tracking quality against the dataset's ground-truth
+identities, and the addition experiment (:func:`tracking_and_addition`). The tracking and addition metrics take
+arrays, so AIR's frame-wise evaluation (``ocr_jax.evaluation.air``) uses them too.
+
+The functions that run the model take the task object: ``task.model`` (``ocr_jax.models.sqair.SQAIR``),
+``task.config`` (its ``eval`` settings), ``task.eval_step`` and ``task.disc_later_bias(step)`` (DISC's suppression).
 
 Axes: ``time`` (T), ``true`` (D, ground-truth identities = the moving-MNIST digit slots), ``slots`` (N, the model's
 object slots), ``batch`` (B), ``features`` (F = N·Dw). Boxes are ``(y_min, x_min, y_max, x_max)`` in pixel edges.
@@ -36,7 +41,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Sequence
+import weakref
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -44,27 +50,196 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ocr_jax import spatial_transformer as st
+from ocr_jax.data import to_unit_float
+from ocr_jax.diagnostics import log_marginal_chunked
+
 __all__ = [
     "AdditionMLP",
     "COUNT_KEYS",
     "FAILURE_THRESHOLDS",
+    "PERIODIC_TRACKING_KEYS",
     "add_counts",
     "addition_experiment",
     "addition_features",
     "addition_targets",
     "box_iou",
+    "boxes_of",
     "classify_failure_mode",
+    "eval_functions",
+    "evaluate_sqair",
+    "inference_batches",
     "match_objects",
     "summarise_tracking",
     "tracking_and_addition",
     "tracking_counts",
     "tracking_errors",
     "train_addition_classifier",
+    "two_digit_overlap",
 ]
 
 COUNT_KEYS = ("num_sequences", "total_frames", "num_true", "num_inferred", "num_tracks", "matched_tracks",
               "matches", "misses", "false_positives", "continuations", "switches", "swaps", "redetections",
               "redetections_at_t2", "continuations_at_t2", "redetections_late", "continuations_late")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Counting, bounds and log p(x) over sequences (Table 5.4.1)
+
+
+# Tracking numbers added to the periodic evaluations (``eval.periodic_tracking``) as ``tracking_<key>``.
+PERIODIC_TRACKING_KEYS = ("recall", "precision", "switch_rate", "redetection_rate", "redetection_rate_at_t2",
+                          "mota", "failure_mode")
+
+# The jitted inference functions of each task (keyed weakly: they go with the task), built once per task so that
+# periodic evaluations do not recompile.
+_EVAL_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def eval_functions(task) -> tuple[Callable, Callable]:
+    """Jitted ``infer(params, frames, key, disc_later_presence_bias)`` with ``eval.num_particles`` particles and
+    ``log_marginal(params, frames, key)`` (IWAE with ``eval.log_marginal_particles``, chunked) for ``task.model``;
+    frames uint8 (``to_unit_float``) or float. Built once per task."""
+    if task not in _EVAL_FUNCTIONS:
+        model, ev = task.model, task.config.eval
+        infer = jax.jit(lambda p, x, k, b: model.infer(p, to_unit_float(x), k, ev.num_particles,
+                                                       disc_later_presence_bias=b))
+
+        @jax.jit
+        def log_marginal(p, x, k):
+            def log_weight_fn(kk, num):
+                return model.infer(p, to_unit_float(x), kk, num)["log_weight"]
+
+            return log_marginal_chunked(log_weight_fn, k, ev.log_marginal_particles, ev.log_marginal_chunk)
+
+        _EVAL_FUNCTIONS[task] = (infer, log_marginal)
+    return _EVAL_FUNCTIONS[task]
+
+
+def boxes_of(task, z_where) -> np.ndarray:
+    """Unconstrained ``z_where [..., 4]`` -> boxes ``[..., 4]`` in pixel edges (y_min, x_min, y_max, x_max)."""
+    return np.asarray(st.z_where_to_box(task.model.to_transform(jnp.asarray(z_where)), task.model.config.image_shape))
+
+
+def inference_batches(task, params, frames: np.ndarray, key: jax.Array):
+    """Runs the jitted ``infer`` of :func:`eval_functions` (``eval.num_particles`` particles) over ``frames [n, T, H,
+    W]`` in batches of ``eval.batch_size``, with key ``fold_in(key, start)`` for the batch starting at sequence
+    ``start``, so that every evaluation of the same frames with the same key sees the same particles. Yields ``(start,
+    out, pick)``: the host outputs ``[B, K, ...]`` and ``pick``, which selects the best particle (largest log-weight):
+    ``[B, K, ...] -> [B, ...]``. DISC's suppression is that of training step ``task.eval_step`` (set by the periodic
+    evaluation; default: after training, i.e. none)."""
+    infer = eval_functions(task)[0]
+    bias = task.disc_later_bias(task.eval_step)
+    for start in range(0, len(frames), task.config.eval.batch_size):
+        out = jax.device_get(infer(params, frames[start:start + task.config.eval.batch_size],
+                                   jax.random.fold_in(key, start), bias))
+        best = np.argmax(out["log_weight"], axis=1)
+        yield start, out, lambda a, best=best: np.asarray(a)[np.arange(len(best)), best]
+
+
+def two_digit_overlap(data: dict[str, np.ndarray]) -> np.ndarray:
+    """``[n, T]`` int8: 1 where a frame shows exactly two digits whose tight ``boxes`` (y_min, x_min, y_max, x_max)
+    intersect, 0 where it shows two apart, −1 for every other frame."""
+    boxes, presence = np.asarray(data["boxes"]), np.asarray(data["presence"], bool)
+    out = np.full(presence.shape[:2], -1, np.int8)
+    two = presence.sum(-1) == 2
+    if boxes.shape[2] < 2 or not two.any():
+        return out
+    a, b = boxes[..., 0, :], boxes[..., 1, :]
+    inter = ((np.minimum(a[..., 2], b[..., 2]) > np.maximum(a[..., 0], b[..., 0]))
+             & (np.minimum(a[..., 3], b[..., 3]) > np.maximum(a[..., 1], b[..., 1])))
+    two_first = two & presence[..., 0] & presence[..., 1]
+    out[two_first] = inter[two_first].astype(np.int8)
+    return out
+
+
+def evaluate_sqair(task, params, data: dict[str, np.ndarray], *, key: jax.Array,
+                   num_sequences: int | None = None, log_marginal_sequences: int | None = None) -> dict:
+    """Test-set evaluation over all ``T`` frames (no curriculum mask).
+
+    Per batch of sequences ``[B, T, H, W]``, K = ``eval.num_particles`` particles are drawn; the particle with the
+    largest log-weight gives the inferred count of every frame (Σ_objects z_pres), compared with the dataset's
+    ``counts [B, T]`` (digits visible in the frame). Returns floats: ``count_accuracy`` (over frames),
+    ``count_accuracy_first_frame`` and ``count_accuracy_later_frames`` (frame 1 is DISC alone; later frames need
+    PROP), ``count_accuracy_by_frame`` (a list over frame indices), ``count_accuracy_official_label`` (against the
+    official per-sequence label ``sequence_counts``, as Table 5.4.1, when the data has it),
+    ``count_accuracy_two_digits_apart`` / ``_overlapping`` (two-digit frames whose tight boxes are apart / overlap),
+    ``sequence_count_accuracy`` (all T frames right), ``iwae`` = mean_b log (1/K) Σ_k w_bk and ``iwae_per_frame``,
+    ``elbo`` = mean log w, ``log_likelihood`` = mean log p(x|z), ``kl`` = log_likelihood − elbo, ``num_objects`` per
+    frame; ``log_marginal`` (IWAE with ``eval.log_marginal_particles`` particles, chunked) on the first
+    ``log_marginal_sequences`` (default ``eval.log_marginal_sequences``) sequences; ``confusion`` [true, inferred]
+    counts; and ``example``: the first ``eval.num_pictures`` sequences with the best
+    particle's ``canvas``, ``boxes`` (pixel edges), ``z_pres`` and ``ids``.
+    """
+    cfg = task.config
+    ev = cfg.eval
+    model = task.model
+    n = min(num_sequences or len(data["frames"]), len(data["frames"]))
+    if n < 1:
+        raise ValueError("evaluate_sqair needs at least one sequence")
+    K = ev.num_particles
+    log_marginal = eval_functions(task)[1]
+    max_count = model.config.max_objects
+    sums = dict(correct=0.0, seq_correct=0.0, iwae=0.0, elbo=0.0, log_likelihood=0.0, num_objects=0.0,
+                correct_official=0.0)
+    T = data["frames"].shape[1]
+    correct_by_frame = np.zeros(T)
+    overlap = two_digit_overlap(data) if "boxes" in data and "presence" in data else None  # [n, T] or None
+    by_overlap = np.zeros((2, 2))  # [apart / overlapping two-digit frames, (correct, total)]
+    confusion = np.zeros((max_count + 1, max_count + 1), np.int64)
+    example = None
+    T = data["frames"].shape[1]
+    for start, out, pick in inference_batches(task, params, data["frames"][:n], key):
+        log_w = out["log_weight"]  # [B, K]
+        num = len(log_w)
+        counts = pick(out["z_pres"]).sum(-1).astype(np.int64)  # [B, T]
+        true = np.minimum(data["counts"][start:start + num], max_count)
+        np.add.at(confusion, (true.ravel(), counts.ravel()), 1)
+        sums["correct"] += float(np.sum(counts == true))
+        correct_by_frame += np.sum(counts == true, axis=0)
+        if overlap is not None:
+            ov = overlap[start:start + num]  # -1: not a two-digit frame
+            for o in (0, 1):
+                by_overlap[o] += (np.sum((counts == true) & (ov == o)), np.sum(ov == o))
+        if "sequence_counts" in data:  # the official per-sequence label (Table 5.4.1), repeated over frames
+            label = np.minimum(data["sequence_counts"][start:start + num], max_count)[:, None]
+            sums["correct_official"] += float(np.sum(counts == label))
+        sums["seq_correct"] += float(np.sum(np.all(counts == true, axis=1)))
+        m = np.max(log_w, axis=1, keepdims=True)
+        sums["iwae"] += float(np.sum(m[:, 0] + np.log(np.mean(np.exp(log_w - m), axis=1))))
+        sums["elbo"] += float(np.sum(np.mean(log_w, axis=1)))
+        sums["log_likelihood"] += float(np.sum(np.mean(out["log_likelihood"].sum(-1), axis=1)))
+        sums["num_objects"] += float(np.sum(out["z_pres"].sum(-1).mean(1)))
+        if example is None:
+            j = slice(0, min(ev.num_pictures, num))
+            boxes = boxes_of(task, pick(out["z_where"]))
+            example = dict(frames=data["frames"][start:start + num][j], canvas=pick(out["canvas"])[j], boxes=boxes[j],
+                           z_pres=pick(out["z_pres"])[j], ids=pick(out["ids"])[j], true_counts=true[j],
+                           counts=counts[j])
+    results = dict(num_sequences=int(n), num_frames=int(T), num_particles=int(K),
+                   count_accuracy=sums["correct"] / (n * T), sequence_count_accuracy=sums["seq_correct"] / n,
+                   count_accuracy_first_frame=float(correct_by_frame[0] / n),
+                   count_accuracy_later_frames=float(correct_by_frame[1:].sum() / (n * (T - 1))) if T > 1 else None,
+                   count_accuracy_by_frame=(correct_by_frame / n).tolist(),
+                   iwae=sums["iwae"] / n, iwae_per_frame=sums["iwae"] / (n * T), elbo=sums["elbo"] / n,
+                   log_likelihood=sums["log_likelihood"] / n, num_objects=sums["num_objects"] / (n * T))
+    results["kl"] = results["log_likelihood"] - results["elbo"]
+    if overlap is not None:  # frames with two visible digits whose tight boxes are apart / overlap
+        for o, name in ((0, "apart"), (1, "overlapping")):
+            if by_overlap[o, 1]:
+                results[f"count_accuracy_two_digits_{name}"] = float(by_overlap[o, 0] / by_overlap[o, 1])
+    if "sequence_counts" in data:
+        results["count_accuracy_official_label"] = sums["correct_official"] / (n * T)
+    m = min(ev.log_marginal_sequences if log_marginal_sequences is None else log_marginal_sequences, n)
+    if m > 0:
+        lms = [np.asarray(log_marginal(params, data["frames"][s:s + ev.batch_size][: m - s],
+                                       jax.random.fold_in(key, 10_000 + s)))
+               for s in range(0, m, ev.batch_size)]
+        results.update(log_marginal=float(np.mean(np.concatenate(lms))), log_marginal_sequences=int(m),
+                       log_marginal_particles=int(ev.log_marginal_particles))
+    results["confusion"] = confusion.tolist()
+    results["example"] = example
+    return results
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -459,16 +634,14 @@ def train_addition_classifier(features_train, targets_train, features_test, targ
 def _best_particle_outputs(task, params, frames: np.ndarray, key) -> dict[str, np.ndarray]:
     """The best particle's (largest log-weight) ``z_what [n, T, N, Dw]``, ``z_pres [n, T, N]``, ``ids [n, T, N]`` and
     ``boxes [n, T, N, 4]`` (pixel edges, clipped to the canvas, as the ground-truth boxes are) for ``frames [n, T,
-    H, W]``, from the same batches and keys as ``evaluate_sqair`` (``sqair_task.inference_batches``)."""
-    from ocr_jax.models import sqair_task
-
+    H, W]``, from the same batches and keys as :func:`evaluate_sqair` (:func:`inference_batches`)."""
     H, W = task.model.config.image_shape
     parts = {k: [] for k in ("z_what", "z_pres", "ids", "boxes")}
-    for _, out, pick in sqair_task.inference_batches(task, params, frames, key):
+    for _, out, pick in inference_batches(task, params, frames, key):
         parts["z_what"].append(pick(out["z_what"]))
         parts["z_pres"].append(pick(out["z_pres"]))
         parts["ids"].append(pick(out["ids"]).astype(np.int64))
-        parts["boxes"].append(np.clip(sqair_task.boxes_of(task, pick(out["z_where"])), 0.0,
+        parts["boxes"].append(np.clip(boxes_of(task, pick(out["z_where"])), 0.0,
                                       np.array([H, W, H, W], np.float32)))
     return {k: np.concatenate(v) for k, v in parts.items()}
 
