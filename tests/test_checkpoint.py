@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from jax._src import compilation_cache
 
-from ocr_jax.configs import toy_vae as toy_vae_config
+from toy_runs import persistent_compilation_cache, small_toy_config, tree_digest  # noqa: F401
 from ocr_jax.tasks import toy_vae
 from ocr_jax.training import tasks
 from ocr_jax.training.checkpoint import CheckpointError
@@ -21,28 +21,8 @@ NUM_STEPS = 8
 INTERRUPT_AT = 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def persistent_compilation_cache(tmp_path_factory):
-  """The runs below compile identical programs; share them through a (test-local) persistent cache."""
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  compilation_cache.reset_cache()
-  yield
-  jax.config.update("jax_compilation_cache_dir", None)
-  compilation_cache.reset_cache()
-
-
 def small_config():
-  config = toy_vae_config.get_config("quick")
-  config.num_steps = NUM_STEPS
-  config.global_batch_size = 16
-  config.log_every = 4
-  config.eval_every = 0
-  config.checkpoint.every = 2
-  config.checkpoint.max_to_keep = 2
-  config.progress_bar = False
-  config.task_config.hidden = 8
-  return config
+  return small_toy_config(NUM_STEPS, log_every=4, max_to_keep=2)
 
 
 class CtrlCAtStep(toy_vae.ToyVAETask):
@@ -54,14 +34,6 @@ class CtrlCAtStep(toy_vae.ToyVAETask):
     return {}
 
 
-def tree_digest(root):
-  """{relative path: sha256} of every file under root."""
-  out = {}
-  for d, _, files in os.walk(root):
-    for name in files:
-      path = os.path.join(d, name)
-      out[os.path.relpath(path, root)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
-  return out
 
 
 @pytest.fixture(scope="module")
