@@ -22,7 +22,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ocr_jax.configs import air_multi_mnist
@@ -42,7 +41,7 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
         t = time.perf_counter()
         f(a).block_until_ready()
         best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best
+    return 2 * n**3 / best
 
 
 def memory_of(compiled) -> dict:
@@ -51,26 +50,36 @@ def memory_of(compiled) -> dict:
         m = compiled.memory_analysis()
     except Exception:  # noqa: BLE001 - optional information
         return {}
-    names = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
-             "generated_code_size_in_bytes")
+    names = (
+        "argument_size_in_bytes",
+        "output_size_in_bytes",
+        "alias_size_in_bytes",
+        "temp_size_in_bytes",
+        "generated_code_size_in_bytes",
+    )
     return {n: int(getattr(m, n)) for n in names if m is not None and hasattr(m, n)}
 
 
 def measure(config, steps: int, repeats: int = 5, *, devices=None, num_batches: int = 8) -> dict:
     """Steps/s of the AIR train step of ``config`` on synthetic digits, its batch sharded over ``devices`` (default:
     all), cycling through ``num_batches`` distinct batches; also compile time, XLA FLOPs and buffer sizes."""
-    config.task_config.data.update(synthetic_digits=True,
-                                   num_train=max(4096, config.global_batch_size * num_batches), num_test=64)
+    config.task_config.data.update(
+        synthetic_digits=True, num_train=max(4096, config.global_batch_size * num_batches), num_test=64
+    )
     task = AIRTask(config.task_config)
     optimizers, schedules = make_optimizers(config.optimizers)
     mesh = mesh_lib.make_data_mesh(devices)
-    batches = task.train_batches(seed=0, start_step=0, global_batch_size=config.global_batch_size,
-                                 process_index=0, process_count=1)
+    batches = task.train_batches(
+        seed=0, start_step=0, global_batch_size=config.global_batch_size, process_index=0, process_count=1
+    )
     local = [mesh_lib.shard_batch(next(batches), mesh) for _ in range(num_batches)]
     state = init_train_state(task, optimizers, 0, jax.device_get(local[0]), mesh)
     t = time.perf_counter()
-    compiled = make_train_step(task, optimizers, mesh=mesh, schedules=schedules).lower(
-        state, local[0], jax.random.PRNGKey(0)).compile()
+    compiled = (
+        make_train_step(task, optimizers, mesh=mesh, schedules=schedules)
+        .lower(state, local[0], jax.random.PRNGKey(0))
+        .compile()
+    )
     compile_s = time.perf_counter() - t
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -86,10 +95,20 @@ def measure(config, steps: int, repeats: int = 5, *, devices=None, num_batches: 
         windows.append((time.perf_counter() - t) / steps)
     dt = min(windows)
     B = config.global_batch_size
-    return dict(batch=B, particles=config.task_config.num_particles, max_steps=task.model.config.max_steps,
-                seconds_per_step=dt, median_seconds_per_step=float(np.median(windows)), steps_per_s=1 / dt,
-                images_per_s=B / dt, compile_s=compile_s, flops_per_step=flops, flop_per_s=flops / dt,
-                devices=int(mesh.size), memory=memory_of(compiled))
+    return dict(
+        batch=B,
+        particles=config.task_config.num_particles,
+        max_steps=task.model.config.max_steps,
+        seconds_per_step=dt,
+        median_seconds_per_step=float(np.median(windows)),
+        steps_per_s=1 / dt,
+        images_per_s=B / dt,
+        compile_s=compile_s,
+        flops_per_step=flops,
+        flop_per_s=flops / dt,
+        devices=int(mesh.size),
+        memory=memory_of(compiled),
+    )
 
 
 def main():
@@ -114,9 +133,12 @@ def main():
     unrolled["fraction_of_peak"] = unrolled["flop_per_s"] / peak
     unrolled["ratio_to_pyro_anchor_315_images_per_s"] = unrolled["images_per_s"] / 315.0
     results["matched_architecture_unrolled_scan"] = unrolled
-    print(f"unrolled step scan: {unrolled['images_per_s']:.0f} images/s "
-          f"({unrolled['ratio_to_pyro_anchor_315_images_per_s']:.2f}x the Pyro anchor, "
-          f"{unrolled['fraction_of_peak']:.1%} of the matmul peak)", flush=True)
+    print(
+        f"unrolled step scan: {unrolled['images_per_s']:.0f} images/s "
+        f"({unrolled['ratio_to_pyro_anchor_315_images_per_s']:.2f}x the Pyro anchor, "
+        f"{unrolled['fraction_of_peak']:.1%} of the matmul peak)",
+        flush=True,
+    )
     if args.sweep:
         sweep = []
         for n_steps in (1, 2, 3, 4, 6):

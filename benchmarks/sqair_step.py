@@ -29,8 +29,8 @@ import jax
 import numpy as np
 
 from ocr_jax.configs import sqair_mnist
-from ocr_jax.training import tasks
 from ocr_jax.training import mesh as mesh_lib
+from ocr_jax.training import tasks
 from ocr_jax.training.optimizers import make_optimizers
 from ocr_jax.training.train_step import init_train_state, make_train_step
 
@@ -38,108 +38,139 @@ MAX_FRAMES = 10
 
 
 class PerGroupSurrogates:
-  """Wraps a task so that every group gets its own surrogate array (one pull-back per group), as the first
-  implementation's step did."""
+    """Wraps a task so that every group gets its own surrogate array (one pull-back per group), as the first
+    implementation's step did."""
 
-  def __init__(self, task):
-    self._task = task
+    def __init__(self, task):
+        self._task = task
 
-  def __getattr__(self, name):
-    return getattr(self._task, name)
+    def __getattr__(self, name):
+        return getattr(self._task, name)
 
-  def loss(self, params, model_state, batch, key, step):
-    surrogates, aux = self._task.loss(params, model_state, batch, key, step)
-    return {g: s * 1.0 for g, s in surrogates.items()}, aux
+    def loss(self, params, model_state, batch, key, step):
+        surrogates, aux = self._task.loss(params, model_state, batch, key, step)
+        return {g: s * 1.0 for g, s in surrogates.items()}, aux
 
 
 def make_task(hidden: int, unroll: bool):
-  config = sqair_mnist.get_config()
-  config.task_config.update(hidden=hidden, data="blobs", num_train=256, num_eval=8, scan_unroll=unroll)
-  return tasks.make_task(config), config
+    config = sqair_mnist.get_config()
+    config.task_config.update(hidden=hidden, data="blobs", num_train=256, num_eval=8, scan_unroll=unroll)
+    return tasks.make_task(config), config
 
 
 def compile_step(task, config, frames):
-  optimizers, schedules = make_optimizers(config.optimizers)
-  mesh = mesh_lib.make_data_mesh()
-  batch = mesh_lib.shard_batch({"frames": frames}, mesh)
-  state = init_train_state(task, optimizers, 0, {"frames": frames}, mesh)
-  t = time.perf_counter()
-  compiled = make_train_step(task, optimizers, mesh=mesh, schedules=schedules, donate=False).lower(
-      state, batch, jax.random.PRNGKey(0)).compile()
-  return compiled, state, batch, time.perf_counter() - t
+    optimizers, schedules = make_optimizers(config.optimizers)
+    mesh = mesh_lib.make_data_mesh()
+    batch = mesh_lib.shard_batch({"frames": frames}, mesh)
+    state = init_train_state(task, optimizers, 0, {"frames": frames}, mesh)
+    t = time.perf_counter()
+    compiled = (
+        make_train_step(task, optimizers, mesh=mesh, schedules=schedules, donate=False)
+        .lower(state, batch, jax.random.PRNGKey(0))
+        .compile()
+    )
+    return compiled, state, batch, time.perf_counter() - t
 
 
 def flops_of(compiled) -> float:
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get("flops", float("nan")))
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", float("nan")))
 
 
 def measure(hidden: int, length: int, variant: str, frames: np.ndarray, steps: int, count_flops: bool) -> dict:
-  sliced = frames if variant == "old" else frames[:, :length]
-  task, config = make_task(hidden, unroll=False)
-  if variant == "old":
-    task = PerGroupSurrogates(task)
-  compiled, state, batch, compile_s = compile_step(task, config, sliced)
-  flops = float("nan")
-  if count_flops:
-    utask, _ = make_task(hidden, unroll=True)
+    sliced = frames if variant == "old" else frames[:, :length]
+    task, config = make_task(hidden, unroll=False)
     if variant == "old":
-      utask = PerGroupSurrogates(utask)
-    flops = flops_of(compile_step(utask, config, sliced)[0])
-  s, m = compiled(state, batch, jax.random.PRNGKey(0))  # warm-up
-  jax.block_until_ready(m)
-  t = time.perf_counter()
-  for i in range(steps):
-    _, m = compiled(state, batch, jax.random.PRNGKey(i + 1))
-  jax.block_until_ready(m)
-  dt = (time.perf_counter() - t) / steps
-  return dict(hidden=hidden, length=length, variant=variant, frames_computed=int(sliced.shape[1]),
-              seconds_per_step=dt, steps_per_s=1.0 / dt, compile_s=compile_s, flops_per_step_unrolled=flops)
+        task = PerGroupSurrogates(task)
+    compiled, state, batch, compile_s = compile_step(task, config, sliced)
+    flops = float("nan")
+    if count_flops:
+        utask, _ = make_task(hidden, unroll=True)
+        if variant == "old":
+            utask = PerGroupSurrogates(utask)
+        flops = flops_of(compile_step(utask, config, sliced)[0])
+    s, m = compiled(state, batch, jax.random.PRNGKey(0))  # warm-up
+    jax.block_until_ready(m)
+    t = time.perf_counter()
+    for i in range(steps):
+        _, m = compiled(state, batch, jax.random.PRNGKey(i + 1))
+    jax.block_until_ready(m)
+    dt = (time.perf_counter() - t) / steps
+    return dict(
+        hidden=hidden,
+        length=length,
+        variant=variant,
+        frames_computed=int(sliced.shape[1]),
+        seconds_per_step=dt,
+        steps_per_s=1.0 / dt,
+        compile_s=compile_s,
+        flops_per_step_unrolled=flops,
+    )
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--hidden", default="32,256")
-  p.add_argument("--lengths", default="1,3,10")
-  p.add_argument("--steps", type=int, default=5)
-  p.add_argument("--no_flops", action="store_true", help="skip the (slow to compile) unrolled FLOP count")
-  p.add_argument("--out", default="runs/bench/sqair_step.json")
-  args = p.parse_args()
-  load_before = os.getloadavg()
-  task, _ = make_task(32, unroll=False)
-  frames = next(task.train_batches(seed=0, start_step=10**9, global_batch_size=32, process_index=0,
-                                   process_count=1))["frames"]
-  assert frames.shape[1] == MAX_FRAMES, frames.shape
-  rows = []
-  for hidden in [int(h) for h in args.hidden.split(",")]:
-    old = None  # the old step computes all 10 frames whatever L: measured once per width
-    for length in [int(n) for n in args.lengths.split(",")]:
-      old = old or measure(hidden, length, "old", frames, args.steps, not args.no_flops)
-      for row in (dict(old, length=length), measure(hidden, length, "new", frames, args.steps, not args.no_flops)):
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-  print(f"\n{'hidden':>6} {'L':>3} | {'old steps/s':>11} {'new steps/s':>11} {'speed-up':>8} | "
-        f"{'old GFLOP':>9} {'new GFLOP':>9} {'ratio':>6}")
-  by = {(r["hidden"], r["length"], r["variant"]): r for r in rows}
-  for hidden in sorted({r["hidden"] for r in rows}):
-    for length in sorted({r["length"] for r in rows}):
-      o, n = by[hidden, length, "old"], by[hidden, length, "new"]
-      print(f"{hidden:>6} {length:>3} | {o['steps_per_s']:>11.2f} {n['steps_per_s']:>11.2f} "
-            f"{n['steps_per_s'] / o['steps_per_s']:>7.2f}x | {o['flops_per_step_unrolled'] / 1e9:>9.3f} "
-            f"{n['flops_per_step_unrolled'] / 1e9:>9.3f} {o['flops_per_step_unrolled'] / n['flops_per_step_unrolled']:>5.2f}x")
-    lengths = sorted({r["length"] for r in rows})
-    if len(lengths) > 1:
-      lo, hi = by[hidden, lengths[0], "new"], by[hidden, lengths[-1], "new"]
-      print(f"{hidden:>6} new step: steps/s at L={lengths[0]} / L={lengths[-1]} = "
-            f"{lo['steps_per_s'] / hi['steps_per_s']:.2f}")
-  load_after = os.getloadavg()
-  print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
-  os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(dict(rows=rows, load_before=load_before, load_after=load_after, device=str(jax.devices()[0]),
-                   jax=jax.__version__), f, indent=1)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--hidden", default="32,256")
+    p.add_argument("--lengths", default="1,3,10")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--no_flops", action="store_true", help="skip the (slow to compile) unrolled FLOP count")
+    p.add_argument("--out", default="runs/bench/sqair_step.json")
+    args = p.parse_args()
+    load_before = os.getloadavg()
+    task, _ = make_task(32, unroll=False)
+    frames = next(task.train_batches(seed=0, start_step=10**9, global_batch_size=32, process_index=0, process_count=1))[
+        "frames"
+    ]
+    assert frames.shape[1] == MAX_FRAMES, frames.shape
+    rows = []
+    for hidden in [int(h) for h in args.hidden.split(",")]:
+        old = None  # the old step computes all 10 frames whatever L: measured once per width
+        for length in [int(n) for n in args.lengths.split(",")]:
+            old = old or measure(hidden, length, "old", frames, args.steps, not args.no_flops)
+            for row in (
+                dict(old, length=length),
+                measure(hidden, length, "new", frames, args.steps, not args.no_flops),
+            ):
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    print(
+        f"\n{'hidden':>6} {'L':>3} | {'old steps/s':>11} {'new steps/s':>11} {'speed-up':>8} | "
+        f"{'old GFLOP':>9} {'new GFLOP':>9} {'ratio':>6}"
+    )
+    by = {(r["hidden"], r["length"], r["variant"]): r for r in rows}
+    for hidden in sorted({r["hidden"] for r in rows}):
+        for length in sorted({r["length"] for r in rows}):
+            o, n = by[hidden, length, "old"], by[hidden, length, "new"]
+            print(
+                f"{hidden:>6} {length:>3} | {o['steps_per_s']:>11.2f} {n['steps_per_s']:>11.2f} "
+                f"{n['steps_per_s'] / o['steps_per_s']:>7.2f}x | {o['flops_per_step_unrolled'] / 1e9:>9.3f} "
+                f"{n['flops_per_step_unrolled'] / 1e9:>9.3f} "
+                f"{o['flops_per_step_unrolled'] / n['flops_per_step_unrolled']:>5.2f}x"
+            )
+        lengths = sorted({r["length"] for r in rows})
+        if len(lengths) > 1:
+            lo, hi = by[hidden, lengths[0], "new"], by[hidden, lengths[-1], "new"]
+            print(
+                f"{hidden:>6} new step: steps/s at L={lengths[0]} / L={lengths[-1]} = "
+                f"{lo['steps_per_s'] / hi['steps_per_s']:.2f}"
+            )
+    load_after = os.getloadavg()
+    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(
+            dict(
+                rows=rows,
+                load_before=load_before,
+                load_after=load_after,
+                device=str(jax.devices()[0]),
+                jax=jax.__version__,
+            ),
+            f,
+            indent=1,
+        )
 
 
 if __name__ == "__main__":
-  main()
+    main()

@@ -26,32 +26,43 @@ import matplotlib.pyplot as plt  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
+from experiments.report_cli import run_report  # noqa: E402
 from ocr_jax import plotting  # noqa: E402
 from ocr_jax.evaluation import air as air_eval  # noqa: E402
 from ocr_jax.tasks.air import AIRTask, load_moving_sequences  # noqa: E402
-from experiments.report_cli import run_report  # noqa: E402
 from ocr_jax.training import train  # noqa: E402
 
 # Thesis Table 5.4.1 (per 10-frame sequence, nats; ../shared/spec/SQAIR.md).
 PAPER_ROWS = {
-    "CONV-SQAIR (paper)": dict(log_marginal=6784.8, log_likelihood=6923.8, kl=134.6, count_accuracy=0.9974,
-                               addition=0.9990),
-    "MLP-SQAIR (paper)": dict(log_marginal=6617.6, log_likelihood=6786.5, kl=164.5, count_accuracy=0.9986,
-                              addition=0.9998),
-    "MLP-AIR (paper)": dict(log_marginal=6443.6, log_likelihood=6830.6, kl=352.6, count_accuracy=0.9058,
-                            addition=0.8644),
+    "CONV-SQAIR (paper)": dict(
+        log_marginal=6784.8, log_likelihood=6923.8, kl=134.6, count_accuracy=0.9974, addition=0.9990
+    ),
+    "MLP-SQAIR (paper)": dict(
+        log_marginal=6617.6, log_likelihood=6786.5, kl=164.5, count_accuracy=0.9986, addition=0.9998
+    ),
+    "MLP-AIR (paper)": dict(
+        log_marginal=6443.6, log_likelihood=6830.6, kl=352.6, count_accuracy=0.9058, addition=0.8644
+    ),
 }
-COLUMNS = (("log_marginal", "log p(x_1:T)", "{:.1f}"), ("log_likelihood", "log p(x|z)", "{:.1f}"),
-           ("kl", "KL(q‖p)", "{:.1f}"), ("count_accuracy", "counting acc.", "{:.4f}"),
-           ("addition", "addition acc.", "{:.4f}"))
+COLUMNS = (
+    ("log_marginal", "log p(x_1:T)", "{:.1f}"),
+    ("log_likelihood", "log p(x|z)", "{:.1f}"),
+    ("kl", "KL(q‖p)", "{:.1f}"),
+    ("count_accuracy", "counting acc.", "{:.4f}"),
+    ("addition", "addition acc.", "{:.4f}"),
+)
 
 
 def table_row(results: dict) -> dict:
     """The Table 5.4.1 columns of a results.json (this script's or experiments/sqair_report.py's)."""
     addition = results.get("addition")
-    return dict(log_marginal=results.get("log_marginal"), log_likelihood=results.get("log_likelihood"),
-                kl=results.get("kl"), count_accuracy=results.get("count_accuracy"),
-                addition=addition["test_accuracy"] if addition else None)
+    return dict(
+        log_marginal=results.get("log_marginal"),
+        log_likelihood=results.get("log_likelihood"),
+        kl=results.get("kl"),
+        count_accuracy=results.get("count_accuracy"),
+        addition=addition["test_accuracy"] if addition else None,
+    )
 
 
 def markdown_table(rows: dict[str, dict]) -> str:
@@ -63,12 +74,14 @@ def markdown_table(rows: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_reconstructions(task: AIRTask, params, sequences: dict, step: int, workdir: str,
-                          num_sequences: int = 4) -> str:
+def write_reconstructions(
+    task: AIRTask, params, sequences: dict, step: int, workdir: str, num_sequences: int = 4
+) -> str:
     frames = sequences["frames"][:num_sequences]
     n, T = frames.shape[:2]
-    r = jax.device_get(air_eval.eval_batch(task, params, frames.reshape(-1, *frames.shape[2:]), jax.random.key(step),
-                                           step))
+    r = jax.device_get(
+        air_eval.eval_batch(task, params, frames.reshape(-1, *frames.shape[2:]), jax.random.key(step), step)
+    )
     shape = (n, T)
     canvas = np.clip(r["canvas"], 0, 1).reshape(*shape, *frames.shape[2:])
     boxes = r["boxes"].reshape(*shape, *r["boxes"].shape[1:])
@@ -78,10 +91,14 @@ def write_reconstructions(task: AIRTask, params, sequences: dict, step: int, wor
     titles = [f"true {''.join(map(str, sequences['counts'][i]))}" for i in range(n)]  # short: vertical labels
     titles += [f"inf. {''.join(map(str, counts[i]))}" for i in range(n)]
     fig = plotting.plot_frame_strips(
-        np.concatenate([frames.astype(np.float32) / 255.0, canvas]), np.concatenate([boxes, boxes]),
-        np.concatenate([presence, presence]), color_ids=np.concatenate([slots, slots]), row_titles=titles,
+        np.concatenate([frames.astype(np.float32) / 255.0, canvas]),
+        np.concatenate([boxes, boxes]),
+        np.concatenate([presence, presence]),
+        color_ids=np.concatenate([slots, slots]),
+        row_titles=titles,
         title=f"AIR (frame-wise) step {step}: test sequences with inferred boxes (colour = AIR step, no identities), "
-              "then reconstructions")
+        "then reconstructions",
+    )
     path = str(plotting.save_figure(fig, os.path.join(workdir, "reconstructions.png")))
     plt.close(fig)
     return path
@@ -91,13 +108,17 @@ def report(config: ml_collections.ConfigDict, workdir: str, sqair_results: str |
     """Evaluates the latest checkpoint of a frame-wise AIR run on SQAIR's test sequences (module docstring)."""
     cfg = config.task_config
     if cfg.data.name != "moving_multi_mnist":
-        raise ValueError("air_frames_report evaluates AIR trained on moving multi-MNIST frames "
-                         f"(the ':moving' config variant); this config's data is {cfg.data.name!r}")
+        raise ValueError(
+            "air_frames_report evaluates AIR trained on moving multi-MNIST frames "
+            f"(the ':moving' config variant); this config's data is {cfg.data.name!r}"
+        )
     task = AIRTask(cfg)
     cfg = task.config  # the task's defaults updated with the config file's values
     sequences = load_moving_sequences(cfg.data, "test")
-    batch = {"images": sequences["frames"].reshape(-1, *sequences["frames"].shape[2:])[:config.global_batch_size],
-             "counts": sequences["counts"].reshape(-1)[:config.global_batch_size]}
+    batch = {
+        "images": sequences["frames"].reshape(-1, *sequences["frames"].shape[2:])[: config.global_batch_size],
+        "counts": sequences["counts"].reshape(-1)[: config.global_batch_size],
+    }
     params, step = train.restore_params(config, workdir, task, batch)
     params = jax.device_put(params)
     ev = cfg.eval
@@ -106,10 +127,17 @@ def report(config: ml_collections.ConfigDict, workdir: str, sqair_results: str |
     train_cfg = ml_collections.ConfigDict(cfg.data.to_dict())
     train_cfg.num_train = ev.addition_train_sequences
     results = air_eval.evaluate_air_on_sequences(
-        task, params, step, sequences, key=jax.random.key(step), num_particles=ev.sequence_particles,
+        task,
+        params,
+        step,
+        sequences,
+        key=jax.random.key(step),
+        num_particles=ev.sequence_particles,
         log_marginal_sequences=max(1, ev.log_marginal_images // sequences["frames"].shape[1]),
         train_sequences=load_moving_sequences(train_cfg, "train"),
-        classifier_steps=ev.addition_steps, iou_threshold=ev.tracking_iou_threshold)
+        classifier_steps=ev.addition_steps,
+        iou_threshold=ev.tracking_iou_threshold,
+    )
     results["estimator"] = cfg.estimator
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
@@ -118,8 +146,9 @@ def report(config: ml_collections.ConfigDict, workdir: str, sqair_results: str |
     for path in filter(None, (sqair_results or "").split(",")):
         with open(path) as f:
             sq = json.load(f)
-        rows[f"MLP-SQAIR ({os.path.basename(os.path.dirname(os.path.abspath(path)))}, step "
-             f"{sq.get('step')})"] = table_row(sq)
+        rows[f"MLP-SQAIR ({os.path.basename(os.path.dirname(os.path.abspath(path)))}, step {sq.get('step')})"] = (
+            table_row(sq)
+        )
     rows.update(PAPER_ROWS)
     table = markdown_table(rows)
     with open(os.path.join(workdir, "table.md"), "w") as f:
@@ -130,9 +159,13 @@ def report(config: ml_collections.ConfigDict, workdir: str, sqair_results: str |
 
 
 def main(argv=None):
-    run_report(report, config_help="AIR config file[:variant] (the ':moving' one)", argv=argv,
-               optional_flags={"sqair_results": "SQAIR runs' results.json files (comma-separated), for the table"},
-               text_key="table")
+    run_report(
+        report,
+        config_help="AIR config file[:variant] (the ':moving' one)",
+        argv=argv,
+        optional_flags={"sqair_results": "SQAIR runs' results.json files (comma-separated), for the table"},
+        text_key="table",
+    )
 
 
 if __name__ == "__main__":

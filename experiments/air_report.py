@@ -20,18 +20,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
+from experiments.report_cli import run_report  # noqa: E402
 from ocr_jax import plotting  # noqa: E402
 from ocr_jax import spatial_transformer as st  # noqa: E402
 from ocr_jax.evaluation import air as air_eval  # noqa: E402
 from ocr_jax.tasks.air import AIRTask  # noqa: E402
-from experiments.report_cli import run_report  # noqa: E402
 from ocr_jax.training import train  # noqa: E402
 
 
 def restore_params(config: ml_collections.ConfigDict, workdir: str, task: AIRTask):
     """The parameters of the latest checkpoint in ``<workdir>/checkpoints`` and its step."""
-    batch = next(task.train_batches(seed=config.seed, start_step=0, global_batch_size=config.global_batch_size,
-                                    process_index=0, process_count=1))
+    batch = next(
+        task.train_batches(
+            seed=config.seed, start_step=0, global_batch_size=config.global_batch_size, process_index=0, process_count=1
+        )
+    )
     return train.restore_params(config, workdir, task, batch)
 
 
@@ -42,9 +45,14 @@ def write_pictures(task: AIRTask, params, results: dict, step: int, workdir: str
     images = np.concatenate([ex["images"].astype(np.float32) / 255.0, np.clip(ex["canvas"], 0, 1)])
     boxes = np.concatenate([ex["boxes"], ex["boxes"]])
     presence = np.concatenate([ex["z_pres"], ex["z_pres"]]) > 0
-    fig = plotting.plot_images(images, boxes, presence, titles=titles + [""] * n, ncols=n if n <= 8 else n // 2,
-                               title=f"AIR step {step}: test inputs with inferred glimpses (colour = step), "
-                                     "then reconstructions")
+    fig = plotting.plot_images(
+        images,
+        boxes,
+        presence,
+        titles=titles + [""] * n,
+        ncols=n if n <= 8 else n // 2,
+        title=f"AIR step {step}: test inputs with inferred glimpses (colour = step), then reconstructions",
+    )
     paths = [str(plotting.save_figure(fig, os.path.join(workdir, "reconstructions.png")))]
     plt.close(fig)
 
@@ -65,8 +73,12 @@ def write_pictures(task: AIRTask, params, results: dict, step: int, workdir: str
     picture_rho = float(task.config.count_prior.start)
     samples = task.model.generate(params, jax.random.key(0), 16, continue_prob=picture_rho)
     boxes = np.asarray(jax.vmap(lambda z: st.z_where_to_box(z, task.model.config.canvas_shape))(samples.z_where))
-    fig = plotting.plot_images(np.clip(np.asarray(samples.canvas), 0, 1), boxes, np.asarray(samples.z_pres) > 0,
-                               title=f"samples from the generative model (likelihood means), count prior ρ = {picture_rho}")
+    fig = plotting.plot_images(
+        np.clip(np.asarray(samples.canvas), 0, 1),
+        boxes,
+        np.asarray(samples.z_pres) > 0,
+        title=f"samples from the generative model (likelihood means), count prior ρ = {picture_rho}",
+    )
     paths.append(str(plotting.save_figure(fig, os.path.join(workdir, "prior_samples.png"))))
     plt.close(fig)
     return paths
@@ -77,8 +89,9 @@ def report(config: ml_collections.ConfigDict, workdir: str) -> dict:
     task = AIRTask(config.task_config)
     params, step = restore_params(config, workdir, task)
     ev = config.task_config.eval
-    results = air_eval.evaluate_air(task, params, step, num_images=ev.num_images,
-                                    log_marginal_images=ev.log_marginal_images)
+    results = air_eval.evaluate_air(
+        task, params, step, num_images=ev.num_images, log_marginal_images=ev.log_marginal_images
+    )
     summary = air_eval.eval_summary(results)
     summary["estimator"] = config.task_config.estimator
     summary["recipe"] = config.task_config.data.recipe

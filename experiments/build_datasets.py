@@ -37,8 +37,9 @@ SMALL = {"multi_mnist": "_small", "moving_multi_mnist": "_small", "moving_multi_
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--datasets", nargs="+", default=list(DEFAULT_DATASETS),
-                   help="name:config pairs (default: %(default)s)")
+    p.add_argument(
+        "--datasets", nargs="+", default=list(DEFAULT_DATASETS), help="name:config pairs (default: %(default)s)"
+    )
     p.add_argument("--method", choices=("builder", "generate"), default="builder")
     p.add_argument("--data-dir", default=None, help="TFDS data dir (default $OCR_JAX_DATA_DIR/tfds)")
     p.add_argument("--out", default="runs/datasets", help="where pictures and timings.json go")
@@ -62,17 +63,31 @@ def sample_picture(name, config, arrays, out: Path, num: int) -> list[Path]:
     if "frames" in arrays:
         rows = min(num // 4, 4) or 1
         fig = plotting.plot_frame_strips(
-            arrays["frames"][:rows], arrays["boxes"][:rows], arrays["presence"][:rows],
+            arrays["frames"][:rows],
+            arrays["boxes"][:rows],
+            arrays["presence"][:rows],
             row_titles=[" ".join(str(l) for l in lab if l >= 0) or "empty" for lab in arrays["labels"][:rows]],
             title=f"{name} ({config}): test sequences, boxes coloured by identity",
         )
         paths.append(plotting.save_figure(fig, out / f"{stem}_samples.png"))
-        paths.append(plotting.save_gif(arrays["frames"][:num // 2], out / f"{stem}_samples.gif",
-                                       arrays["boxes"][:num // 2], arrays["presence"][:num // 2], scale=3))
+        paths.append(
+            plotting.save_gif(
+                arrays["frames"][: num // 2],
+                out / f"{stem}_samples.gif",
+                arrays["boxes"][: num // 2],
+                arrays["presence"][: num // 2],
+                scale=3,
+            )
+        )
     else:
         titles = [" ".join(str(l) for l in lab if l >= 0) or "empty" for lab in arrays["labels"][:num]]
-        fig = plotting.plot_images(arrays["images"][:num], arrays["boxes"][:num], arrays["presence"][:num],
-                                   titles=titles, title=f"{name} ({config}): test images, boxes coloured by slot")
+        fig = plotting.plot_images(
+            arrays["images"][:num],
+            arrays["boxes"][:num],
+            arrays["presence"][:num],
+            titles=titles,
+            title=f"{name} ({config}): test images, boxes coloured by slot",
+        )
         paths.append(plotting.save_figure(fig, out / f"{stem}_samples.png"))
     return paths
 
@@ -109,8 +124,11 @@ def main(argv=None) -> dict:
         record["train_count_histogram"] = np.bincount(counts.ravel()).tolist()
         record["pictures"] = [str(p) for p in sample_picture(name, config, splits["test"], out, args.num_samples)]
         timings["datasets"][f"{name}:{config}"] = record
-        tqdm.write(f"[data] {name}:{config}: " + ", ".join(f"{k} {v}" for k, v in record.items() if k.endswith("_s"))
-                   + f" — {record['num_examples']}")
+        tqdm.write(
+            f"[data] {name}:{config}: "
+            + ", ".join(f"{k} {v}" for k, v in record.items() if k.endswith("_s"))
+            + f" — {record['num_examples']}"
+        )
         del splits
 
     (out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")

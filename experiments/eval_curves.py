@@ -43,8 +43,10 @@ def read_eval_curve(workdir: str, metric: str) -> list[tuple[int, float]]:
 def markdown_curves(curves: dict[str, list[tuple[int, float]]], metric: str) -> str:
     """One row per evaluated step, one column per run (blank where a run has no evaluation at that step)."""
     steps = sorted({s for c in curves.values() for s, _ in c})
-    lines = ["| step | " + " | ".join(f"{name}: {metric}" for name in curves) + " |",
-             "| --- |" + " --- |" * len(curves)]
+    lines = [
+        "| step | " + " | ".join(f"{name}: {metric}" for name in curves) + " |",
+        "| --- |" + " --- |" * len(curves),
+    ]
     for step in steps:
         cells = [next((f"{v:.4g}" for s, v in c if s == step), "") for c in curves.values()]
         lines.append(f"| {step} | " + " | ".join(cells) + " |")

@@ -29,7 +29,6 @@ from absl import app, flags
 
 from ocr_jax import configs, estimators, objectives
 
-
 SIGMA = 5.0
 
 
@@ -51,8 +50,12 @@ def q_logits(phi, x):
 
 def init_phi(key, hidden, c):
     k1, k2 = jax.random.split(key)
-    return {"w1": jax.random.normal(k1, (hidden,)), "b1": jnp.zeros(hidden),
-            "w2": jax.random.normal(k2, (hidden, c)) / math.sqrt(hidden), "b2": jnp.zeros(c)}
+    return {
+        "w1": jax.random.normal(k1, (hidden,)),
+        "b1": jnp.zeros(hidden),
+        "w2": jax.random.normal(k2, (hidden, c)) / math.sqrt(hidden),
+        "b2": jnp.zeros(c),
+    }
 
 
 def posterior(log_prior, x):
@@ -73,8 +76,9 @@ def losses(method, theta, phi, x, key, k, delta):
         z = jax.random.categorical(key, jax.lax.stop_gradient(logits), shape=(k, x.shape[0])).T  # [B, K]
         log_prop = None
     log_q = jnp.take_along_axis(jax.nn.log_softmax(logits), z, axis=-1)  # [B, K], z carries no gradient
-    terms = estimators.LogWeightTerms(log_p=log_prior[z] + log_lik(x[:, None], z), log_q_score=log_q,
-                                      log_proposal=log_prop)
+    terms = estimators.LogWeightTerms(
+        log_p=log_prior[z] + log_lik(x[:, None], z), log_q_score=log_q, log_proposal=log_prop
+    )
     if "log_q_sleep" in estimator.requires:
         # sleep-φ on K·B samples from the current model (compute matching, thesis §8.4)
         k_z, k_x = jax.random.split(jax.random.fold_in(key, 1))
@@ -148,15 +152,20 @@ def run(cfg, workdir):
                 q = lambda a: np.percentile(a, [25, 50, 75], axis=0).tolist()
                 support = [int(np.max(np.nonzero(p > 1e-3)[0])) for p in prior]  # largest c with mass > 1e-3
                 results["runs"][f"{start}/{method}/K{k}"] = {
-                    "model_error_quartiles": q(model_err), "inference_error_quartiles": q(inf_err),
+                    "model_error_quartiles": q(model_err),
+                    "inference_error_quartiles": q(inf_err),
                     "final_model_error_median": float(np.median(model_err[:, -1])),
                     "final_inference_error_median": float(np.median(inf_err[:, -1])),
                     "final_prior_median": np.median(prior, 0).tolist(),
-                    "largest_supported_cluster": support, "seconds": time.time() - t0,
+                    "largest_supported_cluster": support,
+                    "seconds": time.time() - t0,
                 }
-                print(f"{start:8s} {method:9s} K={k:2d}: model {np.median(model_err[:, -1]):.4f} "
-                      f"inference {np.median(inf_err[:, -1]):.4f} support≤{int(np.median(support))} "
-                      f"({time.time() - t0:.0f}s)", flush=True)
+                print(
+                    f"{start:8s} {method:9s} K={k:2d}: model {np.median(model_err[:, -1]):.4f} "
+                    f"inference {np.median(inf_err[:, -1]):.4f} support≤{int(np.median(support))} "
+                    f"({time.time() - t0:.0f}s)",
+                    flush=True,
+                )
     results["seconds"] = time.time() - t_start
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
@@ -185,8 +194,12 @@ def plot(results, cfg, workdir):
                     lo, med, hi = results["runs"][f"{start}/{method}/K{k}"][metric]
                     ax.plot(iters, med, color=colors[method], label=names[method])
                     ax.fill_between(iters, lo, hi, color=colors[method], alpha=0.2)
-                ax.set(yscale="log", title=f"{start} start, K = {k}", xlabel="iteration",
-                       ylabel="‖softmax θ − π‖" if row == 0 else "mean ‖q(·|x) − p(·|x)‖")
+                ax.set(
+                    yscale="log",
+                    title=f"{start} start, K = {k}",
+                    xlabel="iteration",
+                    ylabel="‖softmax θ − π‖" if row == 0 else "mean ‖q(·|x) − p(·|x)‖",
+                )
         axes[0, 0].legend(fontsize=8)
         fig.tight_layout()
         path = os.path.join(workdir, f"estimators_gmm_{start}.png")
@@ -199,10 +212,27 @@ def plot(results, cfg, workdir):
         for j, metric in enumerate(("model_error_quartiles", "inference_error_quartiles")):
             ax = axes[i, j]
             for method in cfg.methods:
-                qs = np.array([[results["runs"][f"{start}/{method}/K{k}"][metric][r][-1] for r in range(3)] for k in cfg.num_particles])
-                ax.errorbar(cfg.num_particles, qs[:, 1], yerr=[qs[:, 1] - qs[:, 0], qs[:, 2] - qs[:, 1]],
-                            color=colors[method], label=names[method], marker="o", capsize=3)
-            ax.set(xscale="log", yscale="log", xlabel="K", title=f"{start}: final {'model' if j == 0 else 'inference'} error")
+                qs = np.array(
+                    [
+                        [results["runs"][f"{start}/{method}/K{k}"][metric][r][-1] for r in range(3)]
+                        for k in cfg.num_particles
+                    ]
+                )
+                ax.errorbar(
+                    cfg.num_particles,
+                    qs[:, 1],
+                    yerr=[qs[:, 1] - qs[:, 0], qs[:, 2] - qs[:, 1]],
+                    color=colors[method],
+                    label=names[method],
+                    marker="o",
+                    capsize=3,
+                )
+            ax.set(
+                xscale="log",
+                yscale="log",
+                xlabel="K",
+                title=f"{start}: final {'model' if j == 0 else 'inference'} error",
+            )
             ax.set_xticks(list(cfg.num_particles), [str(k) for k in cfg.num_particles])
             ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # log-axis minor labels overlap the K labels
         axes[i, 0].legend(fontsize=8)

@@ -11,4 +11,4 @@ variants. See ocr_jax/cli/train.py and docs/training.md.
 from ocr_jax.cli.train import main, run  # noqa: F401  (main: for code that ran experiments.main.main)
 
 if __name__ == "__main__":
-  run()
+    run()

@@ -33,25 +33,28 @@ def main(argv=None) -> dict:
     print(f"[main] 1/3 datasets -> {workdir}/datasets", flush=True)
     datasets = ["multi_mnist:kosiorek", "moving_multi_mnist:official"]
     if "quick" in variant:
-        build_datasets.main(["--out", f"{workdir}/datasets", "--method", "generate", "--small", "--datasets",
-                             *datasets])
+        build_datasets.main(
+            ["--out", f"{workdir}/datasets", "--method", "generate", "--small", "--datasets", *datasets]
+        )
     else:
         build_datasets.main(["--out", f"{workdir}/datasets", "--method", "generate", "--datasets", *datasets])
 
     from absl import flags
 
-    from ocr_jax.training import train
     from experiments import air_report
-
     from ocr_jax import configs
+    from ocr_jax.training import train
 
     config_flag = configs.define_config_flag("config", f"air_multi_mnist:{variant}" if variant else "air_multi_mnist")
     flags.FLAGS([sys.argv[0], *overrides])
     config = config_flag.value
 
     air_dir = os.path.join(workdir, "air")
-    print(f"[main] 2/3 training AIR ({config.task_config.estimator}, K={config.task_config.num_particles}, "
-          f"{config.num_steps} steps) -> {air_dir}", flush=True)
+    print(
+        f"[main] 2/3 training AIR ({config.task_config.estimator}, K={config.task_config.num_particles}, "
+        f"{config.num_steps} steps) -> {air_dir}",
+        flush=True,
+    )
     train.train_and_evaluate(config, air_dir)
 
     print("[main] 3/3 evaluating on the test split", flush=True)

@@ -24,14 +24,16 @@ from absl import app, flags
 from ocr_jax import configs, diagnostics, estimators, objectives
 
 
-
 def init_params(key, hidden, latent):
     sizes_enc = [784, hidden, hidden, 2 * latent]
     sizes_dec = [latent, hidden, hidden, 784]
 
     def mlp(key, sizes):
         keys = jax.random.split(key, len(sizes) - 1)
-        return [{"w": jax.random.normal(k, (a, b)) * math.sqrt(1.0 / a), "b": jnp.zeros(b)} for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
+        return [
+            {"w": jax.random.normal(k, (a, b)) * math.sqrt(1.0 / a), "b": jnp.zeros(b)}
+            for k, a, b in zip(keys, sizes[:-1], sizes[1:])
+        ]
 
     k1, k2 = jax.random.split(key)
     return {"encoder": mlp(k1, sizes_enc), "decoder": mlp(k2, sizes_dec)}
@@ -62,8 +64,9 @@ def log_weights(params, x, key, num_particles):
 def surrogates(kind, arg, log_p, log_q):
     """The objective ``kind`` (iwae, miwae, piwae, ciwae; ``arg`` its M or β) from ocr_jax.estimators on a VAE whose
     latent is reparameterised."""
-    hyper = {"miwae": {"num_repeats": int(arg)}, "piwae": {"num_repeats": int(arg)},
-             "ciwae": {"beta": float(arg)}}.get(kind, {})
+    hyper = {"miwae": {"num_repeats": int(arg)}, "piwae": {"num_repeats": int(arg)}, "ciwae": {"beta": float(arg)}}.get(
+        kind, {}
+    )
     estimator = estimators.get(kind, **hyper)
     return estimator.surrogates(estimators.LogWeightTerms(log_p=log_p, log_q_reparam=log_q), ())[0]
 
@@ -116,8 +119,26 @@ def train_method(name, cfg, x_train, x_test):
                 value = surrogates(kind, arg, *log_weights(params, x, k_z, cfg.budget)).theta
                 return value, value
             # PIWAE: θ = decoder, φ = encoder, each group takes the gradient of its own surrogate.
-            theta_loss = surrogates(kind, arg, *log_weights({"encoder": jax.lax.stop_gradient(params["encoder"]), "decoder": params["decoder"]}, x, k_z, cfg.budget)).theta
-            phi_loss = surrogates(kind, arg, *log_weights({"encoder": params["encoder"], "decoder": jax.lax.stop_gradient(params["decoder"])}, x, k_z, cfg.budget)).phi
+            theta_loss = surrogates(
+                kind,
+                arg,
+                *log_weights(
+                    {"encoder": jax.lax.stop_gradient(params["encoder"]), "decoder": params["decoder"]},
+                    x,
+                    k_z,
+                    cfg.budget,
+                ),
+            ).theta
+            phi_loss = surrogates(
+                kind,
+                arg,
+                *log_weights(
+                    {"encoder": params["encoder"], "decoder": jax.lax.stop_gradient(params["decoder"])},
+                    x,
+                    k_z,
+                    cfg.budget,
+                ),
+            ).phi
             return theta_loss + phi_loss, theta_loss
 
         (_, value), grads = jax.value_and_grad(loss, has_aux=True)(params)
@@ -137,8 +158,15 @@ def train_method(name, cfg, x_train, x_test):
             print(f"{name} step {s}/{total} train bound {-float(value):.2f} ({time.time() - t0:.0f}s)", flush=True)
     train_seconds = time.time() - t0
     metrics = evaluate(params, x_test, jax.random.PRNGKey(cfg.seed + 7), cfg)
-    metrics.update({"steps": total, "epochs": total / steps_per_epoch, "train_seconds": train_seconds,
-                    "eval_seconds": time.time() - t0 - train_seconds, "train_curve": losses})
+    metrics.update(
+        {
+            "steps": total,
+            "epochs": total / steps_per_epoch,
+            "train_seconds": train_seconds,
+            "eval_seconds": time.time() - t0 - train_seconds,
+            "train_curve": losses,
+        }
+    )
     print(f"{name}: {metrics}", flush=True)
     return metrics
 

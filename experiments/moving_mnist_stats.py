@@ -22,8 +22,14 @@ VARIANTS = {
     "bounce_patch (motion=bounce)": dict(recipe="bounce_patch", motion="bounce"),
     "bounce_patch (motion=leave_and_return)": dict(recipe="bounce_patch", motion="leave_and_return"),
 }
-COLUMNS = ("overlap", "overlap_large", "overlap_of_multi_digit_sequence_frames", "partly_outside", "wholly_outside",
-           "count_below_sequence_count")
+COLUMNS = (
+    "overlap",
+    "overlap_large",
+    "overlap_of_multi_digit_sequence_frames",
+    "partly_outside",
+    "wholly_outside",
+    "count_below_sequence_count",
+)
 
 
 def main(argv=None) -> dict:
@@ -45,8 +51,11 @@ def main(argv=None) -> dict:
     print("| recipe | " + " | ".join(COLUMNS) + " | frames with ≥ 2 visible digits | digit-frames | generate |")
     print("| --- " * (len(COLUMNS) + 4) + "|")
     for name, r in results.items():
-        print(f"| {name} | " + " | ".join(f"{100 * r[c]:.1f} %" for c in COLUMNS)
-              + f" | {r['num_multi_digit_frames']} | {r['num_digit_frames']} | {r['generate_s']} s |")
+        print(
+            f"| {name} | "
+            + " | ".join(f"{100 * r[c]:.1f} %" for c in COLUMNS)
+            + f" | {r['num_multi_digit_frames']} | {r['num_digit_frames']} | {r['generate_s']} s |"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "results": results}, f, indent=2)

@@ -10,12 +10,19 @@ import sys
 from typing import Callable
 
 
-def run_report(report: Callable[..., dict], *, config_help: str, argv=None,
-               optional_flags: dict[str, str] | None = None, hidden_keys=("confusion",),
-               text_key: str | None = None) -> None:
+def run_report(
+    report: Callable[..., dict],
+    *,
+    config_help: str,
+    argv=None,
+    optional_flags: dict[str, str] | None = None,
+    hidden_keys=("confusion",),
+    text_key: str | None = None,
+) -> None:
     """Parses the flags, runs ``report`` and prints its result as JSON without ``hidden_keys``; the string under
     ``text_key`` (e.g. a markdown table) is printed as it is after the JSON."""
     from absl import app, flags, logging
+
     from ocr_jax import configs
 
     config_flag = configs.define_config_flag("config", None, config_help)

@@ -26,8 +26,15 @@ def frame_terms(run: api.Run, frames: np.ndarray, *, num_particles: int = 5, see
     model = run.model
     infer = jax.jit(lambda p, x, k: model.infer(p, to_unit_float(x), k, num_particles))
     out = jax.device_get(infer(run.params, frames, jax.random.key(seed)))
-    keys = ("num_propagated", "num_discovered", "log_likelihood", "log_p_disc", "log_p_prop", "log_q_disc",
-            "log_q_prop")
+    keys = (
+        "num_propagated",
+        "num_discovered",
+        "log_likelihood",
+        "log_p_disc",
+        "log_p_prop",
+        "log_q_disc",
+        "log_q_prop",
+    )
     return {k: np.asarray(out[k], np.float64).mean(axis=(0, 1)).round(3).tolist() for k in keys}
 
 
@@ -41,8 +48,8 @@ def main():
     run = api.load_run(args.workdir)
     cfg = run.task.config
     data = load_sequences(cfg, "test", args.sequences, cfg.data_seed + 1)
-    result = frame_terms(run, data["frames"][:, :args.frames], num_particles=args.particles)
-    result["true_counts"] = data["counts"][:, :args.frames].mean(0).round(3).tolist()
+    result = frame_terms(run, data["frames"][:, : args.frames], num_particles=args.particles)
+    result["true_counts"] = data["counts"][:, : args.frames].mean(0).round(3).tolist()
     print(json.dumps(dict(step=run.step, **result), indent=1))
 
 

@@ -25,11 +25,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
+from experiments.report_cli import run_report  # noqa: E402
 from ocr_jax import plotting  # noqa: E402
 from ocr_jax.data import to_unit_float  # noqa: E402
 from ocr_jax.evaluation import sqair as sqair_eval  # noqa: E402
 from ocr_jax.tasks.sqair import SQAIRTask, load_sequences  # noqa: E402
-from experiments.report_cli import run_report  # noqa: E402
 from ocr_jax.training import train  # noqa: E402
 
 
@@ -45,35 +45,52 @@ def write_pictures(task: SQAIRTask, params, results: dict, step: int, workdir: s
     titles = [f"true {''.join(map(str, ex['true_counts'][i]))}" for i in range(n)]
     titles += [f"inf. {''.join(map(str, ex['counts'][i]))}" for i in range(n)]
     paths = []
-    fig = plotting.plot_frame_strips(frames, boxes, presence, color_ids=np.maximum(ids, 0), row_titles=titles,
-                                     title=f"SQAIR step {step}: test inputs with inferred boxes (colour = identity), "
-                                           "then reconstructions")
+    fig = plotting.plot_frame_strips(
+        frames,
+        boxes,
+        presence,
+        color_ids=np.maximum(ids, 0),
+        row_titles=titles,
+        title=f"SQAIR step {step}: test inputs with inferred boxes (colour = identity), then reconstructions",
+    )
     paths.append(str(plotting.save_figure(fig, os.path.join(workdir, "reconstructions.png"))))
     plt.close(fig)
-    paths.append(str(plotting.save_gif(frames, os.path.join(workdir, "sequences.gif"), boxes, presence,
-                                       color_ids=np.maximum(ids, 0), ncols=n)))
+    paths.append(
+        str(
+            plotting.save_gif(
+                frames, os.path.join(workdir, "sequences.gif"), boxes, presence, color_ids=np.maximum(ids, 0), ncols=n
+            )
+        )
+    )
 
     T = inputs.shape[1]
     samples = jax.device_get(task.model.generate(params, jax.random.key(0), n, T))
-    fig = plotting.plot_frame_strips(np.clip(samples["canvas"], 0, 1), sqair_eval.boxes_of(task, samples["z_where"]),
-                                     samples["z_pres"] > 0, color_ids=np.maximum(samples["ids"], 0),
-                                     title="sequences sampled from the generative model (likelihood means)")
+    fig = plotting.plot_frame_strips(
+        np.clip(samples["canvas"], 0, 1),
+        sqair_eval.boxes_of(task, samples["z_where"]),
+        samples["z_pres"] > 0,
+        color_ids=np.maximum(samples["ids"], 0),
+        title="sequences sampled from the generative model (likelihood means)",
+    )
     paths.append(str(plotting.save_figure(fig, os.path.join(workdir, "prior_samples.png"))))
     plt.close(fig)
 
     k = max(1, T // 2)
-    cond = jax.device_get(task.model.conditional_generate(params, to_unit_float(ex["frames"][:, :k]),
-                                                          jax.random.key(1), T - k))
+    cond = jax.device_get(
+        task.model.conditional_generate(params, to_unit_float(ex["frames"][:, :k]), jax.random.key(1), T - k)
+    )
     z_where = np.concatenate([cond["inferred"]["z_where"][:, 0], cond["rollout"]["z_where"]], axis=1)
     z_pres = np.concatenate([cond["inferred"]["z_pres"][:, 0], cond["rollout"]["z_pres"]], axis=1)
     cond_ids = np.concatenate([cond["inferred"]["ids"][:, 0], cond["rollout"]["ids"]], axis=1)
     rows = np.concatenate([inputs, np.clip(cond["frames"], 0, 1)])
     fig = plotting.plot_frame_strips(
-        rows, np.concatenate([ex["boxes"], sqair_eval.boxes_of(task, z_where)]),
+        rows,
+        np.concatenate([ex["boxes"], sqair_eval.boxes_of(task, z_where)]),
         np.concatenate([ex["z_pres"], z_pres]) > 0,
         color_ids=np.maximum(np.concatenate([ex["ids"], cond_ids]), 0),
         row_titles=[f"input {i}" for i in range(n)] + [f"rollout {i}" for i in range(n)],
-        title=f"conditional generation: frames 0..{k - 1} inferred, {k}..{T - 1} simulated")
+        title=f"conditional generation: frames 0..{k - 1} inferred, {k}..{T - 1} simulated",
+    )
     paths.append(str(plotting.save_figure(fig, os.path.join(workdir, "conditional.png"))))
     plt.close(fig)
     return paths
@@ -92,9 +109,17 @@ def report(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # on the representations of training sequences and tested on the test sequences; the model is frozen.
     ev = task.config.eval
     train_data = load_sequences(task.config, "train", ev.addition_train_sequences, task.config.data_seed)
-    summary.update(sqair_eval.tracking_and_addition(
-        task, params, data, key=jax.random.key(step), iou_threshold=ev.tracking_iou_threshold,
-        classifier_steps=ev.addition_steps, train_data=train_data))
+    summary.update(
+        sqair_eval.tracking_and_addition(
+            task,
+            params,
+            data,
+            key=jax.random.key(step),
+            iou_threshold=ev.tracking_iou_threshold,
+            classifier_steps=ev.addition_steps,
+            train_data=train_data,
+        )
+    )
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(summary, f, indent=1)
     summary["pictures"] = write_pictures(task, params, results, step, workdir)

@@ -28,7 +28,6 @@ from absl import app, flags
 from ocr_jax import configs, diagnostics, objectives
 
 
-
 def make_problem(key, dim, num_data, offset_std):
     """Data, optimum, and the perturbed evaluation point ``(theta, phi)``."""
     k_mu, k_z, k_x, k_off = jax.random.split(key, 4)
@@ -114,22 +113,34 @@ def run_regime(cfg, name, regime, key):
             dsnr_theta, r_theta = diagnostics.dsnr(g_theta, return_ratios=True)
             dsnr_phi, r_phi = diagnostics.dsnr(g_phi, return_ratios=True)
             stored[(sweep, v)] = (g_theta, g_phi)
-            rows.append({
-                "M": m, "K": k, "R": num_repeats,
-                # group-RMS SNR with the 1/R floor bias removed (diagnostics.snr_squared_debiased)
-                "snr_theta_rms_debiased": float(np.sqrt(max(snr2_theta.mean(), 0.0))),
-                "snr_phi_rms_debiased": float(np.sqrt(max(snr2_phi.mean(), 0.0))),
-                "snr_phi_rms": float(np.sqrt(np.mean(snr_phi**2))), "snr_theta_rms": float(np.sqrt(np.mean(snr_theta**2))),
-                "snr_theta_mean": float(snr_theta.mean()), "snr_theta": snr_theta.tolist(),
-                "snr_phi_mean": float(snr_phi.mean()),
-                "snr_phi_quartiles": np.percentile(snr_phi, [25, 50, 75]).tolist(),
-                "snr_A_mean": float(snr_phi[: cfg.dim**2].mean()), "snr_b": snr_phi[cfg.dim**2 :].tolist(),
-                "dsnr_theta": float(dsnr_theta), "dsnr_theta_iqr": np.percentile(r_theta, [25, 75]).tolist(),
-                "dsnr_phi": float(dsnr_phi), "dsnr_phi_iqr": np.percentile(r_phi, [25, 75]).tolist(),
-                "seconds": time.time() - t0,
-            })
-            print(f"[{name}] {sweep} M={m} K={k}: SNR θ {snr_theta.mean():.3g} φ {snr_phi.mean():.3g} "
-                  f"DSNR θ {float(dsnr_theta):.3g} φ {float(dsnr_phi):.3g} ({time.time() - t0:.1f}s)", flush=True)
+            rows.append(
+                {
+                    "M": m,
+                    "K": k,
+                    "R": num_repeats,
+                    # group-RMS SNR with the 1/R floor bias removed (diagnostics.snr_squared_debiased)
+                    "snr_theta_rms_debiased": float(np.sqrt(max(snr2_theta.mean(), 0.0))),
+                    "snr_phi_rms_debiased": float(np.sqrt(max(snr2_phi.mean(), 0.0))),
+                    "snr_phi_rms": float(np.sqrt(np.mean(snr_phi**2))),
+                    "snr_theta_rms": float(np.sqrt(np.mean(snr_theta**2))),
+                    "snr_theta_mean": float(snr_theta.mean()),
+                    "snr_theta": snr_theta.tolist(),
+                    "snr_phi_mean": float(snr_phi.mean()),
+                    "snr_phi_quartiles": np.percentile(snr_phi, [25, 50, 75]).tolist(),
+                    "snr_A_mean": float(snr_phi[: cfg.dim**2].mean()),
+                    "snr_b": snr_phi[cfg.dim**2 :].tolist(),
+                    "dsnr_theta": float(dsnr_theta),
+                    "dsnr_theta_iqr": np.percentile(r_theta, [25, 75]).tolist(),
+                    "dsnr_phi": float(dsnr_phi),
+                    "dsnr_phi_iqr": np.percentile(r_phi, [25, 75]).tolist(),
+                    "seconds": time.time() - t0,
+                }
+            )
+            print(
+                f"[{name}] {sweep} M={m} K={k}: SNR θ {snr_theta.mean():.3g} φ {snr_phi.mean():.3g} "
+                f"DSNR θ {float(dsnr_theta):.3g} φ {float(dsnr_phi):.3g} ({time.time() - t0:.1f}s)",
+                flush=True,
+            )
         out["sweeps"][sweep] = rows
     # Fig. 7.4.3: DSNR against the K = max direction of the IWAE sweep.
     kmax = max(cfg.k_values)
@@ -153,15 +164,19 @@ def run_regime(cfg, name, regime, key):
         "phi_vs_M": fit_slope(cfg.m_values, [np.asarray(r["snr_b"]) for r in ms], cfg.fit_min, cfg.fit_max),
         "phi_A_vs_M": fit_slope(cfg.m_values, [np.asarray([r["snr_A_mean"]]) for r in ms], cfg.fit_min, cfg.fit_max),
         "phi_rms_debiased_vs_K": rms_slope(cfg.k_values, [r["snr_phi_rms_debiased"] for r in ks]),
-        "theta_rms_debiased_vs_K_tail": rms_slope(cfg.k_values, [r["snr_theta_rms_debiased"] for r in ks], cfg.theta_tail_min),
+        "theta_rms_debiased_vs_K_tail": rms_slope(
+            cfg.k_values, [r["snr_theta_rms_debiased"] for r in ks], cfg.theta_tail_min
+        ),
         "phi_rms_debiased_vs_M": rms_slope(cfg.m_values, [r["snr_phi_rms_debiased"] for r in ms]),
         "theta_rms_debiased_vs_M": rms_slope(cfg.m_values, [r["snr_theta_rms_debiased"] for r in ms]),
         "dsnr_phi_vs_K": float(np.polyfit(np.log(cfg.k_values), np.log([r["dsnr_phi"] for r in ks]), 1)[0]),
         "dsnr_phi_vs_M": float(np.polyfit(np.log(cfg.m_values), np.log([r["dsnr_phi"] for r in ms]), 1)[0]),
     }
     del phi_snr
-    out["random_dsnr"] = {"theta": random_dsnr(cfg.dim, jax.random.PRNGKey(1)),
-                          "phi": random_dsnr(cfg.dim**2 + cfg.dim, jax.random.PRNGKey(2))}
+    out["random_dsnr"] = {
+        "theta": random_dsnr(cfg.dim, jax.random.PRNGKey(1)),
+        "phi": random_dsnr(cfg.dim**2 + cfg.dim, jax.random.PRNGKey(2)),
+    }
     return out
 
 
@@ -178,8 +193,10 @@ def plot(results, cfg, workdir):
         for col, (label, key_b, key_t) in enumerate((("φ (b)", "snr_b", None), ("θ (μ)", None, "snr_theta"))):
             ax = axes[0, col]
             field = key_b or key_t
-            for rows, xs, color, lab in ((ks, cfg.k_values, "tab:blue", "IWAE (M=1), vs K"),
-                                         (ms, cfg.m_values, "tab:red", "VAE (K=1), vs M")):
+            for rows, xs, color, lab in (
+                (ks, cfg.k_values, "tab:blue", "IWAE (M=1), vs K"),
+                (ms, cfg.m_values, "tab:red", "VAE (K=1), vs M"),
+            ):
                 vals = np.array([r[field] for r in rows])  # [settings, dims]
                 ax.plot(xs, vals, color=color, alpha=0.25, lw=0.8)
                 ax.plot(xs, np.exp(np.mean(np.log(vals), 1)), color=color, lw=2.5, label=lab)
@@ -190,20 +207,44 @@ def plot(results, cfg, workdir):
             ax.axhline(1 / math.sqrt(cfg.num_repeats[f"{name}_K"]), color="gray", ls=":", label="≈1/√R floor (K sweep)")
             rms = "snr_phi_rms_debiased" if key_b else "snr_theta_rms_debiased"
             for rows, xs, color in ((ks, cfg.k_values, "tab:blue"), (ms, cfg.m_values, "tab:red")):
-                ax.plot(xs, [max(r[rms], 1e-4) for r in rows], color=color, ls="-.", marker="o", ms=3, lw=1.2,
-                        label="group RMS, floor-debiased")
+                ax.plot(
+                    xs,
+                    [max(r[rms], 1e-4) for r in rows],
+                    color=color,
+                    ls="-.",
+                    marker="o",
+                    ms=3,
+                    lw=1.2,
+                    label="group RMS, floor-debiased",
+                )
             ax.set(xscale="log", yscale="log", xlabel="K or M", ylabel="SNR", title=f"{name}: SNR {label}")
             ax.legend(fontsize=7)
         for col, grp in enumerate(("phi", "theta")):
             ax = axes[1, col]
-            for rows, xs, color, lab in ((ks, cfg.k_values, "tab:blue", "IWAE vs K"), (ms, cfg.m_values, "tab:red", "VAE vs M")):
+            for rows, xs, color, lab in (
+                (ks, cfg.k_values, "tab:blue", "IWAE vs K"),
+                (ms, cfg.m_values, "tab:red", "VAE vs M"),
+            ):
                 d = np.array([r[f"dsnr_{grp}"] for r in rows])
                 iqr = np.array([r[f"dsnr_{grp}_iqr"] for r in rows])
                 ax.plot(xs, d, color=color, lw=2, label=lab)
                 ax.fill_between(xs, iqr[:, 0], iqr[:, 1], color=color, alpha=0.2)
-                ax.plot(xs, [r[f"dsnr_{grp}_vs_Kmax"] for r in rows], color=color, ls="--", lw=1, label=lab + " (u = E[Δ_{1,Kmax}])")
+                ax.plot(
+                    xs,
+                    [r[f"dsnr_{grp}_vs_Kmax"] for r in rows],
+                    color=color,
+                    ls="--",
+                    lw=1,
+                    label=lab + " (u = E[Δ_{1,Kmax}])",
+                )
             ax.axhline(res["random_dsnr"][grp], color="k", ls=":", label="random vector")
-            ax.set(xscale="log", yscale="log", xlabel="K or M", ylabel="DSNR", title=f"{name}: DSNR {'φ (A, b)' if grp == 'phi' else 'θ'}")
+            ax.set(
+                xscale="log",
+                yscale="log",
+                xlabel="K or M",
+                ylabel="DSNR",
+                title=f"{name}: DSNR {'φ (A, b)' if grp == 'phi' else 'θ'}",
+            )
             ax.legend(fontsize=7)
         fig.tight_layout()
         path = os.path.join(workdir, f"estimators_toy_snr_{name}.png")

@@ -110,8 +110,10 @@ def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
         raise FileNotFoundError(f"run directory {workdir} does not exist (or is not a directory)")
     config_path = os.path.join(workdir, "config.json")
     if not os.path.isfile(config_path):
-        raise FileNotFoundError(f"{config_path} not found: {workdir} is not a training run directory "
-                                "(python -m experiments.main --workdir=... writes config.json when it starts)")
+        raise FileNotFoundError(
+            f"{config_path} not found: {workdir} is not a training run directory "
+            "(python -m experiments.main --workdir=... writes config.json when it starts)"
+        )
     try:
         with open(config_path) as f:
             raw = json.load(f)
@@ -137,8 +139,7 @@ def load_run(workdir: str | os.PathLike, *, step: int | None = None) -> Run:
     config_path = os.path.join(workdir, "config.json")
     task_name = config.get("task")
     if task_name not in TASKS:
-        raise ValueError(f"{config_path}: task {task_name!r} has no inference API; load_run supports "
-                         f"{sorted(TASKS)}")
+        raise ValueError(f"{config_path}: task {task_name!r} has no inference API; load_run supports {sorted(TASKS)}")
     task = _make_task(task_name, config.get("task_config") or ml_collections.ConfigDict())
     model = task.model
 
@@ -146,8 +147,11 @@ def load_run(workdir: str | os.PathLike, *, step: int | None = None) -> Run:
     if not os.path.isdir(checkpoints):
         raise CheckpointError(f"{workdir} has no checkpoints directory: the run has not saved a checkpoint yet")
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                                     _abstract_params(task_name, model))}
+    target = {
+        "params": jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), _abstract_params(task_name, model)
+        )
+    }
     checkpointer = Checkpointer(checkpoints, must_exist=True)
     try:
         if checkpointer.latest_step() is None:
@@ -158,8 +162,10 @@ def load_run(workdir: str | os.PathLike, *, step: int | None = None) -> Run:
         except CheckpointError as e:
             if step not in checkpointer.all_steps():
                 raise
-            raise CheckpointError(f"{e}\nThe checkpoint does not fit the {task_name} model built from {config_path}; "
-                                  "was it written by another version of the model code?") from e.__cause__
+            raise CheckpointError(
+                f"{e}\nThe checkpoint does not fit the {task_name} model built from {config_path}; "
+                "was it written by another version of the model code?"
+            ) from e.__cause__
     finally:
         checkpointer.close()
     return Run(config=config, task_name=task_name, model=model, params=params, step=step, task=task)
@@ -174,17 +180,21 @@ def _check_run(run: Run, task_name: str, function: str) -> None:
     if run.task_name != task_name:
         other = TASKS.get(run.task_name)
         hint = f"; use ocr_jax.{other}(run, ...)" if other else f"; supported tasks: {sorted(TASKS)}"
-        raise ValueError(f"{function} is for {task_name.upper()} runs, but this is a {str(run.task_name).upper()} run "
-                         f"(config.task = {run.task_name!r}){hint}")
+        raise ValueError(
+            f"{function} is for {task_name.upper()} runs, but this is a {str(run.task_name).upper()} run "
+            f"(config.task = {run.task_name!r}){hint}"
+        )
 
 
-def _as_float32(x, *, name: str, axes: tuple[str, ...], image_shape: tuple[int, int], frame_source: str,
-                max_time: int | None = None) -> np.ndarray:
+def _as_float32(
+    x, *, name: str, axes: tuple[str, ...], image_shape: tuple[int, int], frame_source: str, max_time: int | None = None
+) -> np.ndarray:
     """``x`` as a float32 numpy array in [0, 1] after the checks of the module docstring (rank, frame size, empty
     batch, sequence length, dtype, finite, range; `ocr_jax.validation.check_frames`, the models' own checks);
     uint8 is divided by 255."""
-    return validation.check_frames(x, name=name, axes=axes, frame_shape=image_shape, frame_source=frame_source,
-                                   max_time=max_time, uint8="convert")
+    return validation.check_frames(
+        x, name=name, axes=axes, frame_shape=image_shape, frame_source=frame_source, max_time=max_time, uint8="convert"
+    )
 
 
 def _as_key(key) -> jax.Array:
@@ -205,12 +215,12 @@ def _batched(fn, x: np.ndarray, key: jax.Array, batch_size: int) -> dict[str, np
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(-(-n // size) * size))
     parts = []
     for start in range(0, n, size):
-        chunk, chunk_keys = x[start:start + size], keys[start:start + size]
+        chunk, chunk_keys = x[start : start + size], keys[start : start + size]
         pad = size - len(chunk)
         if pad:
             chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
         out = jax.device_get(fn(jnp.asarray(chunk), chunk_keys))
-        parts.append({k: v[:size - pad] for k, v in out.items()})
+        parts.append({k: v[: size - pad] for k, v in out.items()})
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
@@ -229,8 +239,9 @@ def _sqair_best_particle(model, params, frames, keys, *, num_particles: int) -> 
     return jax.vmap(one)(frames, keys)
 
 
-def infer_sequences(run: Run, frames, *, key=None, num_particles: int = 5, batch_size: int = 32
-                    ) -> dict[str, np.ndarray]:
+def infer_sequences(
+    run: Run, frames, *, key=None, num_particles: int = 5, batch_size: int = 32
+) -> dict[str, np.ndarray]:
     """SQAIR inference on ``frames [B, T, H, W]`` (float in [0, 1] or uint8; ``T <= max_seq_len``, ``H, W`` the
     model's frame size): the best of ``num_particles`` particles per sequence (largest log-weight).
 
@@ -248,10 +259,20 @@ def infer_sequences(run: Run, frames, *, key=None, num_particles: int = 5, batch
     _check_run(run, "sqair", "infer_sequences")
     _check_positive(num_particles=num_particles, batch_size=batch_size)
     c = run.model.config
-    x = _as_float32(frames, name="frames", axes=("batch", "time", "height", "width"), image_shape=c.image_shape,
-                    frame_source=f"image_shape={tuple(c.image_shape)}", max_time=c.max_seq_len)
-    out = _batched(functools.partial(_sqair_best_particle, run.model, run.params, num_particles=num_particles),
-                   x, _as_key(key), batch_size)
+    x = _as_float32(
+        frames,
+        name="frames",
+        axes=("batch", "time", "height", "width"),
+        image_shape=c.image_shape,
+        frame_source=f"image_shape={tuple(c.image_shape)}",
+        max_time=c.max_seq_len,
+    )
+    out = _batched(
+        functools.partial(_sqair_best_particle, run.model, run.params, num_particles=num_particles),
+        x,
+        _as_key(key),
+        batch_size,
+    )
     from ocr_jax.evaluation import sqair as sqair_eval
 
     presence = out["z_pres"] > 0.5
@@ -261,7 +282,10 @@ def infer_sequences(run: Run, frames, *, key=None, num_particles: int = 5, batch
         boxes=np.where(presence[..., None], boxes, np.float32(0.0)),
         ids=np.where(presence, out["ids"], -1).astype(np.int32),
         presence=presence,
-        z_what=out["z_what"], z_where=out["z_where"], log_weight=out["log_weight"])
+        z_what=out["z_what"],
+        z_where=out["z_where"],
+        log_weight=out["log_weight"],
+    )
 
 
 # ---- AIR ----------------------------------------------------------------------------------------------------------
@@ -275,14 +299,18 @@ def _air_best_particle(model, params, images, keys, continue_prob, *, num_partic
         out = model.infer(params, x[None], key, num_particles=num_particles, continue_prob=continue_prob)
         best = jnp.argmax(out.log_weight[0])
         boxes = out.boxes(model.config.canvas_shape)
-        return dict(z_pres=out.z_pres[0, best], z_what=out.z_what[0, best], z_where=out.z_where[0, best],
-                    boxes=boxes[0, best], log_weight=out.log_weight[0, best])
+        return dict(
+            z_pres=out.z_pres[0, best],
+            z_what=out.z_what[0, best],
+            z_where=out.z_where[0, best],
+            boxes=boxes[0, best],
+            log_weight=out.log_weight[0, best],
+        )
 
     return jax.vmap(one)(images, keys)
 
 
-def infer_images(run: Run, images, *, key=None, num_particles: int = 1, batch_size: int = 256
-                 ) -> dict[str, np.ndarray]:
+def infer_images(run: Run, images, *, key=None, num_particles: int = 1, batch_size: int = 256) -> dict[str, np.ndarray]:
     """AIR inference on ``images [B, H, W]`` (float in [0, 1] or uint8; ``H, W`` the model's canvas): the best of
     ``num_particles`` particles per image (largest log-weight).
 
@@ -298,12 +326,26 @@ def infer_images(run: Run, images, *, key=None, num_particles: int = 1, batch_si
     _check_run(run, "air", "infer_images")
     _check_positive(num_particles=num_particles, batch_size=batch_size)
     canvas = tuple(run.model.config.canvas_shape)
-    x = _as_float32(images, name="images", axes=("batch", "height", "width"), image_shape=canvas,
-                    frame_source=f"canvas_shape={canvas}")
+    x = _as_float32(
+        images,
+        name="images",
+        axes=("batch", "height", "width"),
+        image_shape=canvas,
+        frame_source=f"canvas_shape={canvas}",
+    )
     rho = jnp.asarray(_task_of(run).continue_prob(run.step), jnp.float32)
-    out = _batched(lambda chunk, keys: _air_best_particle(run.model, run.params, chunk, keys, rho,
-                                                          num_particles=num_particles),
-                   x, _as_key(key), batch_size)
+    out = _batched(
+        lambda chunk, keys: _air_best_particle(run.model, run.params, chunk, keys, rho, num_particles=num_particles),
+        x,
+        _as_key(key),
+        batch_size,
+    )
     presence = out["z_pres"] > 0.5
-    return dict(counts=presence.sum(-1).astype(np.int32), boxes=out["boxes"].astype(np.float32), presence=presence,
-                z_what=out["z_what"], z_where=out["z_where"], log_weight=out["log_weight"])
+    return dict(
+        counts=presence.sum(-1).astype(np.int32),
+        boxes=out["boxes"].astype(np.float32),
+        presence=presence,
+        z_what=out["z_what"],
+        z_where=out["z_where"],
+        log_weight=out["log_weight"],
+    )

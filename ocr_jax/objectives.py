@@ -98,8 +98,7 @@ def _shape_error(name: str, shape, expected) -> ValueError:
     return ValueError(f"{name} has shape {tuple(shape)}, expected {expected}")
 
 
-def _check_inputs(log_p, *others, names=("log_q_reparam", "log_q_score"), min_particles: int = 1,
-                  estimator: str = ""):
+def _check_inputs(log_p, *others, names=("log_q_reparam", "log_q_score"), min_particles: int = 1, estimator: str = ""):
     log_p = jnp.asarray(log_p)
     if log_p.ndim < 1:
         raise ValueError(f"log_p must have a particle axis [..., particles]; got shape {tuple(log_p.shape)}")
@@ -111,8 +110,10 @@ def _check_inputs(log_p, *others, names=("log_q_reparam", "log_q_score"), min_pa
             )
     if log_p.shape[-1] < min_particles:
         plural = "s" if min_particles > 1 else ""
-        raise ValueError(f"{estimator or 'this estimator'} needs at least {min_particles} particle{plural} on the last "
-                         f"axis (K >= {min_particles}); got shape {tuple(log_p.shape)}")
+        raise ValueError(
+            f"{estimator or 'this estimator'} needs at least {min_particles} particle{plural} on the last "
+            f"axis (K >= {min_particles}); got shape {tuple(log_p.shape)}"
+        )
     return log_p
 
 
@@ -130,8 +131,7 @@ def log_weights(log_p: Array, log_q_reparam: Array | None = None, log_q_score: A
 def log_mean_exp(x: Array, axis: int = -1) -> Array:
     """log (1/K) Σ_k exp(x_k), stable for |x| ~ 1e4. K = ``x.shape[axis]`` must be >= 1."""
     if x.shape[axis] < 1:
-        raise ValueError(f"log_mean_exp needs at least 1 particle (K >= 1) on axis {axis}; got shape "
-                         f"{tuple(x.shape)}")
+        raise ValueError(f"log_mean_exp needs at least 1 particle (K >= 1) on axis {axis}; got shape {tuple(x.shape)}")
     return jax.nn.logsumexp(x, axis=axis) - math.log(x.shape[axis])
 
 
@@ -207,7 +207,10 @@ def miwae(
     samples. Normalisation is over K within each repeat, never over M.
     """
     log_p = _check_inputs(log_p, log_q_reparam, log_q_score)
-    parts = [_split(a, num_repeats, n) for a, n in ((log_p, "log_p"), (log_q_reparam, "log_q_reparam"), (log_q_score, "log_q_score"))]
+    parts = [
+        _split(a, num_repeats, n)
+        for a, n in ((log_p, "log_p"), (log_q_reparam, "log_q_reparam"), (log_q_score, "log_q_score"))
+    ]
     return iwae(*parts)
 
 
@@ -323,7 +326,10 @@ def nvil(
     if log_q_score is None:
         raise ValueError("nvil needs log_q_score (log q of the score-function latents)")
     if tuple(jnp.shape(baseline)) != tuple(log_p.shape[:-1]):
-        raise ValueError(f"baseline has shape {tuple(jnp.shape(baseline))}, expected the leading shape {tuple(log_p.shape[:-1])} of log_p {tuple(log_p.shape)}")
+        raise ValueError(
+            f"baseline has shape {tuple(jnp.shape(baseline))}, expected the leading shape "
+            f"{tuple(log_p.shape[:-1])} of log_p {tuple(log_p.shape)}"
+        )
     log_w = log_weights(log_p, log_q_reparam, log_q_score)
     log_z = log_mean_exp(log_w)
     signal, baseline_loss, new_state = _nvil_signal(log_z, baseline, state, decay, log_z.ndim)
@@ -343,7 +349,10 @@ def reward_to_go(log_w_terms: Array, log_likelihood: Array | None = None) -> Arr
     terms = log_w_terms
     if log_likelihood is not None:
         if tuple(jnp.shape(log_likelihood)) != tuple(terms.shape[:-1]):
-            raise ValueError(f"log_likelihood has shape {tuple(jnp.shape(log_likelihood))}, expected {tuple(terms.shape[:-1])} (log_w_terms {tuple(terms.shape)})")
+            raise ValueError(
+                f"log_likelihood has shape {tuple(jnp.shape(log_likelihood))}, expected {tuple(terms.shape[:-1])} "
+                f"(log_w_terms {tuple(terms.shape)})"
+            )
         terms = terms.at[..., -1].add(log_likelihood)
     return jnp.flip(jnp.cumsum(jnp.flip(terms, -1), axis=-1), -1)
 
@@ -380,13 +389,20 @@ def nvil_per_step(
     if log_w_terms.ndim < 2:
         raise ValueError(f"log_w_terms must be [..., particles, steps]; got shape {tuple(log_w_terms.shape)}")
     if log_w_terms.shape[-2] < 1 or log_w_terms.shape[-1] < 1:
-        raise ValueError(f"NVIL needs at least 1 particle (K >= 1) and 1 step; got log_w_terms of shape "
-                         f"{tuple(log_w_terms.shape)} [..., particles, steps]")
+        raise ValueError(
+            f"NVIL needs at least 1 particle (K >= 1) and 1 step; got log_w_terms of shape "
+            f"{tuple(log_w_terms.shape)} [..., particles, steps]"
+        )
     for name, a in (("log_q_score_steps", log_q_score_steps), ("baselines", baselines)):
         if tuple(jnp.shape(a)) != tuple(log_w_terms.shape):
-            raise ValueError(f"{name} has shape {tuple(jnp.shape(a))}, expected log_w_terms' shape {tuple(log_w_terms.shape)}")
+            raise ValueError(
+                f"{name} has shape {tuple(jnp.shape(a))}, expected log_w_terms' shape {tuple(log_w_terms.shape)}"
+            )
     if tuple(state.mean.shape) != (log_w_terms.shape[-1],):
-        raise ValueError(f"state statistics have shape {tuple(state.mean.shape)}, expected ({log_w_terms.shape[-1]},); use nvil_init((steps,))")
+        raise ValueError(
+            f"state statistics have shape {tuple(state.mean.shape)}, expected ({log_w_terms.shape[-1]},); "
+            "use nvil_init((steps,))"
+        )
     returns = reward_to_go(log_w_terms, log_likelihood)
     signal, baseline_loss, new_state = _nvil_signal(returns, baselines, state, decay, returns.ndim - 1)
     log_w = returns[..., 0]  # the whole particle's log-weight
@@ -420,8 +436,7 @@ def vimco_leave_one_out(log_w: Array) -> Array:
     """
     k = log_w.shape[-1]
     if k < 2:
-        raise ValueError(f"VIMCO needs at least 2 particles (K >= 2); got log-weights of shape "
-                         f"{tuple(log_w.shape)}")
+        raise ValueError(f"VIMCO needs at least 2 particles (K >= 2); got log-weights of shape {tuple(log_w.shape)}")
     # Shift by the max for stability; the shift is a constant in each row and cancels exactly.
     shift = sg(jnp.max(log_w, axis=-1, keepdims=True))
     lw = log_w - shift

@@ -20,8 +20,7 @@ from matplotlib.patches import Rectangle
 from PIL import Image, ImageDraw
 
 # Tableau-10 colours: distinct, colour-blind friendlier than the rainbow.
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-           "#17becf")
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
 
 def color_for(i: int) -> str:
@@ -40,15 +39,20 @@ def _box_args(boxes, presence, color_ids, k_shape):
     if boxes is None:
         return None, None, None
     k = boxes.shape[-2]
-    presence = np.ones(boxes.shape[:-1]) if presence is None else np.asarray(presence, np.float64).reshape(
-        boxes.shape[:-1])
-    color_ids = np.broadcast_to(np.arange(k), boxes.shape[:-1]) if color_ids is None else np.asarray(
-        color_ids).reshape(boxes.shape[:-1])
+    presence = (
+        np.ones(boxes.shape[:-1]) if presence is None else np.asarray(presence, np.float64).reshape(boxes.shape[:-1])
+    )
+    color_ids = (
+        np.broadcast_to(np.arange(k), boxes.shape[:-1])
+        if color_ids is None
+        else np.asarray(color_ids).reshape(boxes.shape[:-1])
+    )
     return boxes, presence, color_ids
 
 
-def draw_boxes(ax, boxes, presence=None, *, color_ids=None, show_absent=False, linewidth=1.5, linestyle="-",
-               labels=None):
+def draw_boxes(
+    ax, boxes, presence=None, *, color_ids=None, show_absent=False, linewidth=1.5, linestyle="-", labels=None
+):
     """Draws boxes [k, 4] on a matplotlib axes that shows an image with imshow's default extent."""
     boxes, presence, color_ids = _box_args(boxes, presence, color_ids, (-1,))
     if boxes is None:
@@ -58,10 +62,18 @@ def draw_boxes(ax, boxes, presence=None, *, color_ids=None, show_absent=False, l
         if p <= 0 and not show_absent:
             continue
         absent = p <= 0
-        ax.add_patch(Rectangle(
-            (x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=color_for(color_ids[j]),
-            linewidth=linewidth, linestyle="--" if absent else linestyle, alpha=0.5 if absent else max(p, 0.15),
-        ))
+        ax.add_patch(
+            Rectangle(
+                (x0 - 0.5, y0 - 0.5),
+                x1 - x0,
+                y1 - y0,
+                fill=False,
+                edgecolor=color_for(color_ids[j]),
+                linewidth=linewidth,
+                linestyle="--" if absent else linestyle,
+                alpha=0.5 if absent else max(p, 0.15),
+            )
+        )
         if labels is not None and not absent:
             ax.text(x0 - 0.5, y0 - 1.0, str(labels[j]), color=color_for(color_ids[j]), fontsize=7, va="bottom")
 
@@ -81,8 +93,19 @@ def _figure(nrows, ncols, cell=1.2, title=False):
     return fig, axes
 
 
-def plot_images(images, boxes=None, presence=None, *, color_ids=None, ncols=8, titles=None, labels=None,
-                show_absent=False, title=None, cell=1.2) -> Figure:
+def plot_images(
+    images,
+    boxes=None,
+    presence=None,
+    *,
+    color_ids=None,
+    ncols=8,
+    titles=None,
+    labels=None,
+    show_absent=False,
+    title=None,
+    cell=1.2,
+) -> Figure:
     """A grid of images [n, H, W] (uint8 or float in [0, 1]) with optional boxes [n, k, 4] and presence [n, k]."""
     images = np.asarray(images)
     n = images.shape[0]
@@ -97,15 +120,22 @@ def plot_images(images, boxes=None, presence=None, *, color_ids=None, ncols=8, t
         image, vmax = _as_display(images[i])
         ax.imshow(image, cmap="gray", vmin=0, vmax=vmax, interpolation="nearest")
         if boxes is not None:
-            draw_boxes(ax, boxes[i], presence[i], color_ids=color_ids[i], show_absent=show_absent,
-                       labels=None if labels is None else labels[i])
+            draw_boxes(
+                ax,
+                boxes[i],
+                presence[i],
+                color_ids=color_ids[i],
+                show_absent=show_absent,
+                labels=None if labels is None else labels[i],
+            )
         if titles is not None:
             ax.set_title(str(titles[i]), fontsize=7, pad=2)
     return fig
 
 
-def plot_frame_strips(frames, boxes=None, presence=None, *, color_ids=None, show_absent=False, row_titles=None,
-                      title=None, cell=1.0) -> Figure:
+def plot_frame_strips(
+    frames, boxes=None, presence=None, *, color_ids=None, show_absent=False, row_titles=None, title=None, cell=1.0
+) -> Figure:
     """Sequences [n, T, H, W] as a grid: one row per sequence, one column per time step; boxes [n, T, k, 4]."""
     frames = np.asarray(frames)
     n, t = frames.shape[:2]
@@ -137,21 +167,24 @@ def render_frame(image, boxes=None, presence=None, *, color_ids=None, scale=4) -
     """One image [H, W] as an RGB PIL image, upscaled by `scale`, with boxes drawn (for GIFs)."""
     image, vmax = _as_display(image)
     gray = np.clip(np.asarray(image, np.float64) / vmax * 255.0, 0, 255).astype(np.uint8)
-    pil = Image.fromarray(gray).convert("RGB").resize((gray.shape[1] * scale, gray.shape[0] * scale),
-                                                      Image.NEAREST)
+    pil = Image.fromarray(gray).convert("RGB").resize((gray.shape[1] * scale, gray.shape[0] * scale), Image.NEAREST)
     boxes, presence, color_ids = _box_args(boxes, presence, color_ids, (-1,))
     if boxes is not None:
         draw = ImageDraw.Draw(pil)
         for j, (y0, x0, y1, x1) in enumerate(boxes):
             if presence[j] <= 0:
                 continue
-            draw.rectangle([x0 * scale, y0 * scale, x1 * scale - 1, y1 * scale - 1], outline=color_for(color_ids[j]),
-                           width=max(1, scale // 2))
+            draw.rectangle(
+                [x0 * scale, y0 * scale, x1 * scale - 1, y1 * scale - 1],
+                outline=color_for(color_ids[j]),
+                width=max(1, scale // 2),
+            )
     return pil
 
 
-def save_gif(frames, path, boxes=None, presence=None, *, color_ids=None, fps: float = 4.0, scale: int = 4,
-             ncols: int = 4) -> Path:
+def save_gif(
+    frames, path, boxes=None, presence=None, *, color_ids=None, fps: float = 4.0, scale: int = 4, ncols: int = 4
+) -> Path:
     """Writes an animated GIF of one sequence [T, H, W] or several [n, T, H, W] tiled in a grid (boxes [.., k, 4])."""
     frames = np.asarray(frames)
     if frames.ndim == 3:
@@ -170,9 +203,13 @@ def save_gif(frames, path, boxes=None, presence=None, *, color_ids=None, fps: fl
     for s in range(t):
         sheet = Image.new("RGB", (ncols * (w * scale + gap) - gap, nrows * (h * scale + gap) - gap), "white")
         for i in range(n):
-            tile = render_frame(frames[i, s], None if boxes is None else boxes[i, s],
-                                None if boxes is None else presence[i, s],
-                                color_ids=None if boxes is None else color_ids[i, s], scale=scale)
+            tile = render_frame(
+                frames[i, s],
+                None if boxes is None else boxes[i, s],
+                None if boxes is None else presence[i, s],
+                color_ids=None if boxes is None else color_ids[i, s],
+                scale=scale,
+            )
             sheet.paste(tile, ((i % ncols) * (w * scale + gap), (i // ncols) * (h * scale + gap)))
         pictures.append(sheet)
     path = Path(path)

@@ -65,7 +65,8 @@ def split_z_where(z_where: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, 
     z_where = jnp.asarray(z_where)
     if z_where.ndim < 1 or z_where.shape[-1] not in (3, 4):
         raise ValueError(
-            f"z_where must have a last axis of size 3 (s, t_x, t_y) or 4 (s_x, s_y, t_x, t_y); got shape {z_where.shape}"
+            "z_where must have a last axis of size 3 (s, t_x, t_y) or 4 (s_x, s_y, t_x, t_y); "
+            f"got shape {z_where.shape}"
         )
     if z_where.shape[-1] == 3:
         s, tx, ty = z_where[..., 0], z_where[..., 1], z_where[..., 2]

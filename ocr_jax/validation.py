@@ -82,16 +82,27 @@ def check_values(x, name: str, *, low: float = 0.0, high: float = 1.0, above_hin
         arr = arr.astype(np.float32)
     finite = np.isfinite(arr)
     if not finite.all():
-        raise ValueError(f"{name} contain {int(np.sum(~finite))} NaN/inf values; pass finite values in "
-                         f"[{low:g}, {high:g}]")
+        raise ValueError(
+            f"{name} contain {int(np.sum(~finite))} NaN/inf values; pass finite values in [{low:g}, {high:g}]"
+        )
     lo, hi = float(arr.min()), float(arr.max())
     if lo < low or hi > high:
-        raise ValueError(f"{name} must lie in [{low:g}, {high:g}]; got values in [{lo:g}, {hi:g}]"
-                         + (above_hint if hi > high else ""))
+        raise ValueError(
+            f"{name} must lie in [{low:g}, {high:g}]; got values in [{lo:g}, {hi:g}]"
+            + (above_hint if hi > high else "")
+        )
 
 
-def check_frames(x, *, name: str, axes: Sequence[str], frame_shape: Sequence[int], frame_source: str,
-                 max_time: int | None = None, uint8: str = "reject"):
+def check_frames(
+    x,
+    *,
+    name: str,
+    axes: Sequence[str],
+    frame_shape: Sequence[int],
+    frame_source: str,
+    max_time: int | None = None,
+    uint8: str = "reject",
+):
     """Checks images ``[batch, height, width]`` or sequences ``[batch, time, height, width]`` (``axes`` names them).
 
     Args:
@@ -117,16 +128,20 @@ def check_frames(x, *, name: str, axes: Sequence[str], frame_shape: Sequence[int
         except Exception as e:  # noqa: BLE001  (any failure means "not array-like")
             raise TypeError(f"{name} must be an array [{', '.join(axes)}]; got {given}") from e
         if x.dtype.kind in "OSUV":
-            raise TypeError(f"{name} must be a numeric array [{', '.join(axes)}]; got {given} of dtype "
-                            f"{x.dtype} (strings or ragged nested lists?)")
+            raise TypeError(
+                f"{name} must be a numeric array [{', '.join(axes)}]; got {given} of dtype "
+                f"{x.dtype} (strings or ragged nested lists?)"
+            )
     shape = tuple(x.shape)
     layout = ", ".join(axes)
     if len(shape) != len(axes):
         raise ValueError(f"{name} must have shape [{layout}] (rank {len(axes)}); got shape {shape}")
     h, w = (int(v) for v in frame_shape)
     if shape[-2:] != (h, w):
-        raise ValueError(f"{name} must be {h}x{w} pixels (the model's frame size, {frame_source}); got "
-                         f"{shape[-2]}x{shape[-1]} (shape {shape})")
+        raise ValueError(
+            f"{name} must be {h}x{w} pixels (the model's frame size, {frame_source}); got "
+            f"{shape[-2]}x{shape[-1]} (shape {shape})"
+        )
     if "batch" in axes and shape[list(axes).index("batch")] < 1:
         raise ValueError(f"got an empty batch of {name} (batch size 0, shape {shape}); pass at least one")
     if "time" in axes:
@@ -134,8 +149,10 @@ def check_frames(x, *, name: str, axes: Sequence[str], frame_shape: Sequence[int
         if t < 1:
             raise ValueError(f"{name} have no time steps (shape {shape}); pass at least one frame")
         if max_time is not None and t > max_time:
-            raise ValueError(f"{name} have {t} time steps but this model handles at most max_seq_len={max_time}; "
-                             "split longer sequences")
+            raise ValueError(
+                f"{name} have {t} time steps but this model handles at most max_seq_len={max_time}; "
+                "split longer sequences"
+            )
     dtype = x.dtype
     if uint8 == "convert" and dtype == np.uint8:
         return np.asarray(x).astype(np.float32) / np.float32(255.0)
@@ -143,8 +160,10 @@ def check_frames(x, *, name: str, axes: Sequence[str], frame_shape: Sequence[int
         accepted = "floating point in [0, 1] or uint8 in 0..255" if uint8 == "convert" else "floating point in [0, 1]"
         hint = ""
         if uint8 == "reject" and jnp.issubdtype(dtype, jnp.integer):
-            hint = (f": divide 0..255 {name} by 255 (x.astype(np.float32) / 255); ocr_jax.infer_images / "
-                    "infer_sequences accept uint8 and do it for you")
+            hint = (
+                f": divide 0..255 {name} by 255 (x.astype(np.float32) / 255); ocr_jax.infer_images / "
+                "infer_sequences accept uint8 and do it for you"
+            )
         raise ValueError(f"{name} must be {accepted}; got dtype {dtype}{hint}")
     as_uint8 = ", or pass them as uint8" if uint8 == "convert" else ""
     check_values(x, name, above_hint=f" (divide 0..255 values by 255{as_uint8})")
@@ -188,8 +207,10 @@ def check_key(key, *, name: str = "key", batch_shape: Sequence[int] = (), allow_
         return key
     raw_shape = batch_shape + _raw_key_shape()
     if dtype != np.uint32 or tuple(key.shape) != raw_shape:
-        raise ValueError(f"{name} must be {accepted}; got an array of shape {tuple(key.shape)} and dtype {dtype} "
-                         f"(an old-style key here has shape {raw_shape} and dtype uint32)")
+        raise ValueError(
+            f"{name} must be {accepted}; got an array of shape {tuple(key.shape)} and dtype {dtype} "
+            f"(an old-style key here has shape {raw_shape} and dtype uint32)"
+        )
     return jax.random.wrap_key_data(jnp.asarray(key))
 
 
@@ -260,20 +281,27 @@ class ConfigCheck:
         for n in names:
             v = self._get(n)
             ok = isinstance(v, (tuple, list)) and all(
-                isinstance(e, numbers.Integral) and not isinstance(e, bool) and e >= minimum for e in v)
+                isinstance(e, numbers.Integral) and not isinstance(e, bool) and e >= minimum for e in v
+            )
             if length is not None:
                 ok = ok and len(v) == length
             if nonempty:
                 ok = ok and len(v) > 0
-            what = f"{length} ints" if length is not None else ("a non-empty tuple of ints" if nonempty else
-                                                                "a tuple of ints")
+            what = (
+                f"{length} ints"
+                if length is not None
+                else ("a non-empty tuple of ints" if nonempty else "a tuple of ints")
+            )
             self.require(ok, f"{n} must be {what} >= {minimum}; got {v!r}")
 
     def number_tuple(self, name: str, *, length: int, positive: bool = False) -> None:
         """A sequence of ``length`` finite numbers (> 0 with ``positive``)."""
         v = self._get(name)
-        ok = isinstance(v, (tuple, list)) and len(v) == length and all(
-            self._is_number(e) and math.isfinite(float(e)) and (not positive or e > 0) for e in v)
+        ok = (
+            isinstance(v, (tuple, list))
+            and len(v) == length
+            and all(self._is_number(e) and math.isfinite(float(e)) and (not positive or e > 0) for e in v)
+        )
         self.require(ok, f"{name} must be {length} finite numbers{' > 0' if positive else ''}; got {v!r}")
 
     def one_of(self, name: str, options: Sequence[Any]) -> None:

@@ -115,9 +115,9 @@ def test_absent_steps_contribute_exactly_zero():
         assert np.all(np.asarray(out.log_q_pres)[:, n, n + 1 :] == 0.0)
         assert np.all(np.asarray(out.log_p_pres)[:, n, n + 1 :] == 0.0)
     # Canvas = sum of the present steps' pasted glimpses only; n = 0 gives an exactly empty canvas.
-    expected = jax.jit(
-        lambda g, zw, zp: jnp.sum(st.paste_glimpse(g, zw, (12, 12)) * zp[..., None, None], axis=2)
-    )(out.glimpses, out.z_where, out.z_pres)  # [B, K, H, W]
+    expected = jax.jit(lambda g, zw, zp: jnp.sum(st.paste_glimpse(g, zw, (12, 12)) * zp[..., None, None], axis=2))(
+        out.glimpses, out.z_where, out.z_pres
+    )  # [B, K, H, W]
     np.testing.assert_allclose(out.canvas, expected, atol=1e-6)
     assert np.all(np.asarray(out.canvas)[:, 0] == 0.0)
     np.testing.assert_allclose(
@@ -125,9 +125,7 @@ def test_absent_steps_contribute_exactly_zero():
     )
     # Changing z_what/z_where at absent steps cannot change anything: the log weight does not depend on them.
     lw = out.log_weight
-    np.testing.assert_allclose(
-        lw, out.log_likelihood + jnp.sum(out.log_p_steps - out.log_q_steps, -1), rtol=1e-6
-    )
+    np.testing.assert_allclose(lw, out.log_likelihood + jnp.sum(out.log_p_steps - out.log_q_steps, -1), rtol=1e-6)
 
 
 def test_presence_log_q_closed_form_with_and_without_stopping_term():
@@ -244,7 +242,9 @@ def test_initialisation_matches_config():
     # Small head kernels: presence probability near init_presence_prob, where-mean near init_scale.
     np.testing.assert_allclose(jax.nn.sigmoid(out.presence_logits), cfg.init_presence_prob, atol=0.1)
     np.testing.assert_allclose(params["inference"]["params"]["presence"]["bias"], air.modules.logit(0.8), rtol=1e-6)
-    np.testing.assert_allclose(air.where_transform(params["inference"]["params"]["where"]["loc"]["bias"], cfg)[0], cfg.init_scale, rtol=1e-5)
+    np.testing.assert_allclose(
+        air.where_transform(params["inference"]["params"]["where"]["loc"]["bias"], cfg)[0], cfg.init_scale, rtol=1e-5
+    )
     assert abs(float(jnp.mean(out.z_where[..., 0])) - cfg.init_scale) < 0.1
     # Canvas starts dim: decoder output bias -2 -> glimpse intensities around sigmoid(-2) = 0.12.
     assert float(jnp.mean(out.glimpses)) < 0.3
@@ -318,11 +318,17 @@ def test_conv_modules_and_subpixel_shuffle():
 
 
 def test_where_transform_roundtrip_and_pyro_convention():
-    for cfg in [AIRConfig(**TINY), AIRConfig(**{**TINY, "z_where_dim": 4}), AIRConfig(**{**TINY, "where_parametrisation": "pyro"})]:
+    for cfg in [
+        AIRConfig(**TINY),
+        AIRConfig(**{**TINY, "z_where_dim": 4}),
+        AIRConfig(**{**TINY, "where_parametrisation": "pyro"}),
+    ]:
         raw = jnp.asarray(np.random.default_rng(0).normal(size=(5, cfg.z_where_dim)), jnp.float32)
         if cfg.where_parametrisation == "pyro":
             raw = raw.at[:, 0].set(3.0 + 0.2 * raw[:, 0])
-        np.testing.assert_allclose(air.where_inverse_transform(air.where_transform(raw, cfg), cfg), raw, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            air.where_inverse_transform(air.where_transform(raw, cfg), cfg), raw, rtol=1e-4, atol=1e-4
+        )
     # Pyro: z = (s, x, y) maps glimpse->canvas as p -> s p + (x, y) when pasting, i.e. ST scale 1/s, shift -x/s.
     cfg = AIRConfig(**{**TINY, "where_parametrisation": "pyro"})
     np.testing.assert_allclose(air.where_transform(jnp.array([2.0, 0.5, -1.0]), cfg), [0.5, -0.25, 0.5])

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import sharded_step_check
 
-from ocr_jax.configs import air_multi_mnist
 from ocr_jax import estimators, objectives
+from ocr_jax.configs import air_multi_mnist
 from ocr_jax.evaluation import air as air_eval
 from ocr_jax.tasks import air as air_task
 from ocr_jax.training import mesh as mesh_lib
@@ -31,6 +31,7 @@ def nvil_setup():
 
 def group_grads(task, params, model_state, batch, key):
     """d surrogates[g] / d params[g] for every group g."""
+
     def surrogate(p, g):
         return task.loss(p, model_state, batch, key, jnp.asarray(0))[0][g]
 
@@ -104,8 +105,12 @@ def test_wake_wake_gradients(nvil_setup):
         log_w = jax.lax.stop_gradient(out.log_weight)
         w = jax.nn.softmax(log_w, -1)
         wake = -jnp.mean(jnp.sum(w * out.log_q_pres.sum(-1), -1))
-        log_w_reparam = (out.log_likelihood + out.log_p_steps.sum(-1) - out.log_q_reparam.sum(-1)
-                         - jax.lax.stop_gradient(out.log_q_pres.sum(-1)))
+        log_w_reparam = (
+            out.log_likelihood
+            + out.log_p_steps.sum(-1)
+            - out.log_q_reparam.sum(-1)
+            - jax.lax.stop_gradient(out.log_q_pres.sum(-1))
+        )
         reparam = -jnp.mean(jax.nn.logsumexp(log_w_reparam, -1))
         return wake + reparam
 
@@ -134,8 +139,9 @@ def _train(config, steps):
     task = air_task.AIRTask(config.task_config)
     optimizers, schedules = make_optimizers(config.optimizers)
     mesh = mesh_lib.make_data_mesh()
-    batches = task.train_batches(seed=0, start_step=0, global_batch_size=config.global_batch_size,
-                                 process_index=0, process_count=1)
+    batches = task.train_batches(
+        seed=0, start_step=0, global_batch_size=config.global_batch_size, process_index=0, process_count=1
+    )
     state = init_train_state(task, optimizers, 0, next(batches), mesh)
     step = make_train_step(task, optimizers, mesh=mesh, schedules=schedules)
     history = []

@@ -35,8 +35,9 @@ def test_builder_roundtrip_equals_generation_without_tensorflow(tmp_path, name, 
     loader = CountingLoader()
     for split in ("train", "test"):
         built = builders.load_dataset(name, split, data_dir=tmp_path, mnist_loader=loader, **config)
-        generated = builders.load_dataset(name, split, data_dir=tmp_path / "none", mnist_loader=loader,
-                                          method="generate", **config)
+        generated = builders.load_dataset(
+            name, split, data_dir=tmp_path / "none", mnist_loader=loader, method="generate", **config
+        )
         assert built.keys() == generated.keys()
         for k in generated:
             assert built[k].dtype == generated[k].dtype, k
@@ -50,21 +51,38 @@ def test_builder_roundtrip_equals_generation_without_tensorflow(tmp_path, name, 
 
 
 def test_splits_use_their_own_digits_and_seeds(tmp_path):
-    arrays = builders.load_dataset("multi_mnist", "test", data_dir=tmp_path, mnist_loader=CountingLoader(),
-                                   recipe="kosiorek", num_train=8, num_test=10, method="generate")
+    arrays = builders.load_dataset(
+        "multi_mnist",
+        "test",
+        data_dir=tmp_path,
+        mnist_loader=CountingLoader(),
+        recipe="kosiorek",
+        num_train=8,
+        num_test=10,
+        method="generate",
+    )
     x, y = SOURCES["test"]
     expected = make_multi_mnist(x, y, 10, seed=[0, 1], recipe="kosiorek")
     for k in expected:
         np.testing.assert_array_equal(arrays[k], expected[k])
-    moving = builders.load_dataset("moving_multi_mnist", "train", mnist_loader=CountingLoader(), num_train=5,
-                                   num_test=2, seed=3, method="generate", data_dir=tmp_path)
+    moving = builders.load_dataset(
+        "moving_multi_mnist",
+        "train",
+        mnist_loader=CountingLoader(),
+        num_train=5,
+        num_test=2,
+        seed=3,
+        method="generate",
+        data_dir=tmp_path,
+    )
     x, y = SOURCES["train"]
     np.testing.assert_array_equal(moving["frames"], make_moving_multi_mnist(x, y, 5, seed=[3, 0])["frames"])
 
 
 def test_data_source_random_access(tmp_path):
-    builder = builders.get_builder("multi_mnist", data_dir=tmp_path, mnist_loader=CountingLoader(),
-                                   config="pyro", num_train=20, num_test=4)
+    builder = builders.get_builder(
+        "multi_mnist", data_dir=tmp_path, mnist_loader=CountingLoader(), config="pyro", num_train=20, num_test=4
+    )
     builder.download_and_prepare()
     source = builder.as_data_source(split="train")
     assert len(source) == 20

@@ -17,101 +17,109 @@ EXPECTED = {"air_multi_mnist", "gmm_pruning", "mnist_bounds", "sqair_mnist", "to
 
 
 def parse_flag(spec, *argv):
-  fv = flags.FlagValues()
-  holder = configs.define_config_flag("config", None, flag_values=fv)
-  fv(["prog", f"--config={spec}", *argv])
-  return holder.value
+    fv = flags.FlagValues()
+    holder = configs.define_config_flag("config", None, flag_values=fv)
+    fv(["prog", f"--config={spec}", *argv])
+    return holder.value
 
 
 def help_listing() -> dict[str, list[str]]:
-  """{config: [variants]} as `--help` of the training CLI prints them (under --config)."""
-  out = subprocess.run([sys.executable, "-m", "ocr_jax.cli.train", "--help"], cwd=REPO, capture_output=True,
-                       text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
-  assert "flags:" in out.stdout, out.stderr[-2000:]  # absl's --help exits with status 1
-  text = re.sub(r"\s+", " ", out.stdout)  # absl wraps help lines
-  listing = {}
-  for name in EXPECTED:
-    match = re.search(rf"{name}: ([a-z_, ]+?)(?: \(combine| \[for|(?= [a-z_]+:)| \(default)", text)
-    assert match, (name, text)
-    listing[name] = [v.strip() for v in match.group(1).split(",")]
-  return listing
+    """{config: [variants]} as `--help` of the training CLI prints them (under --config)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "ocr_jax.cli.train", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+    assert "flags:" in out.stdout, out.stderr[-2000:]  # absl's --help exits with status 1
+    text = re.sub(r"\s+", " ", out.stdout)  # absl wraps help lines
+    listing = {}
+    for name in EXPECTED:
+        match = re.search(rf"{name}: ([a-z_, ]+?)(?: \(combine| \[for|(?= [a-z_]+:)| \(default)", text)
+        assert match, (name, text)
+        listing[name] = [v.strip() for v in match.group(1).split(",")]
+    return listing
 
 
 def test_every_config_and_every_variant_in_help_resolves_by_name():
-  assert set(configs.names()) == EXPECTED
-  listing = help_listing()
-  assert {n: list(configs.variants(n)) for n in EXPECTED} == listing
-  for name, variants in listing.items():
-    assert "quick" in variants, name  # each config has a small variant (STYLE.md)
-    default = configs.get_config(name)
-    assert isinstance(default, ml_collections.ConfigDict)
-    for variant in variants:
-      config = configs.get_config(f"{name}:{variant}")
-      assert isinstance(config, ml_collections.ConfigDict), (name, variant)
-      assert config.to_dict() != default.to_dict(), (name, variant)  # a variant changes something
-    assert configs.get_config(f"{name}.py") == default  # NAME.py names the packaged config too
-  assert configs.get_config("air_multi_mnist:nvil+quick").task_config.estimator == "nvil"
+    assert set(configs.names()) == EXPECTED
+    listing = help_listing()
+    assert {n: list(configs.variants(n)) for n in EXPECTED} == listing
+    for name, variants in listing.items():
+        assert "quick" in variants, name  # each config has a small variant (STYLE.md)
+        default = configs.get_config(name)
+        assert isinstance(default, ml_collections.ConfigDict)
+        for variant in variants:
+            config = configs.get_config(f"{name}:{variant}")
+            assert isinstance(config, ml_collections.ConfigDict), (name, variant)
+            assert config.to_dict() != default.to_dict(), (name, variant)  # a variant changes something
+        assert configs.get_config(f"{name}.py") == default  # NAME.py names the packaged config too
+    assert configs.get_config("air_multi_mnist:nvil+quick").task_config.estimator == "nvil"
 
 
 def test_flag_accepts_names_old_paths_and_files(tmp_path):
-  by_name = parse_flag("air_multi_mnist:quick")
-  assert by_name.num_steps == 60 and by_name.task_config.data.synthetic_digits
-  # The path used before the configs moved into the package still works (from any directory).
-  assert parse_flag("experiments/configs/air_multi_mnist.py:quick") == by_name
-  # A config file of one's own: an existing file wins over a packaged name.
-  own = tmp_path / "toy_vae.py"
-  shutil.copy(os.path.join(os.path.dirname(configs.__file__), "toy_vae.py"), own)
-  own.write_text(own.read_text().replace("config.num_steps = 300", "config.num_steps = 7"))
-  cwd = os.getcwd()
-  try:
-    os.chdir(tmp_path)
-    assert parse_flag("toy_vae.py:quick").num_steps == 7
-    assert parse_flag("toy_vae:quick").num_steps == 300  # a name is the packaged config
-  finally:
-    os.chdir(cwd)
-  assert parse_flag(f"{own}:quick").num_steps == 7
+    by_name = parse_flag("air_multi_mnist:quick")
+    assert by_name.num_steps == 60 and by_name.task_config.data.synthetic_digits
+    # The path used before the configs moved into the package still works (from any directory).
+    assert parse_flag("experiments/configs/air_multi_mnist.py:quick") == by_name
+    # A config file of one's own: an existing file wins over a packaged name.
+    own = tmp_path / "toy_vae.py"
+    shutil.copy(os.path.join(os.path.dirname(configs.__file__), "toy_vae.py"), own)
+    own.write_text(own.read_text().replace("config.num_steps = 300", "config.num_steps = 7"))
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        assert parse_flag("toy_vae.py:quick").num_steps == 7
+        assert parse_flag("toy_vae:quick").num_steps == 300  # a name is the packaged config
+    finally:
+        os.chdir(cwd)
+    assert parse_flag(f"{own}:quick").num_steps == 7
 
 
 def test_unknown_names_and_variants_say_what_exists():
-  with pytest.raises(ValueError, match="air_multi_mnist, gmm_pruning"):
-    configs.resolve("air_multi_mnst")
-  with pytest.raises(flags.IllegalFlagValueError, match="packaged configs: air_multi_mnist"):
-    parse_flag("no_such_config:quick")
-  with pytest.raises(ValueError, match="variants: conv, small, cpu, quick"):
-    configs.get_config("sqair_mnist:fast")
-  with pytest.raises(ValueError, match="combine them with"):
-    configs.get_config("air_multi_mnist:nvil+fast")
-  with pytest.raises(ValueError, match=r"unknown variant\(s\) \['quick\+quick'\]"):
-    configs.get_config("toy_vae:quick+quick")  # only air_multi_mnist combines variants
+    with pytest.raises(ValueError, match="air_multi_mnist, gmm_pruning"):
+        configs.resolve("air_multi_mnst")
+    with pytest.raises(flags.IllegalFlagValueError, match="packaged configs: air_multi_mnist"):
+        parse_flag("no_such_config:quick")
+    with pytest.raises(ValueError, match="variants: conv, small, cpu, quick"):
+        configs.get_config("sqair_mnist:fast")
+    with pytest.raises(ValueError, match="combine them with"):
+        configs.get_config("air_multi_mnist:nvil+fast")
+    with pytest.raises(ValueError, match=r"unknown variant\(s\) \['quick\+quick'\]"):
+        configs.get_config("toy_vae:quick+quick")  # only air_multi_mnist combines variants
 
 
 def test_old_module_paths_alias_the_packaged_configs():
-  import importlib
+    import importlib
 
-  from experiments.configs import air_multi_mnist
-  from ocr_jax.configs import air_multi_mnist as packaged
-  assert air_multi_mnist is packaged
-  assert importlib.import_module("experiments.configs.sqair_mnist") is importlib.import_module(
-      "ocr_jax.configs.sqair_mnist")
+    from experiments.configs import air_multi_mnist
+    from ocr_jax.configs import air_multi_mnist as packaged
+
+    assert air_multi_mnist is packaged
+    assert importlib.import_module("experiments.configs.sqair_mnist") is importlib.import_module(
+        "ocr_jax.configs.sqair_mnist"
+    )
 
 
 def test_run_controls_can_be_set_from_the_command_line_for_every_training_config(monkeypatch):
-  """``--config.allow_config_change`` and ``--config.stop_after_seconds`` parse for configs that do not declare
-  them (the parser adds the training loop's defaults); a config's own value is kept."""
-  from absl import flags as absl_flags
+    """``--config.allow_config_change`` and ``--config.stop_after_seconds`` parse for configs that do not declare
+    them (the parser adds the training loop's defaults); a config's own value is kept."""
+    from absl import flags as absl_flags
 
-  from ocr_jax import configs
+    from ocr_jax import configs
 
-  for spec, declared_stop in (("toy_vae:quick", None), ("sqair_mnist:quick", 0)):
-    argv = ["prog", f"--config={spec}", "--config.allow_config_change=True", "--config.stop_after_seconds=540"]
-    monkeypatch.setattr("sys.argv", argv)  # config_flags reads the overrides from sys.argv
-    values = absl_flags.FlagValues()
-    configs.define_config_flag("config", flag_values=values)
-    values(argv)
-    assert values.config.allow_config_change is True and values.config.stop_after_seconds == 540
-    monkeypatch.setattr("sys.argv", ["prog", f"--config={spec}"])
-    values = absl_flags.FlagValues()
-    configs.define_config_flag("config", flag_values=values)
-    values(["prog", f"--config={spec}"])
-    assert values.config.allow_config_change is False
-    assert values.config.stop_after_seconds == (0.0 if declared_stop is None else declared_stop)
+    for spec, declared_stop in (("toy_vae:quick", None), ("sqair_mnist:quick", 0)):
+        argv = ["prog", f"--config={spec}", "--config.allow_config_change=True", "--config.stop_after_seconds=540"]
+        monkeypatch.setattr("sys.argv", argv)  # config_flags reads the overrides from sys.argv
+        values = absl_flags.FlagValues()
+        configs.define_config_flag("config", flag_values=values)
+        values(argv)
+        assert values.config.allow_config_change is True and values.config.stop_after_seconds == 540
+        monkeypatch.setattr("sys.argv", ["prog", f"--config={spec}"])
+        values = absl_flags.FlagValues()
+        configs.define_config_flag("config", flag_values=values)
+        values(["prog", f"--config={spec}"])
+        assert values.config.allow_config_change is False
+        assert values.config.stop_after_seconds == (0.0 if declared_stop is None else declared_stop)

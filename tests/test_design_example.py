@@ -11,7 +11,7 @@ DESIGN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 
 def worked_example() -> str:
     text = open(DESIGN).read()
-    section = text[text.index("## Worked example"):]
+    section = text[text.index("## Worked example") :]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 

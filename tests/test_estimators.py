@@ -4,7 +4,8 @@ a closed-form answer.
 The model: z ~ N(0, 1), x | z ~ N(z, 1), so p(x) = N(0, 2) and p(z | x) = N(x/2, 1/2); q_φ(z | x) = N(μ, σ²)
 with φ = (μ, log σ), reparameterised; a second, discrete latent c ~ Bernoulli(1/2) with x independent of c and
 q_φ(c) = Bernoulli(sigmoid(ℓ)) scored. At the exact posterior (μ = x/2, σ² = 1/2, ℓ = 0) every log-weight equals
-log p(x), so every bound is optimal in φ there and every estimator's mean φ-gradient vanishes (DReG's for every sample): a
+log p(x), so every bound is optimal in φ there and every estimator's mean φ-gradient vanishes (DReG's for every
+sample): a
 check that fails for an estimator wired to the wrong terms.
 """
 
@@ -30,23 +31,43 @@ def _terms(phi, key, num_particles=K, discrete=True):
     log_p = log_norm - 0.5 * z**2 + log_norm - 0.5 * (X - z) ** 2
     log_q = log_norm - log_sigma - 0.5 * eps**2
     # DReG's q with the density's parameters stopped, the sample path kept
-    log_q_stopped = log_norm - jax.lax.stop_gradient(log_sigma) - 0.5 * (
-        (z - jax.lax.stop_gradient(mu)) / jnp.exp(jax.lax.stop_gradient(log_sigma))) ** 2
+    log_q_stopped = (
+        log_norm
+        - jax.lax.stop_gradient(log_sigma)
+        - 0.5 * ((z - jax.lax.stop_gradient(mu)) / jnp.exp(jax.lax.stop_gradient(log_sigma))) ** 2
+    )
     if not discrete:
         return estimators.LogWeightTerms(log_p=log_p, log_q_reparam=log_q, log_q_stopped=log_q_stopped)
     c = jax.random.bernoulli(k_c, 0.5, (num_particles,)).astype(jnp.float32)
     log_q_c = c * jax.nn.log_sigmoid(logit) + (1 - c) * jax.nn.log_sigmoid(-logit)
-    return estimators.LogWeightTerms(log_p=log_p + math.log(0.5), log_q_reparam=log_q, log_q_score=log_q_c,
-                                     baselines=jnp.zeros(()), log_proposal=jax.lax.stop_gradient(log_q_c),
-                                     log_q_sleep=jnp.asarray(0.0) * logit)
+    return estimators.LogWeightTerms(
+        log_p=log_p + math.log(0.5),
+        log_q_reparam=log_q,
+        log_q_score=log_q_c,
+        baselines=jnp.zeros(()),
+        log_proposal=jax.lax.stop_gradient(log_q_c),
+        log_q_sleep=jnp.asarray(0.0) * logit,
+    )
 
 
 EXACT = (jnp.asarray(X / 2), jnp.asarray(0.5 * math.log(0.5)), jnp.asarray(0.0))
 
 
 def test_every_estimator_is_registered_and_lookup_errors_are_clear():
-    assert set(estimators.names()) == {"elbo", "iwae", "miwae", "ciwae", "piwae", "reinforce", "nvil", "vimco", "ws",
-                                       "ww", "dww", "dreg"}
+    assert set(estimators.names()) == {
+        "elbo",
+        "iwae",
+        "miwae",
+        "ciwae",
+        "piwae",
+        "reinforce",
+        "nvil",
+        "vimco",
+        "ws",
+        "ww",
+        "dww",
+        "dreg",
+    }
     with pytest.raises(ValueError, match="unknown estimator 'vimcoo'.*vimco"):
         estimators.get("vimcoo")
     with pytest.raises(ValueError, match="'vimco' takes no hyperparameters"):
@@ -57,6 +78,7 @@ def test_every_estimator_is_registered_and_lookup_errors_are_clear():
 def _gradient_mean_and_se(estimator, phis, num_seeds=2000, discrete=True):
     """Mean and standard error over ``num_seeds`` samples of the estimator's φ-gradient at each of the points
     ``phis`` (a tuple of [points] arrays), ``[points, 3]`` each: one jitted function, vmapped over points and seeds."""
+
     def phi_loss(p, key):
         return estimator.surrogates(_terms(p, key, discrete=discrete), estimator.init())[0].phi
 
@@ -67,9 +89,20 @@ def _gradient_mean_and_se(estimator, phis, num_seeds=2000, discrete=True):
     return g.mean(1), g.std(1) / np.sqrt(num_seeds)
 
 
-@pytest.mark.parametrize("name, args", [("elbo", {}), ("iwae", {}), ("miwae", dict(num_repeats=2)),
-                                        ("ciwae", dict(beta=0.3)), ("reinforce", {}), ("vimco", {}),
-                                        ("nvil", {}), ("ww", {}), ("dww", {})])
+@pytest.mark.parametrize(
+    "name, args",
+    [
+        ("elbo", {}),
+        ("iwae", {}),
+        ("miwae", dict(num_repeats=2)),
+        ("ciwae", dict(beta=0.3)),
+        ("reinforce", {}),
+        ("vimco", {}),
+        ("nvil", {}),
+        ("ww", {}),
+        ("dww", {}),
+    ],
+)
 def test_mean_phi_gradient_is_zero_at_the_exact_posterior_and_not_away(name, args):
     """At q = p(z, c | x) every bound (and wake-φ's KL(p‖q)) is optimal in φ: the mean φ-gradient is 0 within
     4 standard errors. Away from it (μ = 0, σ = 1, sigmoid(ℓ) = 0.95) it is not: the check is not vacuous."""
@@ -112,13 +145,17 @@ def test_nvil_keeps_running_statistics_and_per_step_signals():
     s, state = nvil.surrogates(terms, nvil.init())
     assert int(state.count) == 1 and float(s.baseline) > 0
     steps = estimators.LogWeightTerms(
-        log_p=terms.log_p, log_q_score=terms.log_q_score, log_w_steps=jnp.stack([terms.log_p, -terms.log_q_score], -1),
+        log_p=terms.log_p,
+        log_q_score=terms.log_q_score,
+        log_w_steps=jnp.stack([terms.log_p, -terms.log_q_score], -1),
         log_q_score_steps=jnp.stack([terms.log_q_score, 0 * terms.log_q_score], -1),
-        baselines=jnp.zeros((K, 2)))
+        baselines=jnp.zeros((K, 2)),
+    )
     s2, state2 = nvil.surrogates(steps, nvil.init(2))
     assert state2.mean.shape == (2,)
-    expected, _ = objectives.nvil_per_step(steps.log_w_steps, steps.log_q_score_steps, steps.baselines,
-                                           objectives.nvil_init((2,)), decay=0.5)
+    expected, _ = objectives.nvil_per_step(
+        steps.log_w_steps, steps.log_q_score_steps, steps.baselines, objectives.nvil_init((2,)), decay=0.5
+    )
     np.testing.assert_allclose(s2.phi, expected.phi, rtol=1e-6)
 
 
@@ -129,8 +166,12 @@ def test_estimators_compose_with_jit_and_vmap_over_seeds():
 
     def grad_fn(name):
         est = estimators.get(name)
-        return jax.jit(jax.vmap(jax.grad(
-            lambda p, k: est.surrogates(_terms(p, k, num_particles=8, discrete=False), ())[0].phi), in_axes=(None, 0)))
+        return jax.jit(
+            jax.vmap(
+                jax.grad(lambda p, k: est.surrogates(_terms(p, k, num_particles=8, discrete=False), ())[0].phi),
+                in_axes=(None, 0),
+            )
+        )
 
     keys = jax.random.split(jax.random.key(3), 4000)
     g_iwae = np.stack([np.asarray(a) for a in grad_fn("iwae")(phi, keys)[:2]], -1)

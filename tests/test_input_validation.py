@@ -13,24 +13,42 @@ import numpy as np
 import pytest
 
 from ocr_jax import api, objectives, validation
-from ocr_jax.tasks import air as air_task
 from ocr_jax.models.air import AIR, AIRConfig, validate_images
 from ocr_jax.models.sqair import SQAIR, SQAIRConfig, mlp_sqair_config
+from ocr_jax.tasks import air as air_task
 
 SIZE, T_MAX = 8, 2
-AIR_TINY = dict(canvas_shape=(SIZE, SIZE), glimpse_shape=(4, 4), max_steps=1, z_what_dim=2, rnn_hidden=4,
-                image_encoder="raw", glimpse_encoder_hidden=(4,), glimpse_decoder_hidden=(4,), baseline_hidden=(4,))
+AIR_TINY = dict(
+    canvas_shape=(SIZE, SIZE),
+    glimpse_shape=(4, 4),
+    max_steps=1,
+    z_what_dim=2,
+    rnn_hidden=4,
+    image_encoder="raw",
+    glimpse_encoder_hidden=(4,),
+    glimpse_decoder_hidden=(4,),
+    baseline_hidden=(4,),
+)
 AIR_MODEL = AIR(AIRConfig(**AIR_TINY))
-SQAIR_MODEL = SQAIR(mlp_sqair_config(hidden=4, image_shape=(SIZE, SIZE), glimpse_shape=(4, 4), z_what_dim=2,
-                                     max_objects=1, max_seq_len=T_MAX))
+SQAIR_MODEL = SQAIR(
+    mlp_sqair_config(
+        hidden=4, image_shape=(SIZE, SIZE), glimpse_shape=(4, 4), z_what_dim=2, max_objects=1, max_seq_len=T_MAX
+    )
+)
 KEY = jax.random.key(0)
 
 
 def _run(task_name):
     """An api.Run without parameters: every api check runs before the parameters are used."""
     model = AIR_MODEL if task_name == "air" else SQAIR_MODEL
-    return api.Run(config=ml_collections.ConfigDict({"task": task_name}), task_name=task_name, model=model,
-                   params=None, step=0, task=None)
+    return api.Run(
+        config=ml_collections.ConfigDict({"task": task_name}),
+        task_name=task_name,
+        model=model,
+        params=None,
+        step=0,
+        task=None,
+    )
 
 
 # Entry points taking images [B, H, W] (AIR) or frames [B, T, H, W] (SQAIR); params are never reached.
@@ -101,10 +119,16 @@ BAD_FRAMES = [
 ]
 
 
-@pytest.mark.parametrize("entry, case, match", [
-    (entry, case, match) for entry, (kind, _) in ENTRY_POINTS.items() for case, match in BAD_FRAMES
-    if not (kind == "air" and case in ("no_frames", "too_many_frames"))
-    and not (entry.startswith("api.") and case == "uint8")])  # the API converts uint8 (test below)
+@pytest.mark.parametrize(
+    "entry, case, match",
+    [
+        (entry, case, match)
+        for entry, (kind, _) in ENTRY_POINTS.items()
+        for case, match in BAD_FRAMES
+        if not (kind == "air" and case in ("no_frames", "too_many_frames"))
+        and not (entry.startswith("api.") and case == "uint8")
+    ],
+)  # the API converts uint8 (test below)
 def test_bad_images_and_frames_raise_value_error(entry, case, match):
     kind, call = ENTRY_POINTS[entry]
     with pytest.raises(ValueError, match=match):
@@ -130,8 +154,14 @@ def test_sqair_infer_sequence_checks_one_sequence():
 
 def test_api_converts_uint8_the_models_reject_it():
     x = (_good("sqair") * 255).astype(np.uint8)
-    out = validation.check_frames(x, name="frames", axes=("batch", "time", "height", "width"),
-                                  frame_shape=(SIZE, SIZE), frame_source="test", uint8="convert")
+    out = validation.check_frames(
+        x,
+        name="frames",
+        axes=("batch", "time", "height", "width"),
+        frame_shape=(SIZE, SIZE),
+        frame_source="test",
+        uint8="convert",
+    )
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out, x.astype(np.float32) / np.float32(255))
     with pytest.raises(ValueError, match="divide"):
@@ -237,8 +267,10 @@ def test_old_style_keys_give_the_same_results_as_typed_keys():
     @jax.jit
     def both(p, k):
         raw_keys = jax.random.key_data(jax.random.split(validation.check_key(k), (2, 2)))
-        return (AIR_MODEL.infer(p, x, k, num_particles=2).log_weight,
-                AIR_MODEL.infer_with_keys(p, x, raw_keys).log_weight)
+        return (
+            AIR_MODEL.infer(p, x, k, num_particles=2).log_weight,
+            AIR_MODEL.infer_with_keys(p, x, raw_keys).log_weight,
+        )
 
     typed, raw = both(params, jax.random.key(7)), both(params, jax.random.PRNGKey(7))
     for a in typed + raw:
@@ -253,8 +285,10 @@ def test_check_key_wraps_old_style_keys_and_seeds():
     batch = validation.check_key(jax.random.key_data(jax.random.split(KEY, (2, 3))), batch_shape=(2, 3))
     assert batch.shape == (2, 3) and jnp.issubdtype(batch.dtype, jax.dtypes.prng_key)
     for seed, expected in ((None, 0), (4, 4), (np.int64(4), 4)):
-        np.testing.assert_array_equal(jax.random.key_data(validation.check_key(seed, allow_seed=True)),
-                                      jax.random.key_data(jax.random.key(expected)))
+        np.testing.assert_array_equal(
+            jax.random.key_data(validation.check_key(seed, allow_seed=True)),
+            jax.random.key_data(jax.random.key(expected)),
+        )
     with pytest.raises(TypeError, match="got NoneType"):
         validation.check_key(None)
     # Traced old-style keys are wrapped too (the training loop passes them under jit).
@@ -303,8 +337,9 @@ def test_air_config_reports_every_error_at_once():
     assert "obs_std" in str(e.value) and "max_steps" in str(e.value)
 
 
-SQAIR_TINY = dict(hidden=4, image_shape=(SIZE, SIZE), glimpse_shape=(4, 4), z_what_dim=2, max_objects=1,
-                  max_seq_len=T_MAX)
+SQAIR_TINY = dict(
+    hidden=4, image_shape=(SIZE, SIZE), glimpse_shape=(4, 4), z_what_dim=2, max_objects=1, max_seq_len=T_MAX
+)
 SQAIR_CONFIG_CASES = [
     (dict(likelihood_sigma=0.0), r"likelihood_sigma must be a finite number > 0; got 0.0"),
     (dict(likelihood_sigma=-1.0), r"likelihood_sigma must be a finite number > 0"),

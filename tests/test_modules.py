@@ -1,6 +1,5 @@
 """Shared building blocks: the hoisted-input RNN cell equals flax's standard cells fed the concatenated input."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,15 +20,19 @@ def _flax_to_hoisted(kind, p):
     elif kind == "gru":
         gates_i, gates_h = ["ir", "iz", "in"], ["hr", "hz", "hn"]
         static_bias = jnp.concatenate([p[n]["bias"] for n in gates_i])
-        hidden = {"kernel": jnp.concatenate([p[n]["kernel"] for n in gates_h], axis=1),
-                  "bias": jnp.concatenate([jnp.zeros(2 * F), p["hn"]["bias"]])}
+        hidden = {
+            "kernel": jnp.concatenate([p[n]["kernel"] for n in gates_h], axis=1),
+            "bias": jnp.concatenate([jnp.zeros(2 * F), p["hn"]["bias"]]),
+        }
     else:
         gates_i = ["i"]
         static_bias = p["i"]["bias"]
         hidden = {"kernel": p["h"]["kernel"]}
-    return {"static": {"kernel": cat(gates_i, slice(0, S)), "bias": static_bias},
-            "step": {"kernel": cat(gates_i, slice(S, None))},
-            "hidden": hidden}
+    return {
+        "static": {"kernel": cat(gates_i, slice(0, S)), "bias": static_bias},
+        "step": {"kernel": cat(gates_i, slice(S, None))},
+        "hidden": hidden,
+    }
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "vanilla"])

@@ -190,12 +190,15 @@ def _digest(d):
     return h.hexdigest()
 
 
-@pytest.mark.parametrize("kw, digest", [
-    (dict(motion="bounce"), "c153a824150bc3c2046d5a4a1f27515a0e0380e69de448259328fa9bd752395b"),
-    (dict(motion="leave_and_return"), "cdb458891db59b800f10c77a3f897c225f194393b5b730db6730c4b118539ba6"),
-    (dict(motion="bounce", hard=True), "14a316c0217d627fb7bfdc648e7a5a19639292096eb2a0306e672a22fad5a6fe"),
-    (dict(), "c153a824150bc3c2046d5a4a1f27515a0e0380e69de448259328fa9bd752395b"),  # motion defaults to "bounce"
-])
+@pytest.mark.parametrize(
+    "kw, digest",
+    [
+        (dict(motion="bounce"), "c153a824150bc3c2046d5a4a1f27515a0e0380e69de448259328fa9bd752395b"),
+        (dict(motion="leave_and_return"), "cdb458891db59b800f10c77a3f897c225f194393b5b730db6730c4b118539ba6"),
+        (dict(motion="bounce", hard=True), "14a316c0217d627fb7bfdc648e7a5a19639292096eb2a0306e672a22fad5a6fe"),
+        (dict(), "c153a824150bc3c2046d5a4a1f27515a0e0380e69de448259328fa9bd752395b"),  # motion defaults to "bounce"
+    ],
+)
 def test_bounce_patch_gives_its_old_outputs(kw, digest):
     """Digests computed with the generator as it was before the official recipe was added (same seed, same digits)."""
     d = make_moving_multi_mnist(DIGITS[:100], LABELS[:100], 40, seed=11, recipe="bounce_patch", **kw)
@@ -205,8 +208,9 @@ def test_bounce_patch_gives_its_old_outputs(kw, digest):
 
 @pytest.fixture(scope="module", params=["bounce", "leave_and_return"])
 def data(request):
-    return request.param, make_moving_multi_mnist(DIGITS, LABELS, N, seed=5, recipe="bounce_patch",
-                                                  motion=request.param)
+    return request.param, make_moving_multi_mnist(
+        DIGITS, LABELS, N, seed=5, recipe="bounce_patch", motion=request.param
+    )
 
 
 def test_shapes(data):
@@ -325,15 +329,18 @@ def test_deterministic_given_seed():
 # Arguments and statistics
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(recipe="nope"), "recipe"),
-    (dict(motion="bounce"), "motion"),  # motion belongs to recipe="bounce_patch"
-    (dict(recipe="bounce_patch", motion="teleport"), "motion"),
-    (dict(canvas_size=20), "canvas_size"),
-    (dict(num_frames=0), "num_frames"),
-    (dict(max_digits=-1), "max_digits"),
-    (dict(chunk_size=0), "chunk_size"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(recipe="nope"), "recipe"),
+        (dict(motion="bounce"), "motion"),  # motion belongs to recipe="bounce_patch"
+        (dict(recipe="bounce_patch", motion="teleport"), "motion"),
+        (dict(canvas_size=20), "canvas_size"),
+        (dict(num_frames=0), "num_frames"),
+        (dict(max_digits=-1), "max_digits"),
+        (dict(chunk_size=0), "chunk_size"),
+    ],
+)
 def test_bad_arguments_are_rejected(kw, match):
     with pytest.raises(ValueError, match=match):
         make_moving_multi_mnist(DIGITS, LABELS, 2, seed=0, **kw)
@@ -355,8 +362,14 @@ def test_overlap_statistics_on_hand_made_boxes():
     full[0, 3, 0] = [40, 40, 55, 50]
     full[0, 3, 1] = [50, 10, 60, 20]
     presence = boxes[..., 2] > boxes[..., 0]
-    data = dict(frames=np.zeros((n, t, 50, 50), np.uint8), boxes=boxes, full_boxes=full, presence=presence,
-                counts=presence.sum(-1), sequence_counts=np.array([2]))
+    data = dict(
+        frames=np.zeros((n, t, 50, 50), np.uint8),
+        boxes=boxes,
+        full_boxes=full,
+        presence=presence,
+        counts=presence.sum(-1),
+        sequence_counts=np.array([2]),
+    )
     s = overlap_statistics(data)
     assert s["num_multi_digit_frames"] == 3 and s["num_digit_frames"] == 8
     assert s["overlap"] == pytest.approx(2 / 3) and s["overlap_large"] == pytest.approx(1 / 3)

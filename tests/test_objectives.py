@@ -73,7 +73,9 @@ def mc_grads(loss_fn, num_particles, *, group="both", key=jax.random.PRNGKey(0),
 
 def assert_unbiased(samples, exact, name):
     """Mean of R samples within 4 standard errors of the exact value, per component."""
-    for path, s, e in zip(jax.tree_util.tree_flatten_with_path(samples)[0], jax.tree.leaves(samples), jax.tree.leaves(exact)):
+    for path, s, e in zip(
+        jax.tree_util.tree_flatten_with_path(samples)[0], jax.tree.leaves(samples), jax.tree.leaves(exact)
+    ):
         mean = np.mean(np.asarray(s), axis=0)
         se = np.std(np.asarray(s), axis=0, ddof=1) / math.sqrt(s.shape[0])
         err = np.abs(mean - np.asarray(e))
@@ -86,9 +88,27 @@ def neg(tree):
 
 # Each case: (name, surrogate on (log_p, log_q_score) [K], particles used, exact objective for θ, exact for φ)
 UNBIASED_CASES = [
-    ("elbo", lambda lp, lq: obj.elbo(lp, None, lq), 3, lambda t, p: exact_iwae(t, p, 1), lambda t, p: exact_iwae(t, p, 1)),
-    ("iwae", lambda lp, lq: obj.iwae(lp, None, lq), 3, lambda t, p: exact_iwae(t, p, 3), lambda t, p: exact_iwae(t, p, 3)),
-    ("miwae(2,2)", lambda lp, lq: obj.miwae(lp, None, lq, num_repeats=2), 4, lambda t, p: exact_iwae(t, p, 2), lambda t, p: exact_iwae(t, p, 2)),
+    (
+        "elbo",
+        lambda lp, lq: obj.elbo(lp, None, lq),
+        3,
+        lambda t, p: exact_iwae(t, p, 1),
+        lambda t, p: exact_iwae(t, p, 1),
+    ),
+    (
+        "iwae",
+        lambda lp, lq: obj.iwae(lp, None, lq),
+        3,
+        lambda t, p: exact_iwae(t, p, 3),
+        lambda t, p: exact_iwae(t, p, 3),
+    ),
+    (
+        "miwae(2,2)",
+        lambda lp, lq: obj.miwae(lp, None, lq, num_repeats=2),
+        4,
+        lambda t, p: exact_iwae(t, p, 2),
+        lambda t, p: exact_iwae(t, p, 2),
+    ),
     (
         "ciwae(0.3)",
         lambda lp, lq: obj.ciwae(lp, None, lq, beta=0.3),
@@ -96,17 +116,43 @@ UNBIASED_CASES = [
         lambda t, p: 0.3 * exact_iwae(t, p, 1) + 0.7 * exact_iwae(t, p, 3),
         lambda t, p: 0.3 * exact_iwae(t, p, 1) + 0.7 * exact_iwae(t, p, 3),
     ),
-    ("piwae(2,2)", lambda lp, lq: obj.piwae(lp, None, lq, num_repeats=2), 4, lambda t, p: exact_iwae(t, p, 4), lambda t, p: exact_iwae(t, p, 2)),
-    ("reinforce b=0", lambda lp, lq: obj.reinforce(lp, None, lq), 3, lambda t, p: exact_iwae(t, p, 3), lambda t, p: exact_iwae(t, p, 3)),
-    ("reinforce b=-2", lambda lp, lq: obj.reinforce(lp, None, lq, baseline=-2.0), 3, lambda t, p: exact_iwae(t, p, 3), lambda t, p: exact_iwae(t, p, 3)),
     (
-        "nvil",
-        lambda lp, lq: obj.nvil(lp, None, lq, jnp.asarray(-0.7), obj.NVILState(jnp.asarray(-1.5), jnp.asarray(0.8), jnp.asarray(3)))[0],
+        "piwae(2,2)",
+        lambda lp, lq: obj.piwae(lp, None, lq, num_repeats=2),
+        4,
+        lambda t, p: exact_iwae(t, p, 4),
+        lambda t, p: exact_iwae(t, p, 2),
+    ),
+    (
+        "reinforce b=0",
+        lambda lp, lq: obj.reinforce(lp, None, lq),
         3,
         lambda t, p: exact_iwae(t, p, 3),
         lambda t, p: exact_iwae(t, p, 3),
     ),
-    ("vimco", lambda lp, lq: obj.vimco(lp, None, lq), 3, lambda t, p: exact_iwae(t, p, 3), lambda t, p: exact_iwae(t, p, 3)),
+    (
+        "reinforce b=-2",
+        lambda lp, lq: obj.reinforce(lp, None, lq, baseline=-2.0),
+        3,
+        lambda t, p: exact_iwae(t, p, 3),
+        lambda t, p: exact_iwae(t, p, 3),
+    ),
+    (
+        "nvil",
+        lambda lp, lq: obj.nvil(
+            lp, None, lq, jnp.asarray(-0.7), obj.NVILState(jnp.asarray(-1.5), jnp.asarray(0.8), jnp.asarray(3))
+        )[0],
+        3,
+        lambda t, p: exact_iwae(t, p, 3),
+        lambda t, p: exact_iwae(t, p, 3),
+    ),
+    (
+        "vimco",
+        lambda lp, lq: obj.vimco(lp, None, lq),
+        3,
+        lambda t, p: exact_iwae(t, p, 3),
+        lambda t, p: exact_iwae(t, p, 3),
+    ),
     ("rws wake-theta", lambda lp, lq: obj.rws(lp, lq), 3, lambda t, p: exact_iwae(t, p, 3), None),
 ]
 
@@ -162,13 +208,18 @@ def test_identities():
         close(_grads(lambda *a: obj.miwae(*a, num_repeats=8), field, *args), _grads(obj.elbo, field, *args))
     # PIWAE θ-grad = IWAE(M·L) θ-grad; PIWAE φ-grad = MIWAE(M, L) φ-grad
     close(_grads(lambda *a: obj.piwae(*a, num_repeats=2), "theta", *args), _grads(obj.iwae, "theta", *args))
-    close(_grads(lambda *a: obj.piwae(*a, num_repeats=2), "phi", *args), _grads(lambda *a: obj.miwae(*a, num_repeats=2), "phi", *args))
+    close(
+        _grads(lambda *a: obj.piwae(*a, num_repeats=2), "phi", *args),
+        _grads(lambda *a: obj.miwae(*a, num_repeats=2), "phi", *args),
+    )
     assert not np.allclose(
         _grads(lambda *a: obj.piwae(*a, num_repeats=2), "phi", *args)[0], _grads(obj.iwae, "phi", *args)[0]
     )
     # MIWAE splits repeat-major: [M·K] -> [M, K], normalising over K within each repeat.
     lp = args[0]
-    np.testing.assert_allclose(obj.miwae(lp, num_repeats=2).bound, jnp.mean(obj.log_mean_exp(lp.reshape(5, 2, 4))), rtol=1e-6)
+    np.testing.assert_allclose(
+        obj.miwae(lp, num_repeats=2).bound, jnp.mean(obj.log_mean_exp(lp.reshape(5, 2, 4))), rtol=1e-6
+    )
     # without score-function latents too
     lp, lqr = args[0], args[1]
     close(jax.grad(lambda a: obj.ciwae(a, lqr, beta=1.0).phi)(lp), jax.grad(lambda a: obj.elbo(a, lqr).phi)(lp))
@@ -256,10 +307,14 @@ def test_nvil_baseline_receives_gradients_and_learns():
 def test_nvil_normalises_score_term_by_running_std():
     """Term ① is divided by max(1, σ̂): with σ̂ = 2 its gradient w.r.t. log q_score halves; ∇ log Ẑ is unchanged."""
     log_p, _, lq = _random_inputs(jax.random.PRNGKey(15), (3, 4))
+
     def g(var):
         state = obj.NVILState(jnp.asarray(0.5), jnp.asarray(var), jnp.asarray(1))
         return jax.grad(lambda l: obj.nvil(log_p, None, l, jnp.zeros(3), state)[0].phi)(lq)
-    w_tilde_term = jax.grad(lambda l: obj.iwae(log_p, None, jax.lax.stop_gradient(lq) + l - jax.lax.stop_gradient(l)).phi)(lq)
+
+    w_tilde_term = jax.grad(
+        lambda l: obj.iwae(log_p, None, jax.lax.stop_gradient(lq) + l - jax.lax.stop_gradient(l)).phi
+    )(lq)
     w_tilde_term = jax.nn.softmax(log_p - lq) / 3.0  # −∇ log Ẑ w.r.t. log q_score, averaged over the batch of 3
     np.testing.assert_allclose(g(4.0) - w_tilde_term, 0.5 * (g(0.25) - w_tilde_term), rtol=1e-5, atol=1e-6)
 
@@ -279,8 +334,10 @@ S = 3  # steps of the sequential binary toy
 def seq_terms(theta, phi, z):
     """Per-step log p(z^i | z^{<i}) − log q(z^i | z^{<i}), the likelihood, and log q per step. z: [..., S] in {0,1}."""
     prev = jnp.concatenate([jnp.zeros(z.shape[:-1] + (1,)), jnp.cumsum(z, -1)[..., :-1]], -1)  # Σ z^{<i}
+
     def log_bern(logit, v):
         return v * jax.nn.log_sigmoid(logit) + (1 - v) * jax.nn.log_sigmoid(-logit)
+
     log_prior = log_bern(theta["a"] + theta["b"] * prev, z)
     log_q_steps = log_bern(phi["a"] + phi["b"] * prev, z)
     log_lik = -0.5 * (X - jnp.sum(theta["w"] * z, -1)) ** 2
@@ -316,7 +373,10 @@ def seq_mc_grads(baseline_fn, num_repeats=R):
         def loss(theta, phi):
             terms, log_q_steps, log_lik, prev = seq_terms(theta, phi, z)
             s, _ = obj.nvil_per_step(
-                terms, log_q_steps, baseline_fn(prev, z), obj.NVILState(jnp.array([0.3, -0.2, 0.1]), jnp.array([1.0, 0.5, 0.9]), jnp.asarray(5)),
+                terms,
+                log_q_steps,
+                baseline_fn(prev, z),
+                obj.NVILState(jnp.array([0.3, -0.2, 0.1]), jnp.array([1.0, 0.5, 0.9]), jnp.asarray(5)),
                 log_likelihood=log_lik,
             )
             return s.phi
@@ -379,8 +439,10 @@ XG = jnp.array([0.7, -1.2])
 def gauss_inputs(mu, a, log_s, eps):
     z = a + jnp.exp(log_s) * eps
     log_p = -0.5 * jnp.sum((z - mu) ** 2 + (XG - z) ** 2, -1) - math.log(2 * math.pi) * 2
+
     def log_q_of(a_, log_s_):
         return jnp.sum(-0.5 * ((z - a_) / jnp.exp(log_s_)) ** 2 - log_s_ - 0.5 * math.log(2 * math.pi), -1)
+
     return log_p, log_q_of(a, log_s), log_q_of(jax.lax.stop_gradient(a), jax.lax.stop_gradient(log_s))
 
 
@@ -394,7 +456,9 @@ def test_elbo_reparam_matches_closed_form():
         return e_log_p + entropy
 
     eps = jax.random.normal(jax.random.PRNGKey(10), (R, 1, 2))
-    g = jax.vmap(lambda e: jax.grad(lambda *p: obj.elbo(*gauss_inputs(*p, e)[:2]).phi, argnums=(0, 1, 2))(mu, a, log_s))(eps)
+    g = jax.vmap(
+        lambda e: jax.grad(lambda *p: obj.elbo(*gauss_inputs(*p, e)[:2]).phi, argnums=(0, 1, 2))(mu, a, log_s)
+    )(eps)
     assert_unbiased(g, neg(jax.grad(exact, argnums=(0, 1, 2))(mu, a, log_s)), "elbo reparam")
 
 
@@ -464,9 +528,7 @@ def test_large_log_weights(shift):
             np.testing.assert_allclose(b_, r_, atol=1e-3, err_msg=name)  # gradients are shift invariant
         assert np.isfinite(fn(lp + shift, lqr, lqs).bound)
         np.testing.assert_allclose(fn(lp + shift, lqr, lqs).bound, fn(lp, lqr, lqs).bound + shift, rtol=1e-6)
-    np.testing.assert_allclose(
-        obj.vimco_leave_one_out(lp + shift) - shift, obj.vimco_leave_one_out(lp), atol=2e-3
-    )
+    np.testing.assert_allclose(obj.vimco_leave_one_out(lp + shift) - shift, obj.vimco_leave_one_out(lp), atol=2e-3)
     s, _ = obj.nvil(lp + shift, lqr, lqs, jnp.zeros(3), state)
     assert np.isfinite(s.phi) and np.isfinite(s.baseline)
 
@@ -504,6 +566,7 @@ def test_estimators_jit():
 def test_vimco_leave_one_out_is_the_quadratic_definition_in_linear_memory():
     """The O(K) prefix/suffix form equals the [K, K] definition (float64, extreme weights included), and the jitted
     baseline at K = 1000 allocates no [B, K, K] array (memory grows linearly in K)."""
+
     def quadratic(log_w):
         k = log_w.shape[-1]
         geo = (jnp.sum(log_w, -1, keepdims=True) - log_w) / (k - 1)
@@ -516,9 +579,12 @@ def test_vimco_leave_one_out_is_the_quadratic_definition_in_linear_memory():
             log_w = jnp.asarray(rng.normal(scale=30.0, size=(5, k)))
             log_w = log_w.at[0, 0].set(500.0)  # one particle dominates
             np.testing.assert_allclose(obj.vimco_leave_one_out(log_w), quadratic(log_w), rtol=1e-12, atol=1e-9)
-            np.testing.assert_allclose(obj.log_sum_exp_of_others(log_w),
-                                       [[jax.nn.logsumexp(np.delete(np.asarray(r), i)) for i in range(k)]
-                                        for r in log_w], rtol=1e-12, atol=1e-9)
+            np.testing.assert_allclose(
+                obj.log_sum_exp_of_others(log_w),
+                [[jax.nn.logsumexp(np.delete(np.asarray(r), i)) for i in range(k)] for r in log_w],
+                rtol=1e-12,
+                atol=1e-9,
+            )
     lowered = jax.jit(jax.grad(lambda lw: jnp.sum(obj.vimco_leave_one_out(lw)))).lower(jnp.zeros((256, 1000)))
     text = lowered.as_text()
     assert "256x1000x1000" not in text and "1000x1000" not in text

@@ -29,8 +29,14 @@ def test_render_frame_draws_box_outline_on_pixel_edges():
 
 def test_plot_images_and_strips_save_png(tmp_path):
     image, boxes = _scene()
-    fig = plotting.plot_images(np.stack([image] * 5), np.stack([boxes] * 5), np.array([[1, 0]] * 5, bool),
-                               ncols=3, titles=list("abcde"), show_absent=True)
+    fig = plotting.plot_images(
+        np.stack([image] * 5),
+        np.stack([boxes] * 5),
+        np.array([[1, 0]] * 5, bool),
+        ncols=3,
+        titles=list("abcde"),
+        show_absent=True,
+    )
     path = plotting.save_figure(fig, tmp_path / "sub" / "grid.png")
     with Image.open(path) as im:
         assert im.format == "PNG" and im.size == (360, 255)  # 3 × 1.2 in, 2 × 1.2 in + 0.15 in header, 100 dpi
@@ -50,8 +56,9 @@ def test_plot_images_and_strips_save_png(tmp_path):
 def test_save_gif_frames(tmp_path):
     image, boxes = _scene()
     frames = np.stack([np.roll(image, s, axis=1) for s in range(5)])
-    path = plotting.save_gif(np.stack([frames, frames]), tmp_path / "seq.gif", np.broadcast_to(boxes, (2, 5, 2, 4)),
-                             scale=2)
+    path = plotting.save_gif(
+        np.stack([frames, frames]), tmp_path / "seq.gif", np.broadcast_to(boxes, (2, 5, 2, 4)), scale=2
+    )
     with Image.open(path) as im:
         assert im.format == "GIF" and im.n_frames == 5
         assert im.size == (2 * 60 + 2, 40)

@@ -124,9 +124,9 @@ def test_batching_over_leading_axes_equals_loop_and_broadcasts():
     B, K, N, H, W, h, w = 2, 3, 2, 9, 10, 4, 3
     images = jnp.asarray(rng.random((B, H, W), dtype=np.float32))
     z = jnp.asarray(
-        np.concatenate(
-            [rng.uniform(0.2, 0.8, (B, K, N, 1)), rng.uniform(-0.5, 0.5, (B, K, N, 2))], axis=-1
-        ).astype(np.float32)
+        np.concatenate([rng.uniform(0.2, 0.8, (B, K, N, 1)), rng.uniform(-0.5, 0.5, (B, K, N, 2))], axis=-1).astype(
+            np.float32
+        )
     )
     g = st.extract_glimpse(images[:, None, None], z, (h, w))  # broadcast image over particles, objects
     assert g.shape == (B, K, N, h, w)
@@ -138,9 +138,9 @@ def test_batching_over_leading_axes_equals_loop_and_broadcasts():
                 np.testing.assert_allclose(g[b, k, n], st.extract_glimpse(images[b], z[b, k, n], (h, w)), atol=1e-6)
                 np.testing.assert_allclose(c[b, k, n], st.paste_glimpse(g[b, k, n], z[b, k, n], (H, W)), atol=1e-6)
     # jit + vmap agree with the broadcast call.
-    g_vmap = jax.jit(jax.vmap(jax.vmap(jax.vmap(lambda zz, im: st.extract_glimpse(im, zz, (h, w)), (0, None)), (0, None))))(
-        z, images
-    )
+    g_vmap = jax.jit(
+        jax.vmap(jax.vmap(jax.vmap(lambda zz, im: st.extract_glimpse(im, zz, (h, w)), (0, None)), (0, None)))
+    )(z, images)
     np.testing.assert_allclose(g_vmap, g, atol=1e-6)
 
 

@@ -92,8 +92,9 @@ def test_misses_false_positives_and_redetection_across_a_gap():
     assert (r["misses"], r["false_positives"], r["switches"], r["redetections"]) == (2, 2, 1, 1)
     assert r["redetections_at_t2"] == 0 and r["redetections_late"] == 1
     # batched input sums the sequences' counts
-    rb = se.tracking_errors(np.stack([tb, tb]), np.stack([tp, tp]), np.stack([boxes] * 2), np.stack([pres] * 2),
-                            np.stack([ids] * 2))
+    rb = se.tracking_errors(
+        np.stack([tb, tb]), np.stack([tp, tp]), np.stack([boxes] * 2), np.stack([pres] * 2), np.stack([ids] * 2)
+    )
     assert rb["num_sequences"] == 2 and rb["redetections"] == 2 and rb["matches"] == 2 * r["matches"]
 
 
@@ -141,8 +142,9 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="labels"):
         se.addition_targets(np.zeros((2, 2), np.int32), np.zeros((2, 3, 3), bool))
     with pytest.raises(ValueError, match="targets_train must be integers in 0..18"):
-        se.train_addition_classifier(np.zeros((4, 3)), np.array([0, 1, 2, 19]), np.zeros((2, 3)), np.zeros(2, int),
-                                     steps=1)
+        se.train_addition_classifier(
+            np.zeros((4, 3)), np.array([0, 1, 2, 19]), np.zeros((2, 3)), np.zeros(2, int), steps=1
+        )
     with pytest.raises(ValueError, match="same width"):
         se.train_addition_classifier(np.zeros((4, 3)), np.zeros(4, int), np.zeros((2, 5)), np.zeros(2, int), steps=1)
 
@@ -192,8 +194,9 @@ def test_tracking_and_addition_on_untrained_quick_sqair():
     task = sqair_task.SQAIRTask(config.task_config)
     params = jax.jit(task.model.init)(jax.random.key(0))
     data = task.test_data
-    r = se.tracking_and_addition(task, params, data, key=jax.random.key(1), classifier_steps=20,
-                                 classifier_hidden=(16,))
+    r = se.tracking_and_addition(
+        task, params, data, key=jax.random.key(1), classifier_steps=20, classifier_hidden=(16,)
+    )
     json.dumps(r)
     tr, add = r["tracking"], r["addition"]
     assert (r["num_sequences"], r["num_frames"], tr["num_sequences"]) == (16, 3, 16)

@@ -32,23 +32,25 @@ def _moving_squares():
     x = np.zeros((B, T, SIZE, SIZE), np.float32)
     for b in range(B):
         for t in range(T):
-            x[b, t, 2 + t:6 + t, 2 + 2 * t:6 + 2 * t] = 1.0
+            x[b, t, 2 + t : 6 + t, 2 + 2 * t : 6 + 2 * t] = 1.0
             if b == 1:
-                x[b, t, 9:13, 10 - t:14 - t] = 0.8
+                x[b, t, 9:13, 10 - t : 14 - t] = 0.8
     return jnp.asarray(x)
 
 
 @pytest.fixture(scope="module")
 def setup():
-    cfg = mlp_sqair_config(hidden=16, image_shape=(SIZE, SIZE), glimpse_shape=(6, 6), z_what_dim=3, max_objects=N,
-                           max_seq_len=4)
+    cfg = mlp_sqair_config(
+        hidden=16, image_shape=(SIZE, SIZE), glimpse_shape=(6, 6), z_what_dim=3, max_objects=N, max_seq_len=4
+    )
     model = SQAIR(cfg)
     params = model.init(jax.random.key(0))
     images = _moving_squares()
     key = jax.random.key(42)
     infer = jax.jit(lambda p, x, k: model.infer(p, x, k, K))
-    return dict(model=model, params=params, images=images, key=key, infer=infer,
-                out=jax.device_get(infer(params, images, key)))
+    return dict(
+        model=model, params=params, images=images, key=key, infer=infer, out=jax.device_get(infer(params, images, key))
+    )
 
 
 def test_output_shapes_and_params_groups(setup):
@@ -69,11 +71,13 @@ def test_absent_object_cannot_be_propagated(setup):
     params = _force_logit(params, "inference", "prop_pres", 50.0)  # PROP would keep every object it may keep
     rng = np.random.default_rng(0)
     H, Dw = model.config.hidden, model.config.z_what_dim
-    state = dict(z_what=jnp.asarray(rng.normal(size=(N, Dw)), jnp.float32),
-                 z_where=jnp.asarray(rng.normal(size=(N, 4)), jnp.float32),
-                 z_pres=jnp.asarray([1.0, 0.0, 1.0]),
-                 h_temporal=jnp.asarray(rng.normal(size=(N, H)), jnp.float32),
-                 h_prior=jnp.asarray(rng.normal(size=(N, H)), jnp.float32))
+    state = dict(
+        z_what=jnp.asarray(rng.normal(size=(N, Dw)), jnp.float32),
+        z_where=jnp.asarray(rng.normal(size=(N, 4)), jnp.float32),
+        z_pres=jnp.asarray([1.0, 0.0, 1.0]),
+        h_temporal=jnp.asarray(rng.normal(size=(N, H)), jnp.float32),
+        h_prior=jnp.asarray(rng.normal(size=(N, H)), jnp.float32),
+    )
     prop = jax.jit(model._propagate)
     key = jax.random.key(3)
     out = jax.device_get(prop(params, images[0, 1], state, key))
@@ -99,7 +103,7 @@ def test_absent_object_cannot_be_propagated(setup):
 
 
 def test_disc_never_exceeds_n_minus_p(setup):
-    model, infer, images, key = setup["model"], setup["infer"], setup["images"], setup["key"]
+    infer, images, key = setup["infer"], setup["images"], setup["key"]
     o = setup["out"]
     assert np.all(o["num_discovered"] <= N - o["num_propagated"])
     # DISC wants to discover at every step: it must stop at exactly N − P_t, with P_t random (PROP keeps w.p. 1/2).
@@ -115,7 +119,7 @@ def test_disc_never_exceeds_n_minus_p(setup):
 
 
 def test_identities_persist_and_new_ones_are_fresh(setup):
-    model, infer, images, key = setup["model"], setup["infer"], setup["images"], setup["key"]
+    infer, images, key = setup["infer"], setup["images"], setup["key"]
     # Keep everything, discover everything at t = 0: the same N objects with the same identities in every frame.
     params = _force_logit(setup["params"], "inference", "prop_pres", 50.0)
     params = _force_logit(params, "inference", "disc_pres", 50.0)
@@ -139,19 +143,25 @@ def test_identities_persist_and_new_ones_are_fresh(setup):
 
 def test_log_weight_factorises_into_per_step_terms(setup):
     """Eq. 5.3-5.4: log p(x, z) − log q(z | x) = Σ_t [log p(x_t|z_t) + log p^D + log p^P − log q^D − log q^P], and
-    log p(x_t, z_t | z_{t−1}) re-computed from the trajectory alone (objects matched by identity) agrees term by term."""
+    log p(x_t, z_t | z_{t−1}) re-computed from the trajectory alone (objects matched by identity) agrees term by
+    term."""
     model, images = setup["model"], setup["images"]
     score = jax.jit(model.log_joint_terms)
-    for params, o in ((setup["params"], setup["out"]),
-                      (p := _force_logit(setup["params"], "inference", "disc_pres", 3.0),
-                       jax.device_get(setup["infer"](p, images, setup["key"])))):
-        per_step = (o["log_likelihood"] + o["log_p_disc"] + o["log_p_prop"] - o["log_q_disc"] - o["log_q_prop"])
+    for params, o in (
+        (setup["params"], setup["out"]),
+        (
+            p := _force_logit(setup["params"], "inference", "disc_pres", 3.0),
+            jax.device_get(setup["infer"](p, images, setup["key"])),
+        ),
+    ):
+        per_step = o["log_likelihood"] + o["log_p_disc"] + o["log_p_prop"] - o["log_q_disc"] - o["log_q_prop"]
         np.testing.assert_allclose(o["log_weight"], per_step.sum(-1), rtol=1e-6)
         assert np.all(o["log_q_pres"] <= 0.0)
         for b in range(B):
             for k in range(K):
-                terms = score(params, images[b], o["z_what"][b, k], o["z_where"][b, k], o["z_pres"][b, k],
-                              o["ids"][b, k])
+                terms = score(
+                    params, images[b], o["z_what"][b, k], o["z_where"][b, k], o["z_pres"][b, k], o["ids"][b, k]
+                )
                 for name in ("log_likelihood", "log_p_disc", "log_p_prop"):
                     np.testing.assert_allclose(terms[name], o[name][b, k], rtol=1e-5, atol=1e-3, err_msg=name)
 
@@ -203,14 +213,17 @@ def test_generation_from_the_prior(setup):
         np.testing.assert_allclose(terms["log_p_prop"], g["log_p_prop"][b], rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("bad, message", [
-    (np.zeros((2, 3, SIZE), np.float32), "batch, time, height, width"),
-    (np.zeros((2, 3, SIZE, SIZE + 1), np.float32), "frames must be"),
-    (np.zeros((2, 5, SIZE, SIZE), np.float32), "max_seq_len"),
-    (np.full((2, 3, SIZE, SIZE), 1.5, np.float32), r"\[0, 1\]"),
-    (np.full((2, 3, SIZE, SIZE), np.nan, np.float32), "NaN"),
-    (np.zeros((2, 3, SIZE, SIZE), np.uint8), "floating"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.zeros((2, 3, SIZE), np.float32), "batch, time, height, width"),
+        (np.zeros((2, 3, SIZE, SIZE + 1), np.float32), "frames must be"),
+        (np.zeros((2, 5, SIZE, SIZE), np.float32), "max_seq_len"),
+        (np.full((2, 3, SIZE, SIZE), 1.5, np.float32), r"\[0, 1\]"),
+        (np.full((2, 3, SIZE, SIZE), np.nan, np.float32), "NaN"),
+        (np.zeros((2, 3, SIZE, SIZE), np.uint8), "floating"),
+    ],
+)
 def test_bad_input_raises(setup, bad, message):
     model = setup["model"]
     with pytest.raises(ValueError, match=message):
@@ -244,8 +257,9 @@ def test_generation_accepts_host_numpy_params(setup):
 def test_decoder_output_bias_sets_the_initial_glimpse_intensity(make_config):
     """Every hidden bias starts at zero, so z_what = 0 decodes to exactly sigmoid(decoder_output_bias) per pixel."""
     for bias in (0.0, -2.0):
-        model = SQAIR(make_config(8, image_shape=(SIZE, SIZE), glimpse_shape=(8, 8), z_what_dim=3,
-                                  decoder_output_bias=bias))
+        model = SQAIR(
+            make_config(8, image_shape=(SIZE, SIZE), glimpse_shape=(8, 8), z_what_dim=3, decoder_output_bias=bias)
+        )
         params = model.init(jax.random.key(0))
         glimpse = model._g(params, "glimpse_decoder", jnp.zeros((1, 3)))
         np.testing.assert_allclose(glimpse, jax.nn.sigmoid(bias) * np.ones((1, 8, 8)), rtol=1e-6)
@@ -256,8 +270,16 @@ def test_posterior_presence_logits_start_at_their_configured_biases():
     official code's prop_step_bias / disc_step_bias)."""
     H = 8
     for prop, disc in ((5.0, 1.0), (0.0, -3.0)):
-        model = SQAIR(mlp_sqair_config(H, image_shape=(SIZE, SIZE), glimpse_shape=(8, 8), z_what_dim=3,
-                                       prop_presence_logit_init=prop, disc_presence_logit_init=disc))
+        model = SQAIR(
+            mlp_sqair_config(
+                H,
+                image_shape=(SIZE, SIZE),
+                glimpse_shape=(8, 8),
+                z_what_dim=3,
+                prop_presence_logit_init=prop,
+                disc_presence_logit_init=disc,
+            )
+        )
         params = model.init(jax.random.key(0))
         np.testing.assert_allclose(model._i(params, "prop_pres", jnp.zeros((2, 3 + 4 + H + H))), [prop, prop])
         np.testing.assert_allclose(model._i(params, "disc_pres", jnp.zeros((2, H + 3))), [disc, disc])
@@ -266,8 +288,11 @@ def test_posterior_presence_logits_start_at_their_configured_biases():
 def test_where_posterior_scale_starts_at_softplus_of_its_bias():
     H = 8
     for bias in (-3.0, 0.5):
-        model = SQAIR(mlp_sqair_config(H, image_shape=(SIZE, SIZE), glimpse_shape=(8, 8), z_what_dim=3,
-                                       where_posterior_scale_bias=bias))
+        model = SQAIR(
+            mlp_sqair_config(
+                H, image_shape=(SIZE, SIZE), glimpse_shape=(8, 8), z_what_dim=3, where_posterior_scale_bias=bias
+            )
+        )
         params = model.init(jax.random.key(0))
         for name, width in (("disc_where", H), ("prop_where", 3 + 4 + H + H)):
             _, scale = model._i(params, name, jnp.zeros((2, width)))
@@ -283,16 +308,32 @@ def test_curriculum_length():
 
 @pytest.mark.slow
 def test_tiny_sqair_task_bound_improves():
-    """A tiny SQAIR task (blob digits on 24×24 canvases, 32 units, K = 5, VIMCO) improves its IWAE bound (per frame, on a
-    fixed batch of 64 sequences with a fixed key) over 100 Adam steps. VIMCO's θ and φ surrogates coincide, so one gradient of the loss serves both groups."""
+    """A tiny SQAIR task (blob digits on 24×24 canvases, 32 units, K = 5, VIMCO) improves its IWAE bound (per frame,
+    on a fixed batch of 64 sequences with a fixed key) over 100 Adam steps. VIMCO's θ and φ surrogates coincide, so
+    one gradient of the loss serves both groups."""
     import ml_collections
     import optax
 
     from ocr_jax.tasks.sqair import SQAIRTask
 
-    cfg = ml_collections.ConfigDict(dict(
-        arch="mlp", hidden=32, z_what_dim=8, max_objects=2, canvas_size=24, glimpse_size=8, num_particles=5,
-        start_length=3, length_every=10**9, data="blobs", num_frames=3, num_train=256, max_digits=2, digit_size=12))
+    cfg = ml_collections.ConfigDict(
+        dict(
+            arch="mlp",
+            hidden=32,
+            z_what_dim=8,
+            max_objects=2,
+            canvas_size=24,
+            glimpse_size=8,
+            num_particles=5,
+            start_length=3,
+            length_every=10**9,
+            data="blobs",
+            num_frames=3,
+            num_train=256,
+            max_digits=2,
+            digit_size=12,
+        )
+    )
     task = SQAIRTask(cfg)
     batches = task.train_batches(seed=0, start_step=0, global_batch_size=16, process_index=0, process_count=1)
     params, state = task.init(jax.random.key(0), None)

@@ -29,9 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "docs" / "tutorial.ipynb"
 KERNEL_NAME = "ocr-jax-tutorial"
-CELL_TIMEOUT_S = 240     # per cell
-TOTAL_BUDGET_S = 240     # whole notebook: 60-70 s on the project's loaded 2-core CPU; generous for slow runners
-MIN_PNG_OUTPUTS = 3      # true boxes, inferred glimpses, SNR vs K
+CELL_TIMEOUT_S = 240  # per cell
+TOTAL_BUDGET_S = 240  # whole notebook: 60-70 s on the project's loaded 2-core CPU; generous for slow runners
+MIN_PNG_OUTPUTS = 3  # true boxes, inferred glimpses, SNR vs K
 METADATA_KEY = "ocr_jax_tutorial"
 EXECUTABLE_MARK = "__tutorial_kernel_executable__="
 
@@ -60,13 +60,22 @@ def all_text(nb) -> str:
 
 
 def png_outputs(nb) -> int:
-    return sum("image/png" in output.get("data", {})
-               for cell in nb.cells if cell.cell_type == "code" for output in cell.get("outputs", []))
+    return sum(
+        "image/png" in output.get("data", {})
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+    )
 
 
 def error_outputs(nb) -> list[str]:
-    return [f"{o.get('ename')}: {o.get('evalue')}" for cell in nb.cells if cell.cell_type == "code"
-            for o in cell.get("outputs", []) if o.output_type == "error"]
+    return [
+        f"{o.get('ename')}: {o.get('evalue')}"
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for o in cell.get("outputs", [])
+        if o.output_type == "error"
+    ]
 
 
 def numbers(text: str) -> list[float]:
@@ -97,8 +106,9 @@ def check_outputs(nb) -> dict:
     truth = numbers(m.group(1))
     assert truth == [0.2, 0.3, 0.5]
     for name in ("vimco", "ww", "reinforce"):
-        m = re.search(rf"{name}: weights \[([^\]]*)\] ± \[([^\]]*)\].*?KL\(p\(z\|x\) \|\| q\(z\|x\)\) = ([0-9.e+-]+)",
-                      text)
+        m = re.search(
+            rf"{name}: weights \[([^\]]*)\] ± \[([^\]]*)\].*?KL\(p\(z\|x\) \|\| q\(z\|x\)\) = ([0-9.e+-]+)", text
+        )
         assert m, f"no learned weights for {name} in the outputs:\n{text}"
         weights, spread, kl = numbers(m.group(1)), numbers(m.group(2)), float(m.group(3))
         assert len(weights) == 3 and len(spread) == 3 and all(map(math.isfinite, weights + spread + [kl]))
@@ -122,9 +132,9 @@ def check_outputs(nb) -> dict:
         row = [float(v) for v in m.group(1).split()]
         assert all(math.isfinite(v) and v > 0 for v in row), (name, row)
         snr[name] = row
-    assert snr["ww"][-1] > 2 * snr["ww"][0], snr            # wake-wake's φ-SNR grows with K
-    assert snr["vimco"][0] > 1.5 * snr["vimco"][-1], snr     # VIMCO's falls
-    assert snr["vimco"][0] > snr["reinforce"][0], snr        # the leave-one-out baseline helps at small K
+    assert snr["ww"][-1] > 2 * snr["ww"][0], snr  # wake-wake's φ-SNR grows with K
+    assert snr["vimco"][0] > 1.5 * snr["vimco"][-1], snr  # VIMCO's falls
+    assert snr["vimco"][0] > snr["reinforce"][0], snr  # the leave-one-out baseline helps at small K
     values["snr"] = snr
     return values
 
@@ -133,11 +143,15 @@ def install_kernelspec(directory: Path) -> None:
     """A kernelspec named KERNEL_NAME under ``directory/kernels`` that runs ipykernel on this very interpreter."""
     spec_dir = directory / "kernels" / KERNEL_NAME
     spec_dir.mkdir(parents=True, exist_ok=True)
-    (spec_dir / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": f"ocr_jax tutorial ({sys.executable})",
-        "language": "python",
-    }))
+    (spec_dir / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": f"ocr_jax tutorial ({sys.executable})",
+                "language": "python",
+            }
+        )
+    )
 
 
 def execute(nb_path: Path = NOTEBOOK, *, timeout: int = CELL_TIMEOUT_S):
@@ -157,8 +171,13 @@ def execute(nb_path: Path = NOTEBOOK, *, timeout: int = CELL_TIMEOUT_S):
         saved = os.environ.get("JUPYTER_PATH")
         os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [jupyter_dir, saved]))
         try:
-            client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name=KERNEL_NAME, record_timing=False,
-                                             resources={"metadata": {"path": str(nb_path.parent)}})
+            client = nbclient.NotebookClient(
+                nb,
+                timeout=timeout,
+                kernel_name=KERNEL_NAME,
+                record_timing=False,
+                resources={"metadata": {"path": str(nb_path.parent)}},
+            )
             start = time.perf_counter()
             client.execute()
             seconds = time.perf_counter() - start
@@ -170,7 +189,8 @@ def execute(nb_path: Path = NOTEBOOK, *, timeout: int = CELL_TIMEOUT_S):
     check = nb.cells.pop()
     kernel_python = cell_text(check).strip()
     assert kernel_python == EXECUTABLE_MARK + sys.executable, (
-        f"the notebook ran on another interpreter: {kernel_python!r}, expected {sys.executable!r}")
+        f"the notebook ran on another interpreter: {kernel_python!r}, expected {sys.executable!r}"
+    )
     nb.metadata = copy.deepcopy(original.metadata)  # keep the generic kernelspec ("python3"), not the temporary one
     assert code_sources(nb) == code_sources(original)
     return nb, seconds
@@ -195,14 +215,16 @@ def test_committed_notebook_is_executed():
     assert len(code_cells) >= 8
     # Executed top to bottom in one kernel, every cell once.
     assert [cell.execution_count for cell in code_cells] == list(range(1, len(code_cells) + 1)), (
-        "docs/tutorial.ipynb is not fully executed; run: .venv/bin/python tests/test_tutorial.py --update")
+        "docs/tutorial.ipynb is not fully executed; run: .venv/bin/python tests/test_tutorial.py --update"
+    )
     assert not error_outputs(nb)
     assert png_outputs(nb) >= MIN_PNG_OUTPUTS
     # Outputs belong to these code cells: the digest written with them matches the cells as they are now.
     recorded = nb.metadata.get(METADATA_KEY, {}).get("code_sha256")
     assert recorded == code_digest(nb), (
         "docs/tutorial.ipynb's code cells changed since its outputs were produced; run: "
-        ".venv/bin/python tests/test_tutorial.py --update")
+        ".venv/bin/python tests/test_tutorial.py --update"
+    )
     check_outputs(nb)
 
 
@@ -215,12 +237,13 @@ def update() -> None:
     if errors:
         raise SystemExit(f"errors in the notebook: {errors}")
     values = check_outputs(nb)
-    nb.metadata[METADATA_KEY] = {"code_sha256": code_digest(nb),
-                                 "written_by": "python tests/test_tutorial.py --update"}
+    nb.metadata[METADATA_KEY] = {"code_sha256": code_digest(nb), "written_by": "python tests/test_tutorial.py --update"}
     nbformat.validate(nb)
     nbformat.write(nb, NOTEBOOK)
-    print(f"wrote {NOTEBOOK.relative_to(ROOT)}: executed in {seconds:.1f} s, {png_outputs(nb)} PNG outputs; "
-          f"{json.dumps(values)}")
+    print(
+        f"wrote {NOTEBOOK.relative_to(ROOT)}: executed in {seconds:.1f} s, {png_outputs(nb)} PNG outputs; "
+        f"{json.dumps(values)}"
+    )
 
 
 if __name__ == "__main__":

@@ -8,4 +8,4 @@ import sys
 from ocr_jax import configs as _configs
 
 for _name in _configs.names():
-  globals()[_name] = sys.modules[f"{__name__}.{_name}"] = _configs.module(_name)
+    globals()[_name] = sys.modules[f"{__name__}.{_name}"] = _configs.module(_name)

@@ -27,38 +27,47 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  del argv
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; -v 0 brings it back.
-  # Before any other JAX call: join the other processes, if any.
-  from ocr_jax.training import mesh
-  mesh.maybe_initialize_distributed(auto=_MULTIHOST.value or None)
+    del argv
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; -v 0 brings it back.
+    # Before any other JAX call: join the other processes, if any.
+    from ocr_jax.training import mesh
 
-  import jax
-  from ocr_jax.training import train
-  logging.info("process %d/%d, %d local / %d global devices (%s)", jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
-  try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except KeyboardInterrupt as e:
-    print(f"\nInterrupted: {e}", file=sys.stderr)
-    sys.exit(130)
-  except (train.RunSafetyError, train.NonFiniteError, OSError) as e:
-    # Refused launches, bad checkpoints, NaN/Inf, full disks: one line (the traceback with -v 0).
-    logging.info("%s", type(e).__name__, exc_info=True)
-    print(f"error: {train.error_line(e)}", file=sys.stderr)
-    sys.exit(1)
+    mesh.maybe_initialize_distributed(auto=_MULTIHOST.value or None)
+
+    import jax
+
+    from ocr_jax.training import train
+
+    logging.info(
+        "process %d/%d, %d local / %d global devices (%s)",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+        jax.devices()[0].platform,
+    )
+    try:
+        train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except KeyboardInterrupt as e:
+        print(f"\nInterrupted: {e}", file=sys.stderr)
+        sys.exit(130)
+    except (train.RunSafetyError, train.NonFiniteError, OSError) as e:
+        # Refused launches, bad checkpoints, NaN/Inf, full disks: one line (the traceback with -v 0).
+        logging.info("%s", type(e).__name__, exc_info=True)
+        print(f"error: {train.error_line(e)}", file=sys.stderr)
+        sys.exit(1)
 
 
 def run(argv=None) -> None:
-  """The console entry point. absl's --help shows the docstring of ``__main__`` and the flags of the script being
-  run, which here are neither this module's (a console-script stub or experiments/main.py runs it), so both are
-  handed over first."""
-  sys.modules["__main__"].__doc__ = __doc__
-  for name in ("config", "workdir", "multihost"):
-    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
-  app.run(main, argv=argv)
+    """The console entry point. absl's --help shows the docstring of ``__main__`` and the flags of the script being
+    run, which here are neither this module's (a console-script stub or experiments/main.py runs it), so both are
+    handed over first."""
+    sys.modules["__main__"].__doc__ = __doc__
+    for name in ("config", "workdir", "multihost"):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+    app.run(main, argv=argv)
 
 
 if __name__ == "__main__":
-  run()
+    run()

@@ -29,85 +29,132 @@ COMBINABLE_VARIANTS = True
 
 
 def optimizer(name: str, learning_rate: float, **kw) -> ml_collections.ConfigDict:
-  cfg = dict(optimizer=name, learning_rate=learning_rate, schedule="constant", clip_global_norm=None)
-  if name == "rmsprop":  # TF1 semantics, as in the reference AIR/SQAIR code (ocr_jax/training/optimizers.py)
-    cfg.update(decay=0.9, eps=1e-10, momentum=0.9, initial_scale=1.0)
-  cfg.update(kw)
-  return ml_collections.ConfigDict(cfg)
+    cfg = dict(optimizer=name, learning_rate=learning_rate, schedule="constant", clip_global_norm=None)
+    if name == "rmsprop":  # TF1 semantics, as in the reference AIR/SQAIR code (ocr_jax/training/optimizers.py)
+        cfg.update(decay=0.9, eps=1e-10, momentum=0.9, initial_scale=1.0)
+    cfg.update(kw)
+    return ml_collections.ConfigDict(cfg)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variants = configs.check_variant(arg, VARIANTS, config="air_multi_mnist", combine=COMBINABLE_VARIANTS)
+    variants = configs.check_variant(arg, VARIANTS, config="air_multi_mnist", combine=COMBINABLE_VARIANTS)
 
-  config = ml_collections.ConfigDict()
-  config.task = "air"
-  config.task_module = "ocr_jax.tasks.air"
-  config.task_config = ml_collections.ConfigDict(dict(
-      estimator="vimco",
-      num_particles=5,
-      estimator_args=dict(),  # e.g. dict(decay=0.9) for nvil (ocr_jax.estimators)
-      model=dict(
-          glimpse_shape=(20, 20), z_what_dim=50, rnn="lstm", rnn_hidden=256,
-          image_encoder="raw", glimpse_encoder_hidden=(256,), glimpse_decoder_hidden=(256,),
-          baseline_hidden=(256,), decoder_output_bias=-2.0),
-      # Count prior: per-step continue probability annealed geometrically (AIR.md, "Count prior").
-      # Tuned on seed 0 (docs/results.md): end 0.001 over 10k steps pushes the count towards the true number faster.
-      count_prior=dict(start=0.5, end=0.001, duration=10_000, kind="exponential"),
-      data=dict(name="multi_mnist", recipe="kosiorek", max_digits=2, num_train=60_000, num_test=10_000, seed=0,
-                method="generate", binarize=False, synthetic_digits=False),
-      # num_images / log_marginal_*: the final report (experiments/air_report.py); periodic_*: evaluations during
-      # training, kept cheap (a 2000-image subset, no IWAE-1000).
-      eval=dict(num_images=10_000, batch_size=500, log_marginal_images=200, log_marginal_particles=1000,
-                log_marginal_chunk=100, num_pictures=16, periodic_images=2_000, periodic_log_marginal_images=0),
-  ))
-  config.seed = 0
-  config.global_batch_size = 32
-  config.num_steps = 20_000
+    config = ml_collections.ConfigDict()
+    config.task = "air"
+    config.task_module = "ocr_jax.tasks.air"
+    config.task_config = ml_collections.ConfigDict(
+        dict(
+            estimator="vimco",
+            num_particles=5,
+            estimator_args=dict(),  # e.g. dict(decay=0.9) for nvil (ocr_jax.estimators)
+            model=dict(
+                glimpse_shape=(20, 20),
+                z_what_dim=50,
+                rnn="lstm",
+                rnn_hidden=256,
+                image_encoder="raw",
+                glimpse_encoder_hidden=(256,),
+                glimpse_decoder_hidden=(256,),
+                baseline_hidden=(256,),
+                decoder_output_bias=-2.0,
+            ),
+            # Count prior: per-step continue probability annealed geometrically (AIR.md, "Count prior").
+            # Tuned on seed 0 (docs/results.md): end 0.001 over 10k steps pushes the count towards the true number
+            # faster.
+            count_prior=dict(start=0.5, end=0.001, duration=10_000, kind="exponential"),
+            data=dict(
+                name="multi_mnist",
+                recipe="kosiorek",
+                max_digits=2,
+                num_train=60_000,
+                num_test=10_000,
+                seed=0,
+                method="generate",
+                binarize=False,
+                synthetic_digits=False,
+            ),
+            # num_images / log_marginal_*: the final report (experiments/air_report.py); periodic_*: evaluations during
+            # training, kept cheap (a 2000-image subset, no IWAE-1000).
+            eval=dict(
+                num_images=10_000,
+                batch_size=500,
+                log_marginal_images=200,
+                log_marginal_particles=1000,
+                log_marginal_chunk=100,
+                num_pictures=16,
+                periodic_images=2_000,
+                periodic_log_marginal_images=0,
+            ),
+        )
+    )
+    config.seed = 0
+    config.global_batch_size = 32
+    config.num_steps = 20_000
 
-  config.optimizers = ml_collections.ConfigDict()
-  config.optimizers.generative = optimizer("adam", 3e-4)
-  config.optimizers.inference = optimizer("adam", 3e-4)
-  config.optimizers.baseline = optimizer("adam", 1e-3)
+    config.optimizers = ml_collections.ConfigDict()
+    config.optimizers.generative = optimizer("adam", 3e-4)
+    config.optimizers.inference = optimizer("adam", 3e-4)
+    config.optimizers.baseline = optimizer("adam", 1e-3)
 
-  config.log_every = 100
-  config.eval_every = 2_500
-  config.checkpoint = ml_collections.ConfigDict(dict(every=2_500, max_to_keep=3, restore_from=""))
-  config.headline_metric = "count_accuracy"
-  config.progress_bar = True
+    config.log_every = 100
+    config.eval_every = 2_500
+    config.checkpoint = ml_collections.ConfigDict(dict(every=2_500, max_to_keep=3, restore_from=""))
+    config.headline_metric = "count_accuracy"
+    config.progress_bar = True
 
-  tc = config.task_config
-  if "nvil" in variants or "bench" in variants:
-    tc.estimator = "nvil"
-    tc.num_particles = 1
-    config.global_batch_size = 64
-  if "ww" in variants:
-    tc.estimator = "ww"
-  if "reinforce" in variants:
-    tc.estimator = "reinforce"
-  if "pyro" in variants or "bench" in variants:
-    tc.data.recipe = "pyro"
-    tc.model.update(where_parametrisation="pyro", scale_range=(0.0, 1.0))
-  if "bernoulli" in variants:
-    tc.data.binarize = True  # the task then uses the Bernoulli likelihood
-  if "moving" in variants:
-    # SQAIR's sequences (sqair_mnist.py: data_seed 0, 10 frames): 60k training sequences = 600k frames; the test
-    # split is SQAIR's 1000 evaluation sequences (10k frames).
-    tc.data.update(name="moving_multi_mnist", num_train=60_000, num_test=1_000, num_frames=10)
-    tc.eval.log_marginal_images = 500  # IWAE-1000 on the first 50 test sequences, as SQAIR's report
-  if "bench" in variants:
-    tc.model.update(glimpse_shape=(28, 28), rnn_hidden=256, image_encoder="raw", glimpse_encoder_hidden=(200,),
-                    glimpse_decoder_hidden=(200,), baseline_hidden=(200,))
-  if "quick" in variants:
-    tc.data.update(synthetic_digits=True, num_train=2_048, num_test=256)
-    tc.model.update(rnn_hidden=32, glimpse_shape=(12, 12), z_what_dim=8, glimpse_encoder_hidden=(32,),
-                    glimpse_decoder_hidden=(32,), baseline_hidden=(32,), image_encoder="mlp",
-                    image_encoder_hidden=(32,))
-    tc.eval.update(num_images=256, batch_size=128, log_marginal_images=16, log_marginal_particles=20,
-                   log_marginal_chunk=10, num_pictures=8, periodic_images=256)
-    tc.count_prior.update(duration=100)
-    config.num_steps = 60
-    config.log_every = 10
-    config.eval_every = 60
-    config.checkpoint.every = 30
-    config.global_batch_size = 16
-  return config
+    tc = config.task_config
+    if "nvil" in variants or "bench" in variants:
+        tc.estimator = "nvil"
+        tc.num_particles = 1
+        config.global_batch_size = 64
+    if "ww" in variants:
+        tc.estimator = "ww"
+    if "reinforce" in variants:
+        tc.estimator = "reinforce"
+    if "pyro" in variants or "bench" in variants:
+        tc.data.recipe = "pyro"
+        tc.model.update(where_parametrisation="pyro", scale_range=(0.0, 1.0))
+    if "bernoulli" in variants:
+        tc.data.binarize = True  # the task then uses the Bernoulli likelihood
+    if "moving" in variants:
+        # SQAIR's sequences (sqair_mnist.py: data_seed 0, 10 frames): 60k training sequences = 600k frames; the test
+        # split is SQAIR's 1000 evaluation sequences (10k frames).
+        tc.data.update(name="moving_multi_mnist", num_train=60_000, num_test=1_000, num_frames=10)
+        tc.eval.log_marginal_images = 500  # IWAE-1000 on the first 50 test sequences, as SQAIR's report
+    if "bench" in variants:
+        tc.model.update(
+            glimpse_shape=(28, 28),
+            rnn_hidden=256,
+            image_encoder="raw",
+            glimpse_encoder_hidden=(200,),
+            glimpse_decoder_hidden=(200,),
+            baseline_hidden=(200,),
+        )
+    if "quick" in variants:
+        tc.data.update(synthetic_digits=True, num_train=2_048, num_test=256)
+        tc.model.update(
+            rnn_hidden=32,
+            glimpse_shape=(12, 12),
+            z_what_dim=8,
+            glimpse_encoder_hidden=(32,),
+            glimpse_decoder_hidden=(32,),
+            baseline_hidden=(32,),
+            image_encoder="mlp",
+            image_encoder_hidden=(32,),
+        )
+        tc.eval.update(
+            num_images=256,
+            batch_size=128,
+            log_marginal_images=16,
+            log_marginal_particles=20,
+            log_marginal_chunk=10,
+            num_pictures=8,
+            periodic_images=256,
+        )
+        tc.count_prior.update(duration=100)
+        config.num_steps = 60
+        config.log_every = 10
+        config.eval_every = 60
+        config.checkpoint.every = 30
+        config.global_batch_size = 16
+    return config

@@ -26,11 +26,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.budget = 64  # T = M·K particles per datapoint
     # name -> (objective, parameter): parameter is M for miwae/piwae and β for ciwae.
     # (ConfigDict keys may not contain dots: CIWAE(b=0_05) is CIWAE with β = 0.05.)
-    c.methods = ml_collections.ConfigDict({
-        "IWAE": ("iwae", 0), "PIWAE(4,16)": ("piwae", 4), "PIWAE(8,8)": ("piwae", 8),
-        "MIWAE(4,16)": ("miwae", 4), "MIWAE(8,8)": ("miwae", 8),
-        "CIWAE(b=0_05)": ("ciwae", 0.05), "CIWAE(b=0_5)": ("ciwae", 0.5), "VAE": ("miwae", 64),
-    })
+    c.methods = ml_collections.ConfigDict(
+        {
+            "IWAE": ("iwae", 0),
+            "PIWAE(4,16)": ("piwae", 4),
+            "PIWAE(8,8)": ("piwae", 8),
+            "MIWAE(4,16)": ("miwae", 4),
+            "MIWAE(8,8)": ("miwae", 8),
+            "CIWAE(b=0_05)": ("ciwae", 0.05),
+            "CIWAE(b=0_5)": ("ciwae", 0.5),
+            "VAE": ("miwae", 64),
+        }
+    )
     c.run_methods = list(c.methods.keys())
     c.batch_size = 20
     c.num_stages = 8  # stage i: 3^i epochs at learning rate base_lr·10^(−i/7)

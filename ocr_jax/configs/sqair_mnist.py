@@ -34,112 +34,175 @@ COMBINABLE_VARIANTS = True
 
 
 def rmsprop(learning_rate: float, boundaries_and_scales: dict) -> ml_collections.ConfigDict:
-  # TF1 RMSProp semantics (the official SQAIR code): see ocr_jax/training/optimizers.py.
-  return ml_collections.ConfigDict(dict(
-      optimizer="rmsprop", learning_rate=learning_rate, decay=0.9, eps=1e-10, momentum=0.9, initial_scale=1.0,
-      schedule="piecewise_constant", boundaries_and_scales=boundaries_and_scales, clip_global_norm=None))
+    # TF1 RMSProp semantics (the official SQAIR code): see ocr_jax/training/optimizers.py.
+    return ml_collections.ConfigDict(
+        dict(
+            optimizer="rmsprop",
+            learning_rate=learning_rate,
+            decay=0.9,
+            eps=1e-10,
+            momentum=0.9,
+            initial_scale=1.0,
+            schedule="piecewise_constant",
+            boundaries_and_scales=boundaries_and_scales,
+            clip_global_norm=None,
+        )
+    )
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variants = configs.check_variant(arg, VARIANTS, config="sqair_mnist", combine=COMBINABLE_VARIANTS)
-  config = ml_collections.ConfigDict()
-  config.task = "sqair"
-  config.task_module = "ocr_jax.tasks.sqair"
-  config.task_config = ml_collections.ConfigDict(dict(
-      arch="mlp", hidden=256, z_what_dim=50, max_objects=3, canvas_size=50, glimpse_size=20, likelihood_sigma=0.3,
-      # the official code's initial biases (ocr_jax.models.sqair.SQAIRConfig); docs/results.md's runs A and B
-      # override them (A: all four as before; B: the two z_where ones), e.g. for run A
-      #   --config.task_config.prop_presence_logit_init=0 --config.task_config.disc_presence_logit_init=0
-      #   --config.task_config.where_prior_loc="(0.,0.,0.,0.)" --config.task_config.where_posterior_scale_bias=0.5
-      prop_presence_logit_init=5.0, disc_presence_logit_init=1.386, where_prior_loc=(-2.0, -2.0, 0.0, 0.0),
-      where_posterior_scale_bias=-3.0,
-      # start-up (ocr_jax.models.sqair module docstring; docs/results.md's ablation); the first implementation:
-      #   --config.task_config.where_map=sigmoid_linear --config.task_config.std_floor=1e-4
-      #   --config.task_config.disc_head_kernel_scale=1.0 --config.task_config.disc_init_scale=None
-      #   --config.task_config.presence_after_what=False --config.task_config.prop_update_scale=1.0
-      #   --config.task_config.prop_what=direct --config.task_config.disc_presence_logit_init=1.0
-      where_map="sigmoid_tanh", std_floor=1e-2, disc_head_kernel_scale=0.1, disc_init_scale=0.4,
-      presence_after_what=True, prop_update_scale=0.1, prop_what="gated", disc_later_presence_bias=0.0,
-      first_frame_continue_prob=0.0,
-      disc_suppression_steps=0, disc_suppression_bias=-30.0,
-      # a per-object cost in the training objective (ocr_jax.tasks.sqair; 0: off, the official code)
-      count_penalty=0.0, count_penalty_start=0, count_penalty_ramp=0,
-      # the estimator (ocr_jax.estimators): the paper's VIMCO; variants nvil and ww
-      estimator="vimco", estimator_args=dict(), baseline_hidden=64,
-      num_particles=5, start_length=3, length_every=100_000,
-      data="mnist", num_frames=10, num_train=60_000, num_eval=1_000, max_digits=2, digit_size=28, data_seed=0))
+    variants = configs.check_variant(arg, VARIANTS, config="sqair_mnist", combine=COMBINABLE_VARIANTS)
+    config = ml_collections.ConfigDict()
+    config.task = "sqair"
+    config.task_module = "ocr_jax.tasks.sqair"
+    config.task_config = ml_collections.ConfigDict(
+        dict(
+            arch="mlp",
+            hidden=256,
+            z_what_dim=50,
+            max_objects=3,
+            canvas_size=50,
+            glimpse_size=20,
+            likelihood_sigma=0.3,
+            # the official code's initial biases (ocr_jax.models.sqair.SQAIRConfig); docs/results.md's runs A and B
+            # override them (A: all four as before; B: the two z_where ones), e.g. for run A
+            #   --config.task_config.prop_presence_logit_init=0 --config.task_config.disc_presence_logit_init=0
+            #   --config.task_config.where_prior_loc="(0.,0.,0.,0.)" --config.task_config.where_posterior_scale_bias=0.5
+            prop_presence_logit_init=5.0,
+            disc_presence_logit_init=1.386,
+            where_prior_loc=(-2.0, -2.0, 0.0, 0.0),
+            where_posterior_scale_bias=-3.0,
+            # start-up (ocr_jax.models.sqair module docstring; docs/results.md's ablation); the first implementation:
+            #   --config.task_config.where_map=sigmoid_linear --config.task_config.std_floor=1e-4
+            #   --config.task_config.disc_head_kernel_scale=1.0 --config.task_config.disc_init_scale=None
+            #   --config.task_config.presence_after_what=False --config.task_config.prop_update_scale=1.0
+            #   --config.task_config.prop_what=direct --config.task_config.disc_presence_logit_init=1.0
+            where_map="sigmoid_tanh",
+            std_floor=1e-2,
+            disc_head_kernel_scale=0.1,
+            disc_init_scale=0.4,
+            presence_after_what=True,
+            prop_update_scale=0.1,
+            prop_what="gated",
+            disc_later_presence_bias=0.0,
+            first_frame_continue_prob=0.0,
+            disc_suppression_steps=0,
+            disc_suppression_bias=-30.0,
+            # a per-object cost in the training objective (ocr_jax.tasks.sqair; 0: off, the official code)
+            count_penalty=0.0,
+            count_penalty_start=0,
+            count_penalty_ramp=0,
+            # the estimator (ocr_jax.estimators): the paper's VIMCO; variants nvil and ww
+            estimator="vimco",
+            estimator_args=dict(),
+            baseline_hidden=64,
+            num_particles=5,
+            start_length=3,
+            length_every=100_000,
+            data="mnist",
+            num_frames=10,
+            num_train=60_000,
+            num_eval=1_000,
+            max_digits=2,
+            digit_size=28,
+            data_seed=0,
+        )
+    )
 
-  config.seed = 0
-  config.global_batch_size = 32
-  config.num_steps = 2_000_000
+    config.seed = 0
+    config.global_batch_size = 32
+    config.num_steps = 2_000_000
 
-  # 1e-5, then (1/3)·1e-5 after 400k and 1e-6 after 1000k iterations (§5.D.1).
-  schedule = {400_000: 1.0 / 3.0, 1_000_000: 0.3}
-  config.optimizers = ml_collections.ConfigDict()
-  config.optimizers.generative = rmsprop(1e-5, dict(schedule))
-  config.optimizers.inference = rmsprop(1e-5, dict(schedule))
+    # 1e-5, then (1/3)·1e-5 after 400k and 1e-6 after 1000k iterations (§5.D.1).
+    schedule = {400_000: 1.0 / 3.0, 1_000_000: 0.3}
+    config.optimizers = ml_collections.ConfigDict()
+    config.optimizers.generative = rmsprop(1e-5, dict(schedule))
+    config.optimizers.inference = rmsprop(1e-5, dict(schedule))
 
-  config.log_every = 100
-  config.eval_every = 10_000
-  config.checkpoint = ml_collections.ConfigDict(dict(every=10_000, max_to_keep=3, restore_from=""))
-  config.headline_metric = "iwae_per_frame"
-  config.progress_bar = True
-  # > 0: save and return after this many seconds of training (rerun the same command to continue); e.g. 540 keeps
-  # every command of a long GPU run under 10 minutes (docs/training.md).
-  config.stop_after_seconds = 0
+    config.log_every = 100
+    config.eval_every = 10_000
+    config.checkpoint = ml_collections.ConfigDict(dict(every=10_000, max_to_keep=3, restore_from=""))
+    config.headline_metric = "iwae_per_frame"
+    config.progress_bar = True
+    # > 0: save and return after this many seconds of training (rerun the same command to continue); e.g. 540 keeps
+    # every command of a long GPU run under 10 minutes (docs/training.md).
+    config.stop_after_seconds = 0
 
-  if "conv" in variants:
-    config.task_config.arch = "conv"
-    config.task_config.hidden = 128
-  if "small" in variants:
-    config.task_config.hidden = 32
-    config.task_config.length_every = 10_000
-    config.num_steps = 200_000
-    config.optimizers.generative.learning_rate = 1e-4
-    config.optimizers.inference.learning_rate = 1e-4
-    for group in ("generative", "inference"):
-      config.optimizers[group].boundaries_and_scales = {100_000: 0.3}
-  if "cpu" in variants:
-    # What a 2-core CPU affords (docs/results.md, "SQAIR that learns"): MLP-SQAIR with 256 units, Adam 3e-4 (the
-    # AIR setting) instead of the paper's RMSProp 1e-5, and a curriculum that starts at ONE frame (SQAIR is then AIR
-    # on first frames: DISC learns to count before PROP has anything to follow), grows by a frame every 1500 steps
-    # to 10, and keeps DISC off after frame 1 while the sequences are 2 frames long (steps 1500-3000), so that PROP
-    # learns to follow the objects DISC found instead of DISC re-detecting them (the DISC-only failure mode).
-    # Nearly transparent new objects at initialisation (AIR's decoder output bias -2; see SQAIRConfig).
-    config.task_config.hidden = 256
-    config.task_config.decoder_output_bias = -2.0
-    config.task_config.start_length = 1
-    config.task_config.length_every = 1_500
-    config.task_config.disc_suppression_steps = 3_000
-    config.num_steps = 15_000
-    for group in ("generative", "inference"):
-      config.optimizers[group] = ml_collections.ConfigDict(dict(
-          optimizer="adam", learning_rate=3e-4, schedule="constant", clip_global_norm=None))
-    config.log_every = 50
-    config.eval_every = 1_000
-    config.checkpoint.every = 500
-  if "quick" in variants:
-    config.task_config.update(dict(
-        hidden=32, z_what_dim=8, max_objects=2, canvas_size=24, glimpse_size=8, data="blobs", digit_size=12,
-        num_frames=3, num_train=256, start_length=1, length_every=100, num_eval=32,
-        eval=dict(batch_size=16, num_particles=3, log_marginal_sequences=8, log_marginal_particles=20,
-                  log_marginal_chunk=10, num_pictures=2, addition_steps=200, addition_train_sequences=16)))
-    config.global_batch_size = 16
-    config.num_steps = 300
-    config.log_every = 20
-    config.eval_every = 100
-    config.checkpoint.every = 100
-    for group in ("generative", "inference"):
-      config.optimizers[group].learning_rate = 1e-3
-      config.optimizers[group].boundaries_and_scales = {}
-  if "nvil" in variants:
-    # NVIL for every presence variable: one signal (log Ẑ_K − c − b_ψ(x)) / max(1, σ̂) per sequence, with the
-    # input-dependent baseline b_ψ as its own parameter group (ocr_jax.tasks.sqair.SequenceBaseline).
-    config.task_config.estimator = "nvil"
-    config.optimizers.baseline = ml_collections.ConfigDict(dict(
-        optimizer="adam", learning_rate=1e-3, schedule="constant", clip_global_norm=None))
-  if "ww" in variants:
-    # Reweighted wake-wake: wake-θ, and for φ wake-φ on the presence variables with IWAE's reparameterised
-    # gradient for z_what and z_where (ocr_jax.estimators.ww).
-    config.task_config.estimator = "ww"
-  return config
+    if "conv" in variants:
+        config.task_config.arch = "conv"
+        config.task_config.hidden = 128
+    if "small" in variants:
+        config.task_config.hidden = 32
+        config.task_config.length_every = 10_000
+        config.num_steps = 200_000
+        config.optimizers.generative.learning_rate = 1e-4
+        config.optimizers.inference.learning_rate = 1e-4
+        for group in ("generative", "inference"):
+            config.optimizers[group].boundaries_and_scales = {100_000: 0.3}
+    if "cpu" in variants:
+        # What a 2-core CPU affords (docs/results.md, "SQAIR that learns"): MLP-SQAIR with 256 units, Adam 3e-4 (the
+        # AIR setting) instead of the paper's RMSProp 1e-5, and a curriculum that starts at ONE frame (SQAIR is then AIR
+        # on first frames: DISC learns to count before PROP has anything to follow), grows by a frame every 1500 steps
+        # to 10, and keeps DISC off after frame 1 while the sequences are 2 frames long (steps 1500-3000), so that PROP
+        # learns to follow the objects DISC found instead of DISC re-detecting them (the DISC-only failure mode).
+        # Nearly transparent new objects at initialisation (AIR's decoder output bias -2; see SQAIRConfig).
+        config.task_config.hidden = 256
+        config.task_config.decoder_output_bias = -2.0
+        config.task_config.start_length = 1
+        config.task_config.length_every = 1_500
+        config.task_config.disc_suppression_steps = 3_000
+        config.num_steps = 15_000
+        for group in ("generative", "inference"):
+            config.optimizers[group] = ml_collections.ConfigDict(
+                dict(optimizer="adam", learning_rate=3e-4, schedule="constant", clip_global_norm=None)
+            )
+        config.log_every = 50
+        config.eval_every = 1_000
+        config.checkpoint.every = 500
+    if "quick" in variants:
+        config.task_config.update(
+            dict(
+                hidden=32,
+                z_what_dim=8,
+                max_objects=2,
+                canvas_size=24,
+                glimpse_size=8,
+                data="blobs",
+                digit_size=12,
+                num_frames=3,
+                num_train=256,
+                start_length=1,
+                length_every=100,
+                num_eval=32,
+                eval=dict(
+                    batch_size=16,
+                    num_particles=3,
+                    log_marginal_sequences=8,
+                    log_marginal_particles=20,
+                    log_marginal_chunk=10,
+                    num_pictures=2,
+                    addition_steps=200,
+                    addition_train_sequences=16,
+                ),
+            )
+        )
+        config.global_batch_size = 16
+        config.num_steps = 300
+        config.log_every = 20
+        config.eval_every = 100
+        config.checkpoint.every = 100
+        for group in ("generative", "inference"):
+            config.optimizers[group].learning_rate = 1e-3
+            config.optimizers[group].boundaries_and_scales = {}
+    if "nvil" in variants:
+        # NVIL for every presence variable: one signal (log Ẑ_K − c − b_ψ(x)) / max(1, σ̂) per sequence, with the
+        # input-dependent baseline b_ψ as its own parameter group (ocr_jax.tasks.sqair.SequenceBaseline).
+        config.task_config.estimator = "nvil"
+        config.optimizers.baseline = ml_collections.ConfigDict(
+            dict(optimizer="adam", learning_rate=1e-3, schedule="constant", clip_global_norm=None)
+        )
+    if "ww" in variants:
+        # Reweighted wake-wake: wake-θ, and for φ wake-φ on the presence variables with IWAE's reparameterised
+        # gradient for z_what and z_where (ocr_jax.estimators.ww).
+        config.task_config.estimator = "ww"
+    return config

@@ -29,10 +29,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.num_repeats = ml_collections.ConfigDict({"near_K": 200, "near_M": 50, "far_K": 50, "far_M": 50})
     c.repeat_chunk = 8  # repeats evaluated together (memory: chunk·N·M·K·D floats)
     # Regimes: near the optimum (§7.4) and far from it (appendix 7.C.3).
-    c.regimes = ml_collections.ConfigDict({
-        "near": {"offset_std": 0.01, "q_var": 2.0 / 3.0},
-        "far": {"offset_std": 0.5, "q_var": 1.0},
-    })
+    c.regimes = ml_collections.ConfigDict(
+        {
+            "near": {"offset_std": 0.01, "q_var": 2.0 / 3.0},
+            "far": {"offset_std": 0.5, "q_var": 1.0},
+        }
+    )
     # Slopes of log SNR vs log K / log M are fitted over this range; θ vs K is also fitted on the tail (K ≥ 100).
     c.fit_min, c.fit_max = 1, 1000
     c.theta_tail_min = 100

@@ -20,43 +20,61 @@ VARIANTS = ("quick",)
 
 
 def rmsprop(learning_rate: float) -> ml_collections.ConfigDict:
-  # TF1 RMSProp semantics (AIR/SQAIR reference code): see ocr_jax/training/optimizers.py.
-  return ml_collections.ConfigDict(dict(
-      optimizer="rmsprop", learning_rate=learning_rate, decay=0.9, eps=1e-10, momentum=0.9, initial_scale=1.0,
-      schedule="piecewise_constant", boundaries_and_scales={}, clip_global_norm=None))
+    # TF1 RMSProp semantics (AIR/SQAIR reference code): see ocr_jax/training/optimizers.py.
+    return ml_collections.ConfigDict(
+        dict(
+            optimizer="rmsprop",
+            learning_rate=learning_rate,
+            decay=0.9,
+            eps=1e-10,
+            momentum=0.9,
+            initial_scale=1.0,
+            schedule="piecewise_constant",
+            boundaries_and_scales={},
+            clip_global_norm=None,
+        )
+    )
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  configs.check_variant(arg, VARIANTS, config="toy_vae")
-  config = ml_collections.ConfigDict()
-  config.task = "toy_vae"
-  config.task_module = "ocr_jax.tasks.toy_vae"
-  config.task_config = ml_collections.ConfigDict(dict(
-      image_size=8, hidden=32, latent=4, num_train=1024, num_eval=256, data_seed=0, nvil_decay=0.9))
+    configs.check_variant(arg, VARIANTS, config="toy_vae")
+    config = ml_collections.ConfigDict()
+    config.task = "toy_vae"
+    config.task_module = "ocr_jax.tasks.toy_vae"
+    config.task_config = ml_collections.ConfigDict(
+        dict(image_size=8, hidden=32, latent=4, num_train=1024, num_eval=256, data_seed=0, nvil_decay=0.9)
+    )
 
-  config.seed = 0
-  config.global_batch_size = 64
-  config.num_steps = 5000
+    config.seed = 0
+    config.global_batch_size = 64
+    config.num_steps = 5000
 
-  config.optimizers = ml_collections.ConfigDict()
-  config.optimizers.generative = rmsprop(1e-3)
-  config.optimizers.generative.boundaries_and_scales = {3000: 0.3}
-  config.optimizers.inference = rmsprop(1e-3)
-  config.optimizers.inference.boundaries_and_scales = {3000: 0.3}
-  # The NVIL baseline has its own objective and a larger, exponentially decayed learning rate.
-  config.optimizers.baseline = ml_collections.ConfigDict(dict(
-      optimizer="adam", learning_rate=3e-3, schedule="exponential", decay_steps=1000, decay_rate=0.5,
-      clip_global_norm=10.0))
+    config.optimizers = ml_collections.ConfigDict()
+    config.optimizers.generative = rmsprop(1e-3)
+    config.optimizers.generative.boundaries_and_scales = {3000: 0.3}
+    config.optimizers.inference = rmsprop(1e-3)
+    config.optimizers.inference.boundaries_and_scales = {3000: 0.3}
+    # The NVIL baseline has its own objective and a larger, exponentially decayed learning rate.
+    config.optimizers.baseline = ml_collections.ConfigDict(
+        dict(
+            optimizer="adam",
+            learning_rate=3e-3,
+            schedule="exponential",
+            decay_steps=1000,
+            decay_rate=0.5,
+            clip_global_norm=10.0,
+        )
+    )
 
-  config.log_every = 50
-  config.eval_every = 1000
-  config.checkpoint = ml_collections.ConfigDict(dict(every=1000, max_to_keep=3, restore_from=""))
-  config.headline_metric = "elbo"
-  config.progress_bar = True
+    config.log_every = 50
+    config.eval_every = 1000
+    config.checkpoint = ml_collections.ConfigDict(dict(every=1000, max_to_keep=3, restore_from=""))
+    config.headline_metric = "elbo"
+    config.progress_bar = True
 
-  if arg == "quick":
-    config.num_steps = 300
-    config.log_every = 20
-    config.eval_every = 100
-    config.checkpoint.every = 100
-  return config
+    if arg == "quick":
+        config.num_steps = 300
+        config.log_every = 20
+        config.eval_every = 100
+        config.checkpoint.every = 100
+    return config

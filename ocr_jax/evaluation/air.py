@@ -51,22 +51,35 @@ def log_marginal(task, params, images_uint8, key, step, *, num_particles, chunk_
     return log_marginal_chunked(log_weight_fn, k_particles, num_particles, chunk_size)
 
 
-def log_marginal_of_images(task, params, images_uint8: np.ndarray, key: jax.Array, step: int,
-                           batch_size: int = 50) -> np.ndarray:
+def log_marginal_of_images(
+    task, params, images_uint8: np.ndarray, key: jax.Array, step: int, batch_size: int = 50
+) -> np.ndarray:
     """IWAE-``eval.log_marginal_particles`` estimates of log p(x) ``[n]`` for ``images_uint8 [n, H, W]``, in batches of
     ``batch_size`` images (key ``fold_in(key, 10_000 + start)`` for the batch starting at ``start``) with at most
     ``eval.log_marginal_chunk`` particles materialised at once."""
     ev = task.config.eval
     chunk = min(ev.log_marginal_chunk, ev.log_marginal_particles)
-    return np.concatenate([
-        np.asarray(log_marginal(task, params, jnp.asarray(images_uint8[s:s + batch_size]),
-                                jax.random.fold_in(key, 10_000 + s), step, num_particles=ev.log_marginal_particles,
-                                chunk_size=chunk))
-        for s in range(0, len(images_uint8), batch_size)])
+    return np.concatenate(
+        [
+            np.asarray(
+                log_marginal(
+                    task,
+                    params,
+                    jnp.asarray(images_uint8[s : s + batch_size]),
+                    jax.random.fold_in(key, 10_000 + s),
+                    step,
+                    num_particles=ev.log_marginal_particles,
+                    chunk_size=chunk,
+                )
+            )
+            for s in range(0, len(images_uint8), batch_size)
+        ]
+    )
 
 
-def evaluate_air(task, params, step: int, *, num_images: int, log_marginal_images: int,
-                 seed: int = 1234) -> dict[str, Any]:
+def evaluate_air(
+    task, params, step: int, *, num_images: int, log_marginal_images: int, seed: int = 1234
+) -> dict[str, Any]:
     """Test-split metrics: count accuracy, confusion matrix [true, predicted], ELBO, log p(x|z), IWAE log p(x)."""
     cfg = task.config
     data = task.test_data
@@ -77,9 +90,9 @@ def evaluate_air(task, params, step: int, *, num_images: int, log_marginal_image
     confusion = np.zeros((N + 1, N + 1), np.int64)
     elbo, loglik, first = [], [], None
     for i, start in enumerate(range(0, n - n % bs if n >= bs else n, bs)):
-        images = jnp.asarray(data["images"][start:start + bs])
+        images = jnp.asarray(data["images"][start : start + bs])
         r = jax.device_get(eval_batch(task, params, images, jax.random.fold_in(key, i), step))
-        np.add.at(confusion, (np.minimum(data["counts"][start:start + bs], N), r["counts"]), 1)
+        np.add.at(confusion, (np.minimum(data["counts"][start : start + bs], N), r["counts"]), 1)
         elbo.append(r["log_weight"])
         loglik.append(r["log_likelihood"])
         if first is None:
@@ -104,9 +117,14 @@ def evaluate_air(task, params, step: int, *, num_images: int, log_marginal_image
     top = np.concatenate(list(images[:k].astype(np.float32) / 255.0), axis=1)
     bottom = np.concatenate(list(np.clip(r["canvas"][:k], 0, 1)), axis=1)
     results["picture"] = np.concatenate([top, bottom], axis=0)
-    results["example"] = {"images": images[:k], "canvas": r["canvas"][:k], "boxes": r["boxes"][:k],
-                          "z_pres": r["z_pres"][:k], "counts": r["counts"][:k],
-                          "true_counts": data["counts"][:k]}
+    results["example"] = {
+        "images": images[:k],
+        "canvas": r["canvas"][:k],
+        "boxes": r["boxes"][:k],
+        "z_pres": r["z_pres"][:k],
+        "counts": r["counts"][:k],
+        "true_counts": data["counts"][:k],
+    }
     return results
 
 
@@ -116,14 +134,28 @@ def infer_frames(task, params, images_uint8, key, step, *, num_particles: int) -
     ``z_what [B, K, N, D]``, ``boxes [B, K, N, 4]``."""
     x, k_infer = task.model_inputs(images_uint8, key)
     out = task.model.infer(params, x, k_infer, num_particles=num_particles, continue_prob=task.continue_prob(step))
-    return dict(log_weight=out.log_weight, log_likelihood=out.log_likelihood, z_pres=out.z_pres, z_what=out.z_what,
-                boxes=out.boxes(task.model.config.canvas_shape))
+    return dict(
+        log_weight=out.log_weight,
+        log_likelihood=out.log_likelihood,
+        z_pres=out.z_pres,
+        z_what=out.z_what,
+        boxes=out.boxes(task.model.config.canvas_shape),
+    )
 
 
-def evaluate_air_on_sequences(task, params, step: int, sequences: dict[str, np.ndarray], *, key: jax.Array,
-                              num_particles: int = 5, log_marginal_sequences: int = 0,
-                              train_sequences: dict[str, np.ndarray] | None = None, classifier_steps: int = 0,
-                              iou_threshold: float = 0.3) -> dict[str, Any]:
+def evaluate_air_on_sequences(
+    task,
+    params,
+    step: int,
+    sequences: dict[str, np.ndarray],
+    *,
+    key: jax.Array,
+    num_particles: int = 5,
+    log_marginal_sequences: int = 0,
+    train_sequences: dict[str, np.ndarray] | None = None,
+    classifier_steps: int = 0,
+    iou_threshold: float = 0.3,
+) -> dict[str, Any]:
     """AIR applied frame by frame to moving multi-MNIST ``sequences`` (``frames [n, T, H, W]``, ``counts [n, T]``,
     ``boxes``, ``presence``, ``labels``): the MLP-AIR row of thesis Table 5.4.1, in the units of SQAIR's evaluation
     (``ocr_jax.evaluation.sqair``: ``evaluate_sqair``, ``tracking_and_addition``).
@@ -140,8 +172,10 @@ def evaluate_air_on_sequences(task, params, step: int, sequences: dict[str, np.n
     """
     frames = np.asarray(sequences["frames"])
     if frames.ndim != 4 or frames.shape[2:] != tuple(task.model.config.canvas_shape):
-        raise ValueError(f"need frames [n, T, {task.model.config.canvas_shape[0]}, "
-                         f"{task.model.config.canvas_shape[1]}]; got {frames.shape}")
+        raise ValueError(
+            f"need frames [n, T, {task.model.config.canvas_shape[0]}, "
+            f"{task.model.config.canvas_shape[1]}]; got {frames.shape}"
+        )
     n, T = frames.shape[:2]
     N = task.model.config.max_steps
     ev = task.config.eval
@@ -150,14 +184,28 @@ def evaluate_air_on_sequences(task, params, step: int, sequences: dict[str, np.n
         images = frames_nt.reshape(-1, *frames_nt.shape[2:])
         parts = []
         for i, start in enumerate(range(0, len(images), ev.batch_size)):
-            r = jax.device_get(infer_frames(task, params, jnp.asarray(images[start:start + ev.batch_size]),
-                                            jax.random.fold_in(key, i), step, num_particles=num_particles))
+            r = jax.device_get(
+                infer_frames(
+                    task,
+                    params,
+                    jnp.asarray(images[start : start + ev.batch_size]),
+                    jax.random.fold_in(key, i),
+                    step,
+                    num_particles=num_particles,
+                )
+            )
             best = np.argmax(r["log_weight"], axis=1)
             rows = np.arange(len(best))
-            parts.append(dict(
-                iwae=np.asarray(objectives.log_mean_exp(r["log_weight"], axis=1)),
-                elbo=r["log_weight"].mean(1), log_likelihood=r["log_likelihood"].mean(1),
-                z_pres=r["z_pres"][rows, best], z_what=r["z_what"][rows, best], boxes=r["boxes"][rows, best]))
+            parts.append(
+                dict(
+                    iwae=np.asarray(objectives.log_mean_exp(r["log_weight"], axis=1)),
+                    elbo=r["log_weight"].mean(1),
+                    log_likelihood=r["log_likelihood"].mean(1),
+                    z_pres=r["z_pres"][rows, best],
+                    z_what=r["z_what"][rows, best],
+                    boxes=r["boxes"][rows, best],
+                )
+            )
         out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         out = {k: v.reshape(len(frames_nt), frames_nt.shape[1], *v.shape[1:]) for k, v in out.items()}
         out["ids"] = np.where(out["z_pres"] > 0, np.arange(N), -1)
@@ -169,29 +217,40 @@ def evaluate_air_on_sequences(task, params, step: int, sequences: dict[str, np.n
     confusion = np.zeros((N + 1, N + 1), np.int64)
     np.add.at(confusion, (true.ravel(), counts.ravel()), 1)
     results: dict[str, Any] = dict(
-        step=int(step), num_sequences=int(n), num_frames=int(T), num_particles=int(num_particles),
+        step=int(step),
+        num_sequences=int(n),
+        num_frames=int(T),
+        num_particles=int(num_particles),
         count_accuracy=float(np.mean(counts == true)),
         sequence_count_accuracy=float(np.mean(np.all(counts == true, axis=1))),
-        iwae=float(out["iwae"].sum(1).mean()), elbo=float(out["elbo"].sum(1).mean()),
+        iwae=float(out["iwae"].sum(1).mean()),
+        elbo=float(out["elbo"].sum(1).mean()),
         log_likelihood=float(out["log_likelihood"].sum(1).mean()),
-        num_objects=float(out["z_pres"].sum(-1).mean()), confusion=confusion.tolist())
+        num_objects=float(out["z_pres"].sum(-1).mean()),
+        confusion=confusion.tolist(),
+    )
     results["iwae_per_frame"] = results["iwae"] / T
     results["kl"] = results["log_likelihood"] - results["elbo"]
     m = min(log_marginal_sequences, n)
     if m > 0:
         lm = log_marginal_of_images(task, params, frames[:m].reshape(-1, *frames.shape[2:]), key, step)
-        results.update(log_marginal=float(lm.reshape(m, T).sum(1).mean()),
-                       log_marginal_sequences=int(m), log_marginal_particles=int(ev.log_marginal_particles))
+        results.update(
+            log_marginal=float(lm.reshape(m, T).sum(1).mean()),
+            log_marginal_sequences=int(m),
+            log_marginal_particles=int(ev.log_marginal_particles),
+        )
     H, W = task.model.config.canvas_shape
     clipped = np.clip(out["boxes"], 0.0, np.array([H, W, H, W], np.float32))
-    results["tracking"] = sqair_eval.tracking_errors(sequences["boxes"], sequences["presence"], clipped,
-                                                     out["z_pres"], out["ids"], iou_threshold)
+    results["tracking"] = sqair_eval.tracking_errors(
+        sequences["boxes"], sequences["presence"], clipped, out["z_pres"], out["ids"], iou_threshold
+    )
     results["iou_threshold"] = float(iou_threshold)
     results["addition"] = None
     if train_sequences is not None and classifier_steps > 0:
         train_out = best_particle_outputs(np.asarray(train_sequences["frames"]), jax.random.fold_in(key, 1 << 30))
-        results["addition"] = sqair_eval.addition_experiment(train_out, train_sequences, out, sequences,
-                                                             steps=classifier_steps)
+        results["addition"] = sqair_eval.addition_experiment(
+            train_out, train_sequences, out, sequences, steps=classifier_steps
+        )
     return results
 
 

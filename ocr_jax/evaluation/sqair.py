@@ -78,9 +78,25 @@ __all__ = [
     "two_digit_overlap",
 ]
 
-COUNT_KEYS = ("num_sequences", "total_frames", "num_true", "num_inferred", "num_tracks", "matched_tracks",
-              "matches", "misses", "false_positives", "continuations", "switches", "swaps", "redetections",
-              "redetections_at_t2", "continuations_at_t2", "redetections_late", "continuations_late")
+COUNT_KEYS = (
+    "num_sequences",
+    "total_frames",
+    "num_true",
+    "num_inferred",
+    "num_tracks",
+    "matched_tracks",
+    "matches",
+    "misses",
+    "false_positives",
+    "continuations",
+    "switches",
+    "swaps",
+    "redetections",
+    "redetections_at_t2",
+    "continuations_at_t2",
+    "redetections_late",
+    "continuations_late",
+)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -88,8 +104,15 @@ COUNT_KEYS = ("num_sequences", "total_frames", "num_true", "num_inferred", "num_
 
 
 # Tracking numbers added to the periodic evaluations (``eval.periodic_tracking``) as ``tracking_<key>``.
-PERIODIC_TRACKING_KEYS = ("recall", "precision", "switch_rate", "redetection_rate", "redetection_rate_at_t2",
-                          "mota", "failure_mode")
+PERIODIC_TRACKING_KEYS = (
+    "recall",
+    "precision",
+    "switch_rate",
+    "redetection_rate",
+    "redetection_rate_at_t2",
+    "mota",
+    "failure_mode",
+)
 
 # The jitted inference functions of each task (keyed weakly: they go with the task), built once per task so that
 # periodic evaluations do not recompile.
@@ -102,8 +125,9 @@ def eval_functions(task) -> tuple[Callable, Callable]:
     frames uint8 (``to_unit_float``) or float. Built once per task."""
     if task not in _EVAL_FUNCTIONS:
         model, ev = task.model, task.config.eval
-        infer = jax.jit(lambda p, x, k, b: model.infer(p, to_unit_float(x), k, ev.num_particles,
-                                                       disc_later_presence_bias=b))
+        infer = jax.jit(
+            lambda p, x, k, b: model.infer(p, to_unit_float(x), k, ev.num_particles, disc_later_presence_bias=b)
+        )
 
         @jax.jit
         def log_marginal(p, x, k):
@@ -131,8 +155,9 @@ def inference_batches(task, params, frames: np.ndarray, key: jax.Array):
     infer = eval_functions(task)[0]
     bias = task.disc_later_bias(task.eval_step)
     for start in range(0, len(frames), task.config.eval.batch_size):
-        out = jax.device_get(infer(params, frames[start:start + task.config.eval.batch_size],
-                                   jax.random.fold_in(key, start), bias))
+        out = jax.device_get(
+            infer(params, frames[start : start + task.config.eval.batch_size], jax.random.fold_in(key, start), bias)
+        )
         best = np.argmax(out["log_weight"], axis=1)
         yield start, out, lambda a, best=best: np.asarray(a)[np.arange(len(best)), best]
 
@@ -146,15 +171,23 @@ def two_digit_overlap(data: dict[str, np.ndarray]) -> np.ndarray:
     if boxes.shape[2] < 2 or not two.any():
         return out
     a, b = boxes[..., 0, :], boxes[..., 1, :]
-    inter = ((np.minimum(a[..., 2], b[..., 2]) > np.maximum(a[..., 0], b[..., 0]))
-             & (np.minimum(a[..., 3], b[..., 3]) > np.maximum(a[..., 1], b[..., 1])))
+    inter = (np.minimum(a[..., 2], b[..., 2]) > np.maximum(a[..., 0], b[..., 0])) & (
+        np.minimum(a[..., 3], b[..., 3]) > np.maximum(a[..., 1], b[..., 1])
+    )
     two_first = two & presence[..., 0] & presence[..., 1]
     out[two_first] = inter[two_first].astype(np.int8)
     return out
 
 
-def evaluate_sqair(task, params, data: dict[str, np.ndarray], *, key: jax.Array,
-                   num_sequences: int | None = None, log_marginal_sequences: int | None = None) -> dict:
+def evaluate_sqair(
+    task,
+    params,
+    data: dict[str, np.ndarray],
+    *,
+    key: jax.Array,
+    num_sequences: int | None = None,
+    log_marginal_sequences: int | None = None,
+) -> dict:
     """Test-set evaluation over all ``T`` frames (no curriculum mask).
 
     Per batch of sequences ``[B, T, H, W]``, K = ``eval.num_particles`` particles are drawn; the particle with the
@@ -180,8 +213,9 @@ def evaluate_sqair(task, params, data: dict[str, np.ndarray], *, key: jax.Array,
     K = ev.num_particles
     log_marginal = eval_functions(task)[1]
     max_count = model.config.max_objects
-    sums = dict(correct=0.0, seq_correct=0.0, iwae=0.0, elbo=0.0, log_likelihood=0.0, num_objects=0.0,
-                correct_official=0.0)
+    sums = dict(
+        correct=0.0, seq_correct=0.0, iwae=0.0, elbo=0.0, log_likelihood=0.0, num_objects=0.0, correct_official=0.0
+    )
     T = data["frames"].shape[1]
     correct_by_frame = np.zeros(T)
     overlap = two_digit_overlap(data) if "boxes" in data and "presence" in data else None  # [n, T] or None
@@ -193,16 +227,16 @@ def evaluate_sqair(task, params, data: dict[str, np.ndarray], *, key: jax.Array,
         log_w = out["log_weight"]  # [B, K]
         num = len(log_w)
         counts = pick(out["z_pres"]).sum(-1).astype(np.int64)  # [B, T]
-        true = np.minimum(data["counts"][start:start + num], max_count)
+        true = np.minimum(data["counts"][start : start + num], max_count)
         np.add.at(confusion, (true.ravel(), counts.ravel()), 1)
         sums["correct"] += float(np.sum(counts == true))
         correct_by_frame += np.sum(counts == true, axis=0)
         if overlap is not None:
-            ov = overlap[start:start + num]  # -1: not a two-digit frame
+            ov = overlap[start : start + num]  # -1: not a two-digit frame
             for o in (0, 1):
                 by_overlap[o] += (np.sum((counts == true) & (ov == o)), np.sum(ov == o))
         if "sequence_counts" in data:  # the official per-sequence label (Table 5.4.1), repeated over frames
-            label = np.minimum(data["sequence_counts"][start:start + num], max_count)[:, None]
+            label = np.minimum(data["sequence_counts"][start : start + num], max_count)[:, None]
             sums["correct_official"] += float(np.sum(counts == label))
         sums["seq_correct"] += float(np.sum(np.all(counts == true, axis=1)))
         m = np.max(log_w, axis=1, keepdims=True)
@@ -213,16 +247,30 @@ def evaluate_sqair(task, params, data: dict[str, np.ndarray], *, key: jax.Array,
         if example is None:
             j = slice(0, min(ev.num_pictures, num))
             boxes = boxes_of(task, pick(out["z_where"]))
-            example = dict(frames=data["frames"][start:start + num][j], canvas=pick(out["canvas"])[j], boxes=boxes[j],
-                           z_pres=pick(out["z_pres"])[j], ids=pick(out["ids"])[j], true_counts=true[j],
-                           counts=counts[j])
-    results = dict(num_sequences=int(n), num_frames=int(T), num_particles=int(K),
-                   count_accuracy=sums["correct"] / (n * T), sequence_count_accuracy=sums["seq_correct"] / n,
-                   count_accuracy_first_frame=float(correct_by_frame[0] / n),
-                   count_accuracy_later_frames=float(correct_by_frame[1:].sum() / (n * (T - 1))) if T > 1 else None,
-                   count_accuracy_by_frame=(correct_by_frame / n).tolist(),
-                   iwae=sums["iwae"] / n, iwae_per_frame=sums["iwae"] / (n * T), elbo=sums["elbo"] / n,
-                   log_likelihood=sums["log_likelihood"] / n, num_objects=sums["num_objects"] / (n * T))
+            example = dict(
+                frames=data["frames"][start : start + num][j],
+                canvas=pick(out["canvas"])[j],
+                boxes=boxes[j],
+                z_pres=pick(out["z_pres"])[j],
+                ids=pick(out["ids"])[j],
+                true_counts=true[j],
+                counts=counts[j],
+            )
+    results = dict(
+        num_sequences=int(n),
+        num_frames=int(T),
+        num_particles=int(K),
+        count_accuracy=sums["correct"] / (n * T),
+        sequence_count_accuracy=sums["seq_correct"] / n,
+        count_accuracy_first_frame=float(correct_by_frame[0] / n),
+        count_accuracy_later_frames=float(correct_by_frame[1:].sum() / (n * (T - 1))) if T > 1 else None,
+        count_accuracy_by_frame=(correct_by_frame / n).tolist(),
+        iwae=sums["iwae"] / n,
+        iwae_per_frame=sums["iwae"] / (n * T),
+        elbo=sums["elbo"] / n,
+        log_likelihood=sums["log_likelihood"] / n,
+        num_objects=sums["num_objects"] / (n * T),
+    )
     results["kl"] = results["log_likelihood"] - results["elbo"]
     if overlap is not None:  # frames with two visible digits whose tight boxes are apart / overlap
         for o, name in ((0, "apart"), (1, "overlapping")):
@@ -232,11 +280,19 @@ def evaluate_sqair(task, params, data: dict[str, np.ndarray], *, key: jax.Array,
         results["count_accuracy_official_label"] = sums["correct_official"] / (n * T)
     m = min(ev.log_marginal_sequences if log_marginal_sequences is None else log_marginal_sequences, n)
     if m > 0:
-        lms = [np.asarray(log_marginal(params, data["frames"][s:s + ev.batch_size][: m - s],
-                                       jax.random.fold_in(key, 10_000 + s)))
-               for s in range(0, m, ev.batch_size)]
-        results.update(log_marginal=float(np.mean(np.concatenate(lms))), log_marginal_sequences=int(m),
-                       log_marginal_particles=int(ev.log_marginal_particles))
+        lms = [
+            np.asarray(
+                log_marginal(
+                    params, data["frames"][s : s + ev.batch_size][: m - s], jax.random.fold_in(key, 10_000 + s)
+                )
+            )
+            for s in range(0, m, ev.batch_size)
+        ]
+        results.update(
+            log_marginal=float(np.mean(np.concatenate(lms))),
+            log_marginal_sequences=int(m),
+            log_marginal_particles=int(ev.log_marginal_particles),
+        )
     results["confusion"] = confusion.tolist()
     results["example"] = example
     return results
@@ -266,8 +322,10 @@ def _check_frames(true_boxes, true_presence, boxes, presence, ids=None):
     if boxes.ndim != 3 or boxes.shape[-1] != 4:
         raise ValueError(f"boxes must be [time, slots, 4]; got shape {boxes.shape}")
     if true_presence.shape != true_boxes.shape[:2]:
-        raise ValueError(f"true_presence must be [time, true] = {true_boxes.shape[:2]} to match true_boxes; got "
-                         f"{true_presence.shape}")
+        raise ValueError(
+            f"true_presence must be [time, true] = {true_boxes.shape[:2]} to match true_boxes; got "
+            f"{true_presence.shape}"
+        )
     if presence.shape != boxes.shape[:2]:
         raise ValueError(f"presence must be [time, slots] = {boxes.shape[:2]} to match boxes; got {presence.shape}")
     if boxes.shape[0] != true_boxes.shape[0]:
@@ -332,8 +390,9 @@ def match_objects(true_boxes, true_presence, boxes, presence, iou_threshold: flo
 # Tracking errors
 
 
-def tracking_counts(true_boxes, true_presence, boxes, presence, ids, iou_threshold: float = 0.5, *,
-                    continuity: bool = True) -> dict[str, Any]:
+def tracking_counts(
+    true_boxes, true_presence, boxes, presence, ids, iou_threshold: float = 0.5, *, continuity: bool = True
+) -> dict[str, Any]:
     """Raw tracking counts (module docstring) of ONE sequence, or summed over a batch.
 
     Args:
@@ -352,20 +411,31 @@ def tracking_counts(true_boxes, true_presence, boxes, presence, ids, iou_thresho
     """
     if np.ndim(true_presence) == 3:
         if not (len(true_boxes) == len(true_presence) == len(boxes) == len(presence) == len(ids)):
-            raise ValueError("batched inputs need the same batch size; got "
-                             f"{[len(a) for a in (true_boxes, true_presence, boxes, presence, ids)]}")
+            raise ValueError(
+                "batched inputs need the same batch size; got "
+                f"{[len(a) for a in (true_boxes, true_presence, boxes, presence, ids)]}"
+            )
         total = _zero_counts()
         for b in range(len(true_presence)):
-            total = add_counts(total, tracking_counts(true_boxes[b], true_presence[b], boxes[b], presence[b], ids[b],
-                                                      iou_threshold, continuity=continuity))
+            total = add_counts(
+                total,
+                tracking_counts(
+                    true_boxes[b], true_presence[b], boxes[b], presence[b], ids[b], iou_threshold, continuity=continuity
+                ),
+            )
         return total
     true_boxes, true_presence, boxes, presence, ids = _check_frames(true_boxes, true_presence, boxes, presence, ids)
     T, D = true_presence.shape
     iou = box_iou(true_boxes[:, :, None], boxes[:, None, :])  # [time, true, slots]
     valid = true_presence[:, :, None] & presence[:, None, :] & (iou >= iou_threshold)
     c = _zero_counts()
-    c.update(num_sequences=1, total_frames=T, num_true=int(true_presence.sum()), num_inferred=int(presence.sum()),
-             num_tracks=int(true_presence.any(0).sum()))
+    c.update(
+        num_sequences=1,
+        total_frames=T,
+        num_true=int(true_presence.sum()),
+        num_inferred=int(presence.sum()),
+        num_tracks=int(true_presence.any(0).sum()),
+    )
     last_id = np.full(D, -1, np.int64)  # inferred identity each true object was last matched to
     last_t = np.full(D, -1, np.int64)  # ... and the frame of that match
     ever = np.zeros(D, bool)
@@ -434,25 +504,31 @@ def summarise_tracking(counts: dict) -> dict[str, Any]:
     c["iou_sum"] = float(counts["iou_sum"])
     tracks, cont = c["matched_tracks"], c["continuations"]
     c.update(
-        switches_per_track=_ratio(c["switches"], tracks), swaps_per_track=_ratio(c["swaps"], tracks),
+        switches_per_track=_ratio(c["switches"], tracks),
+        swaps_per_track=_ratio(c["swaps"], tracks),
         redetections_per_track=_ratio(c["redetections"], tracks),
-        switch_rate=_ratio(c["switches"], cont), swap_rate=_ratio(c["swaps"], cont),
+        switch_rate=_ratio(c["switches"], cont),
+        swap_rate=_ratio(c["swaps"], cont),
         redetection_rate=_ratio(c["redetections"], cont),
         redetection_rate_at_t2=_ratio(c["redetections_at_t2"], c["continuations_at_t2"]),
         redetection_rate_late=_ratio(c["redetections_late"], c["continuations_late"]),
-        recall=_ratio(c["matches"], c["num_true"]), precision=_ratio(c["matches"], c["num_inferred"]),
+        recall=_ratio(c["matches"], c["num_true"]),
+        precision=_ratio(c["matches"], c["num_inferred"]),
         mota=(1.0 - (c["misses"] + c["false_positives"] + c["switches"]) / c["num_true"]) if c["num_true"] else None,
-        motp=_ratio(c["iou_sum"], c["matches"]))
+        motp=_ratio(c["iou_sum"], c["matches"]),
+    )
     c["failure_mode"] = classify_failure_mode(c)
     return c
 
 
-def tracking_errors(true_boxes, true_presence, boxes, presence, ids, iou_threshold: float = 0.5, *,
-                    continuity: bool = True) -> dict[str, Any]:
+def tracking_errors(
+    true_boxes, true_presence, boxes, presence, ids, iou_threshold: float = 0.5, *, continuity: bool = True
+) -> dict[str, Any]:
     """:func:`tracking_counts` (one sequence ``[time, ...]`` or a batch ``[batch, time, ...]``, summed) followed by
     :func:`summarise_tracking`: counts, rates and ``failure_mode``."""
-    return summarise_tracking(tracking_counts(true_boxes, true_presence, boxes, presence, ids, iou_threshold,
-                                              continuity=continuity))
+    return summarise_tracking(
+        tracking_counts(true_boxes, true_presence, boxes, presence, ids, iou_threshold, continuity=continuity)
+    )
 
 
 # Thresholds of classify_failure_mode (fractions of the relevant continuations).
@@ -480,7 +556,8 @@ def classify_failure_mode(summary: dict) -> str:
     if late >= th["disc_only"]:
         return "disc_only"
     if summary["continuations_at_t2"] and (
-            summary["redetections_at_t2"] / summary["continuations_at_t2"] >= th["redetects_at_t2"]):
+        summary["redetections_at_t2"] / summary["continuations_at_t2"] >= th["redetects_at_t2"]
+    ):
         return "redetects_at_t2"
     if summary["switches"] / summary["continuations"] >= th["switches"]:
         return "switches"
@@ -497,8 +574,10 @@ def addition_features(z_what, z_pres, ids) -> np.ndarray:
     absent ones; a stable sort, so model outputs — already in that order — are unchanged)."""
     z_what, z_pres, ids = np.asarray(z_what, np.float32), np.asarray(z_pres, np.float32), np.asarray(ids)
     if z_what.ndim < 2 or z_pres.shape != z_what.shape[:-1] or ids.shape != z_pres.shape:
-        raise ValueError(f"need z_what [..., slots, Dw], z_pres and ids [..., slots]; got {z_what.shape}, "
-                         f"{z_pres.shape}, {ids.shape}")
+        raise ValueError(
+            f"need z_what [..., slots, Dw], z_pres and ids [..., slots]; got {z_what.shape}, "
+            f"{z_pres.shape}, {ids.shape}"
+        )
     key = np.where((z_pres > 0) & (ids >= 0), ids.astype(np.int64), np.iinfo(np.int64).max)
     order = np.argsort(key, axis=-1, kind="stable")
     x = np.take_along_axis(z_what * z_pres[..., None], order[..., None], axis=-2)
@@ -516,8 +595,9 @@ def addition_targets(labels, presence) -> np.ndarray:
     return np.sum(np.where(presence, labels[:, None, :], 0), axis=-1).astype(np.int32)
 
 
-def addition_experiment(train_outputs: dict, train_data: dict, test_outputs: dict, test_data: dict,
-                        **classifier_kw) -> dict[str, Any]:
+def addition_experiment(
+    train_outputs: dict, train_data: dict, test_outputs: dict, test_data: dict, **classifier_kw
+) -> dict[str, Any]:
     """The addition experiment (§5.D.4) on a frozen model's outputs for training and test sequences.
 
     ``*_outputs``: ``z_what [n, T, N, Dw]``, ``z_pres [n, T, N]``, ``ids [n, T, N]`` (the slot order of the features,
@@ -531,9 +611,14 @@ def addition_experiment(train_outputs: dict, train_data: dict, test_outputs: dic
         if f.shape[:2] != y.shape:
             raise ValueError(f"outputs cover {f.shape[:2]} (sequences, frames) but the data {y.shape}")
     num_classes = 9 * train_data["labels"].shape[1] + 1
-    result = train_addition_classifier(feats[0].reshape(-1, feats[0].shape[-1]), targets[0].reshape(-1),
-                                       feats[1].reshape(-1, feats[1].shape[-1]), targets[1].reshape(-1),
-                                       num_classes=num_classes, **classifier_kw)
+    result = train_addition_classifier(
+        feats[0].reshape(-1, feats[0].shape[-1]),
+        targets[0].reshape(-1),
+        feats[1].reshape(-1, feats[1].shape[-1]),
+        targets[1].reshape(-1),
+        num_classes=num_classes,
+        **classifier_kw,
+    )
     result.update(num_train_sequences=int(len(feats[0])), num_test_sequences=int(len(feats[1])))
     return result
 
@@ -551,10 +636,20 @@ class AdditionMLP(nn.Module):
         return nn.Dense(self.num_classes)(x)
 
 
-def train_addition_classifier(features_train, targets_train, features_test, targets_test, *,
-                              hidden: Sequence[int] = (256, 256), steps: int = 10_000, batch_size: int = 128,
-                              learning_rate: float = 1e-3, seed: int = 0, num_classes: int = 19,
-                              standardize: bool = True) -> dict[str, Any]:
+def train_addition_classifier(
+    features_train,
+    targets_train,
+    features_test,
+    targets_test,
+    *,
+    hidden: Sequence[int] = (256, 256),
+    steps: int = 10_000,
+    batch_size: int = 128,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+    num_classes: int = 19,
+    standardize: bool = True,
+) -> dict[str, Any]:
     """Trains :class:`AdditionMLP` (softmax cross-entropy, Adam, mini-batches drawn uniformly with replacement) on
     frozen features.
 
@@ -572,14 +667,16 @@ def train_addition_classifier(features_train, targets_train, features_test, targ
     if xs.ndim != 2 or xt.ndim != 2 or xs.shape[1] != xt.shape[1]:
         raise ValueError(f"features must be [n, features] with the same width; got {xs.shape} and {xt.shape}")
     if ys.shape != xs.shape[:1] or yt.shape != xt.shape[:1]:
-        raise ValueError(f"targets must be [n] matching the features; got {ys.shape} for {xs.shape}, {yt.shape} for "
-                         f"{xt.shape}")
+        raise ValueError(
+            f"targets must be [n] matching the features; got {ys.shape} for {xs.shape}, {yt.shape} for {xt.shape}"
+        )
     if len(xs) == 0 or len(xt) == 0:
         raise ValueError("train_addition_classifier needs at least one training and one test example")
     for name, y in (("targets_train", ys), ("targets_test", yt)):
         if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= num_classes:
-            raise ValueError(f"{name} must be integers in 0..{num_classes - 1}; got dtype {y.dtype}, range "
-                             f"{y.min()}..{y.max()}")
+            raise ValueError(
+                f"{name} must be integers in 0..{num_classes - 1}; got dtype {y.dtype}, range {y.min()}..{y.max()}"
+            )
     if steps < 1 or batch_size < 1:
         raise ValueError("steps and batch_size must be positive")
     if standardize:
@@ -607,8 +704,10 @@ def train_addition_classifier(features_train, targets_train, features_test, targ
     @jax.jit
     def evaluate(p, x, y):
         logits = model.apply(p, x)
-        return (jnp.mean(jnp.argmax(logits, -1) == y),
-                optax.softmax_cross_entropy_with_integer_labels(logits, y).mean())
+        return (
+            jnp.mean(jnp.argmax(logits, -1) == y),
+            optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(),
+        )
 
     steps = int(steps)
     tail = max(1, steps // 10)
@@ -621,10 +720,17 @@ def train_addition_classifier(features_train, targets_train, features_test, targ
     train_acc, _ = evaluate(params, x_dev, y_dev)
     test_acc, test_loss = evaluate(params, jnp.asarray(xt), jnp.asarray(yt, jnp.int32))
     majority = np.bincount(ys, minlength=num_classes).argmax()
-    return dict(train_accuracy=float(train_acc), test_accuracy=float(test_acc),
-                train_loss=float(losses.mean()), test_loss=float(test_loss),
-                majority_baseline=float(np.mean(yt == majority)), num_train=int(len(xs)), num_test=int(len(xt)),
-                steps=int(steps), num_classes=int(num_classes))
+    return dict(
+        train_accuracy=float(train_acc),
+        test_accuracy=float(test_acc),
+        train_loss=float(losses.mean()),
+        test_loss=float(test_loss),
+        majority_baseline=float(np.mean(yt == majority)),
+        num_train=int(len(xs)),
+        num_test=int(len(xt)),
+        steps=int(steps),
+        num_classes=int(num_classes),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -641,17 +747,28 @@ def _best_particle_outputs(task, params, frames: np.ndarray, key) -> dict[str, n
         parts["z_what"].append(pick(out["z_what"]))
         parts["z_pres"].append(pick(out["z_pres"]))
         parts["ids"].append(pick(out["ids"]).astype(np.int64))
-        parts["boxes"].append(np.clip(boxes_of(task, pick(out["z_where"])), 0.0,
-                                      np.array([H, W, H, W], np.float32)))
+        parts["boxes"].append(np.clip(boxes_of(task, pick(out["z_where"])), 0.0, np.array([H, W, H, W], np.float32)))
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def tracking_and_addition(task, params, data: dict[str, np.ndarray], *, key: jax.Array,
-                          num_sequences: int | None = None, classifier_steps: int = 10_000,
-                          train_data: dict[str, np.ndarray] | None = None, num_train_sequences: int | None = None,
-                          train_fraction: float = 0.5, iou_threshold: float = 0.5, continuity: bool = True,
-                          classifier_hidden: Sequence[int] = (256, 256), classifier_batch_size: int = 128,
-                          classifier_learning_rate: float = 1e-3, classifier_seed: int = 0) -> dict[str, Any]:
+def tracking_and_addition(
+    task,
+    params,
+    data: dict[str, np.ndarray],
+    *,
+    key: jax.Array,
+    num_sequences: int | None = None,
+    classifier_steps: int = 10_000,
+    train_data: dict[str, np.ndarray] | None = None,
+    num_train_sequences: int | None = None,
+    train_fraction: float = 0.5,
+    iou_threshold: float = 0.5,
+    continuity: bool = True,
+    classifier_hidden: Sequence[int] = (256, 256),
+    classifier_batch_size: int = 128,
+    classifier_learning_rate: float = 1e-3,
+    classifier_seed: int = 0,
+) -> dict[str, Any]:
     """Tracking errors and the addition experiment for a (frozen) SQAIR ``task`` with ``params``.
 
     The best particle (largest log-weight of ``eval.num_particles``) of every sequence gives boxes, presences and
@@ -673,32 +790,55 @@ def tracking_and_addition(task, params, data: dict[str, np.ndarray], *, key: jax
         raise ValueError("tracking_and_addition needs at least one sequence")
     # the same particle keys as evaluate_sqair(task, params, data, key=key): the same best particles
     out = _best_particle_outputs(task, params, data["frames"][:n], key)
-    tracking = tracking_errors(data["boxes"][:n], data["presence"][:n], out["boxes"], out["z_pres"], out["ids"],
-                               iou_threshold, continuity=continuity)
-    results = dict(num_sequences=int(n), num_frames=int(data["frames"].shape[1]),
-                   iou_threshold=float(iou_threshold), tracking=tracking, addition=None)
+    tracking = tracking_errors(
+        data["boxes"][:n],
+        data["presence"][:n],
+        out["boxes"],
+        out["z_pres"],
+        out["ids"],
+        iou_threshold,
+        continuity=continuity,
+    )
+    results = dict(
+        num_sequences=int(n),
+        num_frames=int(data["frames"].shape[1]),
+        iou_threshold=float(iou_threshold),
+        tracking=tracking,
+        addition=None,
+    )
     if classifier_steps <= 0:
         return results
 
-    train_kw = dict(hidden=classifier_hidden, steps=classifier_steps, batch_size=classifier_batch_size,
-                    learning_rate=classifier_learning_rate, seed=classifier_seed)
+    train_kw = dict(
+        hidden=classifier_hidden,
+        steps=classifier_steps,
+        batch_size=classifier_batch_size,
+        learning_rate=classifier_learning_rate,
+        seed=classifier_seed,
+    )
     test_data = {k: data[k][:n] for k in ("labels", "presence")}
     if train_data is not None:
         m = min(num_train_sequences or len(train_data["frames"]), len(train_data["frames"]))
         if m < 1:
             raise ValueError("train_data needs at least one sequence")
         tr = _best_particle_outputs(task, params, train_data["frames"][:m], jax.random.fold_in(key, 1 << 30))
-        addition = addition_experiment(tr, {k: train_data[k][:m] for k in ("labels", "presence")}, out, test_data,
-                                       **train_kw)
+        addition = addition_experiment(
+            tr, {k: train_data[k][:m] for k in ("labels", "presence")}, out, test_data, **train_kw
+        )
     else:
         m = int(math.floor(train_fraction * n))
         if not 1 <= m < n:
-            raise ValueError(f"train_fraction={train_fraction} of {n} sequences leaves no training or no test "
-                             "sequence; pass more sequences or train_data")
+            raise ValueError(
+                f"train_fraction={train_fraction} of {n} sequences leaves no training or no test "
+                "sequence; pass more sequences or train_data"
+            )
         head, tail = slice(None, m), slice(m, None)
-        addition = addition_experiment({k: v[head] for k, v in out.items()},
-                                       {k: v[head] for k, v in test_data.items()},
-                                       {k: v[tail] for k, v in out.items()},
-                                       {k: v[tail] for k, v in test_data.items()}, **train_kw)
+        addition = addition_experiment(
+            {k: v[head] for k, v in out.items()},
+            {k: v[head] for k, v in test_data.items()},
+            {k: v[tail] for k, v in out.items()},
+            {k: v[tail] for k, v in test_data.items()},
+            **train_kw,
+        )
     results["addition"] = addition
     return results

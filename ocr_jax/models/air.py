@@ -139,15 +139,25 @@ class AIRConfig:
         check.glimpse_fits("glimpse_shape", "canvas_shape")
         check.int_at_least(1, "max_steps", "z_what_dim", "rnn_hidden")
         check.require(self.z_where_dim in (3, 4), f"z_where_dim must be 3 or 4; got {self.z_where_dim!r}")
-        check.require(self.scan_unroll is True or self.scan_unroll is False or (
-            isinstance(self.scan_unroll, int) and self.scan_unroll >= 1),
-            f"scan_unroll must be True, False or an int >= 1; got {self.scan_unroll!r}")
+        check.require(
+            self.scan_unroll is True
+            or self.scan_unroll is False
+            or (isinstance(self.scan_unroll, int) and self.scan_unroll >= 1),
+            f"scan_unroll must be True, False or an int >= 1; got {self.scan_unroll!r}",
+        )
         check.one_of("image_encoder", ("raw", "mlp", "conv"))
         check.one_of("rnn", modules.RNN_KINDS)
         check.one_of("glimpse_encoder", ("mlp", "conv"))
         check.one_of("glimpse_decoder", ("mlp", "conv"))
-        check.ints_at_least(1, "image_encoder_hidden", "controller_hidden", "glimpse_encoder_hidden",
-                            "glimpse_decoder_hidden", "encoder_conv_channels", "decoder_conv_channels")
+        check.ints_at_least(
+            1,
+            "image_encoder_hidden",
+            "controller_hidden",
+            "glimpse_encoder_hidden",
+            "glimpse_decoder_hidden",
+            "encoder_conv_channels",
+            "decoder_conv_channels",
+        )
         # The NVIL baseline's first layer and the conv image encoder's projection need at least one hidden size.
         check.ints_at_least(1, "baseline_hidden", nonempty=True)
         if self.image_encoder == "conv":
@@ -155,11 +165,14 @@ class AIRConfig:
         if self.glimpse_encoder == "conv":
             check.ints_at_least(1, "encoder_conv_channels", nonempty=True)
         if self.glimpse_decoder == "conv" and check.require(
-                len(self.decoder_conv_channels) > 0, "a conv glimpse_decoder needs decoder_conv_channels"):
+            len(self.decoder_conv_channels) > 0, "a conv glimpse_decoder needs decoder_conv_channels"
+        ):
             f = 2 ** len(self.decoder_conv_channels)
-            check.require(all(g % f == 0 for g in self.glimpse_shape),
-                          f"a conv glimpse decoder with {len(self.decoder_conv_channels)} subpixel stages needs "
-                          f"glimpse_shape divisible by {f}; got {self.glimpse_shape}")
+            check.require(
+                all(g % f == 0 for g in self.glimpse_shape),
+                f"a conv glimpse decoder with {len(self.decoder_conv_channels)} subpixel stages needs "
+                f"glimpse_shape divisible by {f}; got {self.glimpse_shape}",
+            )
         check.finite("decoder_output_bias")
         check.one_of("likelihood", ("gaussian", "bernoulli"))
         check.positive("obs_std")
@@ -168,8 +181,10 @@ class AIRConfig:
         lo, hi = self.scale_range
         if check.require(0.0 <= lo < hi, f"scale_range must satisfy 0 <= lo < hi; got {self.scale_range}"):
             if self.where_parametrisation == "sigmoid_tanh":
-                check.require(lo < self.init_scale < hi,
-                              f"init_scale {self.init_scale} must lie inside scale_range {self.scale_range}")
+                check.require(
+                    lo < self.init_scale < hi,
+                    f"init_scale {self.init_scale} must lie inside scale_range {self.scale_range}",
+                )
         check.positive("shift_range", "init_scale", "init_where_std")
         for name in ("where_prior_loc", "where_prior_scale"):
             if getattr(self, name) is not None:
@@ -287,8 +302,13 @@ def validate_images(images, canvas_shape: Sequence[int]) -> None:
     """
     if validation.is_traced(images):
         raise ValueError("validate_images needs concrete arrays; call it outside jit")
-    validation.check_frames(images, name="images", axes=("batch", "height", "width"), frame_shape=canvas_shape,
-                            frame_source=f"canvas size canvas_shape={tuple(canvas_shape)}")
+    validation.check_frames(
+        images,
+        name="images",
+        axes=("batch", "height", "width"),
+        frame_shape=canvas_shape,
+        frame_source=f"canvas size canvas_shape={tuple(canvas_shape)}",
+    )
 
 
 def _check_continue_prob(continue_prob, max_steps: int) -> None:
@@ -296,7 +316,9 @@ def _check_continue_prob(continue_prob, max_steps: int) -> None:
     finite and in [0, 1]. ValueError otherwise."""
     shape = tuple(jnp.shape(continue_prob))
     if shape not in ((), (1,), (max_steps,)):
-        raise ValueError(f"continue_prob must be a scalar or have shape [max_steps] = ({max_steps},); got shape {shape}")
+        raise ValueError(
+            f"continue_prob must be a scalar or have shape [max_steps] = ({max_steps},); got shape {shape}"
+        )
     validation.check_values(continue_prob, "continue_prob values")
 
 
@@ -320,11 +342,16 @@ class AIRInference(nn.Module):
         )
         self.cell = modules.HoistedInputRNNCell(c.rnn, c.rnn_hidden, name="controller")
         self.controller_mlp = (
-            modules.MLP(c.controller_hidden, activate_final=True, name="controller_mlp") if c.controller_hidden else None
+            modules.MLP(c.controller_hidden, activate_final=True, name="controller_mlp")
+            if c.controller_hidden
+            else None
         )
         kinit = nn.initializers.variance_scaling(c.head_kernel_scale, "fan_in", "truncated_normal")
         self.presence_head = nn.Dense(
-            1, kernel_init=kinit, bias_init=nn.initializers.constant(modules.logit(c.init_presence_prob)), name="presence"
+            1,
+            kernel_init=kinit,
+            bias_init=nn.initializers.constant(modules.logit(c.init_presence_prob)),
+            name="presence",
         )
         with jax.ensure_compile_time_eval():  # a constant bias: evaluate eagerly even when traced under jit
             init_raw = where_inverse_transform(jnp.asarray([c.init_scale] * c.num_scales + [0.0, 0.0]), c)
@@ -351,7 +378,8 @@ class AIRInference(nn.Module):
         return modules.rnn_zero_state(self.config.rnn, self.config.rnn_hidden, batch_shape)
 
     def controller(self, carry, encoding, prev_what, prev_where, prev_pres):
-        """One controller step: ``(carry, enc [.., E], z^{i-1}) -> (carry, h_i, presence_logit, where_loc, where_scale)``."""
+        """One controller step:
+        ``(carry, enc [.., E], z^{i-1}) -> (carry, h_i, presence_logit, where_loc, where_scale)``."""
         inputs = jnp.concatenate([prev_what, prev_where, prev_pres[..., None]], -1)
         carry, _ = self.cell(carry, encoding, inputs)
         h = modules.rnn_output(self.config.rnn, carry)
@@ -554,9 +582,13 @@ class AIR:
         """``images [batch, H, W]``: rank, canvas size, batch >= 1, float dtype (uint8 rejected: divide by 255) and,
         when concrete, finite values in [0, 1] (``ocr_jax.validation.check_frames``); returned as a jax array."""
         c = self.config
-        images = validation.check_frames(images, name="images", axes=("batch", "height", "width"),
-                                         frame_shape=c.canvas_shape,
-                                         frame_source=f"canvas size AIRConfig.canvas_shape={tuple(c.canvas_shape)}")
+        images = validation.check_frames(
+            images,
+            name="images",
+            axes=("batch", "height", "width"),
+            frame_shape=c.canvas_shape,
+            frame_source=f"canvas size AIRConfig.canvas_shape={tuple(c.canvas_shape)}",
+        )
         return jnp.asarray(images)
 
     def infer(
@@ -614,18 +646,27 @@ class AIR:
         """
         images = self._check_images(images)
         if jnp.ndim(keys) < 2:
-            raise ValueError(f"keys must have shape [batch, particles] (jax.random.split(key, (batch, particles))); "
-                             f"got shape {jnp.shape(keys)}")
+            raise ValueError(
+                f"keys must have shape [batch, particles] (jax.random.split(key, (batch, particles))); "
+                f"got shape {jnp.shape(keys)}"
+            )
         B, K = jnp.shape(keys)[:2]
         if B != images.shape[0]:
-            raise ValueError(f"keys have {B} rows but images have batch size {images.shape[0]} (keys shape "
-                             f"{jnp.shape(keys)})")
+            raise ValueError(
+                f"keys have {B} rows but images have batch size {images.shape[0]} (keys shape {jnp.shape(keys)})"
+            )
         if K < 1:
             raise ValueError(f"keys must hold at least one particle per image (K >= 1); got shape {jnp.shape(keys)}")
         keys = validation.check_key(keys, name="keys", batch_shape=(B, K))
         _check_continue_prob(continue_prob, self.config.max_steps)
-        return self._infer_with_keys(params, images, keys, continue_prob=continue_prob,
-                                     forced_presence=forced_presence, encode_per_step=encode_per_step)
+        return self._infer_with_keys(
+            params,
+            images,
+            keys,
+            continue_prob=continue_prob,
+            forced_presence=forced_presence,
+            encode_per_step=encode_per_step,
+        )
 
     def _infer_with_keys(self, params, images, keys, *, continue_prob, forced_presence, encode_per_step) -> AIROutput:
         """:meth:`infer_with_keys` on checked inputs (``images`` a float array, ``keys`` typed ``[B, K]``)."""
@@ -671,9 +712,7 @@ class AIR:
                 present = z_pres > 0
                 log_q_where = jnp.where(present, jnp.sum(_normal_log_prob(where_raw, where_loc, where_scale)), 0.0)
                 log_q_what = jnp.where(present, jnp.sum(_normal_log_prob(z_what, what_loc, what_scale)), 0.0)
-                step_features = jax.lax.stop_gradient(
-                    jnp.concatenate([h, prev_what, prev_where, prev_pres[None]], -1)
-                )
+                step_features = jax.lax.stop_gradient(jnp.concatenate([h, prev_what, prev_where, prev_pres[None]], -1))
                 out = dict(
                     z_pres=z_pres,
                     logit=logit,
@@ -761,7 +800,9 @@ class AIR:
 
     # -- generation -------------------------------------------------------------------------------------------------
 
-    def generate(self, params: dict[str, PyTree], key: Array, num_samples: int, *, continue_prob: Any = 0.5) -> AIRSample:
+    def generate(
+        self, params: dict[str, PyTree], key: Array, num_samples: int, *, continue_prob: Any = 0.5
+    ) -> AIRSample:
         """Sample ``num_samples`` scenes from the prior: n ~ truncated geometric, z_what ~ N(0, I), ẑ_where ~ prior.
 
         ``num_samples`` an int >= 1, ``key`` typed or old-style, ``continue_prob`` as in :meth:`infer` (checked).

@@ -58,7 +58,6 @@ import dataclasses
 import math
 from typing import Any, Callable, Mapping, Sequence
 
-import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -157,28 +156,43 @@ class SQAIRConfig:
         check.positive("likelihood_sigma", "std_floor")
         check.number_tuple("where_prior_loc", length=4)
         check.number_tuple("where_prior_scale", length=4, positive=True)
-        check.finite("where_posterior_scale_bias", "keep_logit_init", "no_new_objects_logit_init",
-                     "prop_presence_logit_init", "disc_presence_logit_init", "disc_later_presence_bias",
-                     "decoder_output_bias")
+        check.finite(
+            "where_posterior_scale_bias",
+            "keep_logit_init",
+            "no_new_objects_logit_init",
+            "prop_presence_logit_init",
+            "disc_presence_logit_init",
+            "disc_later_presence_bias",
+            "decoder_output_bias",
+        )
         check.non_negative("disc_head_kernel_scale", "prop_update_scale")
-        check.number("first_frame_continue_prob", lambda v: 0.0 <= v < 1.0,
-                     "in [0, 1) (0: the learned discovery-count table)")
+        check.number(
+            "first_frame_continue_prob", lambda v: 0.0 <= v < 1.0, "in [0, 1) (0: the learned discovery-count table)"
+        )
         if self.disc_init_scale is not None:
             check.number("disc_init_scale", lambda v: _MIN_SCALE < v < 1.0, f"in ({_MIN_SCALE}, 1) or None")
-        check.require(isinstance(self.presence_after_what, bool),
-                      f"presence_after_what must be a bool; got {self.presence_after_what!r}")
+        check.require(
+            isinstance(self.presence_after_what, bool),
+            f"presence_after_what must be a bool; got {self.presence_after_what!r}",
+        )
         check.require(isinstance(self.scan_unroll, bool), f"scan_unroll must be a bool; got {self.scan_unroll!r}")
         check.ints_at_least(1, "conv_channels", "conv_strides", "decoder_channels", "decoder_strides")
-        check.require(len(self.conv_channels) == len(self.conv_strides),
-                      f"conv_channels and conv_strides must have the same length; got {self.conv_channels} and "
-                      f"{self.conv_strides}")
-        check.require(len(self.decoder_channels) == len(self.decoder_strides),
-                      f"decoder_channels and decoder_strides must have the same length; got {self.decoder_channels} "
-                      f"and {self.decoder_strides}")
+        check.require(
+            len(self.conv_channels) == len(self.conv_strides),
+            f"conv_channels and conv_strides must have the same length; got {self.conv_channels} and "
+            f"{self.conv_strides}",
+        )
+        check.require(
+            len(self.decoder_channels) == len(self.decoder_strides),
+            f"decoder_channels and decoder_strides must have the same length; got {self.decoder_channels} "
+            f"and {self.decoder_strides}",
+        )
         if self.arch == "conv" and not check.errors:
             up = int(np.prod(self.decoder_strides))
-            check.require(all(g % up == 0 for g in self.glimpse_shape),
-                          f"the conv decoder needs glimpse sides divisible by {up}; got {self.glimpse_shape}")
+            check.require(
+                all(g % up == 0 for g in self.glimpse_shape),
+                f"the conv decoder needs glimpse sides divisible by {up}; got {self.glimpse_shape}",
+            )
         check.done()
 
 
@@ -244,10 +258,12 @@ class MLP(nn.Module):
     def __call__(self, x):
         for i, f in enumerate(self.features):
             last = i == len(self.features) - 1
-            kernel_init = nn.initializers.variance_scaling(self.last_kernel_scale ** 2 if last else 1.0, "fan_in",
-                                                           "truncated_normal")
-            x = nn.Dense(f, kernel_init=kernel_init,
-                         bias_init=self.last_bias_init if last else nn.initializers.zeros)(x)
+            kernel_init = nn.initializers.variance_scaling(
+                self.last_kernel_scale**2 if last else 1.0, "fan_in", "truncated_normal"
+            )
+            x = nn.Dense(f, kernel_init=kernel_init, bias_init=self.last_bias_init if last else nn.initializers.zeros)(
+                x
+            )
             if not last or self.activate_final:
                 x = nn.elu(x)
         return x
@@ -267,9 +283,12 @@ class GaussianHead(nn.Module):
     def __call__(self, *inputs):
         bias = np.zeros(2 * self.dim, np.float32)
         if self.loc_bias is not None:
-            bias[:self.dim] = self.loc_bias
-        out = MLP((self.hidden, 2 * self.dim), last_kernel_scale=self.kernel_scale,
-                  last_bias_init=lambda *_: jnp.asarray(bias))(jnp.concatenate(inputs, axis=-1))
+            bias[: self.dim] = self.loc_bias
+        out = MLP(
+            (self.hidden, 2 * self.dim),
+            last_kernel_scale=self.kernel_scale,
+            last_bias_init=lambda *_: jnp.asarray(bias),
+        )(jnp.concatenate(inputs, axis=-1))
         loc, raw_scale = jnp.split(out, 2, axis=-1)
         return loc, jax.nn.softplus(raw_scale + self.scale_bias) + self.min_scale
 
@@ -283,8 +302,11 @@ class LogitHead(nn.Module):
 
     @nn.compact
     def __call__(self, *inputs):
-        out = MLP((self.hidden, 1), last_bias_init=nn.initializers.constant(self.bias_init),
-                  last_kernel_scale=self.kernel_scale)(jnp.concatenate(inputs, axis=-1))
+        out = MLP(
+            (self.hidden, 1),
+            last_bias_init=nn.initializers.constant(self.bias_init),
+            last_kernel_scale=self.kernel_scale,
+        )(jnp.concatenate(inputs, axis=-1))
         return out[..., 0]
 
 
@@ -362,8 +384,9 @@ class ObservationEncoders(nn.Module):
             self.glimpse_net = MLP((c.hidden, c.hidden), activate_final=True)
             self.image_net = MLP((c.hidden, c.hidden), activate_final=True)
         else:
-            self.trunk = [nn.Conv(ch, (3, 3), strides=(s, s), padding="SAME")
-                          for ch, s in zip(c.conv_channels, c.conv_strides)]
+            self.trunk = [
+                nn.Conv(ch, (3, 3), strides=(s, s), padding="SAME") for ch, s in zip(c.conv_channels, c.conv_strides)
+            ]
             self.glimpse_fc = nn.Dense(c.hidden)
             self.image_fc = nn.Dense(c.hidden)
 
@@ -439,8 +462,10 @@ def _build_networks(c: SQAIRConfig):
     }
     scale_logit = 0.0 if c.disc_init_scale is None else _logit((c.disc_init_scale - _MIN_SCALE) / (1 - _MIN_SCALE))
     if c.prop_what == "gated":  # the temporal head sees (h^R, h^T); the glimpse evidence is DISC's what head
-        prop_what = {"prop_what": (GaussianHead(H, Dw, min_scale=floor), (zeros(H + H),)),
-                     "prop_what_gates": (WhatGates(Dw), (zeros(H),))}
+        prop_what = {
+            "prop_what": (GaussianHead(H, Dw, min_scale=floor), (zeros(H + H),)),
+            "prop_what_gates": (WhatGates(Dw), (zeros(H),)),
+        }
     else:
         prop_what = {"prop_what": (GaussianHead(H, Dw, min_scale=floor), (zeros(H + Dw + H + H),))}
     inf = {
@@ -449,17 +474,26 @@ def _build_networks(c: SQAIRConfig):
         "relation_rnn": (nn.SimpleCell(H), (zeros(H), zeros(H + Dw + Dz + H + Dw + Dz))),
         "temporal_rnn": (nn.GRUCell(H), (zeros(H), zeros(H + Dz + H))),
         "temporal_init": (LearnedVector(H), ()),
-        "prop_where": (GaussianHead(H, Dz, c.where_posterior_scale_bias, min_scale=floor),
-                       (zeros(Dw + Dz + H + H),)),
+        "prop_where": (GaussianHead(H, Dz, c.where_posterior_scale_bias, min_scale=floor), (zeros(Dw + Dz + H + H),)),
         **prop_what,
         "prop_pres": (LogitHead(H, c.prop_presence_logit_init), (zeros(Dw + Dz + H + H),)),
         "latent_encoder": (MLP((H, H), activate_final=True), (zeros(Dw + Dz),)),
         "disc_rnn": (DiscoveryRNN(H), (zeros(H), zeros(H), zeros(H + Dw + Dz)), "init_all"),
-        "disc_pres": (LogitHead(H, c.disc_presence_logit_init, kernel_scale=c.disc_head_kernel_scale),
-                      (zeros(H + (Dw if c.presence_after_what else 0)),)),
-        "disc_where": (GaussianHead(H, Dz, c.where_posterior_scale_bias, min_scale=floor,
-                                    kernel_scale=c.disc_head_kernel_scale,
-                                    loc_bias=(scale_logit, scale_logit, 0.0, 0.0)), (zeros(H),)),
+        "disc_pres": (
+            LogitHead(H, c.disc_presence_logit_init, kernel_scale=c.disc_head_kernel_scale),
+            (zeros(H + (Dw if c.presence_after_what else 0)),),
+        ),
+        "disc_where": (
+            GaussianHead(
+                H,
+                Dz,
+                c.where_posterior_scale_bias,
+                min_scale=floor,
+                kernel_scale=c.disc_head_kernel_scale,
+                loc_bias=(scale_logit, scale_logit, 0.0, 0.0),
+            ),
+            (zeros(H),),
+        ),
         "disc_what": (GaussianHead(H, Dw, min_scale=floor), (zeros(H),)),
     }
     return gen, inf
@@ -531,8 +565,14 @@ class SQAIR:
 
     def _check_frames(self, images, axes):
         c = self.config
-        validation.check_frames(images, name="frames", axes=axes, frame_shape=c.image_shape,
-                                frame_source=f"SQAIRConfig.image_shape={tuple(c.image_shape)}", max_time=c.max_seq_len)
+        validation.check_frames(
+            images,
+            name="frames",
+            axes=axes,
+            frame_shape=c.image_shape,
+            frame_source=f"SQAIRConfig.image_shape={tuple(c.image_shape)}",
+            max_time=c.max_seq_len,
+        )
 
     # --- shared pieces ----------------------------------------------------------------------------------------------
 
@@ -540,13 +580,18 @@ class SQAIR:
         c = self.config
         N, H, Dw = c.max_objects, c.hidden, c.z_what_dim
         return dict(
-            z_what=jnp.zeros((N, Dw)), z_where=jnp.zeros((N, 4)), z_pres=jnp.zeros((N,)),
-            ids=jnp.full((N,), -1, jnp.int32), h_temporal=jnp.zeros((N, H)), h_prior=jnp.zeros((N, H)),
+            z_what=jnp.zeros((N, Dw)),
+            z_where=jnp.zeros((N, 4)),
+            z_pres=jnp.zeros((N,)),
+            ids=jnp.full((N,), -1, jnp.int32),
+            h_temporal=jnp.zeros((N, H)),
+            h_prior=jnp.zeros((N, H)),
             next_id=jnp.zeros((), jnp.int32),
         )
 
     def _render(self, params, z_what, z_where, z_pres):
-        """Algorithm 1: ``[objects, ...] -> canvas [height, width]`` = Σ_i z_pres^i ST^{-1}(f^dec(z_what^i), z_where^i)."""
+        """Algorithm 1: ``[objects, ...] -> canvas [height, width]``
+        = Σ_i z_pres^i ST^{-1}(f^dec(z_what^i), z_where^i)."""
         glimpses = self._g(params, "glimpse_decoder", z_what)
         pasted = paste_glimpse(glimpses, self.to_transform(z_where), self.config.image_shape)
         return jnp.sum(z_pres[:, None, None] * pasted, axis=0)
@@ -578,8 +623,9 @@ class SQAIR:
 
     def _disc_prior_log_prob(self, z_what, z_where):
         c = self.config
-        return (_normal_log_prob(z_what, 0.0, 1.0)
-                + _normal_log_prob(z_where, jnp.asarray(c.where_prior_loc), jnp.asarray(c.where_prior_scale)))
+        return _normal_log_prob(z_what, 0.0, 1.0) + _normal_log_prob(
+            z_where, jnp.asarray(c.where_prior_loc), jnp.asarray(c.where_prior_scale)
+        )
 
     def _prop_prior(self, params, h_prior, z_what_prev, z_where_prev):
         """One step of the per-object prior GRU and the parameters of p^P (Eq. 5.9-5.10)."""
@@ -629,12 +675,17 @@ class SQAIR:
             what_prev, where_prev, alive, h_t_prev, h_p_prev, k = xs
             k_where, k_what, k_pres = jax.random.split(k, 3)
             # Alg. 2 lines 6-8: proposal location from (z_where_{t-1}, h^T_{t-1}), proposal glimpse, its encoding.
-            proposal = where_prev + c.prop_update_scale * self._i(params, "proposal",
-                                                                  jnp.concatenate([where_prev, h_t_prev], -1))
+            proposal = where_prev + c.prop_update_scale * self._i(
+                params, "proposal", jnp.concatenate([where_prev, h_t_prev], -1)
+            )
             e_hat = glimpse_code(proposal)
             # Line 9 / Eq. 5.14 (h^{R,j}: j = last object alive at t−1 before i).
-            w_rel, _ = self._i(params, "relation_rnn", h_rel, jnp.concatenate(
-                [e_hat, what_prev, where_prev, h_t_prev, what_j, where_j], -1))
+            w_rel, _ = self._i(
+                params,
+                "relation_rnn",
+                h_rel,
+                jnp.concatenate([e_hat, what_prev, where_prev, h_t_prev, what_j, where_j], -1),
+            )
             # Line 10 / Eq. 5.12 second line.
             loc, scale = self._i(params, "prop_where", what_prev, where_prev, h_t_prev, w_rel)
             loc = where_prev + c.prop_update_scale * loc
@@ -659,16 +710,24 @@ class SQAIR:
             pres = _sample_bernoulli(k_pres, pres_logit) * alive
             log_q_pres = alive * _bernoulli_log_prob(pres, pres_logit)
             # Propagation prior, evaluated on the same object.
-            h_p, prior_logit, (w_loc, w_scale), (r_loc, r_scale) = self._prop_prior(params, h_p_prev, what_prev,
-                                                                                    where_prev)
+            h_p, prior_logit, (w_loc, w_scale), (r_loc, r_scale) = self._prop_prior(
+                params, h_p_prev, what_prev, where_prev
+            )
             log_p_pres = alive * _bernoulli_log_prob(pres, prior_logit)
             log_p_cont = pres * (_normal_log_prob(what, w_loc, w_scale) + _normal_log_prob(where, r_loc, r_scale))
             log_q_cont = pres * (log_q_where + log_q_what)
             # Line 16: only objects alive at t−1 advance j.
-            new_carry = jax.tree.map(lambda new, old: jnp.where(alive > 0, new, old),
-                                     (w_rel, what, where), carry)
-            out = dict(z_what=what, z_where=where, z_pres=pres, h_temporal=w_temp, h_prior=h_p,
-                       log_q=log_q_pres + log_q_cont, log_q_pres=log_q_pres, log_p=log_p_pres + log_p_cont)
+            new_carry = jax.tree.map(lambda new, old: jnp.where(alive > 0, new, old), (w_rel, what, where), carry)
+            out = dict(
+                z_what=what,
+                z_where=where,
+                z_pres=pres,
+                h_temporal=w_temp,
+                h_prior=h_p,
+                log_q=log_q_pres + log_q_cont,
+                log_q_pres=log_q_pres,
+                log_p=log_p_pres + log_p_cont,
+            )
             return new_carry, out
 
         init = (jnp.zeros((H,)), jnp.zeros((Dw,)), jnp.zeros((4,)))
@@ -691,8 +750,9 @@ class SQAIR:
             i, k = xs
             k_pres, k_where, k_what = jax.random.split(k, 3)
             allowed = running * (i < N - num_prop)
-            w = self._i(params, "disc_rnn", h_disc, image_projection,
-                        jnp.concatenate([latent_code, what_prev, where_prev], -1))
+            w = self._i(
+                params, "disc_rnn", h_disc, image_projection, jnp.concatenate([latent_code, what_prev, where_prev], -1)
+            )
             loc, scale = self._i(params, "disc_where", w)
             where = loc + scale * jax.random.normal(k_where, loc.shape)
             log_q_where = _normal_log_prob(where, loc, scale)
@@ -703,14 +763,21 @@ class SQAIR:
             log_q_what = _normal_log_prob(what, loc, scale)
             # Presence after where and what (official core.py:200-208), or from h alone.
             pres_logit = self._i(params, "disc_pres", *((w, what) if c.presence_after_what else (w,)))
-            pres_logit = pres_logit + jnp.where(is_first, 0.0, c.disc_later_presence_bias if later_bias is None
-                                                else later_bias)
+            pres_logit = pres_logit + jnp.where(
+                is_first, 0.0, c.disc_later_presence_bias if later_bias is None else later_bias
+            )
             pres = _sample_bernoulli(k_pres, pres_logit) * allowed
             log_q_pres = allowed * _bernoulli_log_prob(pres, pres_logit)
             h_temp, _ = self._i(params, "temporal_rnn", h_temporal_init, jnp.concatenate([e, where, w], -1))
-            out = dict(z_what=what, z_where=where, z_pres=pres, h_temporal=h_temp,
-                       log_q=log_q_pres + pres * (log_q_where + log_q_what), log_q_pres=log_q_pres,
-                       log_p_cont=pres * self._disc_prior_log_prob(what, where))
+            out = dict(
+                z_what=what,
+                z_where=where,
+                z_pres=pres,
+                h_temporal=h_temp,
+                log_q=log_q_pres + pres * (log_q_where + log_q_what),
+                log_q_pres=log_q_pres,
+                log_p_cont=pres * self._disc_prior_log_prob(what, where),
+            )
             return (w, what, where, running * pres), out
 
         init = (jnp.zeros((H,)), jnp.zeros((Dw,)), jnp.zeros((4,)), jnp.ones(()))
@@ -720,9 +787,16 @@ class SQAIR:
     def _nothing_propagated(self, state):
         """PROP's outputs when no object is alive (frame 1): nothing to compute."""
         N = self.config.max_objects
-        return dict(z_what=state["z_what"], z_where=state["z_where"], z_pres=jnp.zeros((N,)),
-                    h_temporal=state["h_temporal"], h_prior=state["h_prior"], log_q=jnp.zeros((N,)),
-                    log_q_pres=jnp.zeros((N,)), log_p=jnp.zeros((N,)))
+        return dict(
+            z_what=state["z_what"],
+            z_where=state["z_where"],
+            z_pres=jnp.zeros((N,)),
+            h_temporal=state["h_temporal"],
+            h_prior=state["h_prior"],
+            log_q=jnp.zeros((N,)),
+            log_q_pres=jnp.zeros((N,)),
+            log_p=jnp.zeros((N,)),
+        )
 
     def _infer_step(self, params, state, image, image_projection, t, key, *, first: bool = False, later_bias=None):
         """One frame of inference for one particle: PROP, DISC, likelihood. Returns (new state, per-step outputs).
@@ -730,15 +804,27 @@ class SQAIR:
         k_prop, k_disc = jax.random.split(key)
         is_first = t == 0
         prop = self._nothing_propagated(state) if first else self._propagate(params, image, state, k_prop)
-        prop_state = dict(z_what=prop["z_what"], z_where=prop["z_where"], z_pres=prop["z_pres"],
-                          ids=state["ids"], h_temporal=prop["h_temporal"], h_prior=prop["h_prior"])
+        prop_state = dict(
+            z_what=prop["z_what"],
+            z_where=prop["z_where"],
+            z_pres=prop["z_pres"],
+            ids=state["ids"],
+            h_temporal=prop["h_temporal"],
+            h_prior=prop["h_prior"],
+        )
         prop_state = self._compact(prop["z_pres"], prop_state)
         num_prop = jnp.sum(prop["z_pres"]).astype(jnp.int32)
         disc = self._discover(params, image, image_projection, prop_state, num_prop, k_disc, is_first, later_bias)
         num_disc = jnp.sum(disc["z_pres"]).astype(jnp.int32)
         prior_init = jnp.broadcast_to(self._g(params, "prior_init"), disc["h_temporal"].shape)
-        disc_state = dict(z_what=disc["z_what"], z_where=disc["z_where"], z_pres=disc["z_pres"],
-                          ids=jnp.full_like(state["ids"], -1), h_temporal=disc["h_temporal"], h_prior=prior_init)
+        disc_state = dict(
+            z_what=disc["z_what"],
+            z_where=disc["z_where"],
+            z_pres=disc["z_pres"],
+            ids=jnp.full_like(state["ids"], -1),
+            h_temporal=disc["h_temporal"],
+            h_prior=prior_init,
+        )
         new_state, propagated = self._merge(prop_state, disc_state, num_prop, state["next_id"])
         new_state["next_id"] = state["next_id"] + num_disc
         canvas = self._render(params, new_state["z_what"], new_state["z_where"], new_state["z_pres"])
@@ -749,8 +835,13 @@ class SQAIR:
             log_q_disc=jnp.sum(disc["log_q"]),
             log_q_prop=jnp.sum(prop["log_q"]),
             log_q_pres=jnp.sum(disc["log_q_pres"]) + jnp.sum(prop["log_q_pres"]),
-            z_what=new_state["z_what"], z_where=new_state["z_where"], z_pres=new_state["z_pres"],
-            ids=new_state["ids"], propagated=propagated, num_propagated=num_prop, num_discovered=num_disc,
+            z_what=new_state["z_what"],
+            z_where=new_state["z_where"],
+            z_pres=new_state["z_pres"],
+            ids=new_state["ids"],
+            propagated=propagated,
+            num_propagated=num_prop,
+            num_discovered=num_disc,
             canvas=canvas,
         )
         return new_state, out
@@ -762,23 +853,28 @@ class SQAIR:
         def step(carry, xs, first=False):
             st, log_w = carry
             image, projection, t = xs
-            st, out = self._infer_step(params, st, image, projection, t, jax.random.fold_in(key, t), first=first,
-                                       later_bias=later_bias)
-            log_w = log_w + (out["log_likelihood"] + out["log_p_disc"] + out["log_p_prop"]
-                             - out["log_q_disc"] - out["log_q_prop"])
+            st, out = self._infer_step(
+                params, st, image, projection, t, jax.random.fold_in(key, t), first=first, later_bias=later_bias
+            )
+            log_w = log_w + (
+                out["log_likelihood"] + out["log_p_disc"] + out["log_p_prop"] - out["log_q_disc"] - out["log_q_prop"]
+            )
             return (st, log_w), out
 
         ts = t0 + jnp.arange(images.shape[0])
         if state is not None:
-            (state, log_w), out = jax.lax.scan(step, (state, jnp.zeros(())), (images, image_projections, ts),
-                                               unroll=self.config.scan_unroll)
+            (state, log_w), out = jax.lax.scan(
+                step, (state, jnp.zeros(())), (images, image_projections, ts), unroll=self.config.scan_unroll
+            )
             return out, log_w, state
-        carry, first = step((self._empty_state(params), jnp.zeros(())), (images[0], image_projections[0], ts[0]),
-                            first=True)
+        carry, first = step(
+            (self._empty_state(params), jnp.zeros(())), (images[0], image_projections[0], ts[0]), first=True
+        )
         if images.shape[0] == 1:
             return jax.tree.map(lambda a: a[None], first), carry[1], carry[0]
-        (state, log_w), rest = jax.lax.scan(step, carry, (images[1:], image_projections[1:], ts[1:]),
-                                            unroll=self.config.scan_unroll)
+        (state, log_w), rest = jax.lax.scan(
+            step, carry, (images[1:], image_projections[1:], ts[1:]), unroll=self.config.scan_unroll
+        )
         out = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b], axis=0), first, rest)
         return out, log_w, state
 
@@ -806,11 +902,11 @@ class SQAIR:
         B = images.shape[0]
         codes = self.encode_images(params, images)  # [batch, time, hidden], shared across particles
         keys = jax.vmap(lambda b: jax.vmap(lambda k: self.particle_key(key, b, k))(jnp.arange(num_particles)))(
-            jnp.arange(B))
+            jnp.arange(B)
+        )
 
         def per_sequence(images_b, codes_b, keys_b):
-            return jax.vmap(lambda k: self._infer_particle(params, images_b, codes_b, k, later_bias=later_bias))(
-                keys_b)
+            return jax.vmap(lambda k: self._infer_particle(params, images_b, codes_b, k, later_bias=later_bias))(keys_b)
 
         return jax.vmap(per_sequence)(images, codes, keys)
 
@@ -831,12 +927,13 @@ class SQAIR:
         key = validation.check_key(key)
         if disc_later_presence_bias is not None:
             if jnp.shape(disc_later_presence_bias) != ():
-                raise ValueError(f"disc_later_presence_bias must be a scalar; got shape "
-                                 f"{jnp.shape(disc_later_presence_bias)}")
-            validation.check_values(disc_later_presence_bias, "disc_later_presence_bias", low=-math.inf,
-                                    high=math.inf)
-        out, log_w, _ = self._infer_batch(params, jnp.asarray(images, jnp.float32), key, num_particles,
-                                          disc_later_presence_bias)
+                raise ValueError(
+                    f"disc_later_presence_bias must be a scalar; got shape {jnp.shape(disc_later_presence_bias)}"
+                )
+            validation.check_values(disc_later_presence_bias, "disc_later_presence_bias", low=-math.inf, high=math.inf)
+        out, log_w, _ = self._infer_batch(
+            params, jnp.asarray(images, jnp.float32), key, num_particles, disc_later_presence_bias
+        )
         out["log_weight"] = log_w
         return out
 
@@ -852,15 +949,22 @@ class SQAIR:
         normals = jax.random.normal(k_normal, (2, N, Dw + 4))
         uniforms = jax.random.uniform(k_uniform, (N + 1,))
         alive = state["z_pres"]
-        h_p, logit, (w_loc, w_scale), (r_loc, r_scale) = jax.vmap(
-            lambda h, a, b: self._prop_prior(params, h, a, b))(state["h_prior"], state["z_what"], state["z_where"])
+        h_p, logit, (w_loc, w_scale), (r_loc, r_scale) = jax.vmap(lambda h, a, b: self._prop_prior(params, h, a, b))(
+            state["h_prior"], state["z_what"], state["z_where"]
+        )
         pres = (uniforms[:N] < jax.nn.sigmoid(logit)).astype(jnp.float32) * alive
         what = w_loc + w_scale * normals[0, :, :Dw]
         where = r_loc + r_scale * normals[0, :, Dw:]
-        log_p_prop = jnp.sum(alive * _bernoulli_log_prob(pres, logit) + pres * (
-            _normal_log_prob(what, w_loc, w_scale) + _normal_log_prob(where, r_loc, r_scale)))
-        prop_state = self._compact(pres, dict(z_what=what, z_where=where, z_pres=pres, ids=state["ids"],
-                                              h_temporal=state["h_temporal"], h_prior=h_p))
+        log_p_prop = jnp.sum(
+            alive * _bernoulli_log_prob(pres, logit)
+            + pres * (_normal_log_prob(what, w_loc, w_scale) + _normal_log_prob(where, r_loc, r_scale))
+        )
+        prop_state = self._compact(
+            pres,
+            dict(
+                z_what=what, z_where=where, z_pres=pres, ids=state["ids"], h_temporal=state["h_temporal"], h_prior=h_p
+            ),
+        )
         num_prop = jnp.sum(pres).astype(jnp.int32)
         is_first = t == 0
         logits = self._disc_count_logits(params, is_first, num_prop)
@@ -870,17 +974,30 @@ class SQAIR:
         d_what = normals[1, :, :Dw]
         d_where = jnp.asarray(c.where_prior_loc) + jnp.asarray(c.where_prior_scale) * normals[1, :, Dw:]
         d_pres = (jnp.arange(N) < num_disc).astype(jnp.float32)
-        disc_state = dict(z_what=d_what, z_where=d_where, z_pres=d_pres, ids=jnp.full((N,), -1, jnp.int32),
-                          h_temporal=jnp.zeros_like(state["h_temporal"]),
-                          h_prior=jnp.broadcast_to(self._g(params, "prior_init"), state["h_prior"].shape))
-        log_p_disc = jax.nn.log_softmax(logits)[num_disc] + jnp.sum(d_pres * self._disc_prior_log_prob(d_what,
-                                                                                                       d_where))
+        disc_state = dict(
+            z_what=d_what,
+            z_where=d_where,
+            z_pres=d_pres,
+            ids=jnp.full((N,), -1, jnp.int32),
+            h_temporal=jnp.zeros_like(state["h_temporal"]),
+            h_prior=jnp.broadcast_to(self._g(params, "prior_init"), state["h_prior"].shape),
+        )
+        log_p_disc = jax.nn.log_softmax(logits)[num_disc] + jnp.sum(d_pres * self._disc_prior_log_prob(d_what, d_where))
         new_state, propagated = self._merge(prop_state, disc_state, num_prop, state["next_id"])
         new_state["next_id"] = state["next_id"] + num_disc
         canvas = self._render(params, new_state["z_what"], new_state["z_where"], new_state["z_pres"])
-        out = dict(log_p_disc=log_p_disc, log_p_prop=log_p_prop, z_what=new_state["z_what"],
-                   z_where=new_state["z_where"], z_pres=new_state["z_pres"], ids=new_state["ids"],
-                   propagated=propagated, num_propagated=num_prop, num_discovered=num_disc, canvas=canvas)
+        out = dict(
+            log_p_disc=log_p_disc,
+            log_p_prop=log_p_prop,
+            z_what=new_state["z_what"],
+            z_where=new_state["z_where"],
+            z_pres=new_state["z_pres"],
+            ids=new_state["ids"],
+            propagated=propagated,
+            num_propagated=num_prop,
+            num_discovered=num_disc,
+            canvas=canvas,
+        )
         return new_state, out
 
     def _rollout(self, params, state, t0, num_steps, key):
@@ -906,8 +1023,9 @@ class SQAIR:
         def one(k):
             k_roll, k_noise = jax.random.split(k)
             out = self._rollout(params, self._empty_state(params), 0, num_steps, k_roll)
-            out["frames"] = out["canvas"] + (noisy * self.config.likelihood_sigma
-                                             * jax.random.normal(k_noise, out["canvas"].shape))
+            out["frames"] = out["canvas"] + (
+                noisy * self.config.likelihood_sigma * jax.random.normal(k_noise, out["canvas"].shape)
+            )
             return out
 
         return jax.vmap(one)(keys)
@@ -929,14 +1047,15 @@ class SQAIR:
         out, log_w, state = self._infer_batch(params, images, key, 1)
         out["log_weight"] = log_w
         state = jax.tree.map(lambda a: a[:, 0], state)
-        roll_key = jax.random.fold_in(key, 2 ** 30)
+        roll_key = jax.random.fold_in(key, 2**30)
         keys = jax.random.split(roll_key, images.shape[0])
 
         def one(st, k):
             k_roll, k_noise = jax.random.split(k)
             r = self._rollout(params, st, k_frames, num_steps, k_roll)
             r["frames"] = r["canvas"] + noisy * self.config.likelihood_sigma * jax.random.normal(
-                k_noise, r["canvas"].shape)
+                k_noise, r["canvas"].shape
+            )
             return r
 
         rollout = jax.vmap(one)(state, keys)
@@ -960,30 +1079,44 @@ class SQAIR:
         def step(carry, xs):
             prev_what, prev_where, prev_pres, prev_ids, h_prior = carry
             image, what, where, pres, cur_ids, t = xs
-            match = ((cur_ids[:, None] == prev_ids[None, :]) & (pres[:, None] > 0)
-                     & (prev_pres[None, :] > 0)).astype(jnp.float32)  # [current, previous]
+            match = ((cur_ids[:, None] == prev_ids[None, :]) & (pres[:, None] > 0) & (prev_pres[None, :] > 0)).astype(
+                jnp.float32
+            )  # [current, previous]
             h_new, logit, (w_loc, w_scale), (r_loc, r_scale) = jax.vmap(
-                lambda h, a, b: self._prop_prior(params, h, a, b))(h_prior, prev_what, prev_where)
+                lambda h, a, b: self._prop_prior(params, h, a, b)
+            )(h_prior, prev_what, prev_where)
             kept = jnp.sum(match, axis=0)  # [previous]
             log_p_prop = jnp.sum(prev_pres * _bernoulli_log_prob(kept, logit))
             is_prop = jnp.sum(match, axis=1)  # [current]
             gather = lambda a: match @ a  # noqa: E731  (parameters of the matched previous object)
-            log_p_prop += jnp.sum(is_prop * (_normal_log_prob(what, gather(w_loc), gather(w_scale) + (1 - is_prop)[
-                :, None]) + _normal_log_prob(where, gather(r_loc), gather(r_scale) + (1 - is_prop)[:, None])))
+            log_p_prop += jnp.sum(
+                is_prop
+                * (
+                    _normal_log_prob(what, gather(w_loc), gather(w_scale) + (1 - is_prop)[:, None])
+                    + _normal_log_prob(where, gather(r_loc), gather(r_scale) + (1 - is_prop)[:, None])
+                )
+            )
             is_new = pres * (1.0 - is_prop)
             num_prop = jnp.sum(is_prop).astype(jnp.int32)
             num_disc = jnp.sum(is_new).astype(jnp.int32)
             log_p_disc = self._disc_count_log_prob(params, t == 0, num_prop, num_disc) + jnp.sum(
-                is_new * self._disc_prior_log_prob(what, where))
+                is_new * self._disc_prior_log_prob(what, where)
+            )
             h_cur = gather(h_new) + is_new[:, None] * self._g(params, "prior_init")[None]
             canvas = self._render(params, what, where, pres)
             ll = self._log_likelihood(image, canvas)
-            return (what, where, pres, cur_ids, h_cur), dict(log_likelihood=ll, log_p_disc=log_p_disc,
-                                                             log_p_prop=log_p_prop)
+            return (what, where, pres, cur_ids, h_cur), dict(
+                log_likelihood=ll, log_p_disc=log_p_disc, log_p_prop=log_p_prop
+            )
 
         T = images.shape[0]
-        init = (jnp.zeros((N, c.z_what_dim)), jnp.zeros((N, 4)), jnp.zeros((N,)), jnp.full((N,), -1, jnp.int32),
-                jnp.zeros((N, c.hidden)))
+        init = (
+            jnp.zeros((N, c.z_what_dim)),
+            jnp.zeros((N, 4)),
+            jnp.zeros((N,)),
+            jnp.full((N,), -1, jnp.int32),
+            jnp.zeros((N, c.hidden)),
+        )
         _, out = jax.lax.scan(step, init, (images, z_what, z_where, z_pres, ids, jnp.arange(T)))
         return out
 

@@ -72,7 +72,9 @@ def default_task_config() -> ml_collections.ConfigDict:
                 periodic_log_marginal_images=0,  # during training: no IWAE-K log p(x) (it is the costly part)
                 # experiments/air_frames_report.py only (data.name = "moving_multi_mnist"): particles per frame, the
                 # IoU of a tracking match, the addition classifier's steps and training sequences (as SQAIR's)
-                sequence_particles=5, tracking_iou_threshold=0.3, addition_steps=10_000,
+                sequence_particles=5,
+                tracking_iou_threshold=0.3,
+                addition_steps=10_000,
                 addition_train_sequences=2_000,
             ),
         )
@@ -99,9 +101,14 @@ def load_moving_sequences(data_cfg, split: str) -> dict[str, np.ndarray]:
     from ocr_jax.data.moving_mnist import load_moving_multi_mnist
 
     num = data_cfg.num_train if split == "train" else data_cfg.num_test
-    return load_moving_multi_mnist(split, num, seed=data_cfg.seed + (split == "test"),
-                                   digits="blobs" if data_cfg.get("synthetic_digits", False) else "mnist",
-                                   num_frames=data_cfg.num_frames, max_digits=data_cfg.max_digits)
+    return load_moving_multi_mnist(
+        split,
+        num,
+        seed=data_cfg.seed + (split == "test"),
+        digits="blobs" if data_cfg.get("synthetic_digits", False) else "mnist",
+        num_frames=data_cfg.num_frames,
+        max_digits=data_cfg.max_digits,
+    )
 
 
 def load_multi_mnist(data_cfg, split: str) -> dict[str, np.ndarray]:
@@ -118,13 +125,26 @@ def load_multi_mnist(data_cfg, split: str) -> dict[str, np.ndarray]:
         from ocr_jax.data.synthetic import blob_digits
 
         digits, labels = blob_digits(512, seed=data_cfg.seed + (split == "test"))
-        return make_multi_mnist(digits, labels, num, seed=data_cfg.seed * 2 + (split == "test"),
-                                max_digits=data_cfg.max_digits, recipe=data_cfg.recipe)
+        return make_multi_mnist(
+            digits,
+            labels,
+            num,
+            seed=data_cfg.seed * 2 + (split == "test"),
+            max_digits=data_cfg.max_digits,
+            recipe=data_cfg.recipe,
+        )
     from ocr_jax.data.builders import load_dataset
 
-    return load_dataset(data_cfg.name, split, method=data_cfg.method, recipe=data_cfg.recipe,
-                        max_digits=data_cfg.max_digits, num_train=data_cfg.num_train, num_test=data_cfg.num_test,
-                        seed=data_cfg.seed)
+    return load_dataset(
+        data_cfg.name,
+        split,
+        method=data_cfg.method,
+        recipe=data_cfg.recipe,
+        max_digits=data_cfg.max_digits,
+        num_train=data_cfg.num_train,
+        num_test=data_cfg.num_test,
+        seed=data_cfg.seed,
+    )
 
 
 def typed_key(key: jax.Array) -> jax.Array:
@@ -176,8 +196,14 @@ class AIRTask:
     def train_batches(self, *, seed, start_step, global_batch_size, process_index, process_count):
         data = self.train_data
         arrays = {"images": data["images"], "counts": data["counts"].astype(np.int32)}
-        return deterministic_batches(arrays, global_batch_size, seed=seed, start_step=start_step,
-                                     process_index=process_index, process_count=process_count)
+        return deterministic_batches(
+            arrays,
+            global_batch_size,
+            seed=seed,
+            start_step=start_step,
+            process_index=process_index,
+            process_count=process_count,
+        )
 
     # -- Task protocol --------------------------------------------------------------------------------------------
 
@@ -206,8 +232,9 @@ class AIRTask:
         images, k_infer = self.model_inputs(batch["images"], key)
         rho = self.continue_prob(step)
         out = self.model.infer(params, images, k_infer, num_particles=cfg.num_particles, continue_prob=rho)
-        surrogates, estimator_state, bound = estimator_surrogates(self.estimator, self.model, params, out,
-                                                                  model_state["estimator"])
+        surrogates, estimator_state, bound = estimator_surrogates(
+            self.estimator, self.model, params, out, model_state["estimator"]
+        )
         new_state = {**model_state, "estimator": estimator_state}
         counts = out.counts  # [B, K]
         metrics = {
@@ -229,9 +256,13 @@ class AIRTask:
         # Periodic evaluation during training: count accuracy and ELBO on a test subset (cheap); the full test split
         # and IWAE-K log p(x) are computed once at the end by experiments/air_report.py.
         ev = self.config.eval
-        results = air_eval.evaluate_air(self, params, step, num_images=min(ev.periodic_images, ev.num_images),
-                                        log_marginal_images=min(ev.periodic_log_marginal_images,
-                                                                ev.log_marginal_images))
+        results = air_eval.evaluate_air(
+            self,
+            params,
+            step,
+            num_images=min(ev.periodic_images, ev.num_images),
+            log_marginal_images=min(ev.periodic_log_marginal_images, ev.log_marginal_images),
+        )
         scalars = {f"eval/{k}": v for k, v in results.items() if isinstance(v, (int, float))}
         if workdir and jax.process_index() == 0:
             with open(os.path.join(workdir, f"eval_step{step}.json"), "w") as f:
@@ -249,16 +280,19 @@ def log_weight_terms(out: air_lib.AIROutput) -> estimators.LogWeightTerms:
         log_q_score=jnp.sum(out.log_q_pres, -1),
         log_w_steps=out.log_p_steps - out.log_q_steps,
         log_q_score_steps=out.log_q_pres,
-        log_likelihood=out.log_likelihood)
+        log_likelihood=out.log_likelihood,
+    )
 
 
 # The LogWeightTerms fields AIR provides (baselines: AIR.baseline_values, computed when an estimator needs them).
-PROVIDED_TERMS = frozenset({"log_q_reparam", "log_q_score", "log_w_steps", "log_q_score_steps", "log_likelihood",
-                            "baselines"})
+PROVIDED_TERMS = frozenset(
+    {"log_q_reparam", "log_q_score", "log_w_steps", "log_q_score_steps", "log_likelihood", "baselines"}
+)
 
 
-def estimator_surrogates(estimator: estimators.Estimator, model: air_lib.AIR, params, out: air_lib.AIROutput,
-                         estimator_state):
+def estimator_surrogates(
+    estimator: estimators.Estimator, model: air_lib.AIR, params, out: air_lib.AIROutput, estimator_state
+):
     """Surrogate losses per parameter group for one AIR forward pass ``out`` ([batch, particles, steps] terms).
 
     Returns ``(surrogates {"generative", "inference", "baseline"}, new_estimator_state, bound)``.

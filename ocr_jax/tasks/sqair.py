@@ -33,45 +33,83 @@ from ocr_jax.training.tasks import register
 
 
 def default_task_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        # model (§5.D.2)
-        arch="mlp", hidden=256, z_what_dim=50, max_objects=3, canvas_size=50, glimpse_size=20,
-        likelihood_sigma=0.3, decoder_output_bias=0.0, prop_presence_logit_init=5.0, disc_presence_logit_init=1.386,
-        where_prior_loc=(-2.0, -2.0, 0.0, 0.0), where_posterior_scale_bias=-3.0,
-        # start-up (ocr_jax.models.sqair module docstring); the first implementation: "sigmoid_linear", 1e-4, 1.0,
-        # None, False, 1.0, "direct" (and disc_presence_logit_init 1.0)
-        where_map="sigmoid_tanh", std_floor=1e-2, disc_head_kernel_scale=0.1, disc_init_scale=0.4,
-        presence_after_what=True, prop_update_scale=0.1, prop_what="gated",
-        disc_later_presence_bias=0.0,
-        first_frame_continue_prob=0.0,
-        # DISC suppressed after frame 1 during the first disc_suppression_steps steps of training: its presence
-        # logit gets disc_suppression_bias in frames t > 1, so PROP must learn to follow the objects DISC found in
-        # frame 1 before DISC may re-detect them (0 steps: off). Measured in docs/results.md.
-        disc_suppression_steps=0, disc_suppression_bias=-30.0,
-        # A cost of count_penalty nats per present object per frame in the training objective (propagated and
-        # discovered alike), reached linearly over count_penalty_ramp steps from step count_penalty_start: AIR's
-        # annealed geometric count prior (ρ = exp(−penalty)) on top of SQAIR's learned count priors. Training only:
-        # every reported bound is the model's own. 0: off (the official code).
-        count_penalty=0.0, count_penalty_start=0, count_penalty_ramp=0,
-        # objective (§5.3): the paper's VIMCO, or any estimator of ocr_jax.estimators whose terms SQAIR provides
-        # (all but ws, dreg and dww) with its hyperparameters; NVIL adds a "baseline" parameter group (b_ψ(x), an
-        # MLP with baseline_hidden units per frame, summed over frames) that needs its own config.optimizers entry
-        estimator="vimco", estimator_args=dict(), baseline_hidden=64,
-        num_particles=5,
-        # curriculum (§5.D.1): start_length frames, +1 every length_every steps, up to num_frames
-        start_length=3, length_every=100_000,
-        # data: "mnist" (moving multi-MNIST from the MNIST split) or "blobs" (synthetic digits, no download)
-        data="mnist", num_frames=10, num_train=60_000, num_eval=1_000, max_digits=2, digit_size=28, data_seed=0,
-        # evaluation on num_eval test sequences (built from the MNIST test split with seed data_seed + 1)
-        eval=dict(batch_size=50, num_particles=5, log_marginal_sequences=50, log_marginal_particles=1000,
-                  log_marginal_chunk=50, num_pictures=4,
-                  # during training: the first periodic_sequences test sequences, no IWAE-K log p(x)
-                  periodic_sequences=200, periodic_log_marginal_sequences=0, periodic_tracking=True,
-                  # final report only (experiments/sqair_report.py): tracking scored at this IoU between inferred
-                  # glimpse boxes and the (tight) true digit boxes; the addition classifier (§5.D.4) trained for
-                  # addition_steps on addition_train_sequences training sequences
-                  tracking_iou_threshold=0.3, addition_steps=10_000, addition_train_sequences=2_000),
-    ))
+    return ml_collections.ConfigDict(
+        dict(
+            # model (§5.D.2)
+            arch="mlp",
+            hidden=256,
+            z_what_dim=50,
+            max_objects=3,
+            canvas_size=50,
+            glimpse_size=20,
+            likelihood_sigma=0.3,
+            decoder_output_bias=0.0,
+            prop_presence_logit_init=5.0,
+            disc_presence_logit_init=1.386,
+            where_prior_loc=(-2.0, -2.0, 0.0, 0.0),
+            where_posterior_scale_bias=-3.0,
+            # start-up (ocr_jax.models.sqair module docstring); the first implementation: "sigmoid_linear", 1e-4, 1.0,
+            # None, False, 1.0, "direct" (and disc_presence_logit_init 1.0)
+            where_map="sigmoid_tanh",
+            std_floor=1e-2,
+            disc_head_kernel_scale=0.1,
+            disc_init_scale=0.4,
+            presence_after_what=True,
+            prop_update_scale=0.1,
+            prop_what="gated",
+            disc_later_presence_bias=0.0,
+            first_frame_continue_prob=0.0,
+            # DISC suppressed after frame 1 during the first disc_suppression_steps steps of training: its presence
+            # logit gets disc_suppression_bias in frames t > 1, so PROP must learn to follow the objects DISC found in
+            # frame 1 before DISC may re-detect them (0 steps: off). Measured in docs/results.md.
+            disc_suppression_steps=0,
+            disc_suppression_bias=-30.0,
+            # A cost of count_penalty nats per present object per frame in the training objective (propagated and
+            # discovered alike), reached linearly over count_penalty_ramp steps from step count_penalty_start: AIR's
+            # annealed geometric count prior (ρ = exp(−penalty)) on top of SQAIR's learned count priors. Training only:
+            # every reported bound is the model's own. 0: off (the official code).
+            count_penalty=0.0,
+            count_penalty_start=0,
+            count_penalty_ramp=0,
+            # objective (§5.3): the paper's VIMCO, or any estimator of ocr_jax.estimators whose terms SQAIR provides
+            # (all but ws, dreg and dww) with its hyperparameters; NVIL adds a "baseline" parameter group (b_ψ(x), an
+            # MLP with baseline_hidden units per frame, summed over frames) that needs its own config.optimizers entry
+            estimator="vimco",
+            estimator_args=dict(),
+            baseline_hidden=64,
+            num_particles=5,
+            # curriculum (§5.D.1): start_length frames, +1 every length_every steps, up to num_frames
+            start_length=3,
+            length_every=100_000,
+            # data: "mnist" (moving multi-MNIST from the MNIST split) or "blobs" (synthetic digits, no download)
+            data="mnist",
+            num_frames=10,
+            num_train=60_000,
+            num_eval=1_000,
+            max_digits=2,
+            digit_size=28,
+            data_seed=0,
+            # evaluation on num_eval test sequences (built from the MNIST test split with seed data_seed + 1)
+            eval=dict(
+                batch_size=50,
+                num_particles=5,
+                log_marginal_sequences=50,
+                log_marginal_particles=1000,
+                log_marginal_chunk=50,
+                num_pictures=4,
+                # during training: the first periodic_sequences test sequences, no IWAE-K log p(x)
+                periodic_sequences=200,
+                periodic_log_marginal_sequences=0,
+                periodic_tracking=True,
+                # final report only (experiments/sqair_report.py): tracking scored at this IoU between inferred
+                # glimpse boxes and the (tight) true digit boxes; the addition classifier (§5.D.4) trained for
+                # addition_steps on addition_train_sequences training sequences
+                tracking_iou_threshold=0.3,
+                addition_steps=10_000,
+                addition_train_sequences=2_000,
+            ),
+        )
+    )
 
 
 def curriculum_length(step, start_length: int, length_every: int, max_length: int):
@@ -94,8 +132,16 @@ def load_sequences(cfg: ml_collections.ConfigDict, split: str, num: int, seed: i
 
     if cfg.data not in ("mnist", "blobs"):
         raise ValueError(f"data must be 'mnist' or 'blobs'; got {cfg.data!r}")
-    return load_moving_multi_mnist(split, num, seed=seed, digits=cfg.data, digit_size=cfg.digit_size,
-                                   num_frames=cfg.num_frames, canvas_size=cfg.canvas_size, max_digits=cfg.max_digits)
+    return load_moving_multi_mnist(
+        split,
+        num,
+        seed=seed,
+        digits=cfg.data,
+        digit_size=cfg.digit_size,
+        num_frames=cfg.num_frames,
+        canvas_size=cfg.canvas_size,
+        max_digits=cfg.max_digits,
+    )
 
 
 def model_config(cfg: ml_collections.ConfigDict) -> SQAIRConfig:
@@ -103,8 +149,12 @@ def model_config(cfg: ml_collections.ConfigDict) -> SQAIRConfig:
     ``canvas_size``, ``glimpse_size`` and ``num_frames`` (-> image_shape, glimpse_shape, max_seq_len)."""
     fields = {f.name for f in dataclasses.fields(SQAIRConfig)}
     kw = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.items() if k in fields}
-    return SQAIRConfig(image_shape=(cfg.canvas_size, cfg.canvas_size),
-                       glimpse_shape=(cfg.glimpse_size, cfg.glimpse_size), max_seq_len=cfg.num_frames, **kw)
+    return SQAIRConfig(
+        image_shape=(cfg.canvas_size, cfg.canvas_size),
+        glimpse_shape=(cfg.glimpse_size, cfg.glimpse_size),
+        max_seq_len=cfg.num_frames,
+        **kw,
+    )
 
 
 class SQAIRTask:
@@ -121,11 +171,15 @@ class SQAIRTask:
         self.estimator = estimators.get(cfg.estimator, **cfg.estimator_args)
         estimators.check_applicable(self.estimator, PROVIDED_TERMS, cfg.num_particles, "SQAIR")
         if not 1 <= cfg.start_length <= cfg.num_frames or cfg.length_every < 1:
-            raise ValueError(f"need 1 <= start_length <= num_frames and length_every >= 1; got start_length="
-                             f"{cfg.start_length}, num_frames={cfg.num_frames}, length_every={cfg.length_every}")
+            raise ValueError(
+                f"need 1 <= start_length <= num_frames and length_every >= 1; got start_length="
+                f"{cfg.start_length}, num_frames={cfg.num_frames}, length_every={cfg.length_every}"
+            )
         if cfg.count_penalty < 0 or cfg.count_penalty_start < 0 or cfg.count_penalty_ramp < 0:
-            raise ValueError(f"count_penalty, count_penalty_start and count_penalty_ramp must be >= 0; got "
-                             f"{cfg.count_penalty}, {cfg.count_penalty_start}, {cfg.count_penalty_ramp}")
+            raise ValueError(
+                f"count_penalty, count_penalty_start and count_penalty_ramp must be >= 0; got "
+                f"{cfg.count_penalty}, {cfg.count_penalty_start}, {cfg.count_penalty_ramp}"
+            )
         self.model = SQAIR(model_config(cfg))
         self._train_frames = train_frames
 
@@ -160,8 +214,9 @@ class SQAIRTask:
         """DISC's presence-logit offset after frame 1 at training step ``step`` (int or traced): the suppression
         bias during the first ``disc_suppression_steps`` steps, the model's own ``disc_later_presence_bias`` after."""
         c = self.config
-        return jnp.where(jnp.asarray(step) < c.disc_suppression_steps, c.disc_suppression_bias,
-                         c.disc_later_presence_bias).astype(jnp.float32)
+        return jnp.where(
+            jnp.asarray(step) < c.disc_suppression_steps, c.disc_suppression_bias, c.disc_later_presence_bias
+        ).astype(jnp.float32)
 
     def count_penalty(self, step):
         """Nats charged per present object per frame at training step ``step`` (int or traced): 0 before
@@ -176,8 +231,9 @@ class SQAIRTask:
         to the curriculum length), each ``[batch, particles]``: (log p, log q of reparameterised latents, log q of
         the presence variables, log p(x|z)), and the per-step outputs."""
         bias = None if step is None else self.disc_later_bias(step)
-        out = self.model.infer(params, to_unit_float(frames), key, self.config.num_particles,
-                               disc_later_presence_bias=bias)
+        out = self.model.infer(
+            params, to_unit_float(frames), key, self.config.num_particles, disc_later_presence_bias=bias
+        )
         total = lambda x: jnp.sum(x, axis=-1)  # noqa: E731  [batch, particles, time] -> [batch, particles]
         log_p = total(out["log_likelihood"] + out["log_p_disc"] + out["log_p_prop"])
         log_q_score = total(out["log_q_pres"])
@@ -191,8 +247,9 @@ class SQAIRTask:
         penalty = self.count_penalty(step)
         objects = jnp.sum(out["z_pres"], axis=(-2, -1))  # [batch, particles]: Σ_t Σ_i z_pres
         frames_float = to_unit_float(batch["frames"])
-        terms = estimators.LogWeightTerms(log_p=log_p - penalty * objects, log_q_reparam=log_q_reparam,
-                                          log_q_score=log_q_score)
+        terms = estimators.LogWeightTerms(
+            log_p=log_p - penalty * objects, log_q_reparam=log_q_reparam, log_q_score=log_q_score
+        )
         if "baselines" in self.estimator.requires:  # b_ψ(x) [batch]: sees the frames only
             terms = terms._replace(baselines=self._baseline.apply({"params": params["baseline"]}, frames_float))
         s, estimator_state = self.estimator.surrogates(terms, model_state.get("estimator", ()))
@@ -212,8 +269,7 @@ class SQAIRTask:
             "log_likelihood": jnp.mean(sg(log_lik)),
             "kl": jnp.mean(sg(log_lik) - log_w),
             "num_objects": jnp.mean(out["z_pres"].sum(-1)),
-            "num_discovered_after_first": (jnp.mean(out["num_discovered"][:, :, 1:]) if length > 1
-                                           else jnp.zeros(())),
+            "num_discovered_after_first": (jnp.mean(out["num_discovered"][:, :, 1:]) if length > 1 else jnp.zeros(())),
             "sequence_length": jnp.asarray(frames),
         }
         return surrogates, (metrics, model_state)
@@ -231,15 +287,26 @@ class SQAIRTask:
         ev = self.config.eval
         self.eval_step = step  # periodic evaluations see the model as trained at this step (DISC suppression)
         key = jax.random.key(step)
-        results = sqair_eval.evaluate_sqair(self, params, self.test_data, key=key,
-                                            num_sequences=ev.periodic_sequences,
-                                            log_marginal_sequences=ev.periodic_log_marginal_sequences)
+        results = sqair_eval.evaluate_sqair(
+            self,
+            params,
+            self.test_data,
+            key=key,
+            num_sequences=ev.periodic_sequences,
+            log_marginal_sequences=ev.periodic_log_marginal_sequences,
+        )
         if ev.periodic_tracking:
             # Tracking on the same sequences and particles (no addition classifier): shows during training whether
             # the run tracks or falls into a failure mode (re-detections, DISC-only; §5.G).
-            tracking = sqair_eval.tracking_and_addition(self, params, self.test_data, key=key,
-                                                        num_sequences=ev.periodic_sequences, classifier_steps=0,
-                                                        iou_threshold=ev.tracking_iou_threshold)["tracking"]
+            tracking = sqair_eval.tracking_and_addition(
+                self,
+                params,
+                self.test_data,
+                key=key,
+                num_sequences=ev.periodic_sequences,
+                classifier_steps=0,
+                iou_threshold=ev.tracking_iou_threshold,
+            )["tracking"]
             results.update({f"tracking_{k}": tracking[k] for k in sqair_eval.PERIODIC_TRACKING_KEYS})
         if workdir and jax.process_index() == 0:
             with open(os.path.join(workdir, f"eval_step{step}.json"), "w") as f:
@@ -248,11 +315,16 @@ class SQAIRTask:
 
     def train_batches(self, *, seed, start_step, global_batch_size, process_index, process_count):
         """Deterministic batches of sequences cut to the curriculum length of their step (``sequence_length``)."""
-        batches = deterministic_batches({"frames": self.train_frames}, global_batch_size, seed=seed,
-                                        start_step=start_step, process_index=process_index,
-                                        process_count=process_count)
+        batches = deterministic_batches(
+            {"frames": self.train_frames},
+            global_batch_size,
+            seed=seed,
+            start_step=start_step,
+            process_index=process_index,
+            process_count=process_count,
+        )
         for step, batch in enumerate(batches, start=start_step):
-            yield {"frames": batch["frames"][:, :self.sequence_length(step)]}
+            yield {"frames": batch["frames"][:, : self.sequence_length(step)]}
 
 
 # The LogWeightTerms fields SQAIR provides (baselines: SequenceBaseline, when an estimator needs them).
@@ -289,6 +361,14 @@ def make_sqair_task(config: ml_collections.ConfigDict) -> SQAIRTask:
 
 register("sqair", make_sqair_task)
 
-__all__ = ["SQAIRTask", "SequenceBaseline", "curriculum_length", "default_task_config", "load_sequences",
-           "make_sequences", "make_sqair_task", "model_config", "per_frame_losses"]
-
+__all__ = [
+    "SQAIRTask",
+    "SequenceBaseline",
+    "curriculum_length",
+    "default_task_config",
+    "load_sequences",
+    "make_sequences",
+    "make_sqair_task",
+    "model_config",
+    "per_frame_losses",
+]

@@ -14,8 +14,14 @@ ocr_jax.data.deterministic_batches):
 import importlib
 
 _EXPORTS = {
-    "ocr_jax.training.mesh": ("maybe_initialize_distributed", "make_data_mesh", "shard_batch", "replicated",
-                              "batch_sharding", "DATA_AXIS"),
+    "ocr_jax.training.mesh": (
+        "maybe_initialize_distributed",
+        "make_data_mesh",
+        "shard_batch",
+        "replicated",
+        "batch_sharding",
+        "DATA_AXIS",
+    ),
     "ocr_jax.training.tasks": ("Task", "register", "make_task", "registered", "task_module_name"),
     "ocr_jax.training.optimizers": ("make_optimizer", "make_optimizers", "make_schedule"),
     "ocr_jax.training.train_step": ("TrainState", "init_train_state", "make_train_step", "step_key"),
@@ -27,6 +33,6 @@ __all__ = sorted(_WHERE)
 
 
 def __getattr__(name):
-  if name in _WHERE:
-    return getattr(importlib.import_module(_WHERE[name]), name)
-  raise AttributeError(f"module 'ocr_jax.training' has no attribute {name!r}")
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'ocr_jax.training' has no attribute {name!r}")

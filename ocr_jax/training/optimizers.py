@@ -35,43 +35,54 @@ import optax
 
 
 def make_schedule(cfg: ml_collections.ConfigDict) -> optax.Schedule:
-  lr = float(cfg.learning_rate)
-  name = cfg.get("schedule", "constant")
-  if name == "constant":
-    return optax.constant_schedule(lr)
-  if name == "piecewise_constant":
-    b_and_s = {int(k): float(v) for k, v in dict(cfg.get("boundaries_and_scales", {})).items()}
-    return optax.piecewise_constant_schedule(lr, b_and_s)
-  if name == "exponential":
-    return optax.exponential_decay(lr, transition_steps=int(cfg.decay_steps), decay_rate=float(cfg.decay_rate),
-                                   staircase=bool(cfg.get("staircase", False)))
-  raise ValueError(f"unknown schedule {name!r}; expected constant, piecewise_constant or exponential")
+    lr = float(cfg.learning_rate)
+    name = cfg.get("schedule", "constant")
+    if name == "constant":
+        return optax.constant_schedule(lr)
+    if name == "piecewise_constant":
+        b_and_s = {int(k): float(v) for k, v in dict(cfg.get("boundaries_and_scales", {})).items()}
+        return optax.piecewise_constant_schedule(lr, b_and_s)
+    if name == "exponential":
+        return optax.exponential_decay(
+            lr,
+            transition_steps=int(cfg.decay_steps),
+            decay_rate=float(cfg.decay_rate),
+            staircase=bool(cfg.get("staircase", False)),
+        )
+    raise ValueError(f"unknown schedule {name!r}; expected constant, piecewise_constant or exponential")
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """One group's optimiser: optional global-norm clipping, then the optimiser with its schedule."""
-  schedule = make_schedule(cfg)
-  name = cfg.optimizer
-  if name == "rmsprop":
-    momentum = cfg.get("momentum", 0.9)
-    opt = optax.rmsprop(schedule, decay=cfg.get("decay", 0.9), eps=cfg.get("eps", 1e-10),
-                        initial_scale=cfg.get("initial_scale", 1.0), eps_in_sqrt=True,
-                        centered=cfg.get("centered", False), momentum=momentum or None)
-  elif name == "adam":
-    opt = optax.adam(schedule, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999), eps=cfg.get("adam_eps", 1e-8))
-  elif name == "sgd":
-    opt = optax.sgd(schedule, momentum=cfg.get("momentum", None) or None)
-  else:
-    raise ValueError(f"unknown optimizer {name!r}; expected rmsprop, adam or sgd")
-  clip = cfg.get("clip_global_norm", None)
-  if clip:
-    opt = optax.chain(optax.clip_by_global_norm(float(clip)), opt)
-  return opt
+    """One group's optimiser: optional global-norm clipping, then the optimiser with its schedule."""
+    schedule = make_schedule(cfg)
+    name = cfg.optimizer
+    if name == "rmsprop":
+        momentum = cfg.get("momentum", 0.9)
+        opt = optax.rmsprop(
+            schedule,
+            decay=cfg.get("decay", 0.9),
+            eps=cfg.get("eps", 1e-10),
+            initial_scale=cfg.get("initial_scale", 1.0),
+            eps_in_sqrt=True,
+            centered=cfg.get("centered", False),
+            momentum=momentum or None,
+        )
+    elif name == "adam":
+        opt = optax.adam(schedule, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999), eps=cfg.get("adam_eps", 1e-8))
+    elif name == "sgd":
+        opt = optax.sgd(schedule, momentum=cfg.get("momentum", None) or None)
+    else:
+        raise ValueError(f"unknown optimizer {name!r}; expected rmsprop, adam or sgd")
+    clip = cfg.get("clip_global_norm", None)
+    if clip:
+        opt = optax.chain(optax.clip_by_global_norm(float(clip)), opt)
+    return opt
 
 
-def make_optimizers(cfgs: Mapping[str, ml_collections.ConfigDict]
-                    ) -> tuple[dict[str, optax.GradientTransformation], dict[str, optax.Schedule]]:
-  """Per-group optimisers and their schedules (the schedules are logged as ``lr/<group>``)."""
-  optimizers = {g: make_optimizer(c) for g, c in cfgs.items()}
-  schedules = {g: make_schedule(c) for g, c in cfgs.items()}
-  return optimizers, schedules
+def make_optimizers(
+    cfgs: Mapping[str, ml_collections.ConfigDict],
+) -> tuple[dict[str, optax.GradientTransformation], dict[str, optax.Schedule]]:
+    """Per-group optimisers and their schedules (the schedules are logged as ``lr/<group>``)."""
+    optimizers = {g: make_optimizer(c) for g, c in cfgs.items()}
+    schedules = {g: make_schedule(c) for g, c in cfgs.items()}
+    return optimizers, schedules

@@ -30,35 +30,37 @@ Scalar = Any  # a 0-d jax.Array
 
 @runtime_checkable
 class Task(Protocol):
-  """What the training loop needs from a model (docs/DESIGN.md, "Training interface").
+    """What the training loop needs from a model (docs/DESIGN.md, "Training interface").
 
-  Required: `init`, `loss`, `train_batches`. Optional: `evaluate(params, model_state, step, workdir) -> dict | None`
-  (see `evaluate_hook`) and the attribute `headline_metric` (name of the metric shown in the progress bar).
-  """
-
-  def init(self, key: jax.Array, batch: PyTree) -> tuple[dict[str, PyTree], PyTree]:
-    """Returns ``(params, model_state)``; params is a dict of parameter groups ({"generative": ..., ...}).
-
-    `batch` is a process-local numpy batch (for shapes only). model_state may be ``{}``.
+    Required: `init`, `loss`, `train_batches`. Optional: `evaluate(params, model_state, step, workdir) -> dict | None`
+    (see `evaluate_hook`) and the attribute `headline_metric` (name of the metric shown in the progress bar).
     """
-    ...
 
-  def loss(self, params: dict[str, PyTree], model_state: PyTree, batch: PyTree, key: jax.Array, step: jax.Array
-           ) -> tuple[dict[str, Scalar], tuple[dict[str, Scalar], PyTree]]:
-    """Returns ``(surrogates, (metrics, new_model_state))``.
+    def init(self, key: jax.Array, batch: PyTree) -> tuple[dict[str, PyTree], PyTree]:
+        """Returns ``(params, model_state)``; params is a dict of parameter groups ({"generative": ..., ...}).
 
-    ``surrogates[g]`` is a scalar surrogate loss whose gradient w.r.t. ``params[g]`` is the gradient estimator for
-    group g (its gradient w.r.t. other groups is ignored). `batch` is the global batch (sharded over devices);
-    reduce over it with means so the result does not depend on the device count. metrics: dict of scalars.
-    """
-    ...
+        `batch` is a process-local numpy batch (for shapes only). model_state may be ``{}``.
+        """
+        ...
 
-  def train_batches(self, *, seed: int, start_step: int, global_batch_size: int, process_index: int,
-                    process_count: int) -> Iterator[PyTree]:
-    """Yields this process's share (``global_batch_size // process_count`` rows) of the global batches for steps
-    ``start_step, start_step + 1, ...``. Must be a deterministic function of (seed, step) so that a resumed run sees
-    the same data as an uninterrupted one; `ocr_jax.data.deterministic_batches` does this for arrays."""
-    ...
+    def loss(
+        self, params: dict[str, PyTree], model_state: PyTree, batch: PyTree, key: jax.Array, step: jax.Array
+    ) -> tuple[dict[str, Scalar], tuple[dict[str, Scalar], PyTree]]:
+        """Returns ``(surrogates, (metrics, new_model_state))``.
+
+        ``surrogates[g]`` is a scalar surrogate loss whose gradient w.r.t. ``params[g]`` is the gradient estimator for
+        group g (its gradient w.r.t. other groups is ignored). `batch` is the global batch (sharded over devices);
+        reduce over it with means so the result does not depend on the device count. metrics: dict of scalars.
+        """
+        ...
+
+    def train_batches(
+        self, *, seed: int, start_step: int, global_batch_size: int, process_index: int, process_count: int
+    ) -> Iterator[PyTree]:
+        """Yields this process's share (``global_batch_size // process_count`` rows) of the global batches for steps
+        ``start_step, start_step + 1, ...``. Must be a deterministic function of (seed, step) so that a resumed run sees
+        the same data as an uninterrupted one; `ocr_jax.data.deterministic_batches` does this for arrays."""
+        ...
 
 
 # Task modules that were moved, old name -> new name. The config.json of a run names the task module it was trained
@@ -72,8 +74,8 @@ RENAMED_TASK_MODULES = {
 
 
 def task_module_name(module: str | None) -> str | None:
-  """The current name of task module `module` (`RENAMED_TASK_MODULES`); other names (and None) unchanged."""
-  return RENAMED_TASK_MODULES.get(module, module)
+    """The current name of task module `module` (`RENAMED_TASK_MODULES`); other names (and None) unchanged."""
+    return RENAMED_TASK_MODULES.get(module, module)
 
 
 TaskFactory = Callable[[ml_collections.ConfigDict], Task]
@@ -81,29 +83,31 @@ _REGISTRY: dict[str, TaskFactory] = {}
 
 
 def register(name: str, factory: TaskFactory, *, overwrite: bool = False) -> TaskFactory:
-  """Registers `factory(task_config) -> Task` under `name`. Re-registering the same factory is a no-op."""
-  if name in _REGISTRY and _REGISTRY[name] is not factory and not overwrite:
-    raise ValueError(f"task {name!r} is already registered to {_REGISTRY[name]!r}")
-  _REGISTRY[name] = factory
-  return factory
+    """Registers `factory(task_config) -> Task` under `name`. Re-registering the same factory is a no-op."""
+    if name in _REGISTRY and _REGISTRY[name] is not factory and not overwrite:
+        raise ValueError(f"task {name!r} is already registered to {_REGISTRY[name]!r}")
+    _REGISTRY[name] = factory
+    return factory
 
 
 def registered() -> list[str]:
-  return sorted(_REGISTRY)
+    return sorted(_REGISTRY)
 
 
 def make_task(config: ml_collections.ConfigDict) -> Task:
-  """Builds the task named by ``config.task``, importing ``config.task_module`` (its current name,
-  `task_module_name`) first if given."""
-  module = task_module_name(config.get("task_module"))
-  if module:
-    importlib.import_module(module)
-  name = config.task
-  if name not in _REGISTRY:
-    raise KeyError(f"unknown task {name!r}; registered tasks: {registered()}. Set config.task_module to the module "
-                   "that calls ocr_jax.training.tasks.register for it.")
-  task = _REGISTRY[name](config.get("task_config", ml_collections.ConfigDict()))
-  missing = [m for m in ("init", "loss", "train_batches") if not callable(getattr(task, m, None))]
-  if missing:
-    raise TypeError(f"task {name!r} ({type(task).__name__}) lacks required method(s) {missing}")
-  return task
+    """Builds the task named by ``config.task``, importing ``config.task_module`` (its current name,
+    `task_module_name`) first if given."""
+    module = task_module_name(config.get("task_module"))
+    if module:
+        importlib.import_module(module)
+    name = config.task
+    if name not in _REGISTRY:
+        raise KeyError(
+            f"unknown task {name!r}; registered tasks: {registered()}. Set config.task_module to the module "
+            "that calls ocr_jax.training.tasks.register for it."
+        )
+    task = _REGISTRY[name](config.get("task_config", ml_collections.ConfigDict()))
+    missing = [m for m in ("init", "loss", "train_batches") if not callable(getattr(task, m, None))]
+    if missing:
+        raise TypeError(f"task {name!r} ({type(task).__name__}) lacks required method(s) {missing}")
+    return task
