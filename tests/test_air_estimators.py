@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from experiments import air_estimators
 from ocr_jax.configs import air_multi_mnist
@@ -17,6 +18,8 @@ def test_study_config_sets_estimator_and_particles_only():
     assert c.to_dict() == base.to_dict()
 
 
+# Experiment-level (the study driver end to end, ~45 s): bash scripts/test.sh -m slow
+@pytest.mark.slow
 def test_driver_trains_evaluates_and_writes_table(tmp_path):
     config = air_multi_mnist.get_config("bernoulli+quick")
     config.num_steps, config.eval_every, config.progress_bar = 4, 0, False

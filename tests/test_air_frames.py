@@ -102,6 +102,8 @@ def test_sequence_evaluation_sums_frames(untrained):
         air_eval.evaluate_air_on_sequences(task, params, 0, {**seqs, "frames": seqs["frames"][:, :, :40]}, key=key)
 
 
+# Experiment-level (the report end to end, ~30 s): bash scripts/test.sh -m slow
+@pytest.mark.slow
 def test_air_frames_report_trains_and_writes_the_table(tmp_path):
     config = moving_quick_config()
     train_and_evaluate(config, str(tmp_path))
