@@ -362,6 +362,9 @@ def test_tiny_sqair_task_bound_improves():
     assert after > before + 1.0, (before, after)
 
 
+# The train step is model-agnostic and its sharding is checked in the default suite on AIR and the toy VAE
+# (tests/test_air_task.py, tests/test_distributed.py); SQAIR's own check (~35 s) runs with -m slow.
+@pytest.mark.slow
 def test_sharded_and_single_device_steps_agree():
     """One SQAIR train step (quick config, VIMCO, K = 3) on 1 device and on 4 simulated devices: same update."""
     sharded_step_check.run_in_subprocess("ocr_jax.configs.sqair_mnist", "quick")

@@ -502,7 +502,9 @@ def test_count_penalty_schedule_and_objective():
         SQAIRTask(ml_collections.ConfigDict(dict(base, count_penalty=-1.0)))
 
 
-@pytest.mark.parametrize("estimator", ["nvil", "ww"])
+# wake-wake's wiring is also checked through the interface (tests/test_estimators.py) and on AIR; on SQAIR it runs
+# with -m slow (as do 200 CLI steps with each estimator, tests/test_sqair_estimators_cli.py).
+@pytest.mark.parametrize("estimator", ["nvil", pytest.param("ww", marks=pytest.mark.slow)])
 def test_sqair_trains_with_other_estimators(estimator):
     """The estimator interface reaches SQAIR: NVIL adds a baseline group b_ψ(x) (trained by its regression loss,
     keeping running statistics in model_state), wake-wake gives θ and φ different surrogates; every group gets a
