@@ -74,6 +74,16 @@ def _normal_log_prob(x, loc, scale):
     return np.sum(-0.5 * ((x - loc) / scale) ** 2 - np.log(scale) - 0.5 * np.log(2 * np.pi), axis=-1)
 
 
+def _tiny_task(**overrides):
+    """A SQAIRTask on 16×16 blob sequences with 8 units (the task-level tests below)."""
+    import ml_collections
+
+    from ocr_jax.tasks.sqair import SQAIRTask
+
+    base = dict(hidden=8, z_what_dim=3, max_objects=2, canvas_size=16, glimpse_size=6, data="blobs", digit_size=8)
+    return SQAIRTask(ml_collections.ConfigDict(dict(base, **overrides)))
+
+
 # --- 1. where_map ----------------------------------------------------------------------------------------------------
 
 
@@ -407,27 +417,13 @@ def test_disc_later_presence_bias_acts_after_the_first_frame_only():
 def test_disc_suppression_schedule_of_the_task():
     """SQAIRTask.disc_later_bias: the suppression bias during the first disc_suppression_steps steps, the model's own
     offset after; evaluations use the bias of the step they evaluate."""
-    import ml_collections
 
-    from ocr_jax.tasks.sqair import SQAIRTask
-
-    task = SQAIRTask(
-        ml_collections.ConfigDict(
-            dict(
-                hidden=8,
-                z_what_dim=3,
-                max_objects=2,
-                canvas_size=16,
-                glimpse_size=6,
-                data="blobs",
-                digit_size=8,
-                num_frames=3,
-                start_length=1,
-                disc_suppression_steps=100,
-                disc_suppression_bias=-30.0,
-                disc_later_presence_bias=-1.5,
-            )
-        )
+    task = _tiny_task(
+        num_frames=3,
+        start_length=1,
+        disc_suppression_steps=100,
+        disc_suppression_bias=-30.0,
+        disc_later_presence_bias=-1.5,
     )
     np.testing.assert_allclose([float(task.disc_later_bias(s)) for s in (0, 99, 100, 5000)], [-30, -30, -1.5, -1.5])
     np.testing.assert_allclose(jax.jit(task.disc_later_bias)(jnp.asarray(99)), -30.0)
@@ -461,29 +457,13 @@ def test_count_penalty_schedule_and_objective():
     """SQAIRTask.count_penalty: 0 before count_penalty_start, then linear to count_penalty over count_penalty_ramp
     steps. The training surrogate is VIMCO on log p − λ·Σ_t Σ_i z_pres (the same particles), while the logged IWAE
     bound stays the model's own; negative settings raise."""
-    import ml_collections
-
     from ocr_jax import objectives
-    from ocr_jax.tasks.sqair import SQAIRTask
 
-    base = dict(
-        hidden=8,
-        z_what_dim=3,
-        max_objects=2,
-        canvas_size=16,
-        glimpse_size=6,
-        data="blobs",
-        digit_size=8,
-        num_frames=2,
-        start_length=2,
-        num_particles=3,
-    )
-    task = SQAIRTask(
-        ml_collections.ConfigDict(dict(base, count_penalty=4.0, count_penalty_start=100, count_penalty_ramp=50))
-    )
+    base = dict(num_frames=2, start_length=2, num_particles=3)
+    task = _tiny_task(**base, count_penalty=4.0, count_penalty_start=100, count_penalty_ramp=50)
     np.testing.assert_allclose([float(task.count_penalty(s)) for s in (0, 100, 125, 150, 10_000)], [0, 0, 2, 4, 4])
     np.testing.assert_allclose(jax.jit(task.count_penalty)(jnp.asarray(125)), 2.0)
-    step_at_once = SQAIRTask(ml_collections.ConfigDict(dict(base, count_penalty=3.0, count_penalty_start=10)))
+    step_at_once = _tiny_task(**base, count_penalty=3.0, count_penalty_start=10)
     np.testing.assert_allclose([float(step_at_once.count_penalty(s)) for s in (9, 10)], [0.0, 3.0])
 
     frames = (np.asarray(_images()[:, :2]) * 255).astype(np.uint8)
@@ -499,7 +479,7 @@ def test_count_penalty_schedule_and_objective():
     np.testing.assert_allclose(metrics["iwae"], plain.bound, rtol=1e-5)
     assert float(metrics["count_penalty"]) == 4.0
     with pytest.raises(ValueError, match="count_penalty"):
-        SQAIRTask(ml_collections.ConfigDict(dict(base, count_penalty=-1.0)))
+        _tiny_task(**base, count_penalty=-1.0)
 
 
 # wake-wake's wiring is also checked through the interface (tests/test_estimators.py) and on AIR; on SQAIR it runs
@@ -513,24 +493,7 @@ def test_sqair_trains_with_other_estimators(estimator):
 
     from ocr_jax.tasks.sqair import SQAIRTask
 
-    task = SQAIRTask(
-        ml_collections.ConfigDict(
-            dict(
-                hidden=8,
-                z_what_dim=3,
-                max_objects=2,
-                canvas_size=16,
-                glimpse_size=6,
-                data="blobs",
-                digit_size=8,
-                num_frames=2,
-                start_length=2,
-                num_particles=3,
-                estimator=estimator,
-                baseline_hidden=4,
-            )
-        )
-    )
+    task = _tiny_task(num_frames=2, start_length=2, num_particles=3, estimator=estimator, baseline_hidden=4)
     frames = (np.asarray(_images()[:, :2]) * 255).astype(np.uint8)
     params, model_state = task.init(jax.random.key(0), None)
     groups = {"generative", "inference"} | ({"baseline"} if estimator == "nvil" else set())
