@@ -246,12 +246,12 @@ class SQAIRTask:
         # The count penalty enters the training objective (and with it the learning signals) only.
         penalty = self.count_penalty(step)
         objects = jnp.sum(out["z_pres"], axis=(-2, -1))  # [batch, particles]: Σ_t Σ_i z_pres
-        frames_float = to_unit_float(batch["frames"])
         terms = estimators.LogWeightTerms(
             log_p=log_p - penalty * objects, log_q_reparam=log_q_reparam, log_q_score=log_q_score
         )
         if "baselines" in self.estimator.requires:  # b_ψ(x) [batch]: sees the frames only
-            terms = terms._replace(baselines=self._baseline.apply({"params": params["baseline"]}, frames_float))
+            baselines = self._baseline.apply({"params": params["baseline"]}, to_unit_float(batch["frames"]))
+            terms = terms._replace(baselines=baselines)
         s, estimator_state = self.estimator.surrogates(terms, model_state.get("estimator", ()))
         length = out["z_pres"].shape[2]
         frames = float(length)
@@ -348,8 +348,11 @@ def per_frame_losses(losses: dict, frames: float, with_baseline: bool) -> dict:
     """The surrogate losses divided by the number of frames (as the official code divides the bound); groups
     whose losses are one array keep sharing one array, so the train step pulls back once for them. The
     ``baseline`` group only when the estimator trains one."""
-    scaled = {}
-    out = {g: scaled.setdefault(id(v), v / frames) for g, v in losses.items() if g != "baseline"}
+    scaled = {}  # id of a loss array -> that array per frame
+    for v in losses.values():
+        if id(v) not in scaled:
+            scaled[id(v)] = v / frames
+    out = {g: scaled[id(v)] for g, v in losses.items() if g != "baseline"}
     if with_baseline:
         out["baseline"] = losses["baseline"]
     return out
