@@ -455,8 +455,8 @@ def test_first_frame_continue_prob_is_a_fixed_truncated_geometric_count_prior():
 
 def test_count_penalty_schedule_and_objective():
     """SQAIRTask.count_penalty: 0 before count_penalty_start, then linear to count_penalty over count_penalty_ramp
-    steps. The training surrogate is VIMCO on log p − λ·Σ_t Σ_i z_pres (the same particles), while the logged IWAE
-    bound stays the model's own; negative settings raise."""
+    steps. The training surrogate is VIMCO on log p − λ·Σ_t Σ_i z_pres (the same particles), or − λ·Σ_t D_t when only
+    discovered objects pay, while the logged IWAE bound stays the model's own; bad settings raise."""
     from ocr_jax import objectives
 
     base = dict(num_frames=2, start_length=2, num_particles=3)
@@ -478,8 +478,17 @@ def test_count_penalty_schedule_and_objective():
     plain = objectives.vimco(log_p, log_q_reparam, log_q_score)
     np.testing.assert_allclose(metrics["iwae"], plain.bound, rtol=1e-5)
     assert float(metrics["count_penalty"]) == 4.0
+    # "discovered": each object pays once, in the frame DISC finds it (Σ_t D_t), not in every frame it is kept.
+    per_discovery = _tiny_task(**base, count_penalty=4.0, count_penalty_objects="discovered")
+    surrogates, _ = per_discovery.loss(params, {}, {"frames": frames}, key, 10_000)
+    discovered = np.asarray(out["num_discovered"]).sum(-1)
+    assert discovered.max() > 0 and (discovered <= objects).all() and (discovered < objects).any()
+    penalised = objectives.vimco(log_p - 4.0 * discovered, log_q_reparam, log_q_score)
+    np.testing.assert_allclose(surrogates["inference"], penalised.theta / 2, rtol=1e-5)
     with pytest.raises(ValueError, match="count_penalty"):
         _tiny_task(**base, count_penalty=-1.0)
+    with pytest.raises(ValueError, match="count_penalty_objects"):
+        _tiny_task(**base, count_penalty_objects="kept")
 
 
 # wake-wake's wiring is also checked through the interface (tests/test_estimators.py) and on AIR; on SQAIR it runs

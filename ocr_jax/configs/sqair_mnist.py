@@ -92,6 +92,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             count_penalty=0.0,
             count_penalty_start=0,
             count_penalty_ramp=0,
+            count_penalty_objects="present",
             # the estimator (ocr_jax.estimators): the paper's VIMCO; variants nvil and ww
             estimator="vimco",
             estimator_args=dict(),

@@ -71,6 +71,9 @@ def default_task_config() -> ml_collections.ConfigDict:
             count_penalty=0.0,
             count_penalty_start=0,
             count_penalty_ramp=0,
+            # Which objects pay it: "present" (every present object in every frame) or "discovered" (an object pays
+            # once, in the frame DISC finds it: AIR's count prior applied to each frame's new objects).
+            count_penalty_objects="present",
             # objective (§5.3): the paper's VIMCO, or any estimator of ocr_jax.estimators whose terms SQAIR provides
             # (all but ws, dreg and dww) with its hyperparameters; NVIL adds a "baseline" parameter group (b_ψ(x), an
             # MLP with baseline_hidden units per frame, summed over frames) that needs its own config.optimizers entry
@@ -144,6 +147,20 @@ def load_sequences(cfg: ml_collections.ConfigDict, split: str, num: int, seed: i
     )
 
 
+COUNT_PENALTY_OBJECTS = ("present", "discovered")
+
+
+def charged_objects(out: dict, which: str) -> jax.Array:
+    """The number of objects the count penalty charges, ``[batch, particles]``, from the model's per-step outputs:
+    Σ_t Σ_i z_pres (``"present"``: every object in every frame) or Σ_t D_t (``"discovered"``: each object once, in
+    the frame DISC finds it)."""
+    if which == "present":
+        return jnp.sum(out["z_pres"], axis=(-2, -1))
+    if which == "discovered":
+        return jnp.sum(out["num_discovered"], axis=-1).astype(jnp.float32)
+    raise ValueError(f"count_penalty_objects must be one of {COUNT_PENALTY_OBJECTS}; got {which!r}")
+
+
 def model_config(cfg: ml_collections.ConfigDict) -> SQAIRConfig:
     """The :class:`SQAIRConfig` a task config describes: every SQAIRConfig field the task config names, plus
     ``canvas_size``, ``glimpse_size`` and ``num_frames`` (-> image_shape, glimpse_shape, max_seq_len)."""
@@ -179,6 +196,10 @@ class SQAIRTask:
             raise ValueError(
                 f"count_penalty, count_penalty_start and count_penalty_ramp must be >= 0; got "
                 f"{cfg.count_penalty}, {cfg.count_penalty_start}, {cfg.count_penalty_ramp}"
+            )
+        if cfg.count_penalty_objects not in COUNT_PENALTY_OBJECTS:
+            raise ValueError(
+                f"count_penalty_objects must be one of {COUNT_PENALTY_OBJECTS}; got {cfg.count_penalty_objects!r}"
             )
         self.model = SQAIR(model_config(cfg))
         self._train_frames = train_frames
@@ -245,7 +266,7 @@ class SQAIRTask:
         log_p, log_q_reparam, log_q_score, log_lik, out = self.per_particle_terms(params, batch["frames"], key, step)
         # The count penalty enters the training objective (and with it the learning signals) only.
         penalty = self.count_penalty(step)
-        objects = jnp.sum(out["z_pres"], axis=(-2, -1))  # [batch, particles]: Σ_t Σ_i z_pres
+        objects = charged_objects(out, self.config.count_penalty_objects)
         terms = estimators.LogWeightTerms(
             log_p=log_p - penalty * objects, log_q_reparam=log_q_reparam, log_q_score=log_q_score
         )
