@@ -67,6 +67,7 @@ def test_every_estimator_is_registered_and_lookup_errors_are_clear():
         "ww",
         "dww",
         "dreg",
+        "fivo",
     }
     with pytest.raises(ValueError, match="unknown estimator 'vimcoo'.*vimco"):
         estimators.get("vimcoo")

@@ -15,8 +15,10 @@ Every estimator states which optional terms it needs (``Estimator.requires``) an
 term, raised at trace time.
 
 Registered names: ``elbo``, ``iwae``, ``miwae`` (num_repeats), ``ciwae`` (beta), ``piwae`` (num_repeats),
-``reinforce``, ``nvil`` (decay), ``vimco``, ``ws``, ``ww``, ``dww`` (δ-WW), ``dreg``. A new estimator is one
-function decorated with :func:`register`.
+``reinforce``, ``nvil`` (decay), ``vimco``, ``ws``, ``ww``, ``dww`` (δ-WW), ``dreg``, and ``fivo`` (resampling,
+ess_threshold): the filtering variational objective (Maddison et al. 2017), whose terms come from a particle filter
+that the model's task runs (:mod:`ocr_jax.estimators.fivo`). A new estimator is one function decorated with
+:func:`register`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from ocr_jax import objectives
+from ocr_jax.estimators import fivo as fivo_lib
 from ocr_jax.objectives import Surrogates
 
 Array = jax.Array
@@ -62,7 +65,11 @@ class LogWeightTerms(NamedTuple):
     * ``log_proposal``: log density of the distribution the score-function latents were drawn from, when it is
       not q (δ-WW's defensive mixture);
     * ``log_q_sleep``: ``[...]`` log q_φ(z | x) at (z, x) ~ p_θ (wake-sleep's sleep phase);
-    * ``log_q_stopped``: log q with φ stopped in the density's parameters but not in the sample path (DReG).
+    * ``log_q_stopped``: log q with φ stopped in the density's parameters but not in the sample path (DReG);
+    * ``log_p_hat``: ``[...]`` a resampling particle filter's log p̂(x_{1:T}) (FIVO; :mod:`ocr_jax.estimators.fivo`).
+      Then ``log_p`` holds the filter's final per-particle log-weights (``FilterResult.log_weights``, whose log-mean-exp
+      is ``log_p_hat``) and only ``fivo`` accepts the terms: once resampled, the particles are not independent
+      importance samples, so the IWAE family's and VIMCO's per-particle signals do not apply to them.
     """
 
     log_p: Array
@@ -75,6 +82,7 @@ class LogWeightTerms(NamedTuple):
     log_proposal: Array | None = None
     log_q_sleep: Array | None = None
     log_q_stopped: Array | None = None
+    log_p_hat: Array | None = None
 
     @property
     def num_particles(self) -> int:
@@ -85,7 +93,10 @@ class Estimator(NamedTuple):
     """A gradient estimator: ``init(num_steps) -> state`` and ``surrogates(terms, state) -> (Surrogates, state)``.
 
     ``requires``: the optional :class:`LogWeightTerms` fields it reads; ``min_particles``: the smallest K;
-    ``trains_baseline``: whether ``Surrogates.baseline`` is a loss for a learned baseline's parameters.
+    ``trains_baseline``: whether ``Surrogates.baseline`` is a loss for a learned baseline's parameters;
+    ``particle_filter``: for estimators whose terms come from a particle filter (``fivo``), the
+    :class:`~ocr_jax.estimators.fivo.FilterSettings` the model's task runs it with; ``None`` for the others (a task
+    that computes its log-weights with a filter runs it with ``resampling="never"`` for them: independent particles).
     """
 
     name: str
@@ -94,6 +105,7 @@ class Estimator(NamedTuple):
     requires: tuple[str, ...] = ()
     min_particles: int = 1
     trains_baseline: bool = False
+    particle_filter: fivo_lib.FilterSettings | None = None
 
 
 _FACTORIES: dict[str, Callable[..., Estimator]] = {}
@@ -138,10 +150,18 @@ def check_applicable(estimator: Estimator, provided: frozenset[str], num_particl
     """A clear error at configuration time when ``estimator`` needs terms the model lacks or more particles."""
     missing = sorted(set(estimator.requires) - provided)
     if missing:
+        combined = (
+            " (FIVO cannot be combined with VIMCO or another score-function estimator)"
+            if ("log_p_hat" in provided and "log_q_score" in missing)
+            else ""
+        )
         raise ValueError(
             f"estimator {estimator.name!r} needs {', '.join(missing)}, which {model} does not provide "
-            f"(it provides {', '.join(sorted(provided))})"
+            f"(it provides {', '.join(sorted(provided))}){combined}"
         )
+    if estimator.particle_filter is not None:
+        s = estimator.particle_filter
+        fivo_lib.check_settings(s.resampling, s.ess_threshold, num_particles)
     if num_particles < estimator.min_particles:
         raise ValueError(
             f"estimator {estimator.name!r} needs num_particles >= {estimator.min_particles}; got {num_particles}"
@@ -155,6 +175,12 @@ def check_applicable(estimator: Estimator, provided: frozenset[str], num_particl
 def _check(name: str, terms: LogWeightTerms, requires: tuple[str, ...], min_particles: int) -> None:
     if not isinstance(terms, LogWeightTerms):
         raise TypeError(f"estimator {name!r} takes LogWeightTerms; got {type(terms).__name__}")
+    if terms.log_p_hat is not None and name != "fivo":
+        raise ValueError(
+            f"estimator {name!r} cannot be combined with FIVO: these terms come from a resampling particle filter "
+            "(LogWeightTerms.log_p_hat is set), whose particles share ancestors and are not independent importance "
+            f"samples; train with 'fivo', or run the filter with resampling='never' for {name!r}"
+        )
     missing = [field for field in requires if getattr(terms, field) is None]
     if missing:
         raise ValueError(
@@ -321,4 +347,43 @@ def dreg() -> Estimator:
         lambda t: objectives.dreg(t.log_p, t.log_q_reparam, t.log_q_stopped),
         requires=("log_q_reparam", "log_q_stopped"),
         forbids=("log_q_score",),
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# FIVO (Maddison et al. 2017): the particle filter's bound
+
+
+@register("fivo")
+def fivo_estimator(resampling: str = "ess", ess_threshold: float = 0.5) -> Estimator:
+    """FIVO: θ and φ both ascend log p̂ of a particle filter (``LogWeightTerms.log_p_hat``), with reparameterised
+    gradients through the proposals and the resampling step's score term dropped, as in the FIVO paper
+    (:mod:`ocr_jax.estimators.fivo`). ``resampling`` (``"always"``, ``"never"``, ``"ess"``) and ``ess_threshold``
+    are the filter's settings, which the model's task reads from ``Estimator.particle_filter``; with
+    ``resampling="never"`` the bound is IWAE over whole sequences. Score-function terms (``log_q_score``: VIMCO,
+    NVIL, REINFORCE) cannot be combined with it: a clear error."""
+    settings = fivo_lib.FilterSettings(resampling, float(ess_threshold))
+    fivo_lib.check_settings(resampling, ess_threshold, 2 if resampling != "never" else 1)
+
+    def surrogates(t: LogWeightTerms, state):
+        _check("fivo", t, ("log_p_hat",), 1)
+        if t.log_q_score is not None:
+            raise ValueError(
+                "estimator 'fivo' cannot be combined with score-function terms (LogWeightTerms.log_q_score: VIMCO, "
+                "NVIL, REINFORCE): resampling makes the particles dependent, and VIMCO's leave-one-out signals need "
+                "independent ones; relax the discrete latents (e.g. Concrete) to train them with FIVO"
+            )
+        if tuple(jnp.shape(t.log_p_hat)) != tuple(jnp.shape(t.log_p))[:-1]:
+            raise ValueError(
+                "LogWeightTerms.log_p_hat must be [...] for log_p [..., particles]; got "
+                f"{tuple(jnp.shape(t.log_p_hat))} and {tuple(jnp.shape(t.log_p))}"
+            )
+        return fivo_lib.fivo_surrogates(t.log_p_hat), state
+
+    return Estimator(
+        name="fivo",
+        init=lambda num_steps=None: (),
+        surrogates=surrogates,
+        requires=("log_p_hat",),
+        particle_filter=settings,
     )
