@@ -13,7 +13,15 @@ from absl import flags
 from ocr_jax import configs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXPECTED = {"air_multi_mnist", "gmm_pruning", "mnist_bounds", "sqair_mnist", "toy_gaussian_snr", "toy_vae"}
+EXPECTED = {
+    "air_multi_mnist",
+    "gmm_pruning",
+    "mnist_bounds",
+    "sqair_mnist",
+    "toy_gaussian_snr",
+    "toy_vae",
+    "vrnn_mnist",
+}
 
 
 def parse_flag(spec, *argv):

@@ -64,7 +64,7 @@ def test_bound_with_state_independent_weights_matches_the_closed_forms():
     np.testing.assert_allclose(always.log_p_hat, lme(log_alpha).sum(0), rtol=1e-5)
     np.testing.assert_allclose(never.log_p_hat, lme(log_alpha.sum(0)), rtol=1e-5)
     np.testing.assert_allclose(never.log_weights, log_alpha.sum(0), rtol=1e-5)
-    for threshold in (0.3, 0.8):
+    for threshold in (0.5,):
         ess = run_weights_only(log_alpha, "ess", threshold)
         value, pattern = reference_ess_filter(log_alpha, threshold)
         np.testing.assert_array_equal(ess.resampled, pattern)
@@ -167,6 +167,7 @@ def lgssm_filter(params, x, key, K, resampling, batch=1):
 
 
 BOOTSTRAP = (jnp.asarray(1.0), jnp.asarray(0.0), jnp.asarray(0.5 * math.log(Q)))
+RESAMPLING = ("always", "never", "ess")
 
 
 def test_without_resampling_the_filter_is_iwae_over_whole_sequences():
@@ -195,14 +196,14 @@ def test_without_resampling_the_filter_is_iwae_over_whole_sequences():
 
     (v_fivo, g_fivo), (v_iwae, g_iwae) = (jax.jit(jax.value_and_grad(f))(params) for f in (fivo_loss, iwae_loss))
     np.testing.assert_allclose(v_fivo, v_iwae, rtol=1e-5)
-    for g_fivo, g_iwae in zip(g_fivo, g_iwae):
-        np.testing.assert_allclose(g_fivo, g_iwae, rtol=1e-4)
-        assert abs(float(g_fivo)) > 1e-3
+    for a, b in zip(g_fivo, g_iwae):
+        np.testing.assert_allclose(a, b, rtol=1e-4)
+        assert abs(float(a)) > 1e-3
 
 
 def test_expected_bound_approaches_the_kalman_log_likelihood_as_k_grows():
     """E[log p̂] ≤ log p(x), with a gap that shrinks roughly as 1/K (bootstrap proposal, ESS resampling; 400
-    independent filters per K as the batch axis); IWAE with the same proposal stays far off."""
+    independent filters per K as the batch axis)."""
     x = simulate(20, seed=2)
     exact = kalman_log_likelihood(x)
     repeats, gaps, errors = 400, {}, {}
@@ -214,10 +215,19 @@ def test_expected_bound_approaches_the_kalman_log_likelihood_as_k_grows():
     assert gaps[4] > gaps[32] + 3 * errors[4] and gaps[32] > gaps[256] + 3 * errors[32], gaps
     assert gaps[256] < 0.3 and gaps[4] > 1.0, gaps
     assert 0.5 < (256 * gaps[256]) / (32 * gaps[32]) < 2.0, gaps  # the O(1/K) rate of the bias
-    iwae = np.asarray(run(BOOTSTRAP, x, jax.random.key(1), 32, "never", repeats).log_p_hat, np.float64)
-    assert exact - iwae.mean() > 5 * gaps[32], (exact - iwae.mean(), gaps[32])
 
 
+@pytest.mark.slow
+def test_fivo_is_tighter_than_iwae_on_a_long_sequence():
+    """With the same proposal and K, resampling keeps the bound close to log p(x); IWAE's gap is many times larger."""
+    x = simulate(20, seed=2)
+    exact = kalman_log_likelihood(x)
+    run = jax.jit(lgssm_filter, static_argnums=(3, 4, 5))
+    gap = {r: exact - float(np.mean(run(BOOTSTRAP, x, jax.random.key(1), 32, r, 400).log_p_hat)) for r in RESAMPLING}
+    assert 0 < gap["ess"] < 2.0 and 0 < gap["always"] < 2.0 and gap["never"] > 5 * max(gap["ess"], gap["always"]), gap
+
+
+@pytest.mark.slow
 def test_gradient_treats_the_ancestors_as_constants():
     """The FIVO gradient drops the resampling score term: it equals the gradient of log p̂ recomputed with the
     filter's ancestors fixed (same particles), and it flows through the resampled particles' states."""

@@ -10,7 +10,8 @@ weight accumulated since the last resampling, with the incremental weight
     α_t^k = p(x_t, z_t^k | x_{<t}, z_{<t}^k) / q(z_t^k | x_{≤t}, z_{<t}^k).
 
 E[log p̂] ≤ log p(x_{1:T}) because E[p̂] = p(x_{1:T}) (an unbiased SMC estimate) and Jensen. Resampling draws the
-ancestors a^k ~ Categorical(W^k / Σ_j W^j) (multinomial, :func:`multinomial_ancestors`) and resets the weights to 1 (log 0); it happens
+ancestors a^k ~ Categorical(W^k / Σ_j W^j) (multinomial, :func:`multinomial_ancestors`) and resets the weights to 1
+(log 0); it happens
 
 * ``"always"``: after every step (the FIVO paper's bootstrap-style SMC),
 * ``"never"``: never: then log p̂ = log mean_k Π_t α_t^k, exactly IWAE over whole sequences (K particles),

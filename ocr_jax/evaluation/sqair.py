@@ -62,6 +62,7 @@ __all__ = [
     "add_counts",
     "addition_experiment",
     "addition_features",
+    "addition_on_features",
     "addition_targets",
     "box_iou",
     "boxes_of",
@@ -605,11 +606,28 @@ def addition_experiment(
     one example (target: :func:`addition_targets`; 9·D + 1 classes). ``classifier_kw`` go to
     :func:`train_addition_classifier`. Returns its result with ``num_train_sequences`` and ``num_test_sequences``.
     """
-    feats = [addition_features(o["z_what"], o["z_pres"], o["ids"]) for o in (train_outputs, test_outputs)]
+    train_features, test_features = (
+        addition_features(o["z_what"], o["z_pres"], o["ids"]) for o in (train_outputs, test_outputs)
+    )
+    return addition_on_features(train_features, train_data, test_features, test_data, **classifier_kw)
+
+
+def addition_on_features(
+    train_features, train_data: dict, test_features, test_data: dict, **classifier_kw
+) -> dict[str, Any]:
+    """The addition experiment (§5.D.4) on any per-frame representation ``*_features [n, T, F]`` of training and test
+    sequences: SQAIR's and AIR's ``z_what · z_pres`` (:func:`addition_experiment`) or a VRNN's whole latent
+    (``ocr_jax.evaluation.vrnn``). ``*_data``: the sequences' ``labels [n, D]`` and ``presence [n, T, D]``. Every frame
+    is one example (target: :func:`addition_targets`; 9·D + 1 classes); ``classifier_kw`` go to
+    :func:`train_addition_classifier`. Returns its result with ``num_train_sequences`` and ``num_test_sequences``.
+    """
+    feats = [np.asarray(f, np.float32) for f in (train_features, test_features)]
     targets = [addition_targets(d["labels"], d["presence"]) for d in (train_data, test_data)]
     for f, y in zip(feats, targets):
-        if f.shape[:2] != y.shape:
-            raise ValueError(f"outputs cover {f.shape[:2]} (sequences, frames) but the data {y.shape}")
+        if f.ndim != 3 or f.shape[:2] != y.shape:
+            raise ValueError(
+                f"features cover {f.shape[:-1]} (sequences, frames) but the data {y.shape}; need [n, T, F]"
+            )
     num_classes = 9 * train_data["labels"].shape[1] + 1
     result = train_addition_classifier(
         feats[0].reshape(-1, feats[0].shape[-1]),

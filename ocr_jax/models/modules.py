@@ -96,17 +96,19 @@ def depth_to_space(x: Array, block: int) -> Array:
 
 
 class ConvStack(nn.Module):
-    """Strided 3x3 convolutions with ReLU on ``[..., H, W]`` single-channel inputs, flattened at the end."""
+    """Strided 3x3 convolutions ("SAME" padding) with ``activation`` (ReLU by default) on ``[..., H, W]``
+    single-channel inputs, flattened at the end."""
 
     channels: Sequence[int] = (16, 32)
     strides: Sequence[int] = (2, 2)
+    activation: Callable[[Array], Array] = nn.relu
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         lead = x.shape[:-2]
         y = x.reshape((-1,) + x.shape[-2:] + (1,))
         for i, (c, s) in enumerate(zip(self.channels, self.strides, strict=True)):
-            y = nn.relu(nn.Conv(c, (3, 3), strides=(s, s), padding="SAME", name=f"conv_{i}")(y))
+            y = self.activation(nn.Conv(c, (3, 3), strides=(s, s), padding="SAME", name=f"conv_{i}")(y))
         return y.reshape(lead + (-1,))
 
 
