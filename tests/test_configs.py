@@ -17,6 +17,7 @@ EXPECTED = {
     "air_multi_mnist",
     "gmm_pruning",
     "mnist_bounds",
+    "pcfg",
     "sqair_mnist",
     "toy_gaussian_snr",
     "toy_vae",

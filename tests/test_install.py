@@ -64,9 +64,11 @@ def test_install_holds_the_library_configs_and_entry_point_only(installed):
         "air_multi_mnist",
         "gmm_pruning",
         "mnist_bounds",
+        "pcfg",
         "sqair_mnist",
         "toy_gaussian_snr",
         "toy_vae",
+        "vrnn_mnist",
     ]
     assert (target / "bin" / "ocr-jax-train").exists()
     out = run(

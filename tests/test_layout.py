@@ -188,6 +188,7 @@ def test_models_hold_only_models():
         "ocr_jax.models",
         "ocr_jax.models.air",
         "ocr_jax.models.modules",
+        "ocr_jax.models.pcfg",
         "ocr_jax.models.sqair",
         "ocr_jax.models.vrnn",
     ]
