@@ -57,6 +57,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import chex
+import distrax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -64,6 +65,7 @@ import numpy as np
 
 from ocr_jax import spatial_transformer as st
 from ocr_jax import validation
+from ocr_jax.distributions import count_log_prior, diag_normal_log_prob, presence_log_prior_steps
 from ocr_jax.models import modules
 
 Array = jax.Array
@@ -238,37 +240,6 @@ def where_inverse_transform(z_where: Array, config: AIRConfig) -> Array:
     return jnp.concatenate([raw_s, -t * raw_s], -1)
 
 
-def _continue_log_probs(continue_prob, max_steps: int) -> Array:
-    rho = jnp.broadcast_to(jnp.asarray(continue_prob, jnp.float32), (max_steps,))
-    return jnp.log(jnp.clip(rho, 1e-30, 1.0))
-
-
-def count_log_prior(continue_prob, max_steps: int) -> Array:
-    """log p(n) for n = 0..N ``[N + 1]``: geometric truncated at N, normalised over {0..N}.
-
-    ``p(n) ∝ Π_{i≤n} ρ_i``; ``continue_prob`` is a scalar ρ or a ``[N]`` vector (ρ_1..ρ_N). For a scalar,
-    ``p(n) = ρ^n (1 − ρ) / (1 − ρ^{N+1})``.
-    """
-    c = jnp.concatenate([jnp.zeros(1), jnp.cumsum(_continue_log_probs(continue_prob, max_steps))])
-    return c - jax.nn.logsumexp(c)
-
-
-def presence_log_prior_steps(z_pres: Array, continue_prob, max_steps: int) -> Array:
-    """Per-step prior terms of the presence path, ``z_pres [..., N] -> [..., N]``; their sum is log p(n).
-
-    Step i (1-based) with z_pres^{i-1} = 1 contributes ``log S_i − log S_{i−1}`` if z_pres^i = 1 and
-    ``c_{i−1} − log S_{i−1}`` if z_pres^i = 0, with ``c_m = Σ_{j≤m} log ρ_j`` and ``S_i = Σ_{m=i}^N exp(c_m)``;
-    steps after the stop contribute 0. ``z_pres`` must be a unary code (ones then zeros).
-    """
-    c = jnp.concatenate([jnp.zeros(1), jnp.cumsum(_continue_log_probs(continue_prob, max_steps))])  # [N+1]
-    log_s = jax.lax.cumlogsumexp(c, reverse=True)  # log S_i, i = 0..N
-    term_present = log_s[1:] - log_s[:-1]
-    term_stop = c[:-1] - log_s[:-1]
-    prev = jnp.concatenate([jnp.ones_like(z_pres[..., :1]), z_pres[..., :-1]], -1)
-    term = jnp.where(z_pres > 0, term_present, term_stop)
-    return jnp.where(prev > 0, term, 0.0)
-
-
 def continue_prob_schedule(step, *, start: float, end: float, duration: float, kind: str = "exponential"):
     """Per-step continue probability ρ at training ``step`` (a value to pass to :meth:`AIR.infer`).
 
@@ -283,10 +254,6 @@ def continue_prob_schedule(step, *, start: float, end: float, duration: float, k
     if kind == "constant":
         return jnp.asarray(end, jnp.float32)
     raise ValueError(f"unknown schedule kind {kind!r}; expected 'exponential', 'linear' or 'constant'")
-
-
-def _normal_log_prob(x, loc, scale):
-    return -0.5 * jnp.square((x - loc) / scale) - jnp.log(scale) - 0.5 * np.log(2 * np.pi)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -701,17 +668,17 @@ class AIR:
                 else:
                     draw = jax.lax.stop_gradient(forced_i)
                 z_pres = prev_pres * draw
-                log_q_pres = jnp.where(
-                    prev_pres > 0, jnp.where(draw > 0, jax.nn.log_sigmoid(logit), jax.nn.log_sigmoid(-logit)), 0.0
-                )
+                log_q_pres = jnp.where(prev_pres > 0, distrax.Bernoulli(logits=logit).log_prob(draw), 0.0)
                 where_raw = where_loc + where_scale * jax.random.normal(k_where, where_loc.shape)
                 z_where = where_transform(where_raw, c)
                 glimpse = st.extract_glimpse(image, z_where, c.glimpse_shape)
                 what_loc, what_scale = self.inference.apply(inf_params, glimpse, method=AIRInference.encode_glimpse)
                 z_what = what_loc + what_scale * jax.random.normal(k_what, what_loc.shape)
                 present = z_pres > 0
-                log_q_where = jnp.where(present, jnp.sum(_normal_log_prob(where_raw, where_loc, where_scale)), 0.0)
-                log_q_what = jnp.where(present, jnp.sum(_normal_log_prob(z_what, what_loc, what_scale)), 0.0)
+                log_q_where = jnp.where(
+                    present, jnp.sum(distrax.Normal(where_loc, where_scale).log_prob(where_raw)), 0.0
+                )
+                log_q_what = jnp.where(present, jnp.sum(distrax.Normal(what_loc, what_scale).log_prob(z_what)), 0.0)
                 step_features = jax.lax.stop_gradient(jnp.concatenate([h, prev_what, prev_where, prev_pres[None]], -1))
                 out = dict(
                     z_pres=z_pres,
@@ -742,8 +709,8 @@ class AIR:
         z_pres = outs["z_pres"]
         present = z_pres > 0
         prior_loc, prior_scale = c.where_prior
-        log_p_where = jnp.where(present, jnp.sum(_normal_log_prob(outs["where_raw"], prior_loc, prior_scale), -1), 0.0)
-        log_p_what = jnp.where(present, jnp.sum(_normal_log_prob(outs["z_what"], 0.0, 1.0), -1), 0.0)
+        log_p_where = jnp.where(present, diag_normal_log_prob(outs["where_raw"], prior_loc, prior_scale), 0.0)
+        log_p_what = jnp.where(present, diag_normal_log_prob(outs["z_what"], 0.0, 1.0), 0.0)
         log_p_pres = presence_log_prior_steps(z_pres, continue_prob, N)
 
         glimpses, canvas = self._render(params["generative"], outs["z_what"], outs["z_where"], z_pres)
@@ -784,10 +751,10 @@ class AIR:
         """``log p(x | canvas)`` summed over pixels: ``[..., H, W] -> [...]`` (broadcasting)."""
         c = self.config
         if c.likelihood == "gaussian":
-            lp = _normal_log_prob(images, canvas, c.obs_std)
+            lp = distrax.Normal(canvas, c.obs_std).log_prob(images)
         else:
             p = jnp.clip(canvas, c.bernoulli_eps, 1.0 - c.bernoulli_eps)
-            lp = images * jnp.log(p) + (1.0 - images) * jnp.log1p(-p)
+            lp = distrax.Bernoulli(probs=p).log_prob(images)
         return jnp.sum(lp, axis=(-2, -1))
 
     def baseline_values(self, params: dict[str, PyTree], output: AIROutput) -> Array:

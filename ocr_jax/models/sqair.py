@@ -58,12 +58,14 @@ import dataclasses
 import math
 from typing import Any, Callable, Mapping, Sequence
 
+import distrax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ocr_jax import validation
+from ocr_jax.distributions import diag_normal_log_prob, truncated_categorical
 from ocr_jax.spatial_transformer import extract_glimpse, paste_glimpse
 
 __all__ = [
@@ -75,7 +77,6 @@ __all__ = [
 ]
 
 Params = Mapping[str, Any]
-_LOG_2PI = math.log(2.0 * math.pi)
 _MIN_SCALE = 1e-2  # smallest glimpse scale; keeps the inverse transform finite
 
 
@@ -226,16 +227,6 @@ def _logit(p: float) -> float:
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Densities
-
-
-def _normal_log_prob(x, loc, scale):
-    """Sum over the last axis of a factorised Gaussian's log-density."""
-    z = (x - loc) / scale
-    return jnp.sum(-0.5 * z * z - jnp.log(scale) - 0.5 * _LOG_2PI, axis=-1)
-
-
-def _bernoulli_log_prob(value, logit):
-    return value * jax.nn.log_sigmoid(logit) + (1.0 - value) * jax.nn.log_sigmoid(-logit)
 
 
 def _sample_bernoulli(key, logit):
@@ -601,13 +592,11 @@ class SQAIR:
         return where_to_transform(z_where, self.config.where_map)
 
     def _log_likelihood(self, image, canvas):
-        s = self.config.likelihood_sigma
-        z = (image - canvas) / s
-        return jnp.sum(-0.5 * z * z - math.log(s) - 0.5 * _LOG_2PI)
+        return jnp.sum(distrax.Normal(canvas, self.config.likelihood_sigma).log_prob(image))
 
-    def _disc_count_logits(self, params, is_first, num_prop):
-        """Logits of p^D(D_t | P_t) (Eq. 5.8) over D_t ∈ {0..N} (−inf above N − P_t): the learned table, or in frame
-        1, with ``first_frame_continue_prob`` = ρ > 0, the fixed truncated geometric ``p(D_1 = n) ∝ ρ^n`` (AIR's count
+    def _disc_count_prior(self, params, is_first, num_prop) -> distrax.Categorical:
+        """p^D(D_t | P_t) (Eq. 5.8), a categorical over D_t ∈ {0..N − P_t}: the learned table, or in frame 1, with
+        ``first_frame_continue_prob`` = ρ > 0, the fixed truncated geometric ``p(D_1 = n) ∝ ρ^n`` (AIR's count
         prior)."""
         c = self.config
         N = c.max_objects
@@ -615,15 +604,15 @@ class SQAIR:
         if c.first_frame_continue_prob > 0:
             geometric = jnp.arange(N + 1, dtype=jnp.float32) * math.log(c.first_frame_continue_prob)
             logits = jnp.where(is_first, geometric, logits)
-        return jnp.where(jnp.arange(N + 1) <= N - num_prop, logits, -jnp.inf)
+        return truncated_categorical(logits, N - num_prop)
 
     def _disc_count_log_prob(self, params, is_first, num_prop, num_disc):
-        """log p^D(D_t | P_t) (Eq. 5.8): Categorical over {0..N − P_t}."""
-        return jax.nn.log_softmax(self._disc_count_logits(params, is_first, num_prop))[num_disc]
+        """log p^D(D_t | P_t) (Eq. 5.8)."""
+        return self._disc_count_prior(params, is_first, num_prop).log_prob(num_disc)
 
     def _disc_prior_log_prob(self, z_what, z_where):
         c = self.config
-        return _normal_log_prob(z_what, 0.0, 1.0) + _normal_log_prob(
+        return diag_normal_log_prob(z_what, 0.0, 1.0) + diag_normal_log_prob(
             z_where, jnp.asarray(c.where_prior_loc), jnp.asarray(c.where_prior_scale)
         )
 
@@ -690,7 +679,7 @@ class SQAIR:
             loc, scale = self._i(params, "prop_where", what_prev, where_prev, h_t_prev, w_rel)
             loc = where_prev + c.prop_update_scale * loc
             where = loc + scale * jax.random.normal(k_where, loc.shape)
-            log_q_where = _normal_log_prob(where, loc, scale)
+            log_q_where = diag_normal_log_prob(where, loc, scale)
             # Lines 11-13 / Eq. 5.15.
             e = glimpse_code(where)
             w_temp, _ = self._i(params, "temporal_rnn", h_t_prev, jnp.concatenate([e, where, w_rel], -1))
@@ -704,17 +693,19 @@ class SQAIR:
             else:
                 loc, scale = self._i(params, "prop_what", e, what_prev, w_rel, w_temp)
             what = loc + scale * jax.random.normal(k_what, loc.shape)
-            log_q_what = _normal_log_prob(what, loc, scale)
+            log_q_what = diag_normal_log_prob(what, loc, scale)
             # Line 15 / Eq. 5.13: Bernoulli · δ(z_pres_{t−1} = 1).
             pres_logit = self._i(params, "prop_pres", what, where, w_rel, w_temp)
             pres = _sample_bernoulli(k_pres, pres_logit) * alive
-            log_q_pres = alive * _bernoulli_log_prob(pres, pres_logit)
+            log_q_pres = alive * distrax.Bernoulli(logits=pres_logit).log_prob(pres)
             # Propagation prior, evaluated on the same object.
             h_p, prior_logit, (w_loc, w_scale), (r_loc, r_scale) = self._prop_prior(
                 params, h_p_prev, what_prev, where_prev
             )
-            log_p_pres = alive * _bernoulli_log_prob(pres, prior_logit)
-            log_p_cont = pres * (_normal_log_prob(what, w_loc, w_scale) + _normal_log_prob(where, r_loc, r_scale))
+            log_p_pres = alive * distrax.Bernoulli(logits=prior_logit).log_prob(pres)
+            log_p_cont = pres * (
+                diag_normal_log_prob(what, w_loc, w_scale) + diag_normal_log_prob(where, r_loc, r_scale)
+            )
             log_q_cont = pres * (log_q_where + log_q_what)
             # Line 16: only objects alive at t−1 advance j.
             new_carry = jax.tree.map(lambda new, old: jnp.where(alive > 0, new, old), (w_rel, what, where), carry)
@@ -755,19 +746,19 @@ class SQAIR:
             )
             loc, scale = self._i(params, "disc_where", w)
             where = loc + scale * jax.random.normal(k_where, loc.shape)
-            log_q_where = _normal_log_prob(where, loc, scale)
+            log_q_where = diag_normal_log_prob(where, loc, scale)
             g = extract_glimpse(image, self.to_transform(where), c.glimpse_shape)
             e = self._i(params, "encoders", g, method=ObservationEncoders.encode_glimpse)
             loc, scale = self._i(params, "disc_what", e)
             what = loc + scale * jax.random.normal(k_what, loc.shape)
-            log_q_what = _normal_log_prob(what, loc, scale)
+            log_q_what = diag_normal_log_prob(what, loc, scale)
             # Presence after where and what (official core.py:200-208), or from h alone.
             pres_logit = self._i(params, "disc_pres", *((w, what) if c.presence_after_what else (w,)))
             pres_logit = pres_logit + jnp.where(
                 is_first, 0.0, c.disc_later_presence_bias if later_bias is None else later_bias
             )
             pres = _sample_bernoulli(k_pres, pres_logit) * allowed
-            log_q_pres = allowed * _bernoulli_log_prob(pres, pres_logit)
+            log_q_pres = allowed * distrax.Bernoulli(logits=pres_logit).log_prob(pres)
             h_temp, _ = self._i(params, "temporal_rnn", h_temporal_init, jnp.concatenate([e, where, w], -1))
             out = dict(
                 z_what=what,
@@ -956,8 +947,8 @@ class SQAIR:
         what = w_loc + w_scale * normals[0, :, :Dw]
         where = r_loc + r_scale * normals[0, :, Dw:]
         log_p_prop = jnp.sum(
-            alive * _bernoulli_log_prob(pres, logit)
-            + pres * (_normal_log_prob(what, w_loc, w_scale) + _normal_log_prob(where, r_loc, r_scale))
+            alive * distrax.Bernoulli(logits=logit).log_prob(pres)
+            + pres * (diag_normal_log_prob(what, w_loc, w_scale) + diag_normal_log_prob(where, r_loc, r_scale))
         )
         prop_state = self._compact(
             pres,
@@ -967,9 +958,9 @@ class SQAIR:
         )
         num_prop = jnp.sum(pres).astype(jnp.int32)
         is_first = t == 0
-        logits = self._disc_count_logits(params, is_first, num_prop)
-        # Inverse-CDF sample of D_t ~ Categorical(softmax(logits)) over {0..N − P_t}.
-        cdf = jnp.cumsum(jax.nn.softmax(logits))
+        # Inverse-CDF sample of D_t ~ p^D(D_t | P_t) over {0..N − P_t}.
+        count_prior = self._disc_count_prior(params, is_first, num_prop)
+        cdf = jnp.cumsum(count_prior.probs)
         num_disc = jnp.minimum(jnp.sum(cdf < uniforms[N]), N - num_prop).astype(jnp.int32)
         d_what = normals[1, :, :Dw]
         d_where = jnp.asarray(c.where_prior_loc) + jnp.asarray(c.where_prior_scale) * normals[1, :, Dw:]
@@ -982,7 +973,7 @@ class SQAIR:
             h_temporal=jnp.zeros_like(state["h_temporal"]),
             h_prior=jnp.broadcast_to(self._g(params, "prior_init"), state["h_prior"].shape),
         )
-        log_p_disc = jax.nn.log_softmax(logits)[num_disc] + jnp.sum(d_pres * self._disc_prior_log_prob(d_what, d_where))
+        log_p_disc = count_prior.log_prob(num_disc) + jnp.sum(d_pres * self._disc_prior_log_prob(d_what, d_where))
         new_state, propagated = self._merge(prop_state, disc_state, num_prop, state["next_id"])
         new_state["next_id"] = state["next_id"] + num_disc
         canvas = self._render(params, new_state["z_what"], new_state["z_where"], new_state["z_pres"])
@@ -1086,14 +1077,14 @@ class SQAIR:
                 lambda h, a, b: self._prop_prior(params, h, a, b)
             )(h_prior, prev_what, prev_where)
             kept = jnp.sum(match, axis=0)  # [previous]
-            log_p_prop = jnp.sum(prev_pres * _bernoulli_log_prob(kept, logit))
+            log_p_prop = jnp.sum(prev_pres * distrax.Bernoulli(logits=logit).log_prob(kept))
             is_prop = jnp.sum(match, axis=1)  # [current]
             gather = lambda a: match @ a  # noqa: E731  (parameters of the matched previous object)
             log_p_prop += jnp.sum(
                 is_prop
                 * (
-                    _normal_log_prob(what, gather(w_loc), gather(w_scale) + (1 - is_prop)[:, None])
-                    + _normal_log_prob(where, gather(r_loc), gather(r_scale) + (1 - is_prop)[:, None])
+                    diag_normal_log_prob(what, gather(w_loc), gather(w_scale) + (1 - is_prop)[:, None])
+                    + diag_normal_log_prob(where, gather(r_loc), gather(r_scale) + (1 - is_prop)[:, None])
                 )
             )
             is_new = pres * (1.0 - is_prop)

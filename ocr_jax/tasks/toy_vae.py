@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import distrax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -26,6 +27,7 @@ import numpy as np
 
 from ocr_jax import estimators
 from ocr_jax.data import deterministic_batches
+from ocr_jax.distributions import diag_normal_log_prob
 from ocr_jax.training.tasks import register
 
 
@@ -121,12 +123,12 @@ class ToyVAETask:
         z = mu + jnp.exp(log_std) * jax.random.normal(k_z, mu.shape)
         pres = jax.lax.stop_gradient(jax.random.bernoulli(k_pres, jax.nn.sigmoid(pres_logit)).astype(jnp.float32))
         logits, prior_logit = self.decoder.apply({"params": params["generative"]}, z, pres)
-        log_lik = jnp.sum(x * jax.nn.log_sigmoid(logits) + (1 - x) * jax.nn.log_sigmoid(-logits), axis=(-2, -1))
-        log_pz = jnp.sum(-0.5 * z**2 - 0.5 * jnp.log(2 * jnp.pi), -1)
-        log_qz = jnp.sum(-0.5 * ((z - mu) / jnp.exp(log_std)) ** 2 - log_std - 0.5 * jnp.log(2 * jnp.pi), -1)
-        bern = lambda logit: pres * jax.nn.log_sigmoid(logit) + (1 - pres) * jax.nn.log_sigmoid(-logit)
-        log_q_pres = bern(pres_logit)
-        elbo = log_lik + log_pz - log_qz + bern(prior_logit) - log_q_pres
+        log_lik = jnp.sum(distrax.Bernoulli(logits=logits).log_prob(x), axis=(-2, -1))
+        log_pz = diag_normal_log_prob(z, 0.0, 1.0)
+        log_qz = diag_normal_log_prob(z, mu, jnp.exp(log_std))
+        log_q_pres = distrax.Bernoulli(logits=pres_logit).log_prob(pres)
+        log_p_pres = distrax.Bernoulli(logits=prior_logit).log_prob(pres)
+        elbo = log_lik + log_pz - log_qz + log_p_pres - log_q_pres
         return elbo, log_q_pres, log_lik, jax.nn.sigmoid(logits)
 
     def loss(self, params, model_state, batch, key, step):
