@@ -2,11 +2,11 @@
 
     python -m experiments.vrnn_report --workdir=runs/vrnn_cpu [--config=vrnn_mnist:cpu]
 
-Reads the latest checkpoint in <workdir>/checkpoints and writes <workdir>/results.json (ocr_jax/evaluation/vrnn.py:
-log p(x_{1:T}) as IWAE with eval.log_marginal_particles particles — the thesis' estimator for Table 5.4.1 — and the
-FIVO bound with eval.fivo_particles particles beside it; IWAE and ELBO with eval.num_particles, log p(x|z), KL, the
-training bound; the addition experiment on the whole latent with SQAIR's classifier, trained on
-eval.addition_train_sequences training sequences and tested on the test sequences), and
+Reads the latest checkpoint in <workdir>/checkpoints and writes <workdir>/results.json (the parameter count, and from
+ocr_jax/evaluation/vrnn.py: log p(x_{1:T}) as IWAE with eval.log_marginal_particles particles — the thesis'
+estimator for Table 5.4.1 — and the FIVO bound with eval.fivo_particles particles beside it; IWAE and ELBO with
+eval.num_particles, log p(x|z), KL, the training bound; the addition experiment on the whole latent with SQAIR's
+classifier, trained on eval.addition_train_sequences training sequences and tested on the test sequences), and
   reconstructions.png  test sequences and the best particle's reconstructions (likelihood means);
   conditional.png      a particle filter over the first eval.condition_frames frames, then frames simulated from the
                        prior (the predicted rollout), under the inputs;
@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 from experiments.report_cli import run_report  # noqa: E402
 from ocr_jax import plotting  # noqa: E402
 from ocr_jax.evaluation import vrnn as vrnn_eval  # noqa: E402
+from ocr_jax.models.vrnn import count_parameters  # noqa: E402
 from ocr_jax.tasks.sqair import load_sequences  # noqa: E402
 from ocr_jax.tasks.vrnn import VRNNTask  # noqa: E402
 from ocr_jax.training import train  # noqa: E402
@@ -76,7 +77,8 @@ def report(config: ml_collections.ConfigDict, workdir: str) -> dict:
     params = jax.device_put(params)
     key = jax.random.key(step)
     results = vrnn_eval.evaluate_vrnn(task, params, data, key=key)
-    summary = {"step": step, **{k: v for k, v in results.items() if k != "example"}}
+    summary = {"step": step, "parameters": count_parameters(task.model.config)["total"]}
+    summary.update({k: v for k, v in results.items() if k != "example"})
     ev = task.config.eval
     train_data = load_sequences(task.config, "train", ev.addition_train_sequences, task.config.data_seed)
     summary["addition"] = vrnn_eval.addition(

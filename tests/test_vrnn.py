@@ -270,5 +270,9 @@ def test_quick_config_trains_from_the_command_line_and_reports(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.load(open(workdir / "results.json"))
     assert summary["step"] == 200 and summary["addition"]["num_classes"] == 19
+    assert (
+        summary["parameters"]
+        == count_parameters(VRNNTask(configs.get_config("vrnn_mnist:quick").task_config).model.config)["total"]
+    )
     for name in ("reconstructions.png", "conditional.png", "prior_samples.png"):
         assert (workdir / name).stat().st_size > 1000
