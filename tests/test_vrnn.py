@@ -22,7 +22,6 @@ from ocr_jax.models.vrnn import (
     TransposedConvDecoder,
     VRNNConfig,
     count_parameters,
-    gaussian_log_prob,
 )
 from ocr_jax.tasks.vrnn import VRNNTask
 
@@ -107,16 +106,6 @@ def quick_task(**overrides):
 def task_and_params():
     task = quick_task()
     return task, task.model.init(jax.random.key(0))
-
-
-def test_gaussian_log_prob_is_the_normal_density():
-    x, loc, scale = np.random.default_rng(0).normal(size=(3, 4, 5))
-    scale = np.abs(scale) + 0.1
-    expected = jax.scipy.stats.norm.logpdf(x, loc, scale).sum(-1)
-    np.testing.assert_allclose(gaussian_log_prob(x, loc, scale, 1), expected, rtol=1e-5)
-    np.testing.assert_allclose(
-        gaussian_log_prob(x, loc, 0.3, 2), jax.scipy.stats.norm.logpdf(x, loc, 0.3).sum(), rtol=1e-5
-    )
 
 
 def test_log_weights_are_the_model_densities_and_steps_are_causal(task_and_params):

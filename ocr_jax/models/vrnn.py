@@ -41,17 +41,18 @@ Axes: ``batch`` (B), ``particles`` (K), ``time`` (T), ``height``/``width``; late
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import chex
+import distrax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ocr_jax import validation
+from ocr_jax.distributions import diag_normal_log_prob
 from ocr_jax.models import modules
 
 Array = jax.Array
@@ -67,7 +68,6 @@ __all__ = [
     "VRNNStep",
     "TransposedConvDecoder",
     "count_parameters",
-    "gaussian_log_prob",
 ]
 
 # Table 5.D.1 of the thesis: trainable parameters of the reported (medium) models.
@@ -150,14 +150,6 @@ class VRNNStep(NamedTuple):
     log_p_z: Array
     log_q_z: Array
     canvas: Array | None = None
-
-
-def gaussian_log_prob(x: Array, loc: Array, scale: Array | float, axes: int) -> Array:
-    """log N(x; loc, scale²) summed over the last ``axes`` axes."""
-    log_density = -0.5 * jnp.square((x - loc) / scale) - jnp.log(scale) - 0.5 * math.log(2.0 * math.pi)
-    return jnp.sum(
-        jnp.broadcast_to(log_density, jnp.broadcast_shapes(jnp.shape(x), jnp.shape(loc))), axis=tuple(range(-axes, 0))
-    )
 
 
 def _mlp(hidden: int, layers: int, out: int | None, name: str) -> modules.MLP:
@@ -388,9 +380,9 @@ class VRNN:
         z = q_loc + q_scale * jax.random.normal(key, q_loc.shape)
         latent_encoded = self._gen(params, VRNNGenerative.encode_latent, z)
         canvas = self._gen(params, VRNNGenerative.decode, latent_encoded, out)  # [B, K, H, W]
-        log_likelihood = gaussian_log_prob(inputs_t["frame"][:, None], canvas, c.obs_std, 2)
-        log_p_z = gaussian_log_prob(z, p_loc, p_scale, 1)
-        log_q_z = gaussian_log_prob(z, q_loc, q_scale, 1)
+        log_likelihood = jnp.sum(distrax.Normal(canvas, c.obs_std).log_prob(inputs_t["frame"][:, None]), axis=(-2, -1))
+        log_p_z = diag_normal_log_prob(z, p_loc, p_scale)
+        log_q_z = diag_normal_log_prob(z, q_loc, q_scale)
         chex.assert_shape([log_likelihood, log_p_z, log_q_z], (B, K))
         chex.assert_shape(z, (B, K, c.latent_dim))
         outputs = VRNNStep(z, log_likelihood, log_p_z, log_q_z, canvas if with_canvas else None)
