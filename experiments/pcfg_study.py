@@ -36,6 +36,7 @@ from ocr_jax.models import pcfg
 # The terms this model gives the estimators: a score-function latent (the derivation) and sleep-phase log q.
 PROVIDED_TERMS = frozenset({"log_p", "log_q_score", "log_q_sleep"})
 GRAMMARS = {"astronomers": pcfg.ASTRONOMERS}
+NP, VP = pcfg.ASTRONOMERS.non_terminals.index("NP"), pcfg.ASTRONOMERS.non_terminals.index("VP")  # reported probs
 
 
 def grammar_of(cfg) -> pcfg.Grammar:
@@ -218,17 +219,18 @@ def train(cfg, methods, num_particles, keys, metrics=None):
     return out, carry[0], t_compile, t_train
 
 
-def test_sentence_match_rate(cfg, phi, key):
-    """Per run (φ with a leading runs axis): the fraction of ``num_test_samples`` derivations z ~ q_φ(· | x) with
-    s(z) = x for the test sentence (thesis Fig. 8.4.2 / 8.A.2)."""
+def make_match_rate(cfg):
+    """Jitted φ [runs] -> per run, the fraction of ``num_test_samples`` derivations z ~ q_φ(· | x) with s(z) = x for
+    the test sentence (thesis Fig. 8.4.2 / 8.A.2)."""
     grammar, net = grammar_of(cfg), network_of(cfg)
     tokens, length = grammar.encode(cfg.test_sentence, grammar.max_length(cfg.max_expansions))
+    key = jax.random.PRNGKey(cfg.seed + 1)
 
     def one(phi):
         z, _ = pcfg.sample_q(net, phi, grammar, key, tokens, length, cfg.num_test_samples, cfg.max_expansions)
         return jnp.mean(pcfg.levenshtein(z.tokens, z.length, tokens, length) == 0)
 
-    return jax.jit(jax.vmap(one))(phi)
+    return jax.jit(jax.vmap(one))
 
 
 def quartiles(a) -> list:
@@ -242,15 +244,22 @@ def run(cfg, workdir):
     t_start = time.time()
     keys = jax.random.split(jax.random.PRNGKey(cfg.seed), cfg.num_runs)
     iters = list(range(0, cfg.num_iterations + 1, cfg.eval_every))
-    results = {"config": cfg.to_dict(), "iterations": iters, "runs": {}}
-    metrics = make_metrics(cfg)
+    grammar = grammar_of(cfg)
+    results = {
+        "config": cfg.to_dict(),
+        "iterations": iters,
+        "true_np_probs": list(grammar.probabilities[grammar.non_terminals.index("NP")]),
+        "true_vp_probs": list(grammar.probabilities[grammar.non_terminals.index("VP")]),
+        "runs": {},
+    }
+    metrics, match_rate = make_metrics(cfg), make_match_rate(cfg)
     for k in cfg.num_particles:
         for methods in method_groups(cfg):
             outs, params, t_compile, t_run = train(cfg, methods, k, keys, metrics)
             for j, method in enumerate(methods):
                 out = outs[method]
                 phi = jax.tree.map(lambda a, j=j: a[:, j], params["inference"])
-                match = np.asarray(test_sentence_match_rate(cfg, phi, jax.random.PRNGKey(cfg.seed + 1)))
+                match = np.asarray(match_rate(phi))
                 log_probs = pcfg.production_log_probs(params["generative"][:, j], grammar_of(cfg))
                 probs = np.exp(np.asarray(log_probs))
                 results["runs"][f"{method}/K{k}"] = {
@@ -261,8 +270,8 @@ def run(cfg, workdir):
                     "log_evidence_bound_quartiles": quartiles(out["log_evidence_bound"]),
                     "q_capped_fraction_quartiles": quartiles(out["q_capped_fraction"]),
                     "test_sentence_match_rate": match.tolist(),
-                    "final_np_probs_median": np.median(probs[:, 1], axis=0).tolist(),
-                    "final_vp_probs_median": np.median(probs[:, 2, :2], axis=0).tolist(),
+                    "final_np_probs_median": np.median(probs[:, NP], axis=0).tolist(),
+                    "final_vp_probs_median": np.median(probs[:, VP, :2], axis=0).tolist(),
                     "group": methods,
                     "group_compile_seconds": t_compile,
                     "group_run_seconds": t_run,
@@ -278,8 +287,10 @@ def run(cfg, workdir):
                 f"iteration for {cfg.num_runs} runs (evaluation included)",
                 flush=True,
             )
+            results["seconds"] = time.time() - t_start
+            with open(os.path.join(workdir, "results.json"), "w") as f:  # after every group: a partial run is kept
+                json.dump(results, f, indent=1)
     results["seconds"] = time.time() - t_start
-    results["true_np_probs"] = list(pcfg.ASTRONOMERS.probabilities[1])
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     results["plots"] = plot(results, cfg, workdir)

@@ -43,9 +43,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.test_sentence = "astronomers saw stars with telescopes"  # thesis Fig. 8.4.2 / 8.A.2
     c.num_test_samples = 200  # q samples per run for the test sentence's exact-match rate
     c.seed = 0
-    if arg == "reduced":
-        c.num_iterations = 100
-        c.eval_every = 10
+    if arg == "reduced":  # what 2 shared CPU cores afford in about 10 minutes (4 compiles of ~30 s included)
+        c.num_particles = [2, 20]
+        c.num_runs = 3
+        c.num_iterations = 200
+        c.eval_every = 20
         c.num_eval = 50
     if arg == "quick":
         c.methods = ["ws", "vimco"]
