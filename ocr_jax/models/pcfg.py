@@ -508,12 +508,13 @@ def encode_sentence(net: InferenceNetwork, params, tokens: Array, length: Array)
     return net.apply(params, tokens, length, method=fn)
 
 
-def _q_derive(net, params, grammar, num_steps, embedding, choose_production, xs):
-    """One derivation under q given one sentence embedding; per-step log q(production_t | ...) as the score."""
+def _q_derive(net, params, grammar, num_steps, projected, choose_production, xs):
+    """One derivation under q given one sentence (its projection, ``encode_sentence``); the score of each step is
+    log q(production_t | x, earlier choices)."""
     mask = jnp.asarray(grammar.arrays["mask"])
 
     def choose(state, nt, t, x_t):
-        (h, _), logits = net.apply(params, state, embedding, nt, method=InferenceNetwork.step)
+        (h, _), logits = net.apply(params, state, projected, nt, method=InferenceNetwork.step)
         log_q = jax.nn.log_softmax(jnp.where(mask[nt], logits, -1e30))
         production = choose_production(logits, mask[nt], x_t)
         return production, log_q[production], (h, production)
@@ -537,8 +538,8 @@ def sample_q(
     term."""
     num_particles = validation.check_count(num_particles, "num_particles")
     num_steps = _check_steps(num_steps)
-    embedding = encode_sentence(net, params, tokens, length)  # [..., E]
-    lead = embedding.shape[:-1]
+    projected = encode_sentence(net, params, tokens, length)  # [..., 3 * hidden]
+    lead = projected.shape[:-1]
 
     def pick(logits, valid, noise_t):  # Gumbel-max (noise drawn before the scan)
         return jnp.argmax(jnp.where(valid, jax.lax.stop_gradient(logits), -jnp.inf) + noise_t)
@@ -551,16 +552,16 @@ def sample_q(
     fn = jax.vmap(one, in_axes=(None, 0))
     for _ in lead:
         fn = jax.vmap(fn)
-    return fn(embedding, gumbel)
+    return fn(projected, gumbel)
 
 
 def score_q(net: InferenceNetwork, params, grammar: Grammar, d: Derivation, tokens: Array, length: Array) -> Array:
     """log q_φ(z | x) ``[...]`` of given derivations ``d`` (axes ``[...]``) and sentences ``tokens [..., L]`` (the
     sleep-φ term, thesis Eq. 8.5); the sentences' axes broadcast against the derivations' (embedded once each)."""
-    embedding = encode_sentence(net, params, tokens, length)
+    projected = encode_sentence(net, params, tokens, length)
     num_steps = d.productions.shape[-1]
-    lead = jnp.broadcast_shapes(embedding.shape[:-1], d.productions.shape[:-1])
-    embedding = jnp.broadcast_to(embedding, lead + embedding.shape[-1:])
+    lead = jnp.broadcast_shapes(projected.shape[:-1], d.productions.shape[:-1])
+    projected = jnp.broadcast_to(projected, lead + projected.shape[-1:])
     productions = jnp.broadcast_to(d.productions, lead + d.productions.shape[-1:])
 
     def given(logits, valid, production):
@@ -573,7 +574,7 @@ def score_q(net: InferenceNetwork, params, grammar: Grammar, d: Derivation, toke
     fn = one
     for _ in lead:
         fn = jax.vmap(fn)
-    return fn(embedding, productions)
+    return fn(projected, productions)
 
 
 def expected_log_q(net, params, grammar: Grammar, d: Derivation) -> Array:
