@@ -7,8 +7,8 @@ p(x | z) = exp(−L(x, s(z))²), with L the Levenshtein distance between token s
 
 Fixed shapes. A derivation is at most ``num_steps`` expansions (T), computed by one ``jax.lax.scan`` over T steps with
 a stack of pending non-terminals and a mask of the steps taken. A derivation that has not finished after T expansions
-is *capped*: its pending non-terminals stay unexpanded and appear in the yield as one extra token,
-``grammar.unexpanded_token`` (it matches no word, as a non-terminal leaf did in the public code, which capped the
+is *capped*: its pending non-terminals stay unexpanded and appear in the yield, each as the token
+``grammar.unexpanded_token`` (which matches no word, as a non-terminal leaf did in the public code, which capped the
 tree's depth at 30 instead). Capping the number of expansions keeps the model a normalised distribution: the capped
 derivations are the length-T prefixes of the uncapped ones, so p_θ^T(z) = Π (probabilities of the expansions made)
 sums to one over finished and capped derivations together, and sampling, scoring and the bounds all refer to that
@@ -60,6 +60,7 @@ __all__ = [
     "levenshtein",
     "log_likelihood",
     "mean_production_kl",
+    "network_for",
     "production_log_probs",
     "replay",
     "sample_model",
