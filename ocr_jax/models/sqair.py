@@ -127,6 +127,11 @@ class SQAIRConfig:
     # Added to DISC's posterior presence logit after the first frame (a fixed offset of q, like the prior's
     # no-new-objects logit): negative values make re-detecting an object that PROP holds unlikely at the start.
     disc_later_presence_bias: float = 0.0
+    # > 0: DISC's presence logit is bounded softly to (−b, b) as b·tanh(logit / b), so that every particle keeps a
+    # probability ≥ sigmoid(−b) of leaving out any object. Without it DISC's presence saturates (log q of the presence
+    # path ≈ −2e-5 measured in docs/results.md) and the score-function signal, which compares particles, vanishes:
+    # an object that explains nothing is then kept for ever, whatever it costs. 0: unbounded (the official code).
+    disc_presence_logit_bound: float = 0.0
     # 0: the discovery-count prior of frame 1 is the learned table (the official code). A value ρ in (0, 1): the
     # fixed truncated geometric p(D_1 = n) ∝ ρ^n, AIR's count prior (log ρ nats per object), which keeps DISC from
     # explaining one digit with several small glimpses (measured in docs/results.md).
@@ -166,7 +171,7 @@ class SQAIRConfig:
             "disc_later_presence_bias",
             "decoder_output_bias",
         )
-        check.non_negative("disc_head_kernel_scale", "prop_update_scale")
+        check.non_negative("disc_head_kernel_scale", "prop_update_scale", "disc_presence_logit_bound")
         check.number(
             "first_frame_continue_prob", lambda v: 0.0 <= v < 1.0, "in [0, 1) (0: the learned discovery-count table)"
         )
@@ -227,6 +232,12 @@ def _logit(p: float) -> float:
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Densities
+
+
+def bound_logit(logit, bound: float):
+    """``bound · tanh(logit / bound)``: a logit bounded softly to (−bound, bound), the identity near 0; unchanged
+    for ``bound = 0``."""
+    return logit if not bound else bound * jnp.tanh(logit / bound)
 
 
 def _sample_bernoulli(key, logit):
@@ -753,7 +764,10 @@ class SQAIR:
             what = loc + scale * jax.random.normal(k_what, loc.shape)
             log_q_what = diag_normal_log_prob(what, loc, scale)
             # Presence after where and what (official core.py:200-208), or from h alone.
-            pres_logit = self._i(params, "disc_pres", *((w, what) if c.presence_after_what else (w,)))
+            pres_logit = bound_logit(
+                self._i(params, "disc_pres", *((w, what) if c.presence_after_what else (w,))),
+                c.disc_presence_logit_bound,
+            )
             pres_logit = pres_logit + jnp.where(
                 is_first, 0.0, c.disc_later_presence_bias if later_bias is None else later_bias
             )
