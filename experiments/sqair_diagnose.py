@@ -5,6 +5,13 @@ of the log-weight (thesis Eq. 5.3-5.4), on the first test sequences cut to ``--f
 
 This is how the DISC-only failure mode was traced (docs/results.md, "SQAIR that learns"): a DISC trained on first
 frames re-detects in frame 2 what PROP keeps, and the duplicates cost log p(x_2 | z_2).
+
+With ``--worth``: what each object found in frame 1 is worth, on test sequences with one and with two digits: remove
+its identity from every frame (every other latent unchanged) and recompute log p(x_t | z_t); the particles' spare
+object (the one worth least) when they hold more objects than digits; and how saturated DISC's presence is (log q of
+frame 1's presence path). This is how the spare-object failure mode was traced.
+
+    python -m experiments.sqair_diagnose --workdir=runs/sqair_discpen --frames=5 --sequences=40 --particles=10 --worth
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import argparse
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ocr_jax import api
@@ -38,15 +46,77 @@ def frame_terms(run: api.Run, frames: np.ndarray, *, num_particles: int = 5, see
     return {k: np.asarray(out[k], np.float64).mean(axis=(0, 1)).round(3).tolist() for k in keys}
 
 
+def object_worth(model, params, frames, key, num_particles: int) -> dict[str, np.ndarray]:
+    """Per particle, what each object present in frame 1 is worth to the likelihood of every frame.
+
+    ``frames [n, T, H, W]`` in [0, 1]. Returns ``worth [n, particles, T, objects]``: log p(x_t | z_t) minus the same
+    with frame 1's object in that slot (its identity, in every frame) removed, NaN for slots empty in frame 1;
+    ``num_objects [n, particles, T]``; ``log_q_pres_first [n, particles]`` (log q of frame 1's presence path: ≈ 0 when
+    DISC's presence is saturated).
+    """
+    out = model.infer(params, frames, key, num_particles)
+    z_what, z_where, z_pres, ids = out["z_what"], out["z_where"], out["z_pres"], out["ids"]  # [n, K, T, N, ...]
+    render = jax.vmap(jax.vmap(jax.vmap(lambda w, r, p: model._render(params, w, r, p))))
+    log_lik = jax.vmap(jax.vmap(jax.vmap(model._log_likelihood)))
+    x = jnp.broadcast_to(frames[:, None], z_pres.shape[:3] + frames.shape[-2:])
+    full = log_lik(x, render(z_what, z_where, z_pres))
+    worth = []
+    for slot in range(z_pres.shape[-1]):
+        in_first = z_pres[:, :, 0, slot] > 0  # [n, K]
+        same = (ids == ids[:, :, :1, slot, None]) & in_first[:, :, None, None]
+        without = log_lik(x, render(z_what, z_where, jnp.where(same, 0.0, z_pres)))
+        worth.append(jnp.where(in_first[..., None], full - without, jnp.nan))
+    return dict(
+        worth=np.asarray(jnp.stack(worth, -1)),
+        num_objects=np.asarray(z_pres.sum(-1)),
+        log_q_pres_first=np.asarray(out["log_q_pres"][:, :, 0]),
+    )
+
+
+def spare_summary(result: dict[str, np.ndarray], num_digits: int) -> dict:
+    """Summary of :func:`object_worth` on sequences with ``num_digits`` digits: how many objects frame 1 holds, how
+    saturated DISC's presence is, and for particles with more objects than digits the spare object's worth (the
+    identity whose removal costs least over all frames): total and per frame, medians (nats)."""
+    worth, n_first = result["worth"], result["num_objects"][:, :, 0]
+    summary = {
+        f"particles_with_{n}_objects_in_frame_1": float(np.mean(n_first == n)) for n in range(worth.shape[-1] + 1)
+    }
+    summary["log_q_pres_first_frame_median"] = float(np.median(result["log_q_pres_first"]))
+    extra = n_first > num_digits
+    summary["particles_with_a_spare"] = float(np.mean(extra))
+    if extra.any():
+        w = worth[extra]  # [P, T, objects]
+        total = np.where(np.isnan(w[:, 0]), np.inf, np.nansum(w, 1))  # [P, objects]
+        spare = np.argmin(total, -1)
+        rows = np.arange(len(w))
+        summary["spare_worth_total_median"] = float(np.median(total[rows, spare]))
+        summary["spare_worth_total_quartiles"] = np.percentile(total[rows, spare], [25, 75]).round(3).tolist()
+        summary["spare_worth_per_frame_median"] = np.median(w[rows, :, spare], 0).round(3).tolist()
+    return summary
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", required=True)
     p.add_argument("--frames", type=int, default=2)
     p.add_argument("--sequences", type=int, default=64)
     p.add_argument("--particles", type=int, default=5)
+    p.add_argument("--worth", action="store_true", help="what each object found in frame 1 is worth (see above)")
     args = p.parse_args()
     run = api.load_run(args.workdir)
     cfg = run.task.config
+    if args.worth:
+        data = run.task.test_data
+        num_digits = (data["labels"] >= 0).sum(-1)
+        worth = jax.jit(object_worth, static_argnums=(0, 4))
+        result = {"step": run.step}
+        for n in (1, 2):
+            frames = to_unit_float(data["frames"][num_digits == n][: args.sequences, : args.frames])
+            result[f"{n}_digit_sequences"] = spare_summary(
+                jax.device_get(worth(run.model, run.params, frames, jax.random.key(0), args.particles)), n
+            )
+        print(json.dumps(result, indent=1))
+        return
     data = load_sequences(cfg, "test", args.sequences, cfg.data_seed + 1)
     result = frame_terms(run, data["frames"][:, : args.frames], num_particles=args.particles)
     result["true_counts"] = data["counts"][:, : args.frames].mean(0).round(3).tolist()
