@@ -66,11 +66,7 @@ def object_worth(model, params, frames, key, num_particles: int) -> dict[str, np
         same = (ids == ids[:, :, :1, slot, None]) & in_first[:, :, None, None]
         without = log_lik(x, render(z_what, z_where, jnp.where(same, 0.0, z_pres)))
         worth.append(jnp.where(in_first[..., None], full - without, jnp.nan))
-    return dict(
-        worth=np.asarray(jnp.stack(worth, -1)),
-        num_objects=np.asarray(z_pres.sum(-1)),
-        log_q_pres_first=np.asarray(out["log_q_pres"][:, :, 0]),
-    )
+    return dict(worth=jnp.stack(worth, -1), num_objects=z_pres.sum(-1), log_q_pres_first=out["log_q_pres"][:, :, 0])
 
 
 def spare_summary(result: dict[str, np.ndarray], num_digits: int) -> dict:

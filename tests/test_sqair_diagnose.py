@@ -8,6 +8,8 @@ from test_sqair_startup import N, _config, _force, _images, _set_last
 from experiments.sqair_diagnose import object_worth, spare_summary
 from ocr_jax.models.sqair import SQAIR
 
+_object_worth = jax.jit(object_worth, static_argnums=(0, 4))
+
 
 def test_object_worth_is_the_likelihood_an_identity_adds():
     """An object that paints nothing (decoder logits −50) is worth exactly 0 in every frame; one that paints is
@@ -18,21 +20,20 @@ def test_object_worth_is_the_likelihood_an_identity_adds():
     frames = _images()
     decoder = _set_last(params["generative"]["glimpse_decoder"], ("MLP_0", "Dense_2"), -50.0)  # sigmoid ≈ 0
     blank = dict(params, generative=dict(params["generative"], glimpse_decoder=decoder))
-    result = jax.device_get(object_worth(model, blank, frames, jax.random.key(1), 3))
+    result = jax.device_get(_object_worth(model, blank, frames, jax.random.key(1), 3))
     assert result["worth"].shape == result["num_objects"].shape + (N,)
     np.testing.assert_allclose(result["worth"], 0.0, atol=1e-3)
     np.testing.assert_array_equal(result["num_objects"][:, :, 0], N)
 
-    result = jax.device_get(object_worth(model, params, frames, jax.random.key(1), 3))
+    result = jax.device_get(_object_worth(model, params, frames, jax.random.key(1), 3))
     assert np.isfinite(result["worth"][:, :, 0]).all() and np.abs(result["worth"]).max() > 1.0
-    out = jax.device_get(model.infer(params, frames, jax.random.key(1), 3))
+    out = jax.device_get(jax.jit(model.infer, static_argnums=3)(params, frames, jax.random.key(1), 3))
     canvas, sigma = np.asarray(out["canvas"][:, :, 0], np.float64), model.config.likelihood_sigma
     x = np.asarray(frames[:, None, 0], np.float64)
+    render = jax.jit(jax.vmap(jax.vmap(lambda w, r, p: model._render(params, w, r, p))))
     for slot in range(N):  # Gaussian closed form in frame 1: Σ [(x − c + g)² − (x − c)²] / 2σ², g = the object's paste
         only = np.where(np.arange(N) == slot, out["z_pres"][:, :, 0], 0.0)
-        paste = jax.vmap(jax.vmap(lambda w, r, p: model._render(params, w, r, p)))(
-            out["z_what"][:, :, 0], out["z_where"][:, :, 0], jnp.asarray(only)
-        )
+        paste = render(out["z_what"][:, :, 0], out["z_where"][:, :, 0], jnp.asarray(only))
         g = np.asarray(paste, np.float64)
         expected = np.sum((x - canvas + g) ** 2 - (x - canvas) ** 2, axis=(-2, -1)) / (2 * sigma**2)
         np.testing.assert_allclose(result["worth"][:, :, 0, slot], expected, rtol=2e-3, atol=0.05)
