@@ -124,6 +124,32 @@ def curriculum_length(step, start_length: int, length_every: int, max_length: in
     return jnp.minimum(start_length + jnp.asarray(step) // length_every, max_length)
 
 
+def curriculum_batches(
+    frames: np.ndarray, length_of_step, *, seed, start_step, global_batch_size, process_index, process_count
+):
+    """Deterministic batches ``{"frames": [batch, L, H, W]}`` of ``frames [n, T, H, W]``, each cut to the curriculum
+    length ``length_of_step(step)`` of its training step (one compiled step per length; SQAIR and the VRNN)."""
+    batches = deterministic_batches(
+        {"frames": frames},
+        global_batch_size,
+        seed=seed,
+        start_step=start_step,
+        process_index=process_index,
+        process_count=process_count,
+    )
+    for step, batch in enumerate(batches, start=start_step):
+        yield {"frames": batch["frames"][:, : length_of_step(step)]}
+
+
+def periodic_eval_metrics(results: dict, step, workdir) -> dict:
+    """Writes a periodic evaluation's ``results`` to ``<workdir>/eval_step<step>.json`` (process 0; the pictures'
+    ``example`` left out) and returns its numbers as ``eval/<name>`` metrics."""
+    if workdir and jax.process_index() == 0:
+        with open(os.path.join(workdir, f"eval_step{step}.json"), "w") as f:
+            json.dump({"step": int(step), **{k: v for k, v in results.items() if k != "example"}}, f, indent=1)
+    return {f"eval/{k}": v for k, v in results.items() if isinstance(v, (int, float))}
+
+
 def make_sequences(cfg: ml_collections.ConfigDict, split: str, num: int, seed: int) -> np.ndarray:
     """Moving multi-MNIST frames ``[num, T, H, W]`` uint8."""
     return load_sequences(cfg, split, num, seed)["frames"]
@@ -330,23 +356,19 @@ class SQAIRTask:
                 iou_threshold=ev.tracking_iou_threshold,
             )["tracking"]
             results.update({f"tracking_{k}": tracking[k] for k in sqair_eval.PERIODIC_TRACKING_KEYS})
-        if workdir and jax.process_index() == 0:
-            with open(os.path.join(workdir, f"eval_step{step}.json"), "w") as f:
-                json.dump({"step": int(step), **{k: v for k, v in results.items() if k != "example"}}, f, indent=1)
-        return {f"eval/{k}": v for k, v in results.items() if isinstance(v, (int, float))}
+        return periodic_eval_metrics(results, step, workdir)
 
     def train_batches(self, *, seed, start_step, global_batch_size, process_index, process_count):
         """Deterministic batches of sequences cut to the curriculum length of their step (``sequence_length``)."""
-        batches = deterministic_batches(
-            {"frames": self.train_frames},
-            global_batch_size,
+        return curriculum_batches(
+            self.train_frames,
+            self.sequence_length,
             seed=seed,
             start_step=start_step,
+            global_batch_size=global_batch_size,
             process_index=process_index,
             process_count=process_count,
         )
-        for step, batch in enumerate(batches, start=start_step):
-            yield {"frames": batch["frames"][:, : self.sequence_length(step)]}
 
 
 # The LogWeightTerms fields SQAIR provides (baselines: SequenceBaseline, when an estimator needs them).

@@ -22,20 +22,24 @@ trains VRNN without one). Evaluation: ``ocr_jax.evaluation.vrnn``.
 
 from __future__ import annotations
 
-import json
-import os
-
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from ocr_jax import estimators
-from ocr_jax.data import deterministic_batches, to_unit_float
+from ocr_jax.data import to_unit_float
 from ocr_jax.estimators import fivo
 from ocr_jax.evaluation import vrnn as vrnn_eval
 from ocr_jax.models.vrnn import VRNN, VRNNConfig, VRNNStep
-from ocr_jax.tasks.sqair import curriculum_length, load_sequences, make_sequences, per_frame_losses
+from ocr_jax.tasks.sqair import (
+    curriculum_batches,
+    curriculum_length,
+    load_sequences,
+    make_sequences,
+    per_frame_losses,
+    periodic_eval_metrics,
+)
 from ocr_jax.training.tasks import register
 
 __all__ = [
@@ -254,23 +258,19 @@ class VRNNTask:
             log_marginal_sequences=ev.periodic_log_marginal_sequences,
             fivo_sequences=0,
         )
-        if workdir and jax.process_index() == 0:
-            with open(os.path.join(workdir, f"eval_step{step}.json"), "w") as f:
-                json.dump({"step": int(step), **{k: v for k, v in results.items() if k != "example"}}, f, indent=1)
-        return {f"eval/{k}": v for k, v in results.items() if isinstance(v, (int, float))}
+        return periodic_eval_metrics(results, step, workdir)
 
     def train_batches(self, *, seed, start_step, global_batch_size, process_index, process_count):
         """Deterministic batches of sequences, cut to the curriculum length of their step."""
-        batches = deterministic_batches(
-            {"frames": self.train_frames},
-            global_batch_size,
+        return curriculum_batches(
+            self.train_frames,
+            self.sequence_length,
             seed=seed,
             start_step=start_step,
+            global_batch_size=global_batch_size,
             process_index=process_index,
             process_count=process_count,
         )
-        for step, batch in enumerate(batches, start=start_step):
-            yield {"frames": batch["frames"][:, : self.sequence_length(step)]}
 
 
 def make_vrnn_task(config: ml_collections.ConfigDict) -> VRNNTask:
