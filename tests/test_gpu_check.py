@@ -1,15 +1,19 @@
 """scripts/gpu_check.sh --dry-run on the CPU: every stage of the GPU check (install next to the existing jax, tests,
 AIR and SQAIR steps/s, 1 vs 2 simulated devices, largest batch, AIR trained towards 95%) runs with tiny sizes and
-writes what the device tool brings back."""
+writes what the device tool brings back. About a minute on a 2-core CPU, so it runs with ``-m slow`` (run it before
+lending a device: ``bash scripts/test.sh -m slow tests/test_gpu_check.py``)."""
 
 import json
 import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_dry_run_installs_without_touching_jax_and_records_every_stage(tmp_path):
     out = tmp_path / "out"
     (tmp_path / "no_wheels").mkdir()  # the device's wheels are for its Python; here the environment has them all

@@ -514,9 +514,11 @@ def test_count_penalty_schedule_and_objective():
         _tiny_task(**base, count_penalty_objects="kept")
 
 
-# wake-wake's wiring is also checked through the interface (tests/test_estimators.py) and on AIR; on SQAIR it runs
-# with -m slow (as do 200 CLI steps with each estimator, tests/test_sqair_estimators_cli.py).
-@pytest.mark.parametrize("estimator", ["nvil", pytest.param("ww", marks=pytest.mark.slow)])
+# NVIL's and wake-wake's wiring is checked through the interface (tests/test_estimators.py) and on AIR
+# (tests/test_air_task.py); on SQAIR (30 s each to compile) it runs with -m slow, as do 200 CLI steps with each
+# estimator (tests/test_sqair_estimators_cli.py).
+@pytest.mark.slow
+@pytest.mark.parametrize("estimator", ["nvil", "ww"])
 def test_sqair_trains_with_other_estimators(estimator):
     """The estimator interface reaches SQAIR: NVIL adds a baseline group b_ψ(x) (trained by its regression loss,
     keeping running statistics in model_state), wake-wake gives θ and φ different surrogates; every group gets a

@@ -537,8 +537,12 @@ def load_moving_multi_mnist(
 
 def frames_as_images(sequences: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Sequences ``frames [n, T, H, W]``, ``counts [n, T]`` -> independent images ``[n·T, H, W]``, ``counts [n·T]``
-    (sequence-major: image ``i·T + t`` is frame t of sequence i), for models trained frame-wise (AIR)."""
+    (sequence-major: image ``i·T + t`` is frame t of sequence i), for models trained frame-wise (AIR); the visible
+    tight ``boxes [n·T, M, 4]`` too when the sequences have them."""
     frames, counts = sequences["frames"], sequences["counts"]
     if frames.ndim != 4 or counts.shape != frames.shape[:2]:
         raise ValueError(f"need frames [n, T, H, W] and counts [n, T]; got {frames.shape} and {counts.shape}")
-    return {"images": frames.reshape(-1, *frames.shape[2:]), "counts": counts.reshape(-1)}
+    images = {"images": frames.reshape(-1, *frames.shape[2:]), "counts": counts.reshape(-1)}
+    if "boxes" in sequences:
+        images["boxes"] = sequences["boxes"].reshape(-1, *sequences["boxes"].shape[2:])
+    return images

@@ -259,3 +259,104 @@ def eval_summary(results: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in results.items() if isinstance(v, (int, float))}
     out["confusion"] = np.asarray(results["confusion"]).tolist()
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Where the counting errors are: the anatomy of "two digits read as one" (issue #15, item 4).
+
+GAP_BINS = (-np.inf, 0.0, 3.0, 6.0, 10.0, np.inf)  # signed gap between two digits' tight boxes, pixels
+
+
+def signed_box_gap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Signed gap between boxes ``a, b [..., 4]`` (y_min, x_min, y_max, x_max, pixel edges) -> ``[...]``.
+
+    ``max(gap_y, gap_x)`` with ``gap_y = max(a.y_min, b.y_min) − min(a.y_max, b.y_max)`` (likewise x): the number of
+    empty pixels between the boxes along the axis that separates them (> 0), 0 when they touch, and < 0 when they
+    overlap (then minus the smaller of the two overlaps' extents).
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    gap_y = np.maximum(a[..., 0], b[..., 0]) - np.minimum(a[..., 2], b[..., 2])
+    gap_x = np.maximum(a[..., 1], b[..., 1]) - np.minimum(a[..., 3], b[..., 3])
+    return np.maximum(gap_y, gap_x)
+
+
+def box_coverage(window: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """Fraction of the area of ``box [..., 4]`` that lies inside ``window [..., 4]`` (both y_min, x_min, y_max,
+    x_max) -> ``[...]`` in [0, 1]; 0 for an empty box."""
+    window, box = np.asarray(window, np.float64), np.asarray(box, np.float64)
+    h = np.clip(np.minimum(window[..., 2], box[..., 2]) - np.maximum(window[..., 0], box[..., 0]), 0, None)
+    w = np.clip(np.minimum(window[..., 3], box[..., 3]) - np.maximum(window[..., 1], box[..., 1]), 0, None)
+    area = (box[..., 2] - box[..., 0]) * (box[..., 3] - box[..., 1])
+    return np.where(area > 0, h * w / np.where(area > 0, area, 1.0), 0.0)
+
+
+def two_digit_anatomy(
+    true_boxes: np.ndarray,
+    true_counts: np.ndarray,
+    pred_boxes: np.ndarray,
+    pred_counts: np.ndarray,
+    *,
+    cover: float = 0.5,
+) -> dict[str, Any]:
+    """Why two digits are read as one: accuracy on two-digit images by the gap between the digits, and what the one
+    glimpse of each two-as-one error does.
+
+    Args:
+      true_boxes: ``[n, M, 4]`` tight boxes of the digits, zero rows where absent (any order).
+      true_counts: ``[n]`` number of digits.
+      pred_boxes: ``[n, N, 4]`` inferred glimpse windows (present steps first, as ``ocr_jax.api.infer_images``).
+      pred_counts: ``[n]`` inferred counts.
+      cover: a digit counts as inside the glimpse when at least this fraction of its box's area is.
+
+    Returns a JSON-serialisable dict: ``by_gap`` (one row per ``GAP_BINS`` interval: images, right, accuracy);
+    ``two_as_one``: the number of such errors, the fractions whose one glimpse covers both digits ("one glimpse for
+    two"), exactly one ("a digit missed") or neither, the median glimpse side (max of height and width, pixels) in
+    those errors against the median in one-digit images read right, and the median digit gap in errors against
+    two-digit images read right.
+    """
+    true_counts, pred_counts = np.asarray(true_counts), np.asarray(pred_counts)
+    true_boxes = np.asarray(true_boxes, np.float64)
+    present_first = np.argsort(~(true_boxes[..., 2] > true_boxes[..., 0]), axis=1, kind="stable")
+    true_boxes = np.take_along_axis(true_boxes, present_first[..., None], axis=1)
+    two = true_counts == 2
+    right = pred_counts == true_counts
+    gap = signed_box_gap(true_boxes[:, 0], true_boxes[:, 1])
+    by_gap = []
+    for lo, hi in zip(GAP_BINS[:-1], GAP_BINS[1:]):
+        sel = two & (gap > lo) & (gap <= hi)
+        by_gap.append(
+            dict(
+                gap_px=f"({lo:g}, {hi:g}]",
+                images=int(sel.sum()),
+                right=int((sel & right).sum()),
+                accuracy=float((sel & right).sum() / sel.sum()) if sel.any() else None,
+            )
+        )
+    err = two & (pred_counts == 1)
+    window = pred_boxes[:, 0]
+    inside = np.stack([box_coverage(window, true_boxes[:, j]) >= cover for j in range(2)], -1)
+    n_inside = inside.sum(-1)
+    side = np.maximum(window[:, 2] - window[:, 0], window[:, 3] - window[:, 1])
+    one_right = (true_counts == 1) & right
+    n_err = int(err.sum())
+
+    def frac(mask):
+        return float((err & mask).sum() / n_err) if n_err else None
+
+    def median(x, mask):
+        return float(np.median(x[mask])) if mask.any() else None
+
+    return dict(
+        by_gap=by_gap,
+        two_as_one=dict(
+            errors=n_err,
+            two_digit_images=int(two.sum()),
+            glimpse_covers_both=frac(n_inside == 2),
+            glimpse_covers_one=frac(n_inside == 1),
+            glimpse_covers_neither=frac(n_inside == 0),
+            median_glimpse_side_px=median(side, err),
+            median_glimpse_side_one_digit_right_px=median(side, one_right),
+            median_gap_px=median(gap, err),
+            median_gap_two_digits_right_px=median(gap, two & right),
+        ),
+    )

@@ -1,0 +1,74 @@
+"""Where AIR's counting errors are (ocr_jax.evaluation.air's two-digit anatomy and experiments/air_errors.py): box
+gaps and coverage against hand-computed values, and the anatomy of a made-up set of predictions."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ocr_jax.evaluation import air as air_eval
+
+
+def test_signed_box_gap_apart_touching_overlapping():
+    a = np.array([0.0, 0.0, 10.0, 10.0])
+    assert air_eval.signed_box_gap(a, [0.0, 14.0, 10.0, 20.0]) == 4.0  # 4 empty columns
+    assert air_eval.signed_box_gap(a, [13.0, 0.0, 20.0, 5.0]) == 3.0  # 3 empty rows
+    assert air_eval.signed_box_gap(a, [12.0, 15.0, 20.0, 20.0]) == 5.0  # diagonal: the separating axis
+    assert air_eval.signed_box_gap(a, [0.0, 10.0, 10.0, 20.0]) == 0.0  # touching
+    assert air_eval.signed_box_gap(a, [2.0, 7.0, 12.0, 20.0]) == -3.0  # overlap 3 columns (8 rows)
+    b = np.stack([a, a + 20.0])
+    np.testing.assert_array_equal(air_eval.signed_box_gap(b, b[::-1]), [10.0, 10.0])  # batched, symmetric
+
+
+def test_box_coverage():
+    window = np.array([0.0, 0.0, 10.0, 10.0])
+    assert air_eval.box_coverage(window, [2.0, 2.0, 6.0, 6.0]) == 1.0
+    assert air_eval.box_coverage(window, [5.0, 5.0, 15.0, 15.0]) == 0.25
+    assert air_eval.box_coverage(window, [20.0, 20.0, 30.0, 30.0]) == 0.0
+    assert air_eval.box_coverage(window, [0.0, 0.0, 0.0, 0.0]) == 0.0  # an absent (empty) box
+
+
+def test_two_digit_anatomy_counts_each_kind_of_error():
+    left, right = [10.0, 0.0, 30.0, 15.0], [10.0, 25.0, 30.0, 40.0]  # 10 px apart
+    near = [10.0, 16.0, 30.0, 31.0]  # 1 px from `left`
+    absent = [0.0, 0.0, 0.0, 0.0]
+    # image 2 is a one-digit image whose box is in the second slot (the anatomy sorts present boxes first)
+    true_boxes = np.array([[left, right], [left, near], [absent, left], [left, near], [left, absent]])
+    true_counts = np.array([2, 2, 1, 2, 1])
+    both = [8.0, 0.0, 32.0, 32.0]  # one glimpse around `left` and `near`
+    pred_boxes = np.array(
+        [[left, right], [both, absent], [left, absent], [[50.0, 50.0, 60.0, 60.0], absent], [left, absent]]
+    )
+    pred_counts = np.array([2, 1, 1, 1, 1])
+    a = air_eval.two_digit_anatomy(true_boxes, true_counts, pred_boxes, pred_counts)
+    t = a["two_as_one"]
+    assert t["two_digit_images"] == 3 and t["errors"] == 2
+    assert t["glimpse_covers_both"] == 0.5 and t["glimpse_covers_neither"] == 0.5 and t["glimpse_covers_one"] == 0.0
+    assert t["median_glimpse_side_px"] == pytest.approx((32.0 + 10.0) / 2)
+    assert t["median_glimpse_side_one_digit_right_px"] == 20.0  # images 2 and 4: `left` is 20 × 15
+    assert t["median_gap_px"] == 1.0 and t["median_gap_two_digits_right_px"] == 10.0
+    rows = {r["gap_px"]: r for r in a["by_gap"]}
+    assert rows["(0, 3]"]["images"] == 2 and rows["(0, 3]"]["right"] == 0
+    assert rows["(6, 10]"]["images"] == 1 and rows["(6, 10]"]["accuracy"] == 1.0
+    assert rows["(-inf, 0]"]["accuracy"] is None
+    json.dumps(a)  # serialisable
+
+
+@pytest.mark.slow
+def test_air_errors_cli_on_a_two_step_run(tmp_path):
+    workdir = tmp_path / "air"
+    common = ["--config.num_steps=2", "--config.eval_every=0", "--config.progress_bar=False"]
+    data = ["--config.task_config.data.num_train=32", "--config.task_config.data.num_test=16"]
+    train = [sys.executable, "-m", "experiments.main", "--config=air_multi_mnist:quick", f"--workdir={workdir}"]
+    subprocess.run(train + common + data, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "experiments.air_errors", f"--workdir={workdir}", "--num_images=16", "--data_seed=5"],
+        check=True,
+        capture_output=True,
+    )
+    summary = json.loads((workdir / "errors_seed5.json").read_text())
+    assert summary["num_images"] == 16 and summary["data_seed"] == 5
+    assert sum(map(sum, summary["confusion"])) == 16
+    assert (workdir / "errors_seed5.png").stat().st_size > 0
