@@ -204,6 +204,31 @@ def test_baseline_features_do_not_depend_on_current_presence():
     assert not np.allclose(feats[:, 0, 1], feats[:, 1, 1])
 
 
+def test_pyro_style_recurrent_baseline_is_causal_sees_the_image_and_not_the_controller():
+    model, params, images = _model()
+    out = _forced_all_patterns(model, params, images)
+    rnn_model, rnn_params, _ = _model(baseline_rnn_hidden=8)  # the same inference network; an LSTM baseline
+    assert "rnn" in rnn_params["baseline"]["params"]
+
+    def baseline(p, o):
+        return np.asarray(rnn_model.baseline_values(p, o))
+
+    base = baseline(rnn_params, out)
+    assert base.shape == (images.shape[0], N + 1, N) and np.all(np.isfinite(base))
+    for n in range(N):  # step i sees z^{<i} only (see the test above)
+        np.testing.assert_allclose(base[:, n, : n + 1], base[:, n + 1, : n + 1], rtol=1e-6)
+    assert not np.allclose(base[:, 0, 1], base[:, 1, 1])
+    # The controller's h_i is not an input (the LSTM has its own recurrence); the image is.
+    feats = out.baseline_step_features
+    no_h = out._replace(baseline_step_features=feats.at[..., : TINY["rnn_hidden"]].set(0.0))
+    np.testing.assert_array_equal(baseline(rnn_params, no_h), base)
+    other_x = out._replace(baseline_image_features=out.baseline_image_features[::-1])
+    assert not np.allclose(baseline(rnn_params, other_x), base)
+    grads = jax.grad(lambda p: jnp.sum(rnn_model.baseline_values(p, out)))(rnn_params)
+    lstm = jax.tree.leaves(grads["baseline"]["params"]["rnn"])
+    assert len(lstm) >= 3 and all(float(jnp.abs(g).sum()) > 0 for g in lstm)
+
+
 def test_downstream_learning_signal_covers_every_downstream_term():
     model, params, images = _model()
     out = _infer_fn(2, False)(params, images, jax.random.key(2), 0.5, None)

@@ -13,6 +13,8 @@ Variants (``--config=air_multi_mnist:VARIANT``):
              test sequences
   bench      the matched architecture of the Pyro example (K=1, NVIL, batch 64, 28x28 glimpse, LSTM 256 on raw pixels,
              200-unit MLPs), for benchmarks/air_throughput.py
+  pyro_baseline  the Pyro example's NVIL baseline: an LSTM of 256 units of its own on [image, z^{i-1}] plus a
+             200-unit head (``bench+pyro_baseline``: the benchmark at equal work with Pyro's example)
   quick      a tiny run on synthetic blob "digits" (no download): seconds, for tests and smoke checks
 Variants combine with '+', e.g. ``nvil+quick``.
 
@@ -24,7 +26,7 @@ import ml_collections
 
 from ocr_jax import configs
 
-VARIANTS = ("nvil", "ww", "reinforce", "pyro", "bernoulli", "moving", "bench", "quick")
+VARIANTS = ("nvil", "ww", "reinforce", "pyro", "bernoulli", "moving", "bench", "pyro_baseline", "quick")
 COMBINABLE_VARIANTS = True
 
 
@@ -130,6 +132,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             glimpse_decoder_hidden=(200,),
             baseline_hidden=(200,),
         )
+    if "pyro_baseline" in variants:
+        tc.model.update(baseline_rnn_hidden=256, baseline_hidden=(200,))
     if "quick" in variants:
         tc.data.update(synthetic_digits=True, num_train=2_048, num_test=256)
         tc.model.update(
