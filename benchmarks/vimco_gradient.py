@@ -12,7 +12,6 @@ The load average is recorded: run it alone.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -20,12 +19,18 @@ import time
 
 import jax
 import jax.numpy as jnp
+from absl import app, flags, logging
 from tensorflow_probability.substrates import jax as tfp
 
 from ocr_jax import objectives as obj
 
 tfd = tfp.distributions
 DIM = 10
+
+_KS = flags.DEFINE_list("ks", ["10", "100", "1000"], "particle counts K, comma-separated")
+_BATCH = flags.DEFINE_integer("batch", 256, "independent copies of the problem")
+_REPEATS = flags.DEFINE_integer("repeats", 20, "calls of each compiled gradient; the best is reported")
+_OUT = flags.DEFINE_string("out", "runs/bench/vimco_gradient.json", "where the results go (JSON)")
 
 
 def quadratic_leave_one_out(log_w):
@@ -76,29 +81,28 @@ def measure(fn, phi, key, repeats):
     return best, temp, mode
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ks", default="10,100,1000")
-    p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--out", default="runs/bench/vimco_gradient.json")
-    args = p.parse_args()
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # INFO logs (jax, orbax, TFDS) only with --verbosity=0
+    batch, repeats, out = _BATCH.value, _REPEATS.value, _OUT.value
     load_before = os.getloadavg()
-    phi = (jnp.zeros((args.batch, DIM)) + 0.3, jnp.zeros((args.batch, DIM)) - 0.2)
+    phi = (jnp.zeros((batch, DIM)) + 0.3, jnp.zeros((batch, DIM)) - 0.2)
     key = jax.random.PRNGKey(0)  # raw uint32[2]: the seed form TFP expects
     rows = []
     print(
         f"{'K':>5} | {'ours ms':>8} {'[K,K] ms':>9} {'TFP ms':>8} | {'ours/TFP':>8} | "
         f"{'ours MB':>8} {'[K,K] MB':>9} {'TFP MB':>8}"
     )
-    for k in [int(x) for x in args.ks.split(",")]:
-        t_ours, m_ours, _ = measure(lambda f, s: ours_loss(f, s, k, obj.vimco_leave_one_out), phi, key, args.repeats)
-        t_quad, m_quad, _ = measure(lambda f, s: ours_loss(f, s, k, quadratic_leave_one_out), phi, key, args.repeats)
-        t_tfp, m_tfp, tfp_mode = measure(lambda f, s: tfp_loss(f, s, k), phi, key, args.repeats)
+    for k in [int(x) for x in _KS.value]:
+        t_ours, m_ours, _ = measure(lambda f, s: ours_loss(f, s, k, obj.vimco_leave_one_out), phi, key, repeats)
+        t_quad, m_quad, _ = measure(lambda f, s: ours_loss(f, s, k, quadratic_leave_one_out), phi, key, repeats)
+        t_tfp, m_tfp, tfp_mode = measure(lambda f, s: tfp_loss(f, s, k), phi, key, repeats)
         rows.append(
             dict(
                 K=k,
-                batch=args.batch,
+                batch=batch,
                 ours_s=t_ours,
                 quadratic_s=t_quad,
                 tfp_s=t_tfp,
@@ -115,10 +119,10 @@ def main():
         )
     load_after = os.getloadavg()
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out, "w") as f:
         json.dump(dict(rows=rows, load_before=load_before, load_after=load_after, jax=jax.__version__), f, indent=1)
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

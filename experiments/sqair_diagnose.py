@@ -16,12 +16,12 @@ frame 1's presence path). This is how the spare-object failure mode was traced.
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags, logging
 
 from ocr_jax import api
 from ocr_jax.data import to_unit_float
@@ -91,33 +91,48 @@ def spare_summary(result: dict[str, np.ndarray], num_digits: int) -> dict:
     return summary
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--frames", type=int, default=2)
-    p.add_argument("--sequences", type=int, default=64)
-    p.add_argument("--particles", type=int, default=5)
-    p.add_argument("--worth", action="store_true", help="what each object found in frame 1 is worth (see above)")
-    args = p.parse_args()
-    run = api.load_run(args.workdir)
+def diagnose(workdir: str, *, frames: int = 2, sequences: int = 64, particles: int = 5, worth: bool = False) -> dict:
+    """What the command line prints, as a dict: :func:`frame_terms` (with the true counts) on the first ``sequences``
+    test sequences cut to ``frames`` frames, or with ``worth`` :func:`spare_summary` on one- and two-digit ones."""
+    run = api.load_run(workdir)
     cfg = run.task.config
-    if args.worth:
+    if worth:
         data = run.task.test_data
         num_digits = (data["labels"] >= 0).sum(-1)
-        worth = jax.jit(object_worth, static_argnums=(0, 4))
+        worth_fn = jax.jit(object_worth, static_argnums=(0, 4))
         result = {"step": run.step}
         for n in (1, 2):
-            frames = to_unit_float(data["frames"][num_digits == n][: args.sequences, : args.frames])
+            x = to_unit_float(data["frames"][num_digits == n][:sequences, :frames])
             result[f"{n}_digit_sequences"] = spare_summary(
-                jax.device_get(worth(run.model, run.params, frames, jax.random.key(0), args.particles)), n
+                jax.device_get(worth_fn(run.model, run.params, x, jax.random.key(0), particles)), n
             )
-        print(json.dumps(result, indent=1))
-        return
-    data = load_sequences(cfg, "test", args.sequences, cfg.data_seed + 1)
-    result = frame_terms(run, data["frames"][:, : args.frames], num_particles=args.particles)
-    result["true_counts"] = data["counts"][:, : args.frames].mean(0).round(3).tolist()
-    print(json.dumps(dict(step=run.step, **result), indent=1))
+        return result
+    data = load_sequences(cfg, "test", sequences, cfg.data_seed + 1)
+    result = frame_terms(run, data["frames"][:, :frames], num_particles=particles)
+    result["true_counts"] = data["counts"][:, :frames].mean(0).round(3).tolist()
+    return dict(step=run.step, **result)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # INFO logs (orbax: every restore) only with --verbosity=0
+    result = diagnose(
+        _WORKDIR.value,
+        frames=_FRAMES.value,
+        sequences=_SEQUENCES.value,
+        particles=_PARTICLES.value,
+        worth=_WORTH.value,
+    )
+    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
-    main()
+    # Flags are defined only when run as a script, so the module can be imported (tests) next to the others.
+    _WORKDIR = flags.DEFINE_string("workdir", None, "a trained SQAIR run's directory", required=True)
+    _FRAMES = flags.DEFINE_integer("frames", 2, "frames of each test sequence (the first ones)")
+    _SEQUENCES = flags.DEFINE_integer("sequences", 64, "test sequences (with --worth: of each digit count)")
+    _PARTICLES = flags.DEFINE_integer("particles", 5, "particles per sequence")
+    _WORTH = flags.DEFINE_bool("worth", False, "what each object found in frame 1 is worth (see above)")
+    app.run(main)
