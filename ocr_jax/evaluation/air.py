@@ -304,7 +304,7 @@ def two_digit_anatomy(
     Args:
       true_boxes: ``[n, M, 4]`` tight boxes of the digits, zero rows where absent (any order).
       true_counts: ``[n]`` number of digits.
-      pred_boxes: ``[n, N, 4]`` inferred glimpse windows (present steps first, as ``ocr_jax.api.infer_images``).
+      pred_boxes: ``[n, N, 4]`` inferred glimpse windows, zero rows where absent (any order; as ``ocr_jax.api``).
       pred_counts: ``[n]`` inferred counts.
       cover: a digit counts as inside the glimpse when at least this fraction of its box's area is.
 
@@ -318,6 +318,9 @@ def two_digit_anatomy(
     true_boxes = np.asarray(true_boxes, np.float64)
     present_first = np.argsort(~(true_boxes[..., 2] > true_boxes[..., 0]), axis=1, kind="stable")
     true_boxes = np.take_along_axis(true_boxes, present_first[..., None], axis=1)
+    pred_boxes = np.asarray(pred_boxes, np.float64)
+    present_first = np.argsort(~(pred_boxes[..., 2] > pred_boxes[..., 0]), axis=1, kind="stable")
+    pred_boxes = np.take_along_axis(pred_boxes, present_first[..., None], axis=1)
     two = true_counts == 2
     right = pred_counts == true_counts
     gap = signed_box_gap(true_boxes[:, 0], true_boxes[:, 1])

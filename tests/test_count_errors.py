@@ -1,5 +1,6 @@
-"""Where AIR's counting errors are (ocr_jax.evaluation.air's two-digit anatomy and experiments/air_errors.py): box
-gaps and coverage against hand-computed values, and the anatomy of a made-up set of predictions."""
+"""Where AIR's and SQAIR's counting errors are (ocr_jax.evaluation.air's two-digit anatomy and
+experiments/count_errors.py): box gaps and coverage against hand-computed values, the anatomy of a made-up set of
+predictions, and (slow) the script on two-step runs of both models."""
 
 import json
 import subprocess
@@ -38,8 +39,9 @@ def test_two_digit_anatomy_counts_each_kind_of_error():
     true_boxes = np.array([[left, right], [left, near], [absent, left], [left, near], [left, absent]])
     true_counts = np.array([2, 2, 1, 2, 1])
     both = [8.0, 0.0, 32.0, 32.0]  # one glimpse around `left` and `near`
+    # present glimpses may come in any slot (SQAIR's object slots): image 3's is in the second one
     pred_boxes = np.array(
-        [[left, right], [both, absent], [left, absent], [[50.0, 50.0, 60.0, 60.0], absent], [left, absent]]
+        [[left, right], [both, absent], [left, absent], [absent, [50.0, 50.0, 60.0, 60.0]], [left, absent]]
     )
     pred_counts = np.array([2, 1, 1, 1, 1])
     a = air_eval.two_digit_anatomy(true_boxes, true_counts, pred_boxes, pred_counts)
@@ -57,18 +59,20 @@ def test_two_digit_anatomy_counts_each_kind_of_error():
 
 
 @pytest.mark.slow
-def test_air_errors_cli_on_a_two_step_run(tmp_path):
-    workdir = tmp_path / "air"
+@pytest.mark.parametrize("config", ["air_multi_mnist:quick", "sqair_mnist:quick"])
+def test_count_errors_cli_on_a_two_step_run(tmp_path, config):
+    workdir = tmp_path / "run"
     common = ["--config.num_steps=2", "--config.eval_every=0", "--config.progress_bar=False"]
-    data = ["--config.task_config.data.num_train=32", "--config.task_config.data.num_test=16"]
-    train = [sys.executable, "-m", "experiments.main", "--config=air_multi_mnist:quick", f"--workdir={workdir}"]
+    if config.startswith("air"):
+        data = ["--config.task_config.data.num_train=32", "--config.task_config.data.num_test=16"]
+    else:
+        data = ["--config.task_config.num_train=16", "--config.task_config.num_eval=4"]
+    train = [sys.executable, "-m", "experiments.main", f"--config={config}", f"--workdir={workdir}"]
     subprocess.run(train + common + data, check=True, capture_output=True)
-    subprocess.run(
-        [sys.executable, "-m", "experiments.air_errors", f"--workdir={workdir}", "--num_images=16", "--data_seed=5"],
-        check=True,
-        capture_output=True,
-    )
+    cmd = [sys.executable, "-m", "experiments.count_errors", f"--workdir={workdir}", "--num_images=4", "--data_seed=5"]
+    subprocess.run(cmd, check=True, capture_output=True)
     summary = json.loads((workdir / "errors_seed5.json").read_text())
-    assert summary["num_images"] == 16 and summary["data_seed"] == 5
-    assert sum(map(sum, summary["confusion"])) == 16
+    images = 4 if config.startswith("air") else 4 * 3  # SQAIR quick: 3 frames per sequence
+    assert summary["num_images"] == images and summary["data_seed"] == 5
+    assert sum(map(sum, summary["confusion"])) == images
     assert (workdir / "errors_seed5.png").stat().st_size > 0

@@ -1,0 +1,145 @@
+"""Where a trained AIR or SQAIR run's counting errors are: the confusion matrix on the test split, accuracy on
+two-digit images by the gap between the digits, and what the one glimpse of each "two digits read as one" error does
+(covers both digits, covers one and misses the other, or neither); for SQAIR also by frame index. Issues #13 and #15.
+
+    python -m experiments.count_errors --workdir=runs/main/air
+    python -m experiments.count_errors --workdir=runs/air --num_images=10000 --particles=1 --data_seed=7
+    python -m experiments.count_errors --workdir=runs/sqair_cpu --num_images=200 --particles=5
+
+Runs inference through the public API (``ocr_jax.api.load_run`` then ``infer_images`` for AIR, ``infer_sequences``
+for SQAIR: the best of ``--particles`` posterior samples per image or sequence) on the run's own test split, or on a
+second test set made with another generator seed (``--data_seed``). ``--num_images`` counts images for AIR and
+sequences for SQAIR (every frame of a sequence is an image of the anatomy). Writes ``<workdir>/errors[_seedS].json``
+(``ocr_jax.evaluation.air.two_digit_anatomy`` plus the confusion matrix) and ``errors[_seedS].png``: two-as-one
+errors with the true tight boxes (dashed) and the inferred glimpse windows, and accuracy against the digit gap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from ocr_jax import api, plotting  # noqa: E402
+from ocr_jax.evaluation import air as air_eval  # noqa: E402
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training run of an AIR or SQAIR config.", required=True)
+_NUM = flags.DEFINE_integer("num_images", 10_000, "Test images (AIR) or sequences (SQAIR) to evaluate, from the start.")
+_PARTICLES = flags.DEFINE_integer("particles", 1, "Posterior samples per image / sequence; the best is used.")
+_DATA_SEED = flags.DEFINE_integer("data_seed", -1, "Generator seed of the test set (-1: the run's own test split).")
+_EXAMPLES = flags.DEFINE_integer("examples", 12, "Two-as-one errors drawn in the picture.")
+_SEED = flags.DEFINE_integer("seed", 0, "Inference key.")
+
+
+def test_images(run: api.Run, num: int, data_seed: int) -> tuple[dict, int]:
+    """The run's test data as images: ``images [n, H, W]`` uint8, ``counts [n]``, ``boxes [n, M, 4]`` (SQAIR: the
+    frames of ``num`` sequences, sequence-major, and ``frames_per_sequence``); and the generator seed used."""
+    tc = run.config.task_config
+    if run.task_name == "air":
+        from ocr_jax.tasks.air import load_multi_mnist
+
+        data_cfg = tc.data.copy_and_resolve_references()
+        if data_seed >= 0:
+            data_cfg.seed = data_seed
+        data = load_multi_mnist(data_cfg, "test")
+        if "boxes" not in data:
+            raise app.UsageError(f"the test data of this run ({data_cfg.name}) has no digit boxes")
+        n = min(num, len(data["images"]))
+        return {k: data[k][:n] for k in ("images", "counts", "boxes")}, int(data_cfg.seed)
+    from ocr_jax.tasks import sqair as sqair_task
+
+    task_cfg = run.task.config
+    seed = task_cfg.data_seed + 1 if data_seed < 0 else data_seed  # the training's own test split: data_seed + 1
+    seqs = sqair_task.load_sequences(task_cfg, "test", min(num, task_cfg.num_eval) if data_seed < 0 else num, seed)
+    n, t = seqs["counts"].shape
+    return dict(
+        images=seqs["frames"].reshape(n * t, *seqs["frames"].shape[2:]),
+        counts=seqs["counts"].reshape(-1),
+        boxes=seqs["boxes"].reshape(n * t, *seqs["boxes"].shape[2:]),
+        frames_per_sequence=t,
+    ), seed
+
+
+def anatomy_of_run(run: api.Run, data: dict, *, num_particles: int, key: jax.Array) -> tuple[dict, dict]:
+    """Inference on ``data`` (as :func:`test_images`) -> (the JSON summary, per-image predictions ``counts [n]``,
+    ``boxes [n, N, 4]``, ``presence [n, N]``)."""
+    if run.task_name == "air":
+        pred = api.infer_images(run, data["images"], key=key, num_particles=num_particles)
+        n_max = run.model.config.max_steps
+    else:
+        t = data["frames_per_sequence"]
+        frames = data["images"].reshape(-1, t, *data["images"].shape[1:])
+        seq = api.infer_sequences(run, frames, key=key, num_particles=num_particles)
+        pred = {k: seq[k].reshape(-1, *seq[k].shape[2:]) for k in ("counts", "boxes", "presence")}
+        n_max = run.model.config.max_objects
+    true = np.minimum(data["counts"], n_max)
+    confusion = np.zeros((n_max + 1, n_max + 1), np.int64)
+    np.add.at(confusion, (true, pred["counts"]), 1)
+    summary = dict(
+        task=run.task_name,
+        step=run.step,
+        num_images=int(len(data["images"])),
+        particles=num_particles,
+        count_accuracy=float(np.trace(confusion) / confusion.sum()),
+        confusion=confusion.tolist(),
+    )
+    if "frames_per_sequence" in data:
+        right = (true == pred["counts"]).reshape(-1, data["frames_per_sequence"])
+        summary["count_accuracy_by_frame"] = right.mean(0).round(4).tolist()
+    summary.update(air_eval.two_digit_anatomy(data["boxes"], data["counts"], pred["boxes"], pred["counts"]))
+    return summary, pred
+
+
+def draw(data: dict, pred: dict, summary: dict, path: str, *, examples: int) -> None:
+    """Two-as-one errors (true boxes dashed, glimpse windows coloured) and accuracy by digit gap."""
+    err = np.flatnonzero((data["counts"] == 2) & (pred["counts"] == 1))[:examples]
+    cols = max(len(err), 1)
+    fig = plt.figure(figsize=(max(1.6 * cols, 6.0), 4.2))
+    for j, i in enumerate(err):
+        ax = fig.add_subplot(2, cols, j + 1)
+        ax.imshow(data["images"][i], cmap="gray", vmin=0, vmax=255)
+        plotting.draw_boxes(ax, data["boxes"][i], data["boxes"][i, :, 2] > data["boxes"][i, :, 0], linestyle="--")
+        steps = np.arange(1, 1 + pred["boxes"].shape[1])
+        plotting.draw_boxes(ax, pred["boxes"][i], pred["presence"][i], color_ids=steps)
+        ax.set_axis_off()
+    ax = fig.add_subplot(2, 1, 2)
+    rows = [r for r in summary["by_gap"] if r["images"]]
+    ax.bar([r["gap_px"] for r in rows], [r["accuracy"] for r in rows], color="tab:blue")
+    for k, r in enumerate(rows):
+        ax.text(k, r["accuracy"], f"{r['right']}/{r['images']}", ha="center", va="bottom", fontsize=8)
+    ax.set_ylim(0, 1.1)
+    ax.set_xlabel("gap between the two digits' tight boxes (px; ≤ 0: touching or overlapping)")
+    ax.set_ylabel("two-digit images read right")
+    title = f"{summary['task']} step {summary['step']}: {summary['two_as_one']['errors']} two-digit images read as one"
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    run = api.load_run(_WORKDIR.value)
+    data, seed = test_images(run, _NUM.value, _DATA_SEED.value)
+    summary, pred = anatomy_of_run(run, data, num_particles=_PARTICLES.value, key=jax.random.PRNGKey(_SEED.value))
+    summary["data_seed"] = seed
+    out = os.path.join(_WORKDIR.value, "errors" + (f"_seed{_DATA_SEED.value}" if _DATA_SEED.value >= 0 else ""))
+    with open(out + ".json", "w") as f:
+        json.dump(summary, f, indent=1)
+    draw(data, pred, summary, out + ".png", examples=_EXAMPLES.value)
+    print(json.dumps({k: v for k, v in summary.items() if k != "by_gap"}, indent=1))
+    for r in summary["by_gap"]:
+        print(r)
+    print(f"wrote {out}.json and {out}.png")
+
+
+if __name__ == "__main__":
+    app.run(main)
