@@ -198,20 +198,40 @@ def _per_particle_score(signal: Array, log_q_score: Array | None) -> Array:
 
 
 def miwae(
-    log_p: Array, log_q_reparam: Array | None = None, log_q_score: Array | None = None, *, num_repeats: int
+    log_p: Array,
+    log_q_reparam: Array | None = None,
+    log_q_score: Array | None = None,
+    *,
+    num_repeats: int,
+    score_baseline: str = "none",
 ) -> Surrogates:
     """MIWAE(M, K): (1/M) Σ_m log Ẑ_K^{(m)} (thesis Eq. 7.3 with M > 1, K > 1); budget T = M·K.
 
     Inputs ``[..., M·K]``: the particle axis is split into ``[..., repeats=M, particles=K]`` (repeat-major); a
     ValueError names the shapes when it is not a multiple of M. MIWAE(1, K) = IWAE(K); MIWAE(M, 1) = ELBO with M
     samples. Normalisation is over K within each repeat, never over M.
+
+    Score-function latents of repeat m get the learning signal log Ẑ_K^{(m)} (``score_baseline="none"``: raw
+    REINFORCE, as :func:`iwae`) or, with ``score_baseline="leave_one_out"`` (M ≥ 2), log Ẑ_K^{(m)} minus the mean of
+    the other repeats' log Ẑ_K^{(m')} — a baseline independent of repeat m's samples, so still unbiased (Kool et
+    al. 2019's "REINFORCE samples with a baseline for free"; for K = 1 every particle is scored against the others
+    by its own log-weight, the per-particle signal of the official SQAIR code).
     """
+    if score_baseline not in ("none", "leave_one_out"):
+        raise ValueError(f"score_baseline must be 'none' or 'leave_one_out'; got {score_baseline!r}")
     log_p = _check_inputs(log_p, log_q_reparam, log_q_score)
     parts = [
         _split(a, num_repeats, n)
         for a, n in ((log_p, "log_p"), (log_q_reparam, "log_q_reparam"), (log_q_score, "log_q_score"))
     ]
-    return iwae(*parts)
+    if score_baseline == "none":
+        return iwae(*parts)
+    if num_repeats < 2:
+        raise ValueError(f"score_baseline='leave_one_out' needs num_repeats >= 2 (to compare); got {num_repeats}")
+    log_z = log_mean_exp(log_weights(*parts))  # [..., M]
+    others = (jnp.sum(log_z, axis=-1, keepdims=True) - log_z) / (num_repeats - 1)
+    loss = -jnp.mean(log_z + _score_term(log_z - others, parts[2]))
+    return Surrogates(theta=loss, phi=loss, bound=sg(jnp.mean(log_z)))
 
 
 def ciwae(
@@ -237,16 +257,22 @@ def ciwae(
 
 
 def piwae(
-    log_p: Array, log_q_reparam: Array | None = None, log_q_score: Array | None = None, *, num_repeats: int
+    log_p: Array,
+    log_q_reparam: Array | None = None,
+    log_q_score: Array | None = None,
+    *,
+    num_repeats: int,
+    score_baseline: str = "none",
 ) -> Surrogates:
     """PIWAE(M, L): θ follows IWAE with K = M·L, φ follows MIWAE(M, L), on the same M·L weights (thesis Eq. 7.15).
 
     Inputs ``[..., M·L]`` (split repeat-major into ``[..., M, L]`` for the φ target; ValueError if the particle
-    axis is not a multiple of M). ``bound`` is the IWAE(M·L) value.
+    axis is not a multiple of M). ``bound`` is the IWAE(M·L) value. ``score_baseline``: of the φ target's
+    score-function term (:func:`miwae`); θ's target has no score-function term that reaches θ.
     """
     log_p = _check_inputs(log_p, log_q_reparam, log_q_score)
     theta_target = iwae(log_p, log_q_reparam, log_q_score)
-    phi_target = miwae(log_p, log_q_reparam, log_q_score, num_repeats=num_repeats)
+    phi_target = miwae(log_p, log_q_reparam, log_q_score, num_repeats=num_repeats, score_baseline=score_baseline)
     return Surrogates(
         theta=theta_target.theta, phi=phi_target.phi, bound=theta_target.bound, aux={"miwae_bound": phi_target.bound}
     )

@@ -95,7 +95,7 @@ def test_unknown_names_and_variants_say_what_exists():
     with pytest.raises(ValueError, match="variants: conv, small, cpu, quick"):
         configs.get_config("sqair_mnist:fast")
     with pytest.raises(ValueError, match="combine them with"):
-        configs.get_config("air_multi_mnist:nvil+fast")
+        configs.get_config("air_multi_mnist:nvil+faster")
     with pytest.raises(ValueError, match=r"unknown variant\(s\) \['quick\+quick'\]"):
         configs.get_config("toy_vae:quick+quick")  # only air_multi_mnist combines variants
 

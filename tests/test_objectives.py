@@ -124,6 +124,20 @@ UNBIASED_CASES = [
         lambda t, p: exact_iwae(t, p, 2),
     ),
     (
+        "miwae(2,2) leave-one-out",
+        lambda lp, lq: obj.miwae(lp, None, lq, num_repeats=2, score_baseline="leave_one_out"),
+        4,
+        lambda t, p: exact_iwae(t, p, 2),
+        lambda t, p: exact_iwae(t, p, 2),
+    ),
+    (
+        "piwae(4,1) leave-one-out",
+        lambda lp, lq: obj.piwae(lp, None, lq, num_repeats=4, score_baseline="leave_one_out"),
+        4,
+        lambda t, p: exact_iwae(t, p, 4),
+        lambda t, p: exact_iwae(t, p, 1),
+    ),
+    (
         "reinforce b=0",
         lambda lp, lq: obj.reinforce(lp, None, lq),
         3,
@@ -515,6 +529,7 @@ def test_large_log_weights(shift):
         "iwae": lambda p, r, s: obj.iwae(p, r, s),
         "ciwae": lambda p, r, s: obj.ciwae(p, r, s, beta=0.5),
         "piwae": lambda p, r, s: obj.piwae(p, r, s, num_repeats=2),
+        "piwae_loo": lambda p, r, s: obj.piwae(p, r, s, num_repeats=3, score_baseline="leave_one_out"),
         "vimco": lambda p, r, s: obj.vimco(p, r, s),
         "rws": lambda p, r, s: obj.rws(p, r + s),
     }
@@ -543,6 +558,10 @@ def test_bad_inputs_raise_clear_errors():
         obj.piwae(lp, num_repeats=4)
     with pytest.raises(ValueError, match="num_repeats=5"):
         obj.miwae(lp, num_repeats=5)
+    with pytest.raises(ValueError, match="score_baseline must be"):
+        obj.miwae(lp, None, lp, num_repeats=2, score_baseline="mean")
+    with pytest.raises(ValueError, match="num_repeats >= 2"):
+        obj.piwae(lp, None, lp, num_repeats=1, score_baseline="leave_one_out")
     with pytest.raises(ValueError, match="baseline has shape"):
         obj.nvil(lp, None, lp, jnp.zeros(3), obj.nvil_init())
     with pytest.raises(ValueError, match="beta"):

@@ -232,9 +232,12 @@ def iwae() -> Estimator:
 
 
 @register("miwae")
-def miwae(num_repeats: int = 1) -> Estimator:
+def miwae(num_repeats: int = 1, score_baseline: str = "none") -> Estimator:
     return _stateless(
-        "miwae", lambda t: objectives.miwae(t.log_p, t.log_q_reparam, t.log_q_score, num_repeats=num_repeats)
+        "miwae",
+        lambda t: objectives.miwae(
+            t.log_p, t.log_q_reparam, t.log_q_score, num_repeats=num_repeats, score_baseline=score_baseline
+        ),
     )
 
 
@@ -244,9 +247,15 @@ def ciwae(beta: float = 0.5) -> Estimator:
 
 
 @register("piwae")
-def piwae(num_repeats: int = 1) -> Estimator:
+def piwae(num_repeats: int = 1, score_baseline: str = "none") -> Estimator:
+    """θ: IWAE(K); φ: MIWAE(M = num_repeats, K / M). ``score_baseline="leave_one_out"`` scores each repeat against
+    the mean of the others (``objectives.miwae``); with num_repeats = K the inference network follows the K-sample
+    ELBO with a leave-one-out baseline while the model follows IWAE (``air_multi_mnist:piwae``)."""
     return _stateless(
-        "piwae", lambda t: objectives.piwae(t.log_p, t.log_q_reparam, t.log_q_score, num_repeats=num_repeats)
+        "piwae",
+        lambda t: objectives.piwae(
+            t.log_p, t.log_q_reparam, t.log_q_score, num_repeats=num_repeats, score_baseline=score_baseline
+        ),
     )
 
 
