@@ -16,7 +16,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant, estimator", [("quick", "vimco"), ("quick+nvil", "nvil"), ("quick+ww", "ww")])
+@pytest.mark.parametrize(
+    "variant, estimator", [("quick", "vimco"), ("quick+nvil", "nvil"), ("quick+ww", "ww"), ("quick+piwae", "piwae")]
+)
 def test_sqair_trains_200_steps_from_the_command_line(tmp_path, variant, estimator):
     cmd = [
         sys.executable,
