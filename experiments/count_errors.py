@@ -1,6 +1,7 @@
 """Where a trained AIR or SQAIR run's counting errors are: the confusion matrix on the test split, accuracy on
 two-digit images by the gap between the digits, and what the one glimpse of each "two digits read as one" error does
-(covers both digits, covers one and misses the other, or neither); for SQAIR also by frame index. Issues #13 and #15.
+(covers both digits, covers one and misses the other, or neither); for SQAIR also by frame index; for AIR also what
+it does on blank canvases (how often a particle holds an object there, and what that costs it). Issues #13 and #15.
 
     python -m experiments.count_errors --workdir=runs/main/air
     python -m experiments.count_errors --workdir=runs/air --num_images=10000 --particles=1 --data_seed=7
@@ -97,6 +98,26 @@ def anatomy_of_run(run: api.Run, data: dict, *, num_particles: int, key: jax.Arr
     return summary, pred
 
 
+def blank_canvas_check(run: api.Run, *, num_images: int = 200, num_particles: int = 5, key: jax.Array) -> dict:
+    """AIR on blank canvases: how often the inference network places an object where there is nothing, and what
+    such a particle costs — its log-weight minus the mean log-weight of the particles without one."""
+    out = run.model.infer(
+        run.params,
+        jax.numpy.zeros((num_images, *run.model.config.canvas_shape)),
+        key,
+        num_particles=num_particles,
+        continue_prob=run.task.continue_prob(run.step),
+    )
+    n = np.asarray(out.z_pres).sum(-1)
+    log_w = np.asarray(out.log_weight)
+    return dict(
+        particles=int(n.size),
+        fraction_with_an_object=float((n > 0).mean()),
+        mean_presence_probability_step_1=float(np.asarray(jax.nn.sigmoid(out.presence_logits[..., 0])).mean()),
+        log_weight_deficit_of_those=float(log_w[n == 0].mean() - log_w[n > 0].mean()) if (n > 0).any() else None,
+    )
+
+
 def draw(data: dict, pred: dict, summary: dict, path: str, *, examples: int) -> None:
     """Two-as-one errors (true boxes dashed, glimpse windows coloured) and accuracy by digit gap."""
     err = np.flatnonzero((data["counts"] == 2) & (pred["counts"] == 1))[:examples]
@@ -131,6 +152,8 @@ def main(argv):
     data, seed = test_images(run, _NUM.value, _DATA_SEED.value)
     summary, pred = anatomy_of_run(run, data, num_particles=_PARTICLES.value, key=jax.random.PRNGKey(_SEED.value))
     summary["data_seed"] = seed
+    if run.task_name == "air":
+        summary["blank_canvas"] = blank_canvas_check(run, key=jax.random.PRNGKey(_SEED.value + 1))
     out = os.path.join(_WORKDIR.value, "errors" + (f"_seed{_DATA_SEED.value}" if _DATA_SEED.value >= 0 else ""))
     with open(out + ".json", "w") as f:
         json.dump(summary, f, indent=1)

@@ -76,3 +76,6 @@ def test_count_errors_cli_on_a_two_step_run(tmp_path, config):
     assert summary["num_images"] == images and summary["data_seed"] == 5
     assert sum(map(sum, summary["confusion"])) == images
     assert (workdir / "errors_seed5.png").stat().st_size > 0
+    if config.startswith("air"):
+        blank = summary["blank_canvas"]
+        assert blank["particles"] == 1000 and 0 <= blank["fraction_with_an_object"] <= 1
