@@ -37,6 +37,7 @@ def study_config(base, estimator: str, num_particles: int):
     """``base`` with the estimator and particle count of one run of the study."""
     config = base.copy_and_resolve_references()
     config.task_config.estimator = estimator
+    config.task_config.estimator_args = dict()
     config.task_config.num_particles = num_particles
     return config
 

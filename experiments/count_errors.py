@@ -37,6 +37,7 @@ _PARTICLES = flags.DEFINE_integer("particles", 1, "Posterior samples per image /
 _DATA_SEED = flags.DEFINE_integer("data_seed", -1, "Generator seed of the test set (-1: the run's own test split).")
 _EXAMPLES = flags.DEFINE_integer("examples", 12, "Two-as-one errors drawn in the picture.")
 _SEED = flags.DEFINE_integer("seed", 0, "Inference key.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the latest).")
 
 
 def test_images(run: api.Run, num: int, data_seed: int) -> tuple[dict, int]:
@@ -148,7 +149,7 @@ def draw(data: dict, pred: dict, summary: dict, path: str, *, examples: int) -> 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    run = api.load_run(_WORKDIR.value)
+    run = api.load_run(_WORKDIR.value, step=_STEP.value)
     data, seed = test_images(run, _NUM.value, _DATA_SEED.value)
     summary, pred = anatomy_of_run(run, data, num_particles=_PARTICLES.value, key=jax.random.PRNGKey(_SEED.value))
     summary["data_seed"] = seed
