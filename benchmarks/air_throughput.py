@@ -24,8 +24,9 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
+from ocr_jax import cli
 from ocr_jax.configs import air_multi_mnist
 from ocr_jax.tasks.air import AIRTask
 from ocr_jax.training import mesh as mesh_lib
@@ -114,10 +115,7 @@ def measure(config, steps: int, repeats: int = 5, *, devices=None, num_batches: 
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # INFO logs (jax, orbax, TFDS) only with --verbosity=0
+    cli.start_script(argv)
     steps, repeats, out = _STEPS.value, _REPEATS.value, _OUT.value
     load_before = os.getloadavg()
     peak = matmul_peak()

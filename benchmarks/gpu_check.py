@@ -35,7 +35,9 @@ import time
 import traceback
 import types
 
-from absl import app, flags, logging
+from absl import app, flags
+
+from ocr_jax import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
@@ -255,10 +257,7 @@ def air_largest(args, at32: dict | None, deadline: float) -> dict:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # INFO logs (jax, orbax, training) only with --verbosity=0
+    cli.start_script(argv)
     dry_run = _DRY_RUN.value
     # Read before a stage imports experiments.air_seeds, whose --workdir may replace ours.
     args = types.SimpleNamespace(

@@ -26,8 +26,9 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
+from ocr_jax import cli
 from ocr_jax.configs import sqair_mnist
 from ocr_jax.training import mesh as mesh_lib
 from ocr_jax.training import tasks
@@ -110,10 +111,7 @@ def measure(hidden: int, length: int, variant: str, frames: np.ndarray, steps: i
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # INFO logs (jax, orbax, TFDS) only with --verbosity=0
+    cli.start_script(argv)
     steps, count_flops, out = _STEPS.value, not _NO_FLOPS.value, _OUT.value
     load_before = os.getloadavg()
     task, _ = make_task(32, unroll=False)

@@ -16,9 +16,9 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import app, flags
 
-from ocr_jax import configs
+from ocr_jax import cli, configs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,10 +81,7 @@ def measure(config_arg, steps: int, global_batch_size: int, devices=None) -> dic
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # INFO logs (jax, orbax, TFDS) only with --verbosity=0
+    cli.start_script(argv)
     if _WORKER.value:
         print("RESULT " + json.dumps(measure(_CONFIG.value, _STEPS.value, _GLOBAL_BATCH_SIZE.value)))
         return

@@ -19,9 +19,10 @@ import time
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags, logging
+from absl import app, flags
 from tensorflow_probability.substrates import jax as tfp
 
+from ocr_jax import cli
 from ocr_jax import objectives as obj
 
 tfd = tfp.distributions
@@ -82,10 +83,7 @@ def measure(fn, phi, key, repeats):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # INFO logs (jax, orbax, TFDS) only with --verbosity=0
+    cli.start_script(argv)
     batch, repeats, out = _BATCH.value, _REPEATS.value, _OUT.value
     load_before = os.getloadavg()
     phi = (jnp.zeros((batch, DIM)) + 0.3, jnp.zeros((batch, DIM)) - 0.2)

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from tqdm import tqdm
 
-from ocr_jax import plotting
+from ocr_jax import cli, plotting
 from ocr_jax.data import builders
 from ocr_jax.data.mnist import load_mnist
 
@@ -135,10 +135,7 @@ def run(
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]} (several datasets: --datasets=A,B)")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # INFO logs (jax, orbax, TFDS) only with --verbosity=0
+    cli.start_script(argv, hint=" (several datasets: --datasets=A,B)")
     run(
         _DATASETS.value,
         method=_METHOD.value,

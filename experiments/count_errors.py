@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from ocr_jax import api, plotting  # noqa: E402
+from ocr_jax import api, cli, plotting  # noqa: E402
 from ocr_jax.evaluation import air as air_eval  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run of an AIR or SQAIR config.", required=True)
@@ -147,8 +147,7 @@ def draw(data: dict, pred: dict, summary: dict, path: str, *, examples: int) -> 
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    cli.start_script(argv)
     run = api.load_run(_WORKDIR.value, step=_STEP.value)
     data, seed = test_images(run, _NUM.value, _DATA_SEED.value)
     summary, pred = anatomy_of_run(run, data, num_particles=_PARTICLES.value, key=jax.random.PRNGKey(_SEED.value))

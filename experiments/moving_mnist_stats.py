@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import time
 
-from absl import app, flags, logging
+from absl import app, flags
 
+from ocr_jax import cli
 from ocr_jax.data.mnist import load_mnist
 from ocr_jax.data.moving_mnist import make_moving_multi_mnist, overlap_statistics
 
@@ -65,10 +66,7 @@ def run(split: str = "train", num: int = 10_000, seed: int = 0, json_path: str |
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # INFO logs (jax, orbax, TFDS) only with --verbosity=0
+    cli.start_script(argv)
     run(_SPLIT.value, _NUM.value, _SEED.value, _JSON.value)
 
 

@@ -21,9 +21,9 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
-from ocr_jax import api
+from ocr_jax import api, cli
 from ocr_jax.data import to_unit_float
 from ocr_jax.tasks.sqair import load_sequences
 
@@ -114,10 +114,7 @@ def diagnose(workdir: str, *, frames: int = 2, sequences: int = 64, particles: i
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # INFO logs (orbax: every restore) only with --verbosity=0
+    cli.start_script(argv)
     result = diagnose(
         _WORKDIR.value,
         frames=_FRAMES.value,
