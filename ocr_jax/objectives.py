@@ -235,23 +235,41 @@ def miwae(
 
 
 def ciwae(
-    log_p: Array, log_q_reparam: Array | None = None, log_q_score: Array | None = None, *, beta: float
+    log_p: Array,
+    log_q_reparam: Array | None = None,
+    log_q_score: Array | None = None,
+    *,
+    beta: float,
+    score_baseline: str = "none",
 ) -> Surrogates:
     """CIWAE(β) = β·ELBO_VAE + (1 − β)·ELBO_IWAE on the same K weights (thesis Eq. 7.13, estimator Eq. 7.14).
 
     ``[..., particles]``. CIWAE(0) = IWAE(K), CIWAE(1) = ELBO with K samples. Score-function latents get the
-    REINFORCE term Σ_k (β·log w_k / K + (1 − β)·log Ẑ_K) ∇ log q(z_k) (unbiased; no baseline).
+    REINFORCE term Σ_k (β·(log w_k − b_k) / K + (1 − β)·(log Ẑ_K − c_k)) ∇ log q(z_k): with
+    ``score_baseline="none"`` b_k = c_k = 0; with ``"leave_one_out"`` (K ≥ 2) b_k is the mean of the other particles'
+    log-weights (as :func:`miwae`'s) and c_k VIMCO's Υ_{−k} (:func:`vimco_leave_one_out`). Both are independent of
+    z_k, so the estimator stays unbiased; CIWAE(0) is then VIMCO and CIWAE(1) the ELBO with the leave-one-out
+    baseline.
     """
     if not 0.0 <= float(beta) <= 1.0:
         raise ValueError(f"beta must lie in [0, 1]; got {beta}")
+    if score_baseline not in ("none", "leave_one_out"):
+        raise ValueError(f"score_baseline must be 'none' or 'leave_one_out'; got {score_baseline!r}")
     log_w = log_weights(log_p, log_q_reparam, log_q_score)
     log_z = log_mean_exp(log_w)
     value = beta * jnp.mean(log_w, axis=-1) + (1.0 - beta) * log_z
+    elbo_signal, iwae_signal = log_w, log_z
+    if score_baseline == "leave_one_out" and log_q_score is not None:
+        k = log_w.shape[-1]
+        if k < 2:
+            raise ValueError(f"score_baseline='leave_one_out' needs at least 2 particles; got {k}")
+        elbo_signal = log_w - (jnp.sum(log_w, axis=-1, keepdims=True) - log_w) / (k - 1)
+        iwae_signal = log_z[..., None] - vimco_leave_one_out(log_w)
     # Score term: the ELBO part only needs particle k's own log w_k as its signal (the other particles' terms are
     # independent of z_k), which lowers variance and makes CIWAE(1) coincide with elbo() sample by sample.
-    score = _score_term((1.0 - beta) * log_z, log_q_score)
+    score = _score_term((1.0 - beta) * iwae_signal, log_q_score)
     if log_q_score is not None:
-        score = score + jnp.mean(_per_particle_score(beta * log_w, log_q_score), axis=-1)
+        score = score + jnp.mean(_per_particle_score(beta * elbo_signal, log_q_score), axis=-1)
     loss = -jnp.mean(value + score)
     return Surrogates(theta=loss, phi=loss, bound=sg(jnp.mean(value)))
 

@@ -131,6 +131,13 @@ UNBIASED_CASES = [
         lambda t, p: exact_iwae(t, p, 2),
     ),
     (
+        "ciwae(0.3) leave-one-out",
+        lambda lp, lq: obj.ciwae(lp, None, lq, beta=0.3, score_baseline="leave_one_out"),
+        3,
+        lambda t, p: 0.3 * exact_iwae(t, p, 1) + 0.7 * exact_iwae(t, p, 3),
+        lambda t, p: 0.3 * exact_iwae(t, p, 1) + 0.7 * exact_iwae(t, p, 3),
+    ),
+    (
         "piwae(4,1) leave-one-out",
         lambda lp, lq: obj.piwae(lp, None, lq, num_repeats=4, score_baseline="leave_one_out"),
         4,
@@ -220,6 +227,13 @@ def test_identities():
         close(_grads(lambda *a: obj.ciwae(*a, beta=1.0), field, *args), _grads(obj.elbo, field, *args))
         # MIWAE(M, 1) = ELBO with M samples
         close(_grads(lambda *a: obj.miwae(*a, num_repeats=8), field, *args), _grads(obj.elbo, field, *args))
+        # with the leave-one-out baselines: CIWAE(0) = VIMCO, CIWAE(1) = MIWAE(K, 1) with its leave-one-out baseline
+        loo = dict(score_baseline="leave_one_out")
+        close(_grads(lambda *a: obj.ciwae(*a, beta=0.0, **loo), field, *args), _grads(obj.vimco, field, *args))
+        close(
+            _grads(lambda *a: obj.ciwae(*a, beta=1.0, **loo), field, *args),
+            _grads(lambda *a: obj.miwae(*a, num_repeats=8, **loo), field, *args),
+        )
     # PIWAE θ-grad = IWAE(M·L) θ-grad; PIWAE φ-grad = MIWAE(M, L) φ-grad
     close(_grads(lambda *a: obj.piwae(*a, num_repeats=2), "theta", *args), _grads(obj.iwae, "theta", *args))
     close(

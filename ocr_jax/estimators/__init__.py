@@ -242,8 +242,13 @@ def miwae(num_repeats: int = 1, score_baseline: str = "none") -> Estimator:
 
 
 @register("ciwae")
-def ciwae(beta: float = 0.5) -> Estimator:
-    return _stateless("ciwae", lambda t: objectives.ciwae(t.log_p, t.log_q_reparam, t.log_q_score, beta=beta))
+def ciwae(beta: float = 0.5, score_baseline: str = "none") -> Estimator:
+    """CIWAE(β) (thesis Eq. 7.13) for θ and φ; ``score_baseline="leave_one_out"``: VIMCO's baseline for the IWAE
+    part's score-function signal and the leave-one-out mean for the ELBO part's (``objectives.ciwae``)."""
+    return _stateless(
+        "ciwae",
+        lambda t: objectives.ciwae(t.log_p, t.log_q_reparam, t.log_q_score, beta=beta, score_baseline=score_baseline),
+    )
 
 
 @register("piwae")
