@@ -14,7 +14,9 @@ Every estimator states which optional terms it needs (``Estimator.requires``) an
 (``Estimator.min_particles``); a missing term or too few particles is a ``ValueError`` naming the estimator and the
 term, raised at trace time.
 
-Registered names: ``elbo``, ``iwae``, ``miwae`` (num_repeats), ``ciwae`` (beta), ``piwae`` (num_repeats),
+Registered names: ``elbo``, ``iwae``, ``miwae`` (num_repeats, score_baseline), ``ciwae`` (beta, score_baseline),
+``piwae`` (num_repeats, score_baseline; ``score_baseline="leave_one_out"`` scores each particle or repeat against
+the others, so a poor particle is punished by what it loses, unlike VIMCO's IWAE signal: docs/results.md, #15),
 ``reinforce``, ``nvil`` (decay), ``vimco``, ``ws``, ``ww``, ``dww`` (δ-WW), ``dreg``, and ``fivo`` (resampling,
 ess_threshold): the filtering variational objective (Maddison et al. 2017), whose terms come from a particle filter
 that the model's task runs (:mod:`ocr_jax.estimators.fivo`). A new estimator is one function decorated with
