@@ -283,11 +283,15 @@ def signed_box_gap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def box_coverage(window: np.ndarray, box: np.ndarray) -> np.ndarray:
     """Fraction of the area of ``box [..., 4]`` that lies inside ``window [..., 4]`` (both y_min, x_min, y_max,
     x_max) -> ``[...]`` in [0, 1]; 0 for an empty box."""
-    window, box = np.asarray(window, np.float64), np.asarray(box, np.float64)
-    h = np.clip(np.minimum(window[..., 2], box[..., 2]) - np.maximum(window[..., 0], box[..., 0]), 0, None)
-    w = np.clip(np.minimum(window[..., 3], box[..., 3]) - np.maximum(window[..., 1], box[..., 1]), 0, None)
-    area = (box[..., 2] - box[..., 0]) * (box[..., 3] - box[..., 1])
-    return np.where(area > 0, h * w / np.where(area > 0, area, 1.0), 0.0)
+    area = sqair_eval.box_area(box)
+    return np.where(area > 0, sqair_eval.box_intersection(window, box) / np.where(area > 0, area, 1.0), 0.0)
+
+
+def _present_first(boxes: np.ndarray) -> np.ndarray:
+    """``[n, M, 4]`` boxes with the non-empty ones first in each row (stable order)."""
+    boxes = np.asarray(boxes, np.float64)
+    order = np.argsort(~(boxes[..., 2] > boxes[..., 0]), axis=1, kind="stable")
+    return np.take_along_axis(boxes, order[..., None], axis=1)
 
 
 def two_digit_anatomy(
@@ -315,12 +319,7 @@ def two_digit_anatomy(
     two-digit images read right.
     """
     true_counts, pred_counts = np.asarray(true_counts), np.asarray(pred_counts)
-    true_boxes = np.asarray(true_boxes, np.float64)
-    present_first = np.argsort(~(true_boxes[..., 2] > true_boxes[..., 0]), axis=1, kind="stable")
-    true_boxes = np.take_along_axis(true_boxes, present_first[..., None], axis=1)
-    pred_boxes = np.asarray(pred_boxes, np.float64)
-    present_first = np.argsort(~(pred_boxes[..., 2] > pred_boxes[..., 0]), axis=1, kind="stable")
-    pred_boxes = np.take_along_axis(pred_boxes, present_first[..., None], axis=1)
+    true_boxes, pred_boxes = _present_first(true_boxes), _present_first(pred_boxes)
     two = true_counts == 2
     right = pred_counts == true_counts
     gap = signed_box_gap(true_boxes[:, 0], true_boxes[:, 1])

@@ -303,14 +303,24 @@ def evaluate_sqair(
 # Matching
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Intersection over union of boxes ``a [..., 4]`` and ``b [..., 4]`` (broadcast); 0 where the union is empty."""
+def box_area(x: np.ndarray) -> np.ndarray:
+    """Area of boxes ``[..., 4]`` (y_min, x_min, y_max, x_max); 0 for empty or inverted boxes."""
+    x = np.asarray(x, np.float64)
+    return np.clip(x[..., 2] - x[..., 0], 0, None) * np.clip(x[..., 3] - x[..., 1], 0, None)
+
+
+def box_intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Area of the intersection of boxes ``a [..., 4]`` and ``b [..., 4]`` (broadcast)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     h = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
     w = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
-    inter = h * w
-    area = lambda x: np.clip(x[..., 2] - x[..., 0], 0, None) * np.clip(x[..., 3] - x[..., 1], 0, None)  # noqa: E731
-    union = area(a) + area(b) - inter
+    return h * w
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union of boxes ``a [..., 4]`` and ``b [..., 4]`` (broadcast); 0 where the union is empty."""
+    inter = box_intersection(a, b)
+    union = box_area(a) + box_area(b) - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
