@@ -132,3 +132,17 @@ def test_run_controls_can_be_set_from_the_command_line_for_every_training_config
         values(["prog", f"--config={spec}"])
         assert values.config.allow_config_change is False
         assert values.config.stop_after_seconds == (0.0 if declared_stop is None else declared_stop)
+
+
+def test_sqair_anneal_cuts_every_learning_rate_to_a_third_when_sequences_reach_five_frames():
+    from ocr_jax.training.optimizers import make_schedule
+
+    for spec, boundary in (("sqair_mnist:cpu+piwae+anneal", 6000), ("sqair_mnist:quick+anneal", 400)):
+        config = configs.get_config(spec)
+        tc = config.task_config
+        assert tc.start_length + boundary // tc.length_every == 5, spec
+        for group, cfg in config.optimizers.items():
+            schedule = make_schedule(cfg)
+            lr = cfg.learning_rate
+            assert float(schedule(boundary - 1)) == pytest.approx(lr), (spec, group)
+            assert float(schedule(boundary)) == pytest.approx(lr / 3), (spec, group)
