@@ -1,7 +1,9 @@
 """Where a trained AIR or SQAIR run's counting errors are: the confusion matrix on the test split, accuracy on
 two-digit images by the gap between the digits, and what the one glimpse of each "two digits read as one" error does
 (covers both digits, covers one and misses the other, or neither); for SQAIR also by frame index; for AIR also what
-it does on blank canvases (how often a particle holds an object there, and what that costs it). Issues #13 and #15.
+it does on blank canvases (how often a particle holds an object there, and what that costs it), and for SQAIR what
+became of every visible digit no glimpse covers (never found, dropped, moved onto the other digit, astray:
+``ocr_jax.evaluation.sqair.lost_digit_anatomy``). Issues #13 and #15.
 
     python -m experiments.count_errors --workdir=runs/main/air
     python -m experiments.count_errors --workdir=runs/air --num_images=10000 --particles=1 --data_seed=7
@@ -30,6 +32,7 @@ from absl import app, flags  # noqa: E402
 
 from ocr_jax import api, cli, plotting  # noqa: E402
 from ocr_jax.evaluation import air as air_eval  # noqa: E402
+from ocr_jax.evaluation import sqair as sqair_eval  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run of an AIR or SQAIR config.", required=True)
 _NUM = flags.DEFINE_integer("num_images", 10_000, "Test images (AIR) or sequences (SQAIR) to evaluate, from the start.")
@@ -42,7 +45,8 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to load (default: th
 
 def test_images(run: api.Run, num: int, data_seed: int) -> tuple[dict, int]:
     """The run's test data as images: ``images [n, H, W]`` uint8, ``counts [n]``, ``boxes [n, M, 4]`` (SQAIR: the
-    frames of ``num`` sequences, sequence-major, and ``frames_per_sequence``); and the generator seed used."""
+    frames of ``num`` sequences, sequence-major, with ``presence [n, D]`` of the true digits and
+    ``frames_per_sequence``); and the generator seed used."""
     tc = run.config.task_config
     if run.task_name == "air":
         from ocr_jax.tasks.air import load_multi_mnist
@@ -65,6 +69,7 @@ def test_images(run: api.Run, num: int, data_seed: int) -> tuple[dict, int]:
         images=seqs["frames"].reshape(n * t, *seqs["frames"].shape[2:]),
         counts=seqs["counts"].reshape(-1),
         boxes=seqs["boxes"].reshape(n * t, *seqs["boxes"].shape[2:]),
+        presence=seqs["presence"].reshape(n * t, -1),
         frames_per_sequence=t,
     ), seed
 
@@ -79,7 +84,7 @@ def anatomy_of_run(run: api.Run, data: dict, *, num_particles: int, key: jax.Arr
         t = data["frames_per_sequence"]
         frames = data["images"].reshape(-1, t, *data["images"].shape[1:])
         seq = api.infer_sequences(run, frames, key=key, num_particles=num_particles)
-        pred = {k: seq[k].reshape(-1, *seq[k].shape[2:]) for k in ("counts", "boxes", "presence")}
+        pred = {k: seq[k].reshape(-1, *seq[k].shape[2:]) for k in ("counts", "boxes", "presence", "ids")}
         n_max = run.model.config.max_objects
     true = np.minimum(data["counts"], n_max)
     confusion = np.zeros((n_max + 1, n_max + 1), np.int64)
@@ -95,6 +100,11 @@ def anatomy_of_run(run: api.Run, data: dict, *, num_particles: int, key: jax.Arr
     if "frames_per_sequence" in data:
         right = (true == pred["counts"]).reshape(-1, data["frames_per_sequence"])
         summary["count_accuracy_by_frame"] = right.mean(0).round(4).tolist()
+        seq_shape = (-1, data["frames_per_sequence"])
+        summary["lost_digits"] = sqair_eval.lost_digit_anatomy(
+            *(data[k].reshape(*seq_shape, *data[k].shape[1:]) for k in ("boxes", "presence")),
+            *(pred[k].reshape(*seq_shape, *pred[k].shape[1:]) for k in ("boxes", "presence", "ids")),
+        )
     summary.update(air_eval.two_digit_anatomy(data["boxes"], data["counts"], pred["boxes"], pred["counts"]))
     return summary, pred
 

@@ -79,3 +79,8 @@ def test_count_errors_cli_on_a_two_step_run(tmp_path, config):
     if config.startswith("air"):
         blank = summary["blank_canvas"]
         assert blank["particles"] == 1000 and 0 <= blank["fraction_with_an_object"] <= 1
+    else:
+        lost = summary["lost_digits"]
+        kinds = ("never_found", "dropped", "moved_to_other", "astray")
+        assert lost["uncovered"] == sum(lost[k]["total"] for k in kinds)
+        assert len(lost["never_found"]["by_frame"]) == 3 and lost["uncovered"] <= lost["digit_frames"]

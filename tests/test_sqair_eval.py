@@ -214,3 +214,45 @@ def test_tracking_and_addition_on_untrained_quick_sqair():
     assert (add["num_train_sequences"], add["num_test_sequences"]) == (8, 8)
     assert (add["num_train"], add["num_test"], add["num_classes"]) == (24, 24, 19)
     assert 0.0 <= add["train_accuracy"] <= 1.0 and 0.0 <= add["test_accuracy"] <= 1.0
+
+
+def test_lost_digit_anatomy_names_what_became_of_each_uncovered_digit():
+    """Four sequences of T frames, two digits each (tight 10x10 boxes far apart), inferred glimpses 20x20 (covering
+    a tight box wholly when centred on it): one kind of loss per sequence, from frame 2 on."""
+    true_boxes, true_pres = _two_objects()
+    glimpse = lambda b: [b[0] - 5, b[1] - 5, b[2] + 5, b[3] + 5]  # noqa: E731
+    n, N = 4, 3
+    tb = np.broadcast_to(true_boxes, (n, T, 2, 4)).copy()
+    tp = np.broadcast_to(true_pres, (n, T, 2)).copy()
+    boxes = np.zeros((n, T, N, 4))
+    pres = np.zeros((n, T, N), bool)
+    ids = np.full((n, T, N), -1)
+    for b in range(n):
+        for t in range(T):
+            for j in range(2):
+                boxes[b, t, j], pres[b, t, j], ids[b, t, j] = glimpse(tb[b, t, j]), True, j
+    # seq 0: digit 1 never found (slot 1 absent throughout)
+    pres[0, :, 1], ids[0, :, 1] = False, -1
+    # seq 1: digit 1 dropped from frame 2
+    pres[1, 2:, 1], ids[1, 2:, 1] = False, -1
+    # seq 2: identity 1 moves onto digit 0 from frame 2
+    boxes[2, 2:, 1] = boxes[2, 2:, 0]
+    # seq 3: identity 1 wanders off into empty space from frame 2
+    boxes[3, 2:, 1] = [100, 100, 120, 120]
+    out = se.lost_digit_anatomy(tb, tp, boxes, pres, ids)
+    assert out["digit_frames"] == n * T * 2
+    assert out["never_found"]["total"] == T and out["never_found"]["by_frame"] == [1] * T
+    for kind, seq in (("dropped", 1), ("moved_to_other", 2), ("astray", 3)):
+        assert out[kind]["total"] == T - 2, kind
+        assert out[kind]["by_frame"] == [0, 0, 1, 1], kind
+        assert out["examples"][kind][0] == [seq, 2, 1], kind
+    assert out["uncovered"] == T + 3 * (T - 2)
+    # undercounted frames: never_found (1 of 2 present) and dropped; moved/astray keep the count
+    assert out["never_found"]["in_undercounted_frames"] == T
+    assert out["dropped"]["in_undercounted_frames"] == T - 2
+    assert out["moved_to_other"]["in_undercounted_frames"] == 0 == out["astray"]["in_undercounted_frames"]
+    # an invisible digit is never lost; a bad shape is an error
+    tp[1, 2:, 1] = False
+    assert se.lost_digit_anatomy(tb, tp, boxes, pres, ids)["dropped"]["total"] == 0
+    with pytest.raises(ValueError, match="need true_boxes"):
+        se.lost_digit_anatomy(tb[0], tp[0], boxes[0], pres[0], ids[0])

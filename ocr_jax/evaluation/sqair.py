@@ -70,6 +70,8 @@ __all__ = [
     "eval_functions",
     "evaluate_sqair",
     "inference_batches",
+    "LOST_DIGIT_KINDS",
+    "lost_digit_anatomy",
     "match_objects",
     "summarise_tracking",
     "tracking_and_addition",
@@ -573,6 +575,81 @@ def classify_failure_mode(summary: dict) -> str:
     if summary["switches"] / summary["continuations"] >= th["switches"]:
         return "switches"
     return "tracks"
+
+
+LOST_DIGIT_KINDS = ("never_found", "dropped", "moved_to_other", "astray")
+
+
+def lost_digit_anatomy(
+    true_boxes, true_presence, boxes, presence, ids, *, coverage_threshold: float = 0.5, max_examples: int = 8
+) -> dict[str, Any]:
+    """What became of each visible digit that no inferred object covers, over sequences.
+
+    A true digit is *covered* in a frame when a present inferred box holds at least ``coverage_threshold`` of its
+    tight box (intersection / tight-box area; the glimpse windows are larger than the tight boxes, so IoU would not
+    do). Each uncovered digit-frame is one of ``LOST_DIGIT_KINDS``:
+      ``never_found``: no inferred object covered this digit in any earlier frame of the sequence;
+      ``dropped``: the identity that last covered it is absent now (PROP switched it off);
+      ``moved_to_other``: that identity is present and covers another visible digit now (the track was hijacked,
+        e.g. when the digits crossed);
+      ``astray``: that identity is present and covers no visible digit (it lost the digit).
+
+    Args:
+      true_boxes [seq, time, true, 4], true_presence [seq, time, true]: ground truth (tight boxes, visibility).
+      boxes [seq, time, slots, 4], presence [seq, time, slots], ids [seq, time, slots] (-1 absent): inferred objects.
+    Returns:
+      dict: ``digit_frames`` (visible digit-frames), ``uncovered``, and per kind ``{total, in_undercounted_frames
+      (frames with fewer inferred objects than visible digits), by_frame [time]}``, ``examples`` (kind -> up to
+      ``max_examples`` ``[seq, frame, true]``) and ``coverage_threshold``.
+    """
+    tb, tp = np.asarray(true_boxes, np.float64), np.asarray(true_presence) > 0
+    bx, pr, ids = np.asarray(boxes, np.float64), np.asarray(presence) > 0, np.asarray(ids)
+    if tb.ndim != 4 or bx.ndim != 4 or tp.shape != tb.shape[:3] or pr.shape != bx.shape[:3] or ids.shape != pr.shape:
+        raise ValueError(
+            "need true_boxes [seq, time, true, 4], true_presence [seq, time, true], boxes [seq, time, slots, 4], "
+            f"presence and ids [seq, time, slots]; got {tb.shape}, {tp.shape}, {bx.shape}, {pr.shape}, {ids.shape}"
+        )
+    if tb.shape[:2] != bx.shape[:2]:
+        raise ValueError(f"true and inferred arrays cover different [seq, time]: {tb.shape[:2]} vs {bx.shape[:2]}")
+    if not 0 < coverage_threshold <= 1:
+        raise ValueError(f"coverage_threshold must be in (0, 1]; got {coverage_threshold}")
+    n, T, D = tp.shape
+    area = box_area(tb)
+    coverage = box_intersection(tb[:, :, :, None], bx[:, :, None, :]) / np.where(area > 0, area, 1.0)[..., None]
+    covered = (coverage >= coverage_threshold) & pr[:, :, None, :] & tp[..., None]  # [seq, time, true, slots]
+    under = pr.sum(-1) < tp.sum(-1)  # [seq, time]
+    result = {k: dict(total=0, in_undercounted_frames=0, by_frame=[0] * T) for k in LOST_DIGIT_KINDS}
+    examples: dict[str, list] = {k: [] for k in LOST_DIGIT_KINDS}
+    for b in range(n):
+        last_id = np.full(D, -1, np.int64)  # identity that last covered each true digit
+        for t in range(T):
+            for j in np.flatnonzero(tp[b, t]):
+                slots = np.flatnonzero(covered[b, t, j])
+                if slots.size:
+                    last_id[j] = ids[b, t, slots[np.argmax(coverage[b, t, j, slots])]]
+                    continue
+                alive = np.flatnonzero(pr[b, t] & (ids[b, t] == last_id[j])) if last_id[j] >= 0 else []
+                if last_id[j] < 0:
+                    kind = "never_found"
+                elif not len(alive):
+                    kind = "dropped"
+                elif covered[b, t, np.arange(D) != j, alive[0]].any():
+                    kind = "moved_to_other"
+                else:
+                    kind = "astray"
+                r = result[kind]
+                r["total"] += 1
+                r["in_undercounted_frames"] += int(under[b, t])
+                r["by_frame"][t] += 1
+                if len(examples[kind]) < max_examples:
+                    examples[kind].append([b, t, int(j)])
+    return dict(
+        coverage_threshold=float(coverage_threshold),
+        digit_frames=int(tp.sum()),
+        uncovered=int(sum(r["total"] for r in result.values())),
+        **result,
+        examples=examples,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
