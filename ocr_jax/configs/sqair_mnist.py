@@ -91,6 +91,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             prop_what="gated",
             disc_later_presence_bias=0.0,
             disc_presence_logit_bound=0.0,
+            prop_presence_logit_bound=0.0,
             first_frame_continue_prob=0.0,
             disc_suppression_steps=0,
             disc_suppression_bias=-30.0,

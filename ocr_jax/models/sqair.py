@@ -132,6 +132,12 @@ class SQAIRConfig:
     # path ≈ −2e-5 measured in docs/results.md) and the score-function signal, which compares particles, vanishes:
     # an object that explains nothing is then kept for ever, whatever it costs. 0: unbounded (the official code).
     disc_presence_logit_bound: float = 0.0
+    # > 0: the same soft bound on PROP's presence logit, so that every particle drops a tracked object with a
+    # probability ≥ sigmoid(−b) per frame. Without it PROP's presence saturates too (its prior and posterior keep
+    # logits ≈ 10), no particle ever loses an object in training, and DISC never learns to find one again after frame
+    # 1: a digit whose track is lost at test time (e.g. taken over where two digits cross) stays lost (measured in
+    # docs/results.md). 0: unbounded (the official code).
+    prop_presence_logit_bound: float = 0.0
     # 0: the discovery-count prior of frame 1 is the learned table (the official code). A value ρ in (0, 1): the
     # fixed truncated geometric p(D_1 = n) ∝ ρ^n, AIR's count prior (log ρ nats per object), which keeps DISC from
     # explaining one digit with several small glimpses (measured in docs/results.md).
@@ -171,7 +177,9 @@ class SQAIRConfig:
             "disc_later_presence_bias",
             "decoder_output_bias",
         )
-        check.non_negative("disc_head_kernel_scale", "prop_update_scale", "disc_presence_logit_bound")
+        check.non_negative(
+            "disc_head_kernel_scale", "prop_update_scale", "disc_presence_logit_bound", "prop_presence_logit_bound"
+        )
         check.number(
             "first_frame_continue_prob", lambda v: 0.0 <= v < 1.0, "in [0, 1) (0: the learned discovery-count table)"
         )
@@ -706,7 +714,9 @@ class SQAIR:
             what = loc + scale * jax.random.normal(k_what, loc.shape)
             log_q_what = diag_normal_log_prob(what, loc, scale)
             # Line 15 / Eq. 5.13: Bernoulli · δ(z_pres_{t−1} = 1).
-            pres_logit = self._i(params, "prop_pres", what, where, w_rel, w_temp)
+            pres_logit = bound_logit(
+                self._i(params, "prop_pres", what, where, w_rel, w_temp), c.prop_presence_logit_bound
+            )
             pres = _sample_bernoulli(k_pres, pres_logit) * alive
             log_q_pres = alive * distrax.Bernoulli(logits=pres_logit).log_prob(pres)
             # Propagation prior, evaluated on the same object.

@@ -17,12 +17,14 @@ Config fields used here (see ocr_jax/configs/toy_vae.py for a complete example):
 
 What protects a run (docs/training.md): the config is checked before anything is written; one process trains in a
 workdir at a time (`writers.workdir_lock`); a resumed run must have the config its checkpoints were trained with,
-up to `RESUMABLE_FIELDS`; checkpoints are verified against their sha256 manifests before they are restored
+up to `RESUMABLE_FIELDS` and task-config fields added since the run started that keep their task default
+(`is_added_default`); checkpoints are verified against their sha256 manifests before they are restored
 (`checkpoint.Checkpointer`); config.json is written only once the launch has restored its state.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import numbers
 import os
@@ -153,6 +155,33 @@ def is_resumable_field(path: str) -> bool:
     return any(path == f or path.startswith(f + ".") for f in RESUMABLE_FIELDS)
 
 
+def task_defaults(config_json: Mapping[str, Any]) -> dict[str, Any]:
+    """The task config defaults of the run's task module (its ``default_task_config()``, JSON-like), or {} if the
+    module has none or cannot be imported."""
+    module = tasks.task_module_name(config_json.get("task_module"))
+    if not module:
+        return {}
+    try:
+        defaults = getattr(importlib.import_module(module), "default_task_config", None)
+    except ImportError:
+        return {}
+    return json.loads(defaults().to_json_best_effort()) if defaults else {}
+
+
+def is_added_default(change: tuple[str, Any, Any], defaults: Mapping[str, Any]) -> bool:
+    """Whether a change is a task-config field that the run's config.json lacks (it did not exist when the run
+    started) and that now has its task default: the run was trained with that default, so it is no change."""
+    path, old, new = change
+    if old is not _ABSENT or not path.startswith("task_config."):
+        return False
+    value: Any = defaults
+    for key in path.removeprefix("task_config.").split("."):
+        if not isinstance(value, Mapping) or key not in value:
+            return False
+        value = value[key]
+    return value == new
+
+
 def describe_changes(changes: list[tuple[str, Any, Any]]) -> str:
     """``"a.b: 1 -> 2, c: (absent) -> 'x'"``, each value cut to 60 characters."""
 
@@ -263,12 +292,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, checkpo
                 "%s has checkpoints but no config.json: cannot check that this config is the run's", workdir
             )
         else:
+            defaults = task_defaults(config_as_json(config))
             changes = [
                 c
                 for c in config_changes(
                     with_current_task_module(run_config), with_current_task_module(config_as_json(config))
                 )
-                if not is_resumable_field(c[0])
+                if not is_resumable_field(c[0]) and not is_added_default(c, defaults)
             ]
     if changes:
         if resume_step >= config.num_steps:
