@@ -11,9 +11,10 @@
 #
 #   bash scripts/gpu_check.sh [--dry-run] [--out DIR] [--wheels DIR] [--budget SECONDS] [--no-install] [--no-tests]
 #
-# --dry-run: tiny sizes and one test file, for a CPU (about a minute on an idle 2-core machine; tests/test_gpu_check.py
-# runs it), with 2 simulated CPU devices so that the 1-vs-all stage compares two. --budget: seconds for the whole
-# command (default 560; dry run 55): later stages are skipped past it. Python: $PYTHON, else python3. Usage:
+# --dry-run: tiny sizes and one test file, for a CPU (about a minute on an idle 2-core machine;
+# tests/scripts/test_gpu_check.py runs it), with 2 simulated CPU devices so that the 1-vs-all stage compares two.
+# --budget: seconds for the whole command (default 560; dry run 55): later stages are skipped past it. Python: $PYTHON,
+# else python3. Usage:
 #   bash scripts/build_gpu_wheels.sh      # where PyPI is reachable, once: wheels/ (~37 MB)
 #   bash scripts/gpu_check.sh --out DIR   # on the GPU machine, in a copy of the checkout with wheels/ (10-minute limit)
 set -uo pipefail
@@ -106,13 +107,14 @@ export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$ROOT"  # experiments/ and benchma
 # ---- 2. tests -------------------------------------------------------------------------------------------------------
 if [ $TESTS = 1 ]; then
   if [ $DRY = 1 ]; then
-    test_files=(tests/test_configs.py)
+    test_files=(tests/configs/test_configs.py)
     test_budget=$(( $(left) - 35 ))
   else
     # The tests whose code runs on the accelerator (models, objectives, train step, checkpoints, inference API).
     test_files=(tests/test_spatial_transformer.py tests/test_objectives.py tests/test_diagnostics.py
-                tests/test_air_model.py tests/test_air_task.py tests/test_sqair_model.py tests/test_training.py
-                tests/test_checkpoint.py tests/test_api.py tests/test_configs.py)
+                tests/models/test_air.py tests/tasks/test_air.py tests/models/test_sqair.py
+                tests/training/test_training.py tests/training/test_checkpoint.py tests/test_api.py
+                tests/configs/test_configs.py)
     test_budget=120
   fi
   xdist=()

@@ -1,5 +1,6 @@
-"""Shared by the tests that train the toy VAE for a few steps (test_checkpoint, test_run_safety): a small config,
-a module-wide persistent compilation cache (the runs compile identical programs), and a digest of a directory."""
+"""Shared by the tests that train the toy VAE for a few steps (training/test_checkpoint, training/test_run_safety): a
+small config, a module-wide persistent compilation cache (the runs compile identical programs), and a digest of a
+directory."""
 
 import hashlib
 import os

@@ -14,7 +14,7 @@ of the AIR posterior (:func:`log_weight_terms`). The ones studied here:
   (Σ_k w̃_k ∇ log q(z_pres,k), self-normalised weights) and the IWAE reparameterised gradient for z_what/z_where.
   This is the choice thesis §8.4.2 leaves open ("wake-φ treats samples as fixed"); we keep the reparameterised
   path for the continuous latents because it has far lower variance, and wake-φ only where no reparameterisation
-  exists. ``tests/test_air_task.py`` checks both halves.
+  exists. ``tests/tasks/test_air.py`` checks both halves.
 * ``"reinforce"``: IWAE bound with the raw score-function term (thesis Eq. 8.2, no baseline) — the failure case.
 
 The count prior's per-step continue probability follows ``continue_prob_schedule`` (``count_prior`` config:

@@ -23,7 +23,7 @@ RMSProp semantics. TF1's RMSProp (as used by the AIR and SQAIR reference code) i
 ``optax.rmsprop(lr, decay, eps, initial_scale=1.0, eps_in_sqrt=True, momentum=momentum)`` is exactly this: it
 chains `scale_by_rms` (eps inside the sqrt when ``eps_in_sqrt=True``; ``initial_scale`` is the initial ms),
 `scale_by_learning_rate` and `trace(momentum)`, so momentum accumulates the already learning-rate-scaled update, as
-in TF1 (tested in tests/test_training.py). Note optax's own defaults differ (eps=1e-8, initial_scale=0).
+in TF1 (tested in tests/training/test_training.py). Note optax's own defaults differ (eps=1e-8, initial_scale=0).
 """
 
 from __future__ import annotations

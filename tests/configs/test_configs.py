@@ -12,7 +12,7 @@ from absl import flags
 
 from ocr_jax import configs
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXPECTED = {
     "air_multi_mnist",
     "gmm_pruning",

@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 
-DESIGN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "DESIGN.md")
+DESIGN = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "docs", "DESIGN.md")
 
 
 def worked_example() -> str:

@@ -10,7 +10,7 @@ metadata when it is written), so editing a code cell without re-executing fails.
 
 Regenerate the committed notebook after editing it (executes it and writes the outputs back in place):
 
-    .venv/bin/python tests/test_tutorial.py --update
+    .venv/bin/python tests/docs/test_tutorial.py --update
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "docs" / "tutorial.ipynb"
 KERNEL_NAME = "ocr-jax-tutorial"
 CELL_TIMEOUT_S = 240  # per cell
@@ -215,7 +215,7 @@ def test_committed_notebook_is_executed():
     assert len(code_cells) >= 8
     # Executed top to bottom in one kernel, every cell once.
     assert [cell.execution_count for cell in code_cells] == list(range(1, len(code_cells) + 1)), (
-        "docs/tutorial.ipynb is not fully executed; run: .venv/bin/python tests/test_tutorial.py --update"
+        "docs/tutorial.ipynb is not fully executed; run: .venv/bin/python tests/docs/test_tutorial.py --update"
     )
     assert not error_outputs(nb)
     assert png_outputs(nb) >= MIN_PNG_OUTPUTS
@@ -223,7 +223,7 @@ def test_committed_notebook_is_executed():
     recorded = nb.metadata.get(METADATA_KEY, {}).get("code_sha256")
     assert recorded == code_digest(nb), (
         "docs/tutorial.ipynb's code cells changed since its outputs were produced; run: "
-        ".venv/bin/python tests/test_tutorial.py --update"
+        ".venv/bin/python tests/docs/test_tutorial.py --update"
     )
     check_outputs(nb)
 
@@ -237,7 +237,10 @@ def update() -> None:
     if errors:
         raise SystemExit(f"errors in the notebook: {errors}")
     values = check_outputs(nb)
-    nb.metadata[METADATA_KEY] = {"code_sha256": code_digest(nb), "written_by": "python tests/test_tutorial.py --update"}
+    nb.metadata[METADATA_KEY] = {
+        "code_sha256": code_digest(nb),
+        "written_by": "python tests/docs/test_tutorial.py --update",
+    }
     nbformat.validate(nb)
     nbformat.write(nb, NOTEBOOK)
     print(

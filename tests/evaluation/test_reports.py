@@ -86,7 +86,7 @@ def test_main_job_quick_writes_results_and_pictures(tmp_path):
         [sys.executable, "-m", "experiments.main_job", "--variant=quick"],
         check=True,
         env=env,
-        cwd=os.path.dirname(os.path.dirname(__file__)),
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
         timeout=1800,
     )
     results = json.load(open(tmp_path / "air" / "results.json"))

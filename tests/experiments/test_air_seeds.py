@@ -56,7 +56,7 @@ def test_cli_stops_each_seed_at_the_threshold_and_skips_reached_seeds(tmp_path):
     import subprocess
     import sys
 
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     cmd = [
         sys.executable,
         "-m",

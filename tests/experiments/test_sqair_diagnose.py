@@ -3,10 +3,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-from test_sqair_startup import N, _config, _force, _images, _set_last
 
 from experiments.sqair_diagnose import object_worth, spare_summary
 from ocr_jax.models.sqair import SQAIR
+from tests.models.test_sqair_startup import N, _config, _force, _images, _set_last
 
 _object_worth = jax.jit(object_worth, static_argnums=(0, 4))
 

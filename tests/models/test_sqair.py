@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import sharded_step_check
 
 from ocr_jax.models.sqair import SQAIR, conv_sqair_config, mlp_sqair_config
+from tests import sharded_step_check
 
 N = 3
 B, K, T = 2, 2, 3
@@ -363,7 +363,7 @@ def test_tiny_sqair_task_bound_improves():
 
 
 # The train step is model-agnostic and its sharding is checked in the default suite on AIR and the toy VAE
-# (tests/test_air_task.py, tests/test_distributed.py); SQAIR's own check (~35 s) runs with -m slow.
+# (tests/tasks/test_air.py, tests/training/test_distributed.py); SQAIR's own check (~35 s) runs with -m slow.
 @pytest.mark.slow
 def test_sharded_and_single_device_steps_agree():
     """One SQAIR train step (quick config, VIMCO, K = 3) on 1 device and on 4 simulated devices: same update."""

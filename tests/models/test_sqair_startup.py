@@ -63,8 +63,8 @@ def _force(params, group, name, bias):
 
 
 def _images():
-    """[B, T, 16, 16] in [0, 1]: two bright squares moving right/down (test_sqair_model's sequences)."""
-    from test_sqair_model import _moving_squares
+    """[B, T, 16, 16] in [0, 1]: two bright squares moving right/down (tests/models/test_sqair.py's sequences)."""
+    from tests.models.test_sqair import _moving_squares
 
     return _moving_squares()
 
@@ -514,9 +514,9 @@ def test_count_penalty_schedule_and_objective():
         _tiny_task(**base, count_penalty_objects="kept")
 
 
-# NVIL's and wake-wake's wiring is checked through the interface (tests/test_estimators.py) and on AIR
-# (tests/test_air_task.py); on SQAIR (30 s each to compile) it runs with -m slow, as do 200 CLI steps with each
-# estimator (tests/test_sqair_estimators_cli.py).
+# NVIL's and wake-wake's wiring is checked through the interface (tests/estimators/test_estimators.py) and on AIR
+# (tests/tasks/test_air.py); on SQAIR (30 s each to compile) it runs with -m slow, as do 200 CLI steps with each
+# estimator (tests/tasks/test_sqair_estimators_cli.py).
 @pytest.mark.slow
 @pytest.mark.parametrize("estimator", ["nvil", "ww"])
 def test_sqair_trains_with_other_estimators(estimator):

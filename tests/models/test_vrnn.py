@@ -25,7 +25,7 @@ from ocr_jax.models.vrnn import (
 )
 from ocr_jax.tasks.vrnn import VRNNTask
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # thesis App. 5.D.3: small / medium / large sizes and their parameter counts
 MLP_SIZES = {"small": (128, 2, 1.2e6), "medium": (256, 3, 2.1e6), "large": (512, 4, 9.8e6)}

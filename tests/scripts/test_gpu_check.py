@@ -1,7 +1,7 @@
 """scripts/gpu_check.sh --dry-run on the CPU: every stage of the GPU check (install next to the existing jax, tests,
 AIR and SQAIR steps/s, 1 vs 2 simulated devices, largest batch, AIR trained towards 95%) runs with tiny sizes and
 writes what the device tool brings back. About a minute on a 2-core CPU, so it runs with ``-m slow`` (run it before
-lending a device: ``bash scripts/test.sh -m slow tests/test_gpu_check.py``)."""
+lending a device: ``bash scripts/test.sh -m slow tests/scripts/test_gpu_check.py``)."""
 
 import json
 import os
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.mark.slow

@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-import sharded_step_check
 
 from ocr_jax import estimators, objectives
 from ocr_jax.configs import air_multi_mnist
@@ -14,6 +13,7 @@ from ocr_jax.tasks import air as air_task
 from ocr_jax.training import mesh as mesh_lib
 from ocr_jax.training.optimizers import make_optimizers
 from ocr_jax.training.train_step import init_train_state, make_train_step
+from tests import sharded_step_check
 
 
 def quick_config(*variants: str) -> ml_collections.ConfigDict:

@@ -1,7 +1,7 @@
 """SQAIR trains 200 steps from the command line with each of VIMCO (the paper's), NVIL and wake-wake on the quick
 config (issue #14): the run finishes, its bound is finite at every logged step, and NVIL's baseline group trains.
 Experiment-level (three CLI runs, minutes on 2 cores):
-``bash scripts/test.sh -m slow tests/test_sqair_estimators_cli.py``.
+``bash scripts/test.sh -m slow tests/tasks/test_sqair_estimators_cli.py``.
 """
 
 import json
@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.mark.slow

@@ -8,12 +8,12 @@ import signal
 import jax
 import numpy as np
 import pytest
-from toy_runs import persistent_compilation_cache, small_toy_config, tree_digest  # noqa: F401
 
 from ocr_jax.tasks import toy_vae
 from ocr_jax.training import tasks
 from ocr_jax.training.checkpoint import CheckpointError
 from ocr_jax.training.train import train_and_evaluate
+from tests.toy_runs import persistent_compilation_cache, small_toy_config, tree_digest  # noqa: F401
 
 NUM_STEPS = 8
 INTERRUPT_AT = 3

@@ -2,7 +2,7 @@
 processes (jax.distributed over loopback, gloo collectives) with 2 devices each.
 
 Each configuration runs in its own subprocess (the device count is fixed when JAX starts): this file doubles as the
-worker, ``python tests/test_distributed.py worker OUT [COORDINATOR NUM_PROCESSES PROCESS_ID]``.
+worker, ``python tests/training/test_distributed.py worker OUT [COORDINATOR NUM_PROCESSES PROCESS_ID]``.
 """
 
 import os
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 HERE = os.path.abspath(__file__)
-REPO = os.path.dirname(os.path.dirname(HERE))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
 GLOBAL_BATCH = 16
 NUM_STEPS = 2
 

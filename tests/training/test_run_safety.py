@@ -15,14 +15,14 @@ import sys
 import jax
 import numpy as np
 import pytest
-from toy_runs import persistent_compilation_cache, small_toy_config, tree_digest  # noqa: F401
 
 from ocr_jax.training import train as train_lib
 from ocr_jax.training import writers
 from ocr_jax.training.checkpoint import MANIFEST, Checkpointer, CheckpointError, RunSafetyError
 from ocr_jax.training.train import train_and_evaluate
+from tests.toy_runs import persistent_compilation_cache, small_toy_config, tree_digest  # noqa: F401
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NUM_STEPS = 8
 
 

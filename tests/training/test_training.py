@@ -21,7 +21,7 @@ from ocr_jax.training import tasks
 from ocr_jax.training.train import NonFiniteError, train_and_evaluate
 from ocr_jax.training.train_step import init_train_state, make_train_step
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def small_config(num_steps=6):
