@@ -437,6 +437,31 @@ def test_disc_presence_logit_bound_keeps_every_object_optional():
         _config(disc_presence_logit_bound=-1.0)
 
 
+def test_prop_presence_logit_bound_lets_every_particle_lose_a_tracked_object(prop_setup):
+    """prop_presence_logit_bound = b: PROP's presence logit is b·tanh(logit / b). With its network saturated (logit
+    +50, as in ``prop_setup``), b = 2 keeps each alive object with probability sigmoid(2) = 0.88: over 400 draws the
+    kept fraction is within 4 standard errors of it, and each object's log q of presence is log σ(±2); without the
+    bound every object is kept. A negative bound raises."""
+    s = prop_setup
+    keys = jax.random.split(jax.random.key(3), 400)
+    kept = {}
+    for b in (0.0, 2.0):
+        model = SQAIR(_config(std_floor=FLOOR, prop_presence_logit_bound=b))
+        run = jax.jit(jax.vmap(lambda k, m=model: m._propagate(s["params"], s["image"], s["state"], k)))
+        out = jax.device_get(run(keys))
+        kept[b] = out["z_pres"]
+        if b:
+            log_sig = lambda v: -np.log1p(np.exp(-v))  # noqa: E731
+            expected = np.where(out["z_pres"] > 0, log_sig(b), log_sig(-b))
+            np.testing.assert_allclose(out["log_q_pres"], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(kept[0.0], 1.0)
+    p = 1.0 / (1.0 + np.exp(-2.0))
+    se = np.sqrt(p * (1 - p) / kept[2.0].size)
+    assert abs(kept[2.0].mean() - p) < 4 * se
+    with pytest.raises(ValueError, match="prop_presence_logit_bound"):
+        _config(prop_presence_logit_bound=-1.0)
+
+
 def test_disc_suppression_schedule_of_the_task():
     """SQAIRTask.disc_later_bias: the suppression bias during the first disc_suppression_steps steps, the model's own
     offset after; evaluations use the bias of the step they evaluate."""

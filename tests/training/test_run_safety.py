@@ -235,6 +235,33 @@ def test_config_changes_name_the_fields_and_know_which_may_change():
     )
 
 
+def test_a_task_field_added_since_the_run_started_at_its_default_is_no_change():
+    """A run's config.json from before ``prop_presence_logit_bound`` existed resumes with today's config when the new
+    field keeps the task default (0.0, the behaviour the run was trained with), and not with another value; a
+    missing field outside task_config, or one the task's defaults do not know, is still a change."""
+    from ocr_jax.configs import sqair_mnist
+
+    new = train_lib.config_as_json(sqair_mnist.get_config("quick"))
+    old = json.loads(json.dumps(new))
+    del old["task_config"]["prop_presence_logit_bound"]
+    defaults = train_lib.task_defaults(new)
+    assert defaults["prop_presence_logit_bound"] == 0.0
+    changes = train_lib.config_changes(old, new)
+    assert [c[0] for c in changes] == ["task_config.prop_presence_logit_bound"]
+    assert train_lib.is_added_default(changes[0], defaults)
+    new["task_config"]["prop_presence_logit_bound"] = 3.0
+    assert not train_lib.is_added_default(train_lib.config_changes(old, new)[0], defaults)
+    new["task_config"]["not_a_task_field"] = 0.0
+    new["new_top_level_field"] = 0.0
+    changes = train_lib.config_changes(old, new)
+    assert [c[0] for c in changes if not train_lib.is_added_default(c, defaults)] == [
+        "new_top_level_field",
+        "task_config.not_a_task_field",
+        "task_config.prop_presence_logit_bound",
+    ]
+    assert train_lib.task_defaults({"task_module": None}) == {}
+
+
 def test_resume_with_another_config_is_refused_and_config_json_kept(finished, tmp_path):
     workdir = copy_run(finished, tmp_path)
     before = tree_digest(workdir)
