@@ -48,6 +48,25 @@ def combinable(name: str) -> bool:
     return bool(getattr(module(name), "COMBINABLE_VARIANTS", False))
 
 
+def rmsprop(learning_rate: float, boundaries_and_scales: dict | None = None) -> ml_collections.ConfigDict:
+    """An optimiser config with TF1 RMSProp semantics, as the reference AIR/SQAIR code (decay 0.9, momentum 0.9,
+    eps 1e-10, mean-square accumulator initialised to 1; ocr_jax/training/optimizers.py): a constant learning rate,
+    or ``piecewise_constant`` with ``boundaries_and_scales`` ({step: multiplier}) when given."""
+    cfg = dict(
+        optimizer="rmsprop",
+        learning_rate=learning_rate,
+        decay=0.9,
+        eps=1e-10,
+        momentum=0.9,
+        initial_scale=1.0,
+        schedule="constant",
+        clip_global_norm=None,
+    )
+    if boundaries_and_scales is not None:
+        cfg.update(schedule="piecewise_constant", boundaries_and_scales=dict(boundaries_and_scales))
+    return ml_collections.ConfigDict(cfg)
+
+
 def check_variant(arg: str | None, known: tuple[str, ...], *, config: str, combine: bool = False) -> set[str]:
     """The set of variants named by ``arg`` ('' or None: none), for a config's ``get_config``; ValueError naming the
     known ones if ``arg`` names another (or combines variants of a config that does not allow it)."""

@@ -33,26 +33,10 @@ frames long (step 6000 of the ``cpu`` curriculum).
 import ml_collections
 
 from ocr_jax import configs
+from ocr_jax.tasks import sqair as sqair_task
 
 VARIANTS = ("conv", "small", "cpu", "quick", "nvil", "ww", "piwae", "anneal")
 COMBINABLE_VARIANTS = True
-
-
-def rmsprop(learning_rate: float, boundaries_and_scales: dict) -> ml_collections.ConfigDict:
-    # TF1 RMSProp semantics (the official SQAIR code): see ocr_jax/training/optimizers.py.
-    return ml_collections.ConfigDict(
-        dict(
-            optimizer="rmsprop",
-            learning_rate=learning_rate,
-            decay=0.9,
-            eps=1e-10,
-            momentum=0.9,
-            initial_scale=1.0,
-            schedule="piecewise_constant",
-            boundaries_and_scales=boundaries_and_scales,
-            clip_global_norm=None,
-        )
-    )
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -60,62 +44,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.task = "sqair"
     config.task_module = "ocr_jax.tasks.sqair"
-    config.task_config = ml_collections.ConfigDict(
-        dict(
-            arch="mlp",
-            hidden=256,
-            z_what_dim=50,
-            max_objects=3,
-            canvas_size=50,
-            glimpse_size=20,
-            likelihood_sigma=0.3,
-            # the official code's initial biases (ocr_jax.models.sqair.SQAIRConfig); docs/results.md's runs A and B
-            # override them (A: all four as before; B: the two z_where ones), e.g. for run A
-            #   --config.task_config.prop_presence_logit_init=0 --config.task_config.disc_presence_logit_init=0
-            #   --config.task_config.where_prior_loc="(0.,0.,0.,0.)" --config.task_config.where_posterior_scale_bias=0.5
-            prop_presence_logit_init=5.0,
-            disc_presence_logit_init=1.386,
-            where_prior_loc=(-2.0, -2.0, 0.0, 0.0),
-            where_posterior_scale_bias=-3.0,
-            # start-up (ocr_jax.models.sqair module docstring; docs/results.md's ablation); the first implementation:
-            #   --config.task_config.where_map=sigmoid_linear --config.task_config.std_floor=1e-4
-            #   --config.task_config.disc_head_kernel_scale=1.0 --config.task_config.disc_init_scale=None
-            #   --config.task_config.presence_after_what=False --config.task_config.prop_update_scale=1.0
-            #   --config.task_config.prop_what=direct --config.task_config.disc_presence_logit_init=1.0
-            where_map="sigmoid_tanh",
-            std_floor=1e-2,
-            disc_head_kernel_scale=0.1,
-            disc_init_scale=0.4,
-            presence_after_what=True,
-            prop_update_scale=0.1,
-            prop_what="gated",
-            disc_later_presence_bias=0.0,
-            disc_presence_logit_bound=0.0,
-            prop_presence_logit_bound=0.0,
-            first_frame_continue_prob=0.0,
-            disc_suppression_steps=0,
-            disc_suppression_bias=-30.0,
-            # a per-object cost in the training objective (ocr_jax.tasks.sqair; 0: off, the official code)
-            count_penalty=0.0,
-            count_penalty_start=0,
-            count_penalty_ramp=0,
-            count_penalty_objects="present",
-            # the estimator (ocr_jax.estimators): the paper's VIMCO; variants nvil and ww
-            estimator="vimco",
-            estimator_args=dict(),
-            baseline_hidden=64,
-            num_particles=5,
-            start_length=3,
-            length_every=100_000,
-            data="mnist",
-            num_frames=10,
-            num_train=60_000,
-            num_eval=1_000,
-            max_digits=2,
-            digit_size=28,
-            data_seed=0,
-        )
-    )
+    # The task's own defaults are the paper's settings (ocr_jax.tasks.sqair.default_task_config, where every field is
+    # explained): this config names only what its variants change. The first implementation's start-up, for
+    # comparison (docs/results.md's ablation):
+    #   --config.task_config.where_map=sigmoid_linear --config.task_config.std_floor=1e-4
+    #   --config.task_config.disc_head_kernel_scale=1.0 --config.task_config.disc_init_scale=None
+    #   --config.task_config.presence_after_what=False --config.task_config.prop_update_scale=1.0
+    #   --config.task_config.prop_what=direct --config.task_config.disc_presence_logit_init=1.0
+    config.task_config = sqair_task.default_task_config()
 
     config.seed = 0
     config.global_batch_size = 32
@@ -124,8 +60,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # 1e-5, then (1/3)·1e-5 after 400k and 1e-6 after 1000k iterations (§5.D.1).
     schedule = {400_000: 1.0 / 3.0, 1_000_000: 0.3}
     config.optimizers = ml_collections.ConfigDict()
-    config.optimizers.generative = rmsprop(1e-5, dict(schedule))
-    config.optimizers.inference = rmsprop(1e-5, dict(schedule))
+    config.optimizers.generative = configs.rmsprop(1e-5, dict(schedule))
+    config.optimizers.inference = configs.rmsprop(1e-5, dict(schedule))
 
     config.log_every = 100
     config.eval_every = 10_000

@@ -19,23 +19,6 @@ from ocr_jax import configs
 VARIANTS = ("quick",)
 
 
-def rmsprop(learning_rate: float) -> ml_collections.ConfigDict:
-    # TF1 RMSProp semantics (AIR/SQAIR reference code): see ocr_jax/training/optimizers.py.
-    return ml_collections.ConfigDict(
-        dict(
-            optimizer="rmsprop",
-            learning_rate=learning_rate,
-            decay=0.9,
-            eps=1e-10,
-            momentum=0.9,
-            initial_scale=1.0,
-            schedule="piecewise_constant",
-            boundaries_and_scales={},
-            clip_global_norm=None,
-        )
-    )
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     configs.check_variant(arg, VARIANTS, config="toy_vae")
     config = ml_collections.ConfigDict()
@@ -50,9 +33,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.num_steps = 5000
 
     config.optimizers = ml_collections.ConfigDict()
-    config.optimizers.generative = rmsprop(1e-3)
+    config.optimizers.generative = configs.rmsprop(1e-3, {})
     config.optimizers.generative.boundaries_and_scales = {3000: 0.3}
-    config.optimizers.inference = rmsprop(1e-3)
+    config.optimizers.inference = configs.rmsprop(1e-3, {})
     config.optimizers.inference.boundaries_and_scales = {3000: 0.3}
     # The NVIL baseline has its own objective and a larger, exponentially decayed learning rate.
     config.optimizers.baseline = ml_collections.ConfigDict(
