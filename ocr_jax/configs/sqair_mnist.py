@@ -17,7 +17,8 @@ curriculum 1 -> 10 frames with DISC suppressed after frame 1 at length 2, 15k st
   ocr-jax-train --config=sqair_mnist:cpu --workdir=runs/sqair_cpu
   ocr-jax-train --config=sqair_mnist:cpu+piwae+anneal --workdir=runs/sqair_anneal   # the best recipe measured
       # here: counts 0.963 (official label 0.990) on 200 test sequences at step 8000 (six-frame sequences), where
-      # cpu+piwae without the anneal fell from 0.953 (step 6000) to 0.895 (docs/results.md, issue #13)
+      # cpu+piwae without the anneal fell from 0.953 (step 6000) to 0.895; 0.968 at 11000 (eight frames), but a
+      # spare first-frame object returns at nine frames (0.887 at 12000; docs/results.md, issue #13)
 
 Quick smoke run on synthetic blob digits (no download, 24×24 canvases, a few hundred steps):
 
