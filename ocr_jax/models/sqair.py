@@ -138,6 +138,9 @@ class SQAIRConfig:
     # 1: a digit whose track is lost at test time (e.g. taken over where two digits cross) stays lost (measured in
     # docs/results.md). 0: unbounded (the official code).
     prop_presence_logit_bound: float = 0.0
+    # Where disc_presence_logit_bound acts: "all" frames, or the "first" frame only — where the spare object of a
+    # one-digit sequence comes from; in every frame the bound adds objects where nothing is new (docs/results.md).
+    disc_presence_bound_frames: str = "all"
     # 0: the discovery-count prior of frame 1 is the learned table (the official code). A value ρ in (0, 1): the
     # fixed truncated geometric p(D_1 = n) ∝ ρ^n, AIR's count prior (log ρ nats per object), which keeps DISC from
     # explaining one digit with several small glimpses (measured in docs/results.md).
@@ -160,6 +163,7 @@ class SQAIRConfig:
         check.one_of("arch", ("mlp", "conv"))
         check.one_of("where_map", WHERE_MAPS)
         check.one_of("prop_what", ("gated", "direct"))
+        check.one_of("disc_presence_bound_frames", ("all", "first"))
         check.ints_at_least(1, "image_shape", "glimpse_shape", length=2)
         check.glimpse_fits("glimpse_shape", "image_shape")
         check.int_at_least(1, "max_objects", "z_what_dim", "hidden", "max_seq_len")
@@ -774,10 +778,10 @@ class SQAIR:
             what = loc + scale * jax.random.normal(k_what, loc.shape)
             log_q_what = diag_normal_log_prob(what, loc, scale)
             # Presence after where and what (official core.py:200-208), or from h alone.
-            pres_logit = bound_logit(
-                self._i(params, "disc_pres", *((w, what) if c.presence_after_what else (w,))),
-                c.disc_presence_logit_bound,
-            )
+            raw_logit = self._i(params, "disc_pres", *((w, what) if c.presence_after_what else (w,)))
+            pres_logit = bound_logit(raw_logit, c.disc_presence_logit_bound)
+            if c.disc_presence_bound_frames == "first":
+                pres_logit = jnp.where(is_first, pres_logit, raw_logit)
             pres_logit = pres_logit + jnp.where(
                 is_first, 0.0, c.disc_later_presence_bias if later_bias is None else later_bias
             )

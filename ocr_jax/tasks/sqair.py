@@ -60,6 +60,7 @@ def default_task_config() -> ml_collections.ConfigDict:
             disc_later_presence_bias=0.0,
             disc_presence_logit_bound=0.0,
             prop_presence_logit_bound=0.0,
+            disc_presence_bound_frames="all",
             first_frame_continue_prob=0.0,
             # DISC suppressed after frame 1 during the first disc_suppression_steps steps of training: its presence
             # logit gets disc_suppression_bias in frames t > 1, so PROP must learn to follow the objects DISC found in

@@ -437,6 +437,37 @@ def test_disc_presence_logit_bound_keeps_every_object_optional():
         _config(disc_presence_logit_bound=-1.0)
 
 
+@pytest.mark.parametrize("frames", ["all", "first"])
+def test_disc_presence_bound_frames_chooses_where_the_bound_acts(frames):
+    """DISC with its presence network saturated (logit +50), nothing propagated, bound b = 2: in frame 1 the presence
+    log q of a step is log σ(±2) under either setting; in a later frame it is log σ(±2) with "all" and ≈ 0 (every step
+    present) with "first". An unknown setting raises."""
+    model = SQAIR(_config(disc_presence_logit_bound=2.0, disc_presence_bound_frames=frames))
+    params = _force(model.init(jax.random.key(0)), "inference", "disc_pres", 50.0)
+    image = jnp.asarray(_images()[0, 0])
+    projection = model.encode_images(params, image)
+    empty = model._empty_state(params)
+    log_sig = lambda v: -np.log1p(np.exp(-v))  # noqa: E731
+
+    def disc(is_first, key):
+        return model._discover(params, image, projection, empty, jnp.int32(0), key, is_first=is_first)
+
+    keys = jax.random.split(jax.random.key(5), 64)
+    for is_first in (True, False):
+        out = jax.device_get(jax.jit(jax.vmap(lambda k, f=is_first: disc(jnp.asarray(f), k)))(keys))
+        pres, log_q = out["z_pres"], out["log_q_pres"]  # [keys, N]; a step after an absent one is not allowed
+        allowed = np.concatenate([np.ones_like(pres[:, :1]), np.cumprod(pres, -1)[:, :-1]], -1)
+        if is_first or frames == "all":
+            expected = allowed * np.where(pres > 0, log_sig(2.0), log_sig(-2.0))
+            assert (pres[:, 0] == 0).any()  # some particle leaves an object out
+        else:
+            expected = np.zeros_like(log_q)
+            np.testing.assert_array_equal(pres, 1.0)
+        np.testing.assert_allclose(log_q, expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="disc_presence_bound_frames"):
+        _config(disc_presence_bound_frames="later")
+
+
 def test_prop_presence_logit_bound_lets_every_particle_lose_a_tracked_object(prop_setup):
     """prop_presence_logit_bound = b: PROP's presence logit is b·tanh(logit / b). With its network saturated (logit
     +50, as in ``prop_setup``), b = 2 keeps each alive object with probability sigmoid(2) = 0.88: over 400 draws the
