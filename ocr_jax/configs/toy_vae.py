@@ -33,10 +33,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.num_steps = 5000
 
     config.optimizers = ml_collections.ConfigDict()
-    config.optimizers.generative = configs.rmsprop(1e-3, {})
-    config.optimizers.generative.boundaries_and_scales = {3000: 0.3}
-    config.optimizers.inference = configs.rmsprop(1e-3, {})
-    config.optimizers.inference.boundaries_and_scales = {3000: 0.3}
+    config.optimizers.generative = configs.rmsprop(1e-3, {3000: 0.3})
+    config.optimizers.inference = configs.rmsprop(1e-3, {3000: 0.3})
     # The NVIL baseline has its own objective and a larger, exponentially decayed learning rate.
     config.optimizers.baseline = ml_collections.ConfigDict(
         dict(
