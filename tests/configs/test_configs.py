@@ -46,7 +46,7 @@ def help_listing() -> dict[str, list[str]]:
     text = re.sub(r"\s+", " ", out.stdout)  # absl wraps help lines
     listing = {}
     for name in EXPECTED:
-        match = re.search(rf"{name}: ([a-z_, ]+?)(?: \(combine| \[for|(?= [a-z_]+:)| \(default)", text)
+        match = re.search(rf"{name}: ([a-z0-9_, ]+?)(?: \(combine| \[for|(?= [a-z_]+:)| \(default)", text)
         assert match, (name, text)
         listing[name] = [v.strip() for v in match.group(1).split(",")]
     return listing
@@ -146,3 +146,13 @@ def test_sqair_anneal_cuts_every_learning_rate_to_a_third_when_sequences_reach_f
             lr = cfg.learning_rate
             assert float(schedule(boundary - 1)) == pytest.approx(lr), (spec, group)
             assert float(schedule(boundary)) == pytest.approx(lr / 3), (spec, group)
+
+
+def test_sqair_f1bound_bounds_disc_presence_in_the_first_frame_only():
+    plain = configs.get_config("sqair_mnist:cpu+piwae+anneal")
+    config = configs.get_config("sqair_mnist:cpu+piwae+anneal+f1bound")
+    assert plain.task_config.disc_presence_logit_bound == 0.0
+    assert config.task_config.disc_presence_logit_bound == 3.0
+    assert config.task_config.disc_presence_bound_frames == "first"
+    rest = lambda c: {k: v for k, v in c.task_config.items() if not k.startswith("disc_presence_")}  # noqa: E731
+    assert rest(config) == rest(plain)
