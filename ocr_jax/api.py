@@ -47,6 +47,7 @@ import ml_collections
 import numpy as np
 
 from ocr_jax import validation
+from ocr_jax.training.tasks import upgraded_run_config
 
 __all__ = ["Run", "load_config", "load_run", "infer_sequences", "infer_images", "TASKS"]
 
@@ -101,7 +102,9 @@ def _abstract_params(task_name: str, model) -> Any:
 
 
 def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
-    """The config a training run in ``workdir`` was launched with (its ``config.json``), as a ConfigDict.
+    """The config a training run in ``workdir`` was launched with (its ``config.json``), as a ConfigDict, in the
+    current layout (`ocr_jax.training.tasks.upgraded_run_config`: an older run's task module and task config under
+    their current names).
 
     Raises FileNotFoundError if ``workdir`` or its ``config.json`` is missing, ValueError if the file is not a JSON
     object."""
@@ -121,7 +124,7 @@ def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
         raise ValueError(f"{config_path} is not valid JSON: {e}") from e
     if not isinstance(raw, dict):
         raise ValueError(f"{config_path} does not hold a config (a JSON object); got {type(raw).__name__}")
-    return ml_collections.ConfigDict(raw)
+    return ml_collections.ConfigDict(upgraded_run_config(raw))
 
 
 def load_run(workdir: str | os.PathLike, *, step: int | None = None) -> Run:

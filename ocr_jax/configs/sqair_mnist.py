@@ -49,10 +49,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # The task's own defaults are the paper's settings (ocr_jax.tasks.sqair.default_task_config, where every field is
     # explained): this config names only what its variants change. The first implementation's start-up, for
     # comparison (docs/results.md's ablation):
-    #   --config.task_config.where_map=sigmoid_linear --config.task_config.std_floor=1e-4
-    #   --config.task_config.disc_head_kernel_scale=1.0 --config.task_config.disc_init_scale=None
-    #   --config.task_config.presence_after_what=False --config.task_config.prop_update_scale=1.0
-    #   --config.task_config.prop_what=direct --config.task_config.disc_presence_logit_init=1.0
+    #   --config.task_config.model.where_map=sigmoid_linear --config.task_config.model.std_floor=1e-4
+    #   --config.task_config.model.disc_head_kernel_scale=1.0 --config.task_config.model.disc_init_scale=None
+    #   --config.task_config.model.presence_after_what=False --config.task_config.model.prop_update_scale=1.0
+    #   --config.task_config.model.prop_what=direct --config.task_config.model.disc_presence_logit_init=1.0
     config.task_config = sqair_task.default_task_config()
 
     config.seed = 0
@@ -75,10 +75,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.stop_after_seconds = 0
 
     if "conv" in variants:
-        config.task_config.arch = "conv"
-        config.task_config.hidden = 128
+        config.task_config.model.arch = "conv"
+        config.task_config.model.hidden = 128
     if "small" in variants:
-        config.task_config.hidden = 32
+        config.task_config.model.hidden = 32
         config.task_config.length_every = 10_000
         config.num_steps = 200_000
         config.optimizers.generative.learning_rate = 1e-4
@@ -92,8 +92,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # to 10, and keeps DISC off after frame 1 while the sequences are 2 frames long (steps 1500-3000), so that PROP
         # learns to follow the objects DISC found instead of DISC re-detecting them (the DISC-only failure mode).
         # Nearly transparent new objects at initialisation (AIR's decoder output bias -2; see SQAIRConfig).
-        config.task_config.hidden = 256
-        config.task_config.decoder_output_bias = -2.0
+        config.task_config.model.hidden = 256
+        config.task_config.model.decoder_output_bias = -2.0
         config.task_config.start_length = 1
         config.task_config.length_every = 1_500
         config.task_config.disc_suppression_steps = 3_000
@@ -108,11 +108,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if "quick" in variants:
         config.task_config.update(
             dict(
-                hidden=32,
-                z_what_dim=8,
-                max_objects=2,
+                model=dict(hidden=32, z_what_dim=8, max_objects=2, glimpse_shape=(8, 8)),
                 canvas_size=24,
-                glimpse_size=8,
                 data="blobs",
                 digit_size=12,
                 num_frames=3,
@@ -173,6 +170,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # DISC's presence logit soft-bounded to ±3 (presence probability in [0.047, 0.953]) in frame 1 only: a spare
         # first-frame object is then absent from some particles, whose higher weights teach DISC to drop it; in every
         # frame the same bound over-counted later frames (docs/results.md, issue #13).
-        config.task_config.disc_presence_logit_bound = 3.0
-        config.task_config.disc_presence_bound_frames = "first"
+        config.task_config.model.disc_presence_logit_bound = 3.0
+        config.task_config.model.disc_presence_bound_frames = "first"
     return config

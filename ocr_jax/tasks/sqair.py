@@ -31,37 +31,38 @@ from ocr_jax.models import modules
 from ocr_jax.models.sqair import SQAIR, SQAIRConfig
 from ocr_jax.training.tasks import register
 
+_DATA_FIELDS = ("image_shape", "max_seq_len")  # SQAIRConfig fields the task derives from its data
+
+
+def default_model_config() -> dict:
+    """``task_config.model``'s defaults: every :class:`SQAIRConfig` field but image_shape and max_seq_len, with its
+    default value."""
+    return {f.name: f.default for f in dataclasses.fields(SQAIRConfig) if f.name not in _DATA_FIELDS}
+
+
+def upgrade_task_config(task_config: dict) -> dict:
+    """A SQAIR task config as config.json holds it (JSON-like), in the current layout: runs saved before the model's
+    fields moved under ``model`` named them at the top level, and the glimpse as ``glimpse_size`` (its side in
+    pixels). Current configs are returned unchanged."""
+    if "model" in task_config:
+        return task_config
+    fields = set(default_model_config()) | {"glimpse_size"}
+    model = {k: v for k, v in task_config.items() if k in fields}
+    if "glimpse_size" in model:
+        side = model.pop("glimpse_size")
+        model["glimpse_shape"] = [side, side]
+    return {**{k: v for k, v in task_config.items() if k not in fields}, "model": model}
+
 
 def default_task_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         dict(
-            # model (§5.D.2)
-            arch="mlp",
-            hidden=256,
-            z_what_dim=50,
-            max_objects=3,
-            canvas_size=50,
-            glimpse_size=20,
-            likelihood_sigma=0.3,
-            decoder_output_bias=0.0,
-            prop_presence_logit_init=5.0,
-            disc_presence_logit_init=1.386,
-            where_prior_loc=(-2.0, -2.0, 0.0, 0.0),
-            where_posterior_scale_bias=-3.0,
-            # start-up (ocr_jax.models.sqair module docstring); the first implementation: "sigmoid_linear", 1e-4, 1.0,
-            # None, False, 1.0, "direct" (and disc_presence_logit_init 1.0)
-            where_map="sigmoid_tanh",
-            std_floor=1e-2,
-            disc_head_kernel_scale=0.1,
-            disc_init_scale=0.4,
-            presence_after_what=True,
-            prop_update_scale=0.1,
-            prop_what="gated",
-            disc_later_presence_bias=0.0,
-            disc_presence_logit_bound=0.0,
-            prop_presence_logit_bound=0.0,
-            disc_presence_bound_frames="all",
-            first_frame_continue_prob=0.0,
+            # model (§5.D.2): every SQAIRConfig field by name (their defaults and meanings in
+            # ocr_jax.models.sqair.SQAIRConfig), but image_shape and max_seq_len, which come from the data's
+            # canvas_size and num_frames. The first implementation's start-up: where_map "sigmoid_linear", std_floor
+            # 1e-4, disc_head_kernel_scale 1.0, disc_init_scale None, presence_after_what False, prop_update_scale
+            # 1.0, prop_what "direct" (and disc_presence_logit_init 1.0).
+            model=default_model_config(),
             # DISC suppressed after frame 1 during the first disc_suppression_steps steps of training: its presence
             # logit gets disc_suppression_bias in frames t > 1, so PROP must learn to follow the objects DISC found in
             # frame 1 before DISC may re-detect them (0 steps: off). Measured in docs/results.md.
@@ -89,6 +90,7 @@ def default_task_config() -> ml_collections.ConfigDict:
             length_every=100_000,
             # data: "mnist" (moving multi-MNIST from the MNIST split) or "blobs" (synthetic digits, no download)
             data="mnist",
+            canvas_size=50,
             num_frames=10,
             num_train=60_000,
             num_eval=1_000,
@@ -191,16 +193,33 @@ def charged_objects(out: dict, which: str) -> jax.Array:
 
 
 def model_config(cfg: ml_collections.ConfigDict) -> SQAIRConfig:
-    """The :class:`SQAIRConfig` a task config describes: every SQAIRConfig field the task config names, plus
-    ``canvas_size``, ``glimpse_size`` and ``num_frames`` (-> image_shape, glimpse_shape, max_seq_len)."""
-    fields = {f.name for f in dataclasses.fields(SQAIRConfig)}
-    kw = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.items() if k in fields}
-    return SQAIRConfig(
-        image_shape=(cfg.canvas_size, cfg.canvas_size),
-        glimpse_shape=(cfg.glimpse_size, cfg.glimpse_size),
-        max_seq_len=cfg.num_frames,
-        **kw,
+    """The :class:`SQAIRConfig` a task config describes: ``cfg.model``'s fields, with image_shape from
+    ``canvas_size`` and max_seq_len from ``num_frames``. Raises ValueError for a model field SQAIRConfig lacks."""
+    values = dict(cfg.model)
+    unknown = set(values) - set(default_model_config())
+    if unknown:
+        raise ValueError(
+            f"unknown SQAIR model options {sorted(unknown)} in task_config.model; "
+            f"valid: {sorted(default_model_config())}"
+        )
+    kw = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in values.items()}
+    return SQAIRConfig(image_shape=(cfg.canvas_size, cfg.canvas_size), max_seq_len=cfg.num_frames, **kw)
+
+
+def check_task_config_fields(config, defaults: ml_collections.ConfigDict) -> None:
+    """Raise ValueError for a top-level task-config field the task does not have (a model field at the top level is
+    named as such: it belongs under ``model``), so that a misspelt or misplaced option is not silently ignored."""
+    unknown = sorted(set(config) - set(defaults))
+    if not unknown:
+        return
+    model_fields = [k for k in unknown if k in default_model_config() or k == "glimpse_size"]
+    hint = (
+        f" Model options go under task_config.model (e.g. task_config.model.{model_fields[0]}); the glimpse is "
+        "model.glimpse_shape."
+        if model_fields
+        else ""
     )
+    raise ValueError(f"unknown SQAIR task options {unknown}; valid: {sorted(defaults)}.{hint}")
 
 
 class SQAIRTask:
@@ -212,6 +231,7 @@ class SQAIRTask:
     def __init__(self, config: ml_collections.ConfigDict | None = None, *, train_frames: np.ndarray | None = None):
         cfg = default_task_config()
         if config:
+            check_task_config_fields(config, cfg)
             cfg.update(config)
         self.config = cfg
         self.estimator = estimators.get(cfg.estimator, **cfg.estimator_args)
@@ -265,7 +285,9 @@ class SQAIRTask:
         bias during the first ``disc_suppression_steps`` steps, the model's own ``disc_later_presence_bias`` after."""
         c = self.config
         return jnp.where(
-            jnp.asarray(step) < c.disc_suppression_steps, c.disc_suppression_bias, c.disc_later_presence_bias
+            jnp.asarray(step) < c.disc_suppression_steps,
+            c.disc_suppression_bias,
+            self.model.config.disc_later_presence_bias,
         ).astype(jnp.float32)
 
     def count_penalty(self, step):

@@ -13,7 +13,9 @@ and a config names it (the module is imported lazily, so the training package ne
     config.task_module = "ocr_jax.tasks.air"
     config.task_config = ml_collections.ConfigDict({...})  # passed to the factory
 
-Task modules that moved keep working under their old names in the configs of existing runs (`RENAMED_TASK_MODULES`).
+Task modules that moved keep working under their old names in the configs of existing runs (`RENAMED_TASK_MODULES`),
+and a task module whose config layout changed may define ``upgrade_task_config(task_config: dict) -> dict``, which
+`upgraded_run_config` applies to an existing run's config.json (so the run resumes and loads under the new layout).
 """
 
 from __future__ import annotations
@@ -76,6 +78,23 @@ RENAMED_TASK_MODULES = {
 def task_module_name(module: str | None) -> str | None:
     """The current name of task module `module` (`RENAMED_TASK_MODULES`); other names (and None) unchanged."""
     return RENAMED_TASK_MODULES.get(module, module)
+
+
+def upgraded_run_config(config_json: dict[str, Any]) -> dict[str, Any]:
+    """An existing run's config.json (JSON-like) as the current code names it: ``task_module`` under its current name
+    (`task_module_name`) and ``task_config`` through the task module's ``upgrade_task_config`` if it defines one (a
+    module that cannot be imported leaves the task config as it is)."""
+    if config_json.get("task_module") is None:
+        return config_json
+    module = task_module_name(config_json["task_module"])
+    out = {**config_json, "task_module": module}
+    try:
+        upgrade = getattr(importlib.import_module(module), "upgrade_task_config", None)
+    except ImportError:
+        upgrade = None
+    if upgrade is not None and isinstance(out.get("task_config"), dict):
+        out["task_config"] = upgrade(out["task_config"])
+    return out
 
 
 TaskFactory = Callable[[ml_collections.ConfigDict], Task]

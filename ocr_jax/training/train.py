@@ -197,14 +197,6 @@ def config_as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return json.loads(config.to_json_best_effort())
 
 
-def with_current_task_module(config_json: dict[str, Any]) -> dict[str, Any]:
-    """``config_json`` with its ``task_module`` under its current name (`tasks.RENAMED_TASK_MODULES`), so that a run
-    whose config.json names a task module that has since moved resumes with a config that names the new one."""
-    if config_json.get("task_module") is None:
-        return config_json
-    return {**config_json, "task_module": tasks.task_module_name(config_json["task_module"])}
-
-
 def read_run_config(workdir: str) -> dict[str, Any] | None:
     """The run's ``config.json``, None if there is none. Raises RunSafetyError if it is unreadable."""
     path = os.path.join(workdir, "config.json")
@@ -296,7 +288,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, checkpo
             changes = [
                 c
                 for c in config_changes(
-                    with_current_task_module(run_config), with_current_task_module(config_as_json(config))
+                    tasks.upgraded_run_config(run_config), tasks.upgraded_run_config(config_as_json(config))
                 )
                 if not is_resumable_field(c[0]) and not is_added_default(c, defaults)
             ]

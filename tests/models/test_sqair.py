@@ -318,12 +318,8 @@ def test_tiny_sqair_task_bound_improves():
 
     cfg = ml_collections.ConfigDict(
         dict(
-            arch="mlp",
-            hidden=32,
-            z_what_dim=8,
-            max_objects=2,
+            model=dict(arch="mlp", hidden=32, z_what_dim=8, max_objects=2, glimpse_shape=(8, 8)),
             canvas_size=24,
-            glimpse_size=8,
             num_particles=5,
             start_length=3,
             length_every=10**9,

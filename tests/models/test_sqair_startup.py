@@ -78,10 +78,12 @@ def _tiny_task(**overrides):
     """A SQAIRTask on 16×16 blob sequences with 8 units (the task-level tests below)."""
     import ml_collections
 
-    from ocr_jax.tasks.sqair import SQAIRTask
+    from ocr_jax.tasks.sqair import SQAIRTask, default_model_config
 
-    base = dict(hidden=8, z_what_dim=3, max_objects=2, canvas_size=16, glimpse_size=6, data="blobs", digit_size=8)
-    return SQAIRTask(ml_collections.ConfigDict(dict(base, **overrides)))
+    model = dict(hidden=8, z_what_dim=3, max_objects=2, glimpse_shape=(6, 6))
+    model.update({k: v for k, v in overrides.items() if k in default_model_config()})
+    task = {k: v for k, v in overrides.items() if k not in default_model_config()}
+    return SQAIRTask(ml_collections.ConfigDict(dict(model=model, canvas_size=16, data="blobs", digit_size=8, **task)))
 
 
 # --- 1. where_map ----------------------------------------------------------------------------------------------------
@@ -614,3 +616,24 @@ def test_sqair_trains_with_other_estimators(estimator):
 
 def optax_global_norm(tree):
     return float(np.sqrt(sum(np.sum(np.square(np.asarray(a))) for a in jax.tree.leaves(tree))))
+
+
+def test_task_config_names_model_options_under_model_and_refuses_unknown_ones():
+    """The model's options live under ``task_config.model`` (as AIR's); a model option at the top level (the layout
+    before) or a misspelt one is an error that says where it belongs, not an option silently ignored."""
+    import ml_collections
+
+    from ocr_jax.tasks.sqair import SQAIRTask, default_task_config, model_config
+
+    cfg = default_task_config()
+    cfg.canvas_size, cfg.num_frames = 24, 4
+    cfg.model.update(hidden=12, glimpse_shape=(8, 6), max_objects=2)
+    c = model_config(cfg)
+    assert (c.image_shape, c.max_seq_len, c.hidden, c.glimpse_shape, c.max_objects) == ((24, 24), 4, 12, (8, 6), 2)
+    with pytest.raises(ValueError, match=r"unknown SQAIR task options \['hidden'\].*task_config.model.hidden"):
+        SQAIRTask(ml_collections.ConfigDict(dict(data="blobs", hidden=8)))
+    with pytest.raises(ValueError, match=r"unknown SQAIR task options \['hiden'\]"):
+        SQAIRTask(ml_collections.ConfigDict(dict(data="blobs", hiden=8)))
+    cfg.model.hiden = 8
+    with pytest.raises(ValueError, match=r"unknown SQAIR model options \['hiden'\] in task_config.model"):
+        model_config(cfg)

@@ -243,23 +243,57 @@ def test_a_task_field_added_since_the_run_started_at_its_default_is_no_change():
 
     new = train_lib.config_as_json(sqair_mnist.get_config("quick"))
     old = json.loads(json.dumps(new))
-    del old["task_config"]["prop_presence_logit_bound"]
+    del old["task_config"]["model"]["prop_presence_logit_bound"]
     defaults = train_lib.task_defaults(new)
-    assert defaults["prop_presence_logit_bound"] == 0.0
+    assert defaults["model"]["prop_presence_logit_bound"] == 0.0
     changes = train_lib.config_changes(old, new)
-    assert [c[0] for c in changes] == ["task_config.prop_presence_logit_bound"]
+    assert [c[0] for c in changes] == ["task_config.model.prop_presence_logit_bound"]
     assert train_lib.is_added_default(changes[0], defaults)
-    new["task_config"]["prop_presence_logit_bound"] = 3.0
+    new["task_config"]["model"]["prop_presence_logit_bound"] = 3.0
     assert not train_lib.is_added_default(train_lib.config_changes(old, new)[0], defaults)
     new["task_config"]["not_a_task_field"] = 0.0
     new["new_top_level_field"] = 0.0
     changes = train_lib.config_changes(old, new)
     assert [c[0] for c in changes if not train_lib.is_added_default(c, defaults)] == [
         "new_top_level_field",
+        "task_config.model.prop_presence_logit_bound",
         "task_config.not_a_task_field",
-        "task_config.prop_presence_logit_bound",
     ]
     assert train_lib.task_defaults({"task_module": None}) == {}
+
+
+def test_a_sqair_run_saved_with_its_model_fields_at_the_top_level_resumes_under_task_config_model(tmp_path):
+    """Runs saved before SQAIR's model options moved under ``task_config.model`` (flat fields, ``glimpse_size``) are
+    upgraded on reading (`tasks.upgraded_run_config`): the same config is no change, a changed model field still is,
+    and `ocr_jax.api.load_config` returns the new layout."""
+    from ocr_jax.configs import sqair_mnist
+    from ocr_jax.tasks.sqair import default_model_config
+    from ocr_jax.training import tasks as tasks_lib
+
+    new = train_lib.config_as_json(sqair_mnist.get_config("cpu+f1bound"))
+    model = new["task_config"]["model"]
+    flat = {k: v for k, v in new["task_config"].items() if k != "model"}
+    flat.update({k: v for k, v in model.items() if k not in ("glimpse_shape", "keep_logit_init")})
+    flat["glimpse_size"] = model["glimpse_shape"][0]  # the old name; keep_logit_init: absent, as in the oldest runs
+    old = {**new, "task_config": flat, "task_module": "ocr_jax.models.sqair_task"}  # and the old module name
+    upgraded = tasks_lib.upgraded_run_config(old)
+    assert upgraded["task_module"] == "ocr_jax.tasks.sqair"
+    assert set(upgraded["task_config"]["model"]) == set(default_model_config()) - {"keep_logit_init"}
+    defaults = train_lib.task_defaults(new)
+    changes = train_lib.config_changes(upgraded, tasks_lib.upgraded_run_config(new))
+    assert [c[0] for c in changes] == ["task_config.model.keep_logit_init"]
+    assert train_lib.is_added_default(changes[0], defaults)
+    assert tasks_lib.upgraded_run_config(new) == new  # the current layout is left as it is
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump(old, f)
+    from ocr_jax import api
+
+    loaded = api.load_config(tmp_path)
+    assert list(loaded.task_config.model.glimpse_shape) == [20, 20]
+    assert "hidden" not in loaded.task_config and loaded.task_config.model.hidden == model["hidden"]
+    new["task_config"]["model"]["hidden"] = 8
+    changes = train_lib.config_changes(upgraded, tasks_lib.upgraded_run_config(new))
+    assert [c[0] for c in changes if not train_lib.is_added_default(c, defaults)] == ["task_config.model.hidden"]
 
 
 def test_resume_with_another_config_is_refused_and_config_json_kept(finished, tmp_path):
