@@ -44,26 +44,52 @@ def logit(p: float) -> float:
 
 class MLP(nn.Module):
     """Dense layers ``features[0] ... features[-1]`` with ``activation`` between them (and after the last one iff
-    ``activate_final``)."""
+    ``activate_final``).
+
+    Every kernel is drawn from a truncated normal of variance ``scale / fan_in`` (LeCun normal, Linen's default), with
+    ``scale = final_kernel_scale`` for the last layer and 1 for the others; every bias is 0 except the last layer's,
+    which ``final_bias_init`` sets. A small ``final_kernel_scale`` makes the last bias dominate at initialisation (the
+    heads below). The layers are named ``f"{layer_name}_{i}"``; SQAIR passes ``"Dense"``, the names Linen gave its
+    layers automatically when SQAIR's existing checkpoints were written.
+    """
 
     features: Sequence[int]
     activation: Callable[[Array], Array] = nn.relu
     activate_final: bool = False
+    final_kernel_scale: float = 1.0
+    final_bias_init: Callable[..., Array] = nn.initializers.zeros
+    layer_name: str = "dense"
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         for i, f in enumerate(self.features):
-            x = nn.Dense(f, name=f"dense_{i}")(x)
-            if i < len(self.features) - 1 or self.activate_final:
+            last = i == len(self.features) - 1
+            x = nn.Dense(
+                f,
+                kernel_init=nn.initializers.variance_scaling(
+                    self.final_kernel_scale if last else 1.0, "fan_in", "truncated_normal"
+                ),
+                bias_init=self.final_bias_init if last else nn.initializers.zeros,
+                name=f"{self.layer_name}_{i}",
+            )(x)
+            if not last or self.activate_final:
                 x = self.activation(x)
         return x
 
 
 class GaussianHead(nn.Module):
-    """Dense head producing ``(loc, scale)`` of a diagonal Gaussian, ``scale = softplus(.) + min_scale``.
+    """``[..., F] -> (loc, scale)`` of a diagonal Gaussian over ``features`` variables, ``scale = softplus(raw + b) +
+    min_scale`` with ``b = inverse_softplus(scale_init - min_scale)``, so the scale starts at ``scale_init`` when the
+    input's contribution is small.
 
-    ``loc_bias`` / ``scale_init`` set the initial output when the input contribution is small (``kernel_scale``
-    scales the variance-scaling kernel init, so a small value makes the bias dominate at initialisation).
+    ``hidden``: layers (``activation`` after each) before the output layer. The output layer's kernel init is scaled
+    by ``kernel_scale`` (variance, as :class:`MLP`'s ``final_kernel_scale``: a small value makes the biases dominate at
+    initialisation) and ``loc_bias`` sets the loc's initial bias (default 0).
+
+    Two parameter layouts of the same function (and the same training: ``b`` enters as a bias either way):
+    ``joint=False`` (AIR): an MLP ``"mlp"`` (if ``hidden``), then Dense layers ``"loc"`` and ``"scale"``, whose bias
+    starts at ``b``. ``joint=True`` (SQAIR's checkpoints): one :class:`MLP` (Linen's automatic name ``MLP_0``) whose
+    last layer outputs ``[loc, raw]`` with zero initial raw bias, and ``b`` added as a constant.
     """
 
     features: int
@@ -71,19 +97,57 @@ class GaussianHead(nn.Module):
     scale_init: float = 1.0
     min_scale: float = 1e-4
     kernel_scale: float = 1.0
+    hidden: Sequence[int] = ()
+    activation: Callable[[Array], Array] = nn.relu
+    joint: bool = False
+    layer_name: str = "dense"
 
     @nn.compact
     def __call__(self, x: Array) -> tuple[Array, Array]:
+        offset = inverse_softplus(self.scale_init - self.min_scale)
+        if self.joint:
+            bias = np.zeros(2 * self.features, np.float32)
+            if self.loc_bias is not None:
+                bias[: self.features] = self.loc_bias
+            out = MLP(
+                tuple(self.hidden) + (2 * self.features,),
+                self.activation,
+                final_kernel_scale=self.kernel_scale,
+                final_bias_init=constant_vector_init(bias),
+                layer_name=self.layer_name,
+            )(x)
+            loc, raw = jnp.split(out, 2, axis=-1)
+            return loc, jax.nn.softplus(raw + offset) + self.min_scale
+        if self.hidden:
+            x = MLP(tuple(self.hidden), self.activation, activate_final=True, layer_name=self.layer_name, name="mlp")(x)
         kinit = nn.initializers.variance_scaling(self.kernel_scale, "fan_in", "truncated_normal")
         loc_binit = nn.initializers.zeros if self.loc_bias is None else constant_vector_init(self.loc_bias)
         loc = nn.Dense(self.features, kernel_init=kinit, bias_init=loc_binit, name="loc")(x)
-        raw = nn.Dense(
-            self.features,
-            kernel_init=kinit,
-            bias_init=nn.initializers.constant(inverse_softplus(self.scale_init - self.min_scale)),
-            name="scale",
-        )(x)
+        raw = nn.Dense(self.features, kernel_init=kinit, bias_init=nn.initializers.constant(offset), name="scale")(x)
         return loc, jax.nn.softplus(raw) + self.min_scale
+
+
+class LogitHead(nn.Module):
+    """``[..., F] -> [...]``: a Bernoulli logit from an :class:`MLP` (Linen's automatic name ``MLP_0``) with
+    ``hidden`` layers and one output unit, whose bias starts at ``bias_init`` and whose kernel init is scaled by
+    ``kernel_scale`` (variance, as :class:`GaussianHead`'s)."""
+
+    hidden: Sequence[int] = ()
+    bias_init: float = 0.0
+    kernel_scale: float = 1.0
+    activation: Callable[[Array], Array] = nn.relu
+    layer_name: str = "dense"
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        out = MLP(
+            tuple(self.hidden) + (1,),
+            self.activation,
+            final_kernel_scale=self.kernel_scale,
+            final_bias_init=nn.initializers.constant(self.bias_init),
+            layer_name=self.layer_name,
+        )(x)
+        return out[..., 0]
 
 
 def depth_to_space(x: Array, block: int) -> Array:

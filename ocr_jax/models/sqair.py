@@ -1,8 +1,19 @@
 """SQAIR: Sequential Attend, Infer, Repeat (Kosiorek et al., 2018; thesis chapter 5).
 
-The networks are small pure Linen modules (one per function of Algorithms 1-3); :class:`SQAIR` wires them together
-with ``jax.lax.scan`` over time and over objects, with fixed shapes and presence masks. Parameters live in two
-top-level groups, ``{"generative": ..., "inference": ...}``, so an objective can treat θ and φ differently.
+As AIR (``ocr_jax.models.air``), one Linen module per parameter group: :class:`SQAIRGenerative` (θ: glimpse decoder,
+propagation prior, discovery-count table) and :class:`SQAIRInference` (φ: encoders, PROP's and DISC's networks), each
+with its submodules defined in ``setup``, one method per use and one ``init`` (``__call__`` runs every method once,
+so input widths follow from the data flow), built from the shared blocks of ``ocr_jax.models.modules`` (MLP, Gaussian
+and logit heads). :class:`SQAIR` wires them together with ``jax.lax.scan`` over time and over objects, with fixed
+shapes and presence masks. Parameters live in two top-level groups, ``{"generative": ..., "inference": ...}``, each
+the module's ``"params"`` collection, so an objective can treat θ and φ differently. Outputs are typed
+(:class:`SQAIROutput`, :class:`SQAIRSample`), and are Mappings as well (``out["z_pres"]``).
+
+Parameter layout: every path and shape is that of the first implementation (string-keyed networks initialised one by
+one), so checkpoints written before the modules moved onto the shared blocks load and compute the same function, bit
+for bit (``tests/models/test_parameter_layout.py``); the shared blocks take ``layer_name="Dense"`` and, for the Gaussian
+heads, ``joint=True`` for that. Fresh parameters differ from the first implementation's only in the kernels' random
+draws: each group is now initialised from one key, split by Linen per submodule, instead of one key per network.
 
 Slots. Every particle keeps ``N = max_objects`` object slots per frame. After each frame's PROP the surviving
 propagated objects are moved (stably) to the front; DISC writes the objects it discovers into the next free slots,
@@ -56,8 +67,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping
 
+import chex
 import distrax
 import flax.linen as nn
 import jax
@@ -66,11 +78,18 @@ import numpy as np
 
 from ocr_jax import validation
 from ocr_jax.distributions import diag_normal_log_prob, truncated_categorical
+from ocr_jax.models import modules
 from ocr_jax.spatial_transformer import extract_glimpse, paste_glimpse
 
 __all__ = [
     "SQAIRConfig",
     "SQAIR",
+    "SQAIRGenerative",
+    "SQAIRInference",
+    "SQAIRSteps",
+    "SQAIROutput",
+    "SQAIRSample",
+    "SQAIRConditionalSample",
     "mlp_sqair_config",
     "conv_sqair_config",
     "where_to_transform",
@@ -257,71 +276,34 @@ def _sample_bernoulli(key, logit):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Networks (pure Linen)
+# Networks (pure Linen): one module per parameter group, SQAIRGenerative (θ) and SQAIRInference (φ), built from the
+# shared blocks of ocr_jax.models.modules. Their submodules keep the names (and the parameter layout inside them) of
+# the first implementation, so SQAIR's existing checkpoints load unchanged: ELU networks whose layers carry Linen's
+# automatic names ("Dense_i", layer_name="Dense") and Gaussian heads with one joint output layer (joint=True).
 
 
-class MLP(nn.Module):
-    """Dense layers with ELU between them (and after the last one if ``activate_final``)."""
-
-    features: Sequence[int]
-    activate_final: bool = False
-    last_bias_init: Callable = nn.initializers.zeros
-    last_kernel_scale: float = 1.0  # the last layer's kernel is LeCun-normal times this
-
-    @nn.compact
-    def __call__(self, x):
-        for i, f in enumerate(self.features):
-            last = i == len(self.features) - 1
-            kernel_init = nn.initializers.variance_scaling(
-                self.last_kernel_scale**2 if last else 1.0, "fan_in", "truncated_normal"
-            )
-            x = nn.Dense(f, kernel_init=kernel_init, bias_init=self.last_bias_init if last else nn.initializers.zeros)(
-                x
-            )
-            if not last or self.activate_final:
-                x = nn.elu(x)
-        return x
+def _mlp(features, activate_final=False) -> modules.MLP:
+    return modules.MLP(tuple(features), nn.elu, activate_final, layer_name="Dense")
 
 
-class GaussianHead(nn.Module):
-    """Two-layer MLP -> (loc, scale) of a factorised Gaussian over ``dim`` variables."""
-
-    hidden: int
-    dim: int
-    scale_bias: float = 0.5  # scale = softplus(raw + scale_bias) + min_scale; raw starts near 0
-    min_scale: float = 1e-2
-    kernel_scale: float = 1.0  # of the output layer's kernel
-    loc_bias: tuple[float, ...] | None = None  # initial bias of the loc outputs (default 0)
-
-    @nn.compact
-    def __call__(self, *inputs):
-        bias = np.zeros(2 * self.dim, np.float32)
-        if self.loc_bias is not None:
-            bias[: self.dim] = self.loc_bias
-        out = MLP(
-            (self.hidden, 2 * self.dim),
-            last_kernel_scale=self.kernel_scale,
-            last_bias_init=lambda *_: jnp.asarray(bias),
-        )(jnp.concatenate(inputs, axis=-1))
-        loc, raw_scale = jnp.split(out, 2, axis=-1)
-        return loc, jax.nn.softplus(raw_scale + self.scale_bias) + self.min_scale
+def _gaussian_head(c: SQAIRConfig, dim: int, scale_bias: float = 0.5, **kw) -> modules.GaussianHead:
+    """A 2-layer ELU MLP -> (loc, scale) of ``dim`` variables, ``scale = softplus(raw + scale_bias) + std_floor``."""
+    scale_init = float(np.logaddexp(0.0, scale_bias)) + c.std_floor  # softplus(scale_bias) + floor
+    return modules.GaussianHead(
+        dim,
+        scale_init=scale_init,
+        min_scale=c.std_floor,
+        hidden=(c.hidden,),
+        activation=nn.elu,
+        joint=True,
+        layer_name="Dense",
+        **kw,
+    )
 
 
-class LogitHead(nn.Module):
-    """Two-layer MLP -> a scalar Bernoulli logit."""
-
-    hidden: int
-    bias_init: float = 0.0
-    kernel_scale: float = 1.0  # of the output layer's kernel
-
-    @nn.compact
-    def __call__(self, *inputs):
-        out = MLP(
-            (self.hidden, 1),
-            last_bias_init=nn.initializers.constant(self.bias_init),
-            last_kernel_scale=self.kernel_scale,
-        )(jnp.concatenate(inputs, axis=-1))
-        return out[..., 0]
+def _logit_head(c: SQAIRConfig, bias_init: float, kernel_scale: float = 1.0) -> modules.LogitHead:
+    """A 2-layer ELU MLP -> a Bernoulli logit whose bias starts at ``bias_init``."""
+    return modules.LogitHead((c.hidden,), bias_init, kernel_scale, nn.elu, layer_name="Dense")
 
 
 class WhatGates(nn.Module):
@@ -353,9 +335,6 @@ class DiscoveryRNN(nn.Module):
 
     def __call__(self, h, projected_image, inputs):
         return jnp.tanh(projected_image + self.input_projection(inputs) + self.recurrent(h))
-
-    def init_all(self, h, image_code, inputs):
-        return self(h, self.project_image(image_code), inputs)
 
 
 class LearnedVector(nn.Module):
@@ -395,9 +374,10 @@ class ObservationEncoders(nn.Module):
     def setup(self):
         c = self.config
         if c.arch == "mlp":
-            self.glimpse_net = MLP((c.hidden, c.hidden), activate_final=True)
-            self.image_net = MLP((c.hidden, c.hidden), activate_final=True)
+            self.glimpse_net = _mlp((c.hidden, c.hidden), activate_final=True)
+            self.image_net = _mlp((c.hidden, c.hidden), activate_final=True)
         else:
+            # Not modules.ConvStack: the trunk's layers are named trunk_<i> in SQAIR's checkpoints.
             self.trunk = [
                 nn.Conv(ch, (3, 3), strides=(s, s), padding="SAME") for ch, s in zip(c.conv_channels, c.conv_strides)
             ]
@@ -423,20 +403,15 @@ class ObservationEncoders(nn.Module):
             return self.image_net(image.reshape(image.shape[:-2] + (-1,)))
         return nn.elu(self.image_fc(self._cnn(image)))
 
-    def __call__(self, glimpse, image):
-        return self.encode_glimpse(glimpse), self.encode_image(image)
 
-
-def _depth_to_space(x, r):
-    """``[b, h, w, c * r * r] -> [b, h * r, w * r, c]`` (subpixel convolution's shuffle)."""
-    b, h, w, c = x.shape
-    x = x.reshape(b, h, w, r, r, c // (r * r))
-    return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h * r, w * r, c // (r * r))
-
-
-class GlimpseDecoder(nn.Module):
+class SQAIRGlimpseDecoder(nn.Module):
     """f^dec: ``z_what [..., D] -> glimpse [..., h, w]`` in (0, 1). MLP: two ELU layers and a sigmoid output layer.
-    CONV: FC [2·hidden, 32·(h/4)·(w/4)] -> subpixel CNN [32, 64, 64] with strides [1, 2, 2] -> 3×3 output conv."""
+    CONV: FC [2·hidden, 32·(h/4)·(w/4)] -> subpixel CNN [32, 64, 64] with strides [1, 2, 2] -> 3×3 output conv.
+
+    The same function family as ``modules.GlimpseDecoder`` (AIR's) with ELU and per-stage strides, but not the same
+    parameter layout (AIR's has separate ``mlp``/``proj``/``subpixel_i``/``out`` layers, this one Linen's automatic
+    names ``MLP_0``, ``Conv_i``, as SQAIR's checkpoints), so it is kept as its own module.
+    """
 
     config: SQAIRConfig
 
@@ -447,70 +422,255 @@ class GlimpseDecoder(nn.Module):
         lead = z_what.shape[:-1]
         out_bias = nn.initializers.constant(c.decoder_output_bias)
         if c.arch == "mlp":
-            logits = MLP((c.hidden, c.hidden, h * w), last_bias_init=out_bias)(z_what).reshape(lead + (h, w))
-            return jax.nn.sigmoid(logits)
+            mlp = modules.MLP((c.hidden, c.hidden, h * w), nn.elu, final_bias_init=out_bias, layer_name="Dense")
+            return jax.nn.sigmoid(mlp(z_what).reshape(lead + (h, w)))
         up = int(np.prod(c.decoder_strides))
         bh, bw = h // up, w // up
-        x = MLP((2 * c.hidden, c.decoder_channels[0] * bh * bw), activate_final=True)(z_what)
+        x = _mlp((2 * c.hidden, c.decoder_channels[0] * bh * bw), activate_final=True)(z_what)
         x = x.reshape((-1, bh, bw, c.decoder_channels[0]))
         for ch, s in zip(c.decoder_channels, c.decoder_strides):
-            x = nn.Conv(ch * s * s, (3, 3), padding="SAME")(x)
-            x = nn.elu(_depth_to_space(x, s) if s > 1 else x)
+            x = nn.elu(modules.depth_to_space(nn.Conv(ch * s * s, (3, 3), padding="SAME")(x), s))
         x = nn.Conv(1, (3, 3), padding="SAME", bias_init=out_bias)(x)
         return jax.nn.sigmoid(x[..., 0]).reshape(lead + (h, w))
 
 
-def _build_networks(c: SQAIRConfig):
-    """(generative modules, inference modules): name -> (module, dummy init inputs[, init method name])."""
-    H, Dw, Dz = c.hidden, c.z_what_dim, 4
-    zeros = lambda *n: jnp.zeros(n, jnp.float32)  # noqa: E731
-    floor = c.std_floor
-    gen = {
-        "glimpse_decoder": (GlimpseDecoder(c), (zeros(1, Dw),)),
-        "prior_rnn": (nn.GRUCell(H), (zeros(H), zeros(Dw + Dz))),
-        "prior_init": (LearnedVector(H), ()),
-        "prior_pres": (LogitHead(H, c.keep_logit_init), (zeros(H),)),
-        "prior_what": (GaussianHead(H, Dw, min_scale=floor), (zeros(H),)),
-        "prior_where": (GaussianHead(H, Dz, min_scale=floor), (zeros(H),)),
-        "disc_count": (DiscoveryCountLogits(c.max_objects, c.no_new_objects_logit_init), ()),
-    }
-    scale_logit = 0.0 if c.disc_init_scale is None else _logit((c.disc_init_scale - _MIN_SCALE) / (1 - _MIN_SCALE))
-    if c.prop_what == "gated":  # the temporal head sees (h^R, h^T); the glimpse evidence is DISC's what head
-        prop_what = {
-            "prop_what": (GaussianHead(H, Dw, min_scale=floor), (zeros(H + H),)),
-            "prop_what_gates": (WhatGates(Dw), (zeros(H),)),
-        }
-    else:
-        prop_what = {"prop_what": (GaussianHead(H, Dw, min_scale=floor), (zeros(H + Dw + H + H),))}
-    inf = {
-        "encoders": (ObservationEncoders(c), (zeros(1, *c.glimpse_shape), zeros(1, *c.image_shape))),
-        "proposal": (MLP((H, Dz)), (zeros(Dz + H),)),
-        "relation_rnn": (nn.SimpleCell(H), (zeros(H), zeros(H + Dw + Dz + H + Dw + Dz))),
-        "temporal_rnn": (nn.GRUCell(H), (zeros(H), zeros(H + Dz + H))),
-        "temporal_init": (LearnedVector(H), ()),
-        "prop_where": (GaussianHead(H, Dz, c.where_posterior_scale_bias, min_scale=floor), (zeros(Dw + Dz + H + H),)),
-        **prop_what,
-        "prop_pres": (LogitHead(H, c.prop_presence_logit_init), (zeros(Dw + Dz + H + H),)),
-        "latent_encoder": (MLP((H, H), activate_final=True), (zeros(Dw + Dz),)),
-        "disc_rnn": (DiscoveryRNN(H), (zeros(H), zeros(H), zeros(H + Dw + Dz)), "init_all"),
-        "disc_pres": (
-            LogitHead(H, c.disc_presence_logit_init, kernel_scale=c.disc_head_kernel_scale),
-            (zeros(H + (Dw if c.presence_after_what else 0)),),
-        ),
-        "disc_where": (
-            GaussianHead(
-                H,
-                Dz,
-                c.where_posterior_scale_bias,
-                min_scale=floor,
-                kernel_scale=c.disc_head_kernel_scale,
-                loc_bias=(scale_logit, scale_logit, 0.0, 0.0),
-            ),
-            (zeros(H),),
-        ),
-        "disc_what": (GaussianHead(H, Dw, min_scale=floor), (zeros(H),)),
-    }
-    return gen, inf
+class SQAIRGenerative(nn.Module):
+    """p_θ's learnable parts (the ``"generative"`` group): the glimpse decoder f^dec (Alg. 1), the propagation prior's
+    per-object GRU and heads (Eq. 5.9-5.10) with its learned initial state, and the discovery-count table (Eq. 5.8).
+
+    Methods (``apply(..., method=...)``), on one object's ``[...]`` arrays unless stated: ``decode``,
+    ``prior_initial_state``, ``propagation_prior``, ``discovery_count_logits``; ``__call__`` runs each once (for
+    ``init``).
+    """
+
+    config: SQAIRConfig
+
+    def setup(self):
+        c = self.config
+        self.glimpse_decoder = SQAIRGlimpseDecoder(c)
+        self.prior_rnn = nn.GRUCell(c.hidden)
+        self.prior_init = LearnedVector(c.hidden)
+        self.prior_pres = _logit_head(c, c.keep_logit_init)
+        self.prior_what = _gaussian_head(c, c.z_what_dim)
+        self.prior_where = _gaussian_head(c, 4)
+        self.disc_count = DiscoveryCountLogits(c.max_objects, c.no_new_objects_logit_init)
+
+    def decode(self, z_what):
+        """``z_what [..., D] -> glimpse intensities [..., h, w]`` in (0, 1)."""
+        return self.glimpse_decoder(z_what)
+
+    def prior_initial_state(self):
+        """``[hidden]``: the prior GRU's state of an object when it is discovered."""
+        return self.prior_init()
+
+    def propagation_prior(self, h_prior, z_what_prev, z_where_prev):
+        """One step of the per-object prior GRU and the parameters of p^P (Eq. 5.9-5.10): ``(h, keep logit, (what loc,
+        what scale), (where loc, where scale))``; the where mean is residual, ``z_where_prev + f(h)``."""
+        h, _ = self.prior_rnn(h_prior, jnp.concatenate([z_what_prev, z_where_prev], -1))
+        where_loc, where_scale = self.prior_where(h)
+        return h, self.prior_pres(h), self.prior_what(h), (z_where_prev + where_loc, where_scale)
+
+    def discovery_count_logits(self):
+        """``[2, N + 1, N + 1]``: logits of p_θ(D_t | P_t) indexed by (t > 1, P_t, D_t)."""
+        return self.disc_count()
+
+    def __call__(self):
+        c = self.config
+        self.decode(jnp.zeros((1, c.z_what_dim)))
+        self.propagation_prior(self.prior_initial_state(), jnp.zeros((c.z_what_dim,)), jnp.zeros((4,)))
+        return self.discovery_count_logits()
+
+
+class SQAIRInference(nn.Module):
+    """q_φ (the ``"inference"`` group): the observation encoders, PROP's networks (proposal MLP, relation RNN, temporal
+    GRU and its learned initial state, where/what/presence heads, the gates of the ``"gated"`` what posterior; Alg. 2)
+    and DISC's (latent DeepSets encoder, discovery RNN, where/what/presence heads; Alg. 3).
+
+    Methods (``apply(..., method=...)``), on one object's ``[...]`` arrays unless stated: ``encode_image``,
+    ``encode_glimpse``, ``propagation_proposal``, ``propagation_relation``, ``propagation_where``,
+    ``temporal_step``, ``propagation_what``, ``propagation_presence``, ``temporal_initial_state``, ``latent_code``,
+    ``discovery_step``, ``discovery_where``, ``discovery_what``, ``discovery_presence``; ``__call__`` runs each once
+    on zeros of one frame (for ``init``: the input widths follow from the data flow).
+    """
+
+    config: SQAIRConfig
+
+    def setup(self):
+        c = self.config
+        H, Dw = c.hidden, c.z_what_dim
+        self.encoders = ObservationEncoders(c)
+        self.proposal = _mlp((H, 4))
+        self.relation_rnn = nn.SimpleCell(H)
+        self.temporal_rnn = nn.GRUCell(H)
+        self.temporal_init = LearnedVector(H)
+        self.prop_where = _gaussian_head(c, 4, c.where_posterior_scale_bias)
+        # "gated": this head sees (h^R, h^T) and the glimpse's evidence is DISC's what head; "direct": everything.
+        self.prop_what = _gaussian_head(c, Dw)
+        if c.prop_what == "gated":
+            self.prop_what_gates = WhatGates(Dw)
+        self.prop_pres = _logit_head(c, c.prop_presence_logit_init)
+        self.latent_encoder = _mlp((H, H), activate_final=True)
+        self.disc_rnn = DiscoveryRNN(H)
+        ks = c.disc_head_kernel_scale**2  # the output kernel's std scales by disc_head_kernel_scale
+        self.disc_pres = _logit_head(c, c.disc_presence_logit_init, ks)
+        scale_logit = 0.0 if c.disc_init_scale is None else _logit((c.disc_init_scale - _MIN_SCALE) / (1 - _MIN_SCALE))
+        self.disc_where = _gaussian_head(
+            c, 4, c.where_posterior_scale_bias, kernel_scale=ks, loc_bias=(scale_logit, scale_logit, 0.0, 0.0)
+        )
+        self.disc_what = _gaussian_head(c, Dw)
+
+    def encode_image(self, images):
+        """DISC's view of a frame, ``[..., H, W] -> [..., hidden]``: the image code h^enc projected into the discovery
+        RNN (Eq. 5.6's input term)."""
+        return self.disc_rnn.project_image(self.encoders.encode_image(images))
+
+    def encode_glimpse(self, glimpse):
+        """``[..., h, w] -> [..., hidden]``: h^glimpse."""
+        return self.encoders.encode_glimpse(glimpse)
+
+    def propagation_proposal(self, where_prev, h_temporal_prev):
+        """Alg. 2 line 6: the proposal location ``z_where_{t-1} + prop_update_scale·f(z_where_{t-1}, h^T_{t-1})``."""
+        update = self.proposal(jnp.concatenate([where_prev, h_temporal_prev], -1))
+        return where_prev + self.config.prop_update_scale * update
+
+    def propagation_relation(self, h_relation, glimpse_code, what_prev, where_prev, h_temporal_prev, what_j, where_j):
+        """Alg. 2 line 9 / Eq. 5.14: the relation RNN's next state h^R (j: the last object alive at t−1 before i)."""
+        inputs = jnp.concatenate([glimpse_code, what_prev, where_prev, h_temporal_prev, what_j, where_j], -1)
+        return self.relation_rnn(h_relation, inputs)[0]
+
+    def propagation_where(self, what_prev, where_prev, h_temporal_prev, h_relation):
+        """Alg. 2 line 10 / Eq. 5.12: (loc, scale) of q(z_where_t), ``loc = z_where_{t-1} + prop_update_scale·f``."""
+        loc, scale = self.prop_where(jnp.concatenate([what_prev, where_prev, h_temporal_prev, h_relation], -1))
+        return where_prev + self.config.prop_update_scale * loc, scale
+
+    def temporal_step(self, h_temporal, glimpse_code, where, h):
+        """Eq. 5.15: the temporal GRU's next state from ``[glimpse code, z_where, h]`` (h: h^R in PROP, DISC's RNN
+        output for a discovered object)."""
+        return self.temporal_rnn(h_temporal, jnp.concatenate([glimpse_code, where, h], -1))[0]
+
+    def propagation_what(self, glimpse_code, what_prev, h_relation, h_temporal):
+        """Alg. 2 line 14: (loc, scale) of q(z_what_t), ``"gated"`` or ``"direct"`` (module docstring)."""
+        if self.config.prop_what == "gated":
+            g_loc, g_scale = self.disc_what(glimpse_code)  # the glimpse's evidence, as DISC reads it
+            t_loc, t_scale = self.prop_what(jnp.concatenate([h_relation, h_temporal], -1))
+            keep, take, temporal = self.prop_what_gates(h_temporal)
+            loc = keep * what_prev + (1 - take) * g_loc + (1 - temporal) * t_loc
+            return loc, (1 - take) * g_scale + (1 - temporal) * t_scale
+        return self.prop_what(jnp.concatenate([glimpse_code, what_prev, h_relation, h_temporal], -1))
+
+    def propagation_presence(self, what, where, h_relation, h_temporal):
+        """Alg. 2 line 15 / Eq. 5.13: the (unbounded) logit of keeping the object."""
+        return self.prop_pres(jnp.concatenate([what, where, h_relation, h_temporal], -1))
+
+    def temporal_initial_state(self):
+        """``[hidden]``: the learned h^T that a discovered object's temporal GRU starts from."""
+        return self.temporal_init()
+
+    def latent_code(self, z_what, z_where, z_pres):
+        """Eq. 5.6's DeepSets code of the propagated objects: ``Σ_i z_pres^i f([z_what^i, z_where^i])``, from
+        ``[objects, ...]`` arrays."""
+        codes = self.latent_encoder(jnp.concatenate([z_what, z_where], -1))
+        return jnp.sum(z_pres[:, None] * codes, axis=0)
+
+    def discovery_step(self, h_discovery, image_projection, latent_code, what_prev, where_prev):
+        """One step of DISC's RNN (Eq. 5.6), the frame's part ``image_projection`` from :meth:`encode_image`."""
+        return self.disc_rnn(h_discovery, image_projection, jnp.concatenate([latent_code, what_prev, where_prev], -1))
+
+    def discovery_where(self, h):
+        """(loc, scale) of DISC's q(z_where)."""
+        return self.disc_where(h)
+
+    def discovery_what(self, glimpse_code):
+        """(loc, scale) of DISC's q(z_what) from the glimpse's code."""
+        return self.disc_what(glimpse_code)
+
+    def discovery_presence(self, h, what):
+        """DISC's (unbounded) presence logit, from ``[h, z_what]`` (``presence_after_what``; official
+        ``core.py:200-208``) or from h alone."""
+        return self.disc_pres(jnp.concatenate([h, what], -1) if self.config.presence_after_what else h)
+
+    def __call__(self, image):
+        c = self.config
+        H, Dw = c.hidden, c.z_what_dim
+        h, what, where = jnp.zeros((H,)), jnp.zeros((Dw,)), jnp.zeros((4,))
+        projection = self.encode_image(image)
+        e = self.encode_glimpse(jnp.zeros(tuple(c.glimpse_shape)))
+        # DISC.
+        code = self.latent_code(what[None], where[None], jnp.zeros((1,)))
+        w = self.discovery_step(h, projection, code, what, where)
+        self.discovery_where(w)
+        self.discovery_what(e)
+        self.discovery_presence(w, what)
+        h_temporal = self.temporal_step(self.temporal_initial_state(), e, where, w)
+        # PROP.
+        self.propagation_proposal(where, h_temporal)
+        h_relation = self.propagation_relation(h, e, what, where, h_temporal, what, where)
+        self.propagation_where(what, where, h_temporal, h_relation)
+        self.propagation_what(e, what, h_relation, h_temporal)
+        return self.propagation_presence(what, where, h_relation, h_temporal)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Outputs. Typed (``out.z_pres``) and also read-only Mappings (``out["z_pres"]``, ``dict(out)``, ``out.keys()``), as the
+# dicts they replace were: ``chex.dataclass(mappable_dataclass=True)``. They are pytrees (jit, vmap, device_get keep
+# the type) and frozen: ``out.replace(name=value)`` gives a modified copy. Axes: B = batch, K = particles, T = time,
+# O = objects (``max_objects``), D = ``z_what_dim``, H × W = ``image_shape``.
+
+
+@chex.dataclass(frozen=True, mappable_dataclass=True)
+class SQAIRSteps:
+    """Per-frame outputs of inference with leading axes ``[..., T]``: ``[B, K, T, ...]`` from :meth:`SQAIR.infer`,
+    ``[T, ...]`` from :meth:`SQAIR.infer_sequence`. The sum over time of ``log_likelihood + log_p_disc + log_p_prop -
+    log_q_disc - log_q_prop`` is a particle's log importance weight (Eq. 5.3-5.4)."""
+
+    log_likelihood: jax.Array  # [..., T]          log p(x_t | z_t)
+    log_p_disc: jax.Array  # [..., T]              log p^D(D_t, z_t^D | P_t)
+    log_p_prop: jax.Array  # [..., T]              log p^P(z_t^P | z_{t-1})
+    log_q_disc: jax.Array  # [..., T]              log q^D
+    log_q_prop: jax.Array  # [..., T]              log q^P
+    log_q_pres: jax.Array  # [..., T]              the presence variables' part of log q^D + log q^P
+    z_what: jax.Array  # [..., T, O, D]
+    z_where: jax.Array  # [..., T, O, 4]           unconstrained (to_transform maps it to the spatial transformer's)
+    z_pres: jax.Array  # [..., T, O]               0./1.
+    ids: jax.Array  # [..., T, O] int32            identity, −1 where absent
+    propagated: jax.Array  # [..., T, O] bool      present and propagated from t−1
+    num_propagated: jax.Array  # [..., T] int32    P_t
+    num_discovered: jax.Array  # [..., T] int32    D_t
+    canvas: jax.Array  # [..., T, H, W]            the likelihood's mean
+
+
+@chex.dataclass(frozen=True, mappable_dataclass=True)
+class SQAIROutput(SQAIRSteps):
+    """:meth:`SQAIR.infer`'s result: the per-frame outputs ``[B, K, T, ...]`` and ``log_weight``."""
+
+    log_weight: jax.Array  # [B, K]                Σ_t (log p(x_t|z_t) + log p^D + log p^P − log q^D − log q^P)
+
+
+@chex.dataclass(frozen=True, mappable_dataclass=True)
+class SQAIRSample:
+    """Frames sampled from the prior (:meth:`SQAIR.generate`: ``[B, T, ...]``; the rollout of
+    :meth:`SQAIR.conditional_generate`: ``[B, T', ...]``)."""
+
+    log_p_disc: jax.Array  # [B, T]
+    log_p_prop: jax.Array  # [B, T]
+    z_what: jax.Array  # [B, T, O, D]
+    z_where: jax.Array  # [B, T, O, 4]
+    z_pres: jax.Array  # [B, T, O]
+    ids: jax.Array  # [B, T, O] int32
+    propagated: jax.Array  # [B, T, O] bool
+    num_propagated: jax.Array  # [B, T] int32
+    num_discovered: jax.Array  # [B, T] int32
+    canvas: jax.Array  # [B, T, H, W]              the likelihood's mean
+    frames: jax.Array  # [B, T, H, W]              the canvas, plus N(0, σ²) noise if noisy
+
+
+@chex.dataclass(frozen=True, mappable_dataclass=True)
+class SQAIRConditionalSample:
+    """:meth:`SQAIR.conditional_generate`'s result."""
+
+    inferred: SQAIROutput  # [B, 1, k, ...]        inference on the k given frames (one particle)
+    rollout: SQAIRSample  # [B, T', ...]           the prior's continuation
+    frames: jax.Array  # [B, k + T', H, W]         the inferred canvases, then the rollout's frames
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -520,13 +680,11 @@ def _build_networks(c: SQAIRConfig):
 class SQAIR:
     """SQAIR wired from Linen modules. Stateless: every method is a pure function of ``params`` and its inputs.
 
-    Output dictionaries (``infer``, ``generate``) hold, per time step, with axes ``[batch, particles, time, ...]``
-    (``infer``) or ``[batch, time, ...]`` (``generate``):
-      ``log_likelihood, log_p_disc, log_p_prop, log_q_disc, log_q_prop, log_q_pres`` ``[...]``;
-      ``z_what [..., objects, z_what_dim]``, ``z_where [..., objects, 4]`` (unconstrained), ``z_pres [..., objects]``
-      (0./1.), ``ids [..., objects]`` int32 (−1 absent), ``propagated [..., objects]`` bool,
-      ``num_propagated``, ``num_discovered`` int32, ``canvas [..., height, width]`` (the likelihood's mean).
-    ``infer`` also returns ``log_weight [batch, particles]`` accumulated object by object (Eq. 5.3-5.4).
+    Outputs: ``infer`` -> :class:`SQAIROutput` (per time step, axes ``[batch, particles, time, ...]``, and
+    ``log_weight [batch, particles]``), ``infer_sequence`` -> (:class:`SQAIRSteps` ``[time, ...]``, log-weight),
+    ``generate`` -> :class:`SQAIRSample` (``[batch, time, ...]``), ``conditional_generate`` ->
+    :class:`SQAIRConditionalSample`; each field is documented on its class, and every one is also readable as
+    ``out["name"]``. Their shapes are checked (``chex.assert_shape``) before they are returned.
 
     Boxes: the model returns no boxes, only ``z_where``; the boxes of ``ocr_jax.api.infer_sequences`` and of the
     evaluation (``ocr_jax.evaluation.sqair.boxes_of``) are the **glimpse windows** ``to_transform(z_where)`` in pixel
@@ -540,32 +698,30 @@ class SQAIR:
 
     def __init__(self, config: SQAIRConfig):
         self.config = config
-        self._gen, self._inf = _build_networks(config)
+        self.generative = SQAIRGenerative(config)
+        self.inference = SQAIRInference(config)
 
     # --- parameters -------------------------------------------------------------------------------------------------
 
     def init(self, key: jax.Array) -> dict:
-        """Returns ``{"generative": {name: params}, "inference": {name: params}}``. ``key``: ``jax.random.key`` or an
-        old-style ``jax.random.PRNGKey`` (the same bits give the same parameters)."""
+        """Returns ``{"generative": ..., "inference": ...}``, each the ``"params"`` collection of
+        :class:`SQAIRGenerative` / :class:`SQAIRInference` (``{submodule name: its parameters}``). ``key``:
+        ``jax.random.key`` or an old-style ``jax.random.PRNGKey`` (the same bits give the same parameters)."""
         key = validation.check_key(key)
-        out = {}
-        for group, nets in (("generative", self._gen), ("inference", self._inf)):
-            out[group] = {}
-            for name, (module, dummy, *method) in sorted(nets.items()):
-                key, sub = jax.random.split(key)
-                init_method = getattr(module, method[0]) if method else None
-                out[group][name] = module.init(sub, *dummy, method=init_method)["params"]
-        return out
+        k_gen, k_inf = jax.random.split(key)
+        image = jnp.zeros(tuple(self.config.image_shape), jnp.float32)
+        return {
+            "generative": self.generative.init(k_gen)["params"],
+            "inference": self.inference.init(k_inf, image)["params"],
+        }
 
-    def _call(self, params, group, name, *args, method=None):
-        module = (self._gen if group == "generative" else self._inf)[name][0]
-        return module.apply({"params": params[group][name]}, *args, method=method)
+    def _generative(self, params, method, *args):
+        """``SQAIRGenerative.<method>(*args)`` with the parameters ``params["generative"]``."""
+        return self.generative.apply({"params": params["generative"]}, *args, method=method)
 
-    def _g(self, params, name, *args, **kw):
-        return self._call(params, "generative", name, *args, **kw)
-
-    def _i(self, params, name, *args, **kw):
-        return self._call(params, "inference", name, *args, **kw)
+    def _inference(self, params, method, *args):
+        """``SQAIRInference.<method>(*args)`` with the parameters ``params["inference"]``."""
+        return self.inference.apply({"params": params["inference"]}, *args, method=method)
 
     # --- validation -------------------------------------------------------------------------------------------------
 
@@ -606,7 +762,7 @@ class SQAIR:
     def _render(self, params, z_what, z_where, z_pres):
         """Algorithm 1: ``[objects, ...] -> canvas [height, width]``
         = Σ_i z_pres^i ST^{-1}(f^dec(z_what^i), z_where^i)."""
-        glimpses = self._g(params, "glimpse_decoder", z_what)
+        glimpses = self._generative(params, SQAIRGenerative.decode, z_what)
         pasted = paste_glimpse(glimpses, self.to_transform(z_where), self.config.image_shape)
         return jnp.sum(z_pres[:, None, None] * pasted, axis=0)
 
@@ -623,7 +779,7 @@ class SQAIR:
         prior)."""
         c = self.config
         N = c.max_objects
-        logits = self._g(params, "disc_count")[jnp.where(is_first, 0, 1), num_prop]
+        logits = self._generative(params, SQAIRGenerative.discovery_count_logits)[jnp.where(is_first, 0, 1), num_prop]
         if c.first_frame_continue_prob > 0:
             geometric = jnp.arange(N + 1, dtype=jnp.float32) * math.log(c.first_frame_continue_prob)
             logits = jnp.where(is_first, geometric, logits)
@@ -641,11 +797,7 @@ class SQAIR:
 
     def _prop_prior(self, params, h_prior, z_what_prev, z_where_prev):
         """One step of the per-object prior GRU and the parameters of p^P (Eq. 5.9-5.10)."""
-        h, _ = self._g(params, "prior_rnn", h_prior, jnp.concatenate([z_what_prev, z_where_prev], -1))
-        pres_logit = self._g(params, "prior_pres", h)
-        what = self._g(params, "prior_what", h)
-        where_loc, where_scale = self._g(params, "prior_where", h)
-        return h, pres_logit, what, (z_where_prev + where_loc, where_scale)
+        return self._generative(params, SQAIRGenerative.propagation_prior, h_prior, z_what_prev, z_where_prev)
 
     @staticmethod
     def _compact(pres, arrays: dict):
@@ -680,46 +832,44 @@ class SQAIR:
 
         def glimpse_code(z_where):
             g = extract_glimpse(image, self.to_transform(z_where), c.glimpse_shape)
-            return self._i(params, "encoders", g, method=ObservationEncoders.encode_glimpse)
+            return self._inference(params, SQAIRInference.encode_glimpse, g)
 
         def step(carry, xs):
             h_rel, what_j, where_j = carry
             what_prev, where_prev, alive, h_t_prev, h_p_prev, k = xs
             k_where, k_what, k_pres = jax.random.split(k, 3)
             # Alg. 2 lines 6-8: proposal location from (z_where_{t-1}, h^T_{t-1}), proposal glimpse, its encoding.
-            proposal = where_prev + c.prop_update_scale * self._i(
-                params, "proposal", jnp.concatenate([where_prev, h_t_prev], -1)
-            )
+            proposal = self._inference(params, SQAIRInference.propagation_proposal, where_prev, h_t_prev)
             e_hat = glimpse_code(proposal)
             # Line 9 / Eq. 5.14 (h^{R,j}: j = last object alive at t−1 before i).
-            w_rel, _ = self._i(
+            w_rel = self._inference(
                 params,
-                "relation_rnn",
+                SQAIRInference.propagation_relation,
                 h_rel,
-                jnp.concatenate([e_hat, what_prev, where_prev, h_t_prev, what_j, where_j], -1),
+                e_hat,
+                what_prev,
+                where_prev,
+                h_t_prev,
+                what_j,
+                where_j,
             )
             # Line 10 / Eq. 5.12 second line.
-            loc, scale = self._i(params, "prop_where", what_prev, where_prev, h_t_prev, w_rel)
-            loc = where_prev + c.prop_update_scale * loc
+            loc, scale = self._inference(
+                params, SQAIRInference.propagation_where, what_prev, where_prev, h_t_prev, w_rel
+            )
             where = loc + scale * jax.random.normal(k_where, loc.shape)
             log_q_where = diag_normal_log_prob(where, loc, scale)
             # Lines 11-13 / Eq. 5.15.
             e = glimpse_code(where)
-            w_temp, _ = self._i(params, "temporal_rnn", h_t_prev, jnp.concatenate([e, where, w_rel], -1))
+            w_temp = self._inference(params, SQAIRInference.temporal_step, h_t_prev, e, where, w_rel)
             # Line 14.
-            if c.prop_what == "gated":
-                g_loc, g_scale = self._i(params, "disc_what", e)  # the glimpse's evidence, as DISC reads it
-                t_loc, t_scale = self._i(params, "prop_what", w_rel, w_temp)
-                keep, take, temporal = self._i(params, "prop_what_gates", w_temp)
-                loc = keep * what_prev + (1 - take) * g_loc + (1 - temporal) * t_loc
-                scale = (1 - take) * g_scale + (1 - temporal) * t_scale
-            else:
-                loc, scale = self._i(params, "prop_what", e, what_prev, w_rel, w_temp)
+            loc, scale = self._inference(params, SQAIRInference.propagation_what, e, what_prev, w_rel, w_temp)
             what = loc + scale * jax.random.normal(k_what, loc.shape)
             log_q_what = diag_normal_log_prob(what, loc, scale)
             # Line 15 / Eq. 5.13: Bernoulli · δ(z_pres_{t−1} = 1).
             pres_logit = bound_logit(
-                self._i(params, "prop_pres", what, where, w_rel, w_temp), c.prop_presence_logit_bound
+                self._inference(params, SQAIRInference.propagation_presence, what, where, w_rel, w_temp),
+                c.prop_presence_logit_bound,
             )
             pres = _sample_bernoulli(k_pres, pres_logit) * alive
             log_q_pres = alive * distrax.Bernoulli(logits=pres_logit).log_prob(pres)
@@ -757,28 +907,28 @@ class SQAIR:
         c = self.config
         N, H, Dw = c.max_objects, c.hidden, c.z_what_dim
         keys = jax.random.split(key, N)
-        codes = self._i(params, "latent_encoder", jnp.concatenate([prop["z_what"], prop["z_where"]], -1))
-        latent_code = jnp.sum(prop["z_pres"][:, None] * codes, axis=0)
-        h_temporal_init = self._i(params, "temporal_init")
+        latent_code = self._inference(
+            params, SQAIRInference.latent_code, prop["z_what"], prop["z_where"], prop["z_pres"]
+        )
+        h_temporal_init = self._inference(params, SQAIRInference.temporal_initial_state)
 
         def step(carry, xs):
             h_disc, what_prev, where_prev, running = carry
             i, k = xs
             k_pres, k_where, k_what = jax.random.split(k, 3)
             allowed = running * (i < N - num_prop)
-            w = self._i(
-                params, "disc_rnn", h_disc, image_projection, jnp.concatenate([latent_code, what_prev, where_prev], -1)
+            w = self._inference(
+                params, SQAIRInference.discovery_step, h_disc, image_projection, latent_code, what_prev, where_prev
             )
-            loc, scale = self._i(params, "disc_where", w)
+            loc, scale = self._inference(params, SQAIRInference.discovery_where, w)
             where = loc + scale * jax.random.normal(k_where, loc.shape)
             log_q_where = diag_normal_log_prob(where, loc, scale)
             g = extract_glimpse(image, self.to_transform(where), c.glimpse_shape)
-            e = self._i(params, "encoders", g, method=ObservationEncoders.encode_glimpse)
-            loc, scale = self._i(params, "disc_what", e)
+            e = self._inference(params, SQAIRInference.encode_glimpse, g)
+            loc, scale = self._inference(params, SQAIRInference.discovery_what, e)
             what = loc + scale * jax.random.normal(k_what, loc.shape)
             log_q_what = diag_normal_log_prob(what, loc, scale)
-            # Presence after where and what (official core.py:200-208), or from h alone.
-            raw_logit = self._i(params, "disc_pres", *((w, what) if c.presence_after_what else (w,)))
+            raw_logit = self._inference(params, SQAIRInference.discovery_presence, w, what)
             pres_logit = bound_logit(raw_logit, c.disc_presence_logit_bound)
             if c.disc_presence_bound_frames == "first":
                 pres_logit = jnp.where(is_first, pres_logit, raw_logit)
@@ -787,7 +937,7 @@ class SQAIR:
             )
             pres = _sample_bernoulli(k_pres, pres_logit) * allowed
             log_q_pres = allowed * distrax.Bernoulli(logits=pres_logit).log_prob(pres)
-            h_temp, _ = self._i(params, "temporal_rnn", h_temporal_init, jnp.concatenate([e, where, w], -1))
+            h_temp = self._inference(params, SQAIRInference.temporal_step, h_temporal_init, e, where, w)
             out = dict(
                 z_what=what,
                 z_where=where,
@@ -835,7 +985,9 @@ class SQAIR:
         num_prop = jnp.sum(prop["z_pres"]).astype(jnp.int32)
         disc = self._discover(params, image, image_projection, prop_state, num_prop, k_disc, is_first, later_bias)
         num_disc = jnp.sum(disc["z_pres"]).astype(jnp.int32)
-        prior_init = jnp.broadcast_to(self._g(params, "prior_init"), disc["h_temporal"].shape)
+        prior_init = jnp.broadcast_to(
+            self._generative(params, SQAIRGenerative.prior_initial_state), disc["h_temporal"].shape
+        )
         disc_state = dict(
             z_what=disc["z_what"],
             z_where=disc["z_where"],
@@ -900,22 +1052,40 @@ class SQAIR:
     def encode_images(self, params, images):
         """DISC's view of every frame, ``[..., H, W] -> [..., hidden]``: the image code h^enc projected into the
         discovery RNN (Eq. 5.6's input term), computed once per frame and shared by all particles and objects."""
-        code = self._i(params, "encoders", images, method=ObservationEncoders.encode_image)
-        return self._i(params, "disc_rnn", code, method=DiscoveryRNN.project_image)
+        return self._inference(params, SQAIRInference.encode_image, images)
 
     @staticmethod
     def particle_key(key, batch_index, particle_index):
         """The key particle k of sequence b uses in :meth:`infer` (for reproducing one particle alone)."""
         return jax.random.fold_in(jax.random.fold_in(key, batch_index), particle_index)
 
-    def infer_sequence(self, params, images, key):
-        """One particle for one sequence ``images [time, H, W]`` -> (outputs with axes ``[time, ...]``,
+    def infer_sequence(self, params, images, key) -> tuple[SQAIRSteps, jax.Array]:
+        """One particle for one sequence ``images [time, H, W]`` -> (:class:`SQAIRSteps` with axes ``[time, ...]``,
         log_weight scalar). Uses ``key`` as is (compare ``particle_key``). Inputs are checked as in :meth:`infer`."""
         self._check_frames(images, ("time", "height", "width"))
         key = validation.check_key(key)
         codes = self.encode_images(params, images)
         out, log_w, _ = self._infer_particle(params, images, codes, key)
+        out = self._check_steps(SQAIRSteps(**out), (images.shape[0],))
+        chex.assert_shape(log_w, ())
         return out, log_w
+
+    def _check_steps(self, out, lead: tuple[int, ...]):
+        """``out`` (:class:`SQAIRSteps` or :class:`SQAIRSample`) after chex checks of its shapes, whose leading axes
+        are ``lead`` (ending with time)."""
+        c = self.config
+        N = c.max_objects
+        per_step = [out.log_p_disc, out.log_p_prop, out.num_propagated, out.num_discovered]
+        if isinstance(out, SQAIRSteps):
+            per_step += [out.log_likelihood, out.log_q_disc, out.log_q_prop, out.log_q_pres]
+        chex.assert_shape(per_step, lead)
+        chex.assert_shape([out.z_pres, out.ids, out.propagated], lead + (N,))
+        chex.assert_shape(out.z_what, lead + (N, c.z_what_dim))
+        chex.assert_shape(out.z_where, lead + (N, 4))
+        chex.assert_shape(out.canvas, lead + tuple(c.image_shape))
+        if isinstance(out, SQAIRSample):
+            chex.assert_shape(out.frames, lead + tuple(c.image_shape))
+        return out
 
     def _infer_batch(self, params, images, key, num_particles, later_bias=None):
         B = images.shape[0]
@@ -929,10 +1099,10 @@ class SQAIR:
 
         return jax.vmap(per_sequence)(images, codes, keys)
 
-    def infer(self, params, images, key, num_particles: int = 1, *, disc_later_presence_bias=None):
+    def infer(self, params, images, key, num_particles: int = 1, *, disc_later_presence_bias=None) -> SQAIROutput:
         """Run inference on ``images [batch, time, H, W]`` with ``num_particles`` (K) independent particles.
 
-        Returns a dict with per-step outputs ``[batch, particles, time, ...]`` (see the class docstring) and
+        Returns a :class:`SQAIROutput`: per-step outputs ``[batch, particles, time, ...]`` and
         ``log_weight [batch, particles]`` = Σ_t (log p(x_t|z_t) + log p^D + log p^P − log q^D − log q^P).
         ``disc_later_presence_bias`` (a scalar, may be traced) overrides the config's offset of DISC's presence
         logit after frame 1 (a training schedule: ``SQAIRTask.disc_later_bias``).
@@ -950,10 +1120,14 @@ class SQAIR:
                     f"disc_later_presence_bias must be a scalar; got shape {jnp.shape(disc_later_presence_bias)}"
                 )
             validation.check_values(disc_later_presence_bias, "disc_later_presence_bias", low=-math.inf, high=math.inf)
-        out, log_w, _ = self._infer_batch(
-            params, jnp.asarray(images, jnp.float32), key, num_particles, disc_later_presence_bias
-        )
-        out["log_weight"] = log_w
+        images = jnp.asarray(images, jnp.float32)
+        out, log_w, _ = self._infer_batch(params, images, key, num_particles, disc_later_presence_bias)
+        return self._infer_output(out, log_w, images.shape[:2], num_particles)
+
+    def _infer_output(self, out: dict, log_w, batch_time: tuple[int, int], num_particles: int) -> SQAIROutput:
+        B, T = batch_time
+        out = self._check_steps(SQAIROutput(**out, log_weight=log_w), (B, num_particles, T))
+        chex.assert_shape(out.log_weight, (B, num_particles))
         return out
 
     # --- generation -------------------------------------------------------------------------------------------------
@@ -999,7 +1173,9 @@ class SQAIR:
             z_pres=d_pres,
             ids=jnp.full((N,), -1, jnp.int32),
             h_temporal=jnp.zeros_like(state["h_temporal"]),
-            h_prior=jnp.broadcast_to(self._g(params, "prior_init"), state["h_prior"].shape),
+            h_prior=jnp.broadcast_to(
+                self._generative(params, SQAIRGenerative.prior_initial_state), state["h_prior"].shape
+            ),
         )
         log_p_disc = count_prior.log_prob(num_disc) + jnp.sum(d_pres * self._disc_prior_log_prob(d_what, d_where))
         new_state, propagated = self._merge(prop_state, disc_state, num_prop, state["next_id"])
@@ -1026,11 +1202,12 @@ class SQAIR:
         _, out = jax.lax.scan(step, state, t0 + jnp.arange(num_steps))
         return out
 
-    def generate(self, params, key, num_sequences: int, num_steps: int, *, noisy: bool = False):
+    def generate(self, params, key, num_sequences: int, num_steps: int, *, noisy: bool = False) -> SQAIRSample:
         """Sample ``num_sequences`` sequences of ``num_steps`` frames from the prior.
 
-        Returns the per-step prior outputs ``[batch, time, ...]`` (z's, ids, ``canvas``, ``log_p_disc``,
-        ``log_p_prop``) and ``frames [batch, time, H, W]``: the canvas, plus N(0, σ²) noise if ``noisy``.
+        Returns a :class:`SQAIRSample`: the per-step prior outputs ``[batch, time, ...]`` (z's, ids, ``canvas``,
+        ``log_p_disc``, ``log_p_prop``) and ``frames [batch, time, H, W]``: the canvas, plus N(0, σ²) noise if
+        ``noisy``.
         ``num_sequences`` and ``num_steps`` are ints >= 1 (``num_steps`` may exceed ``max_seq_len``: the prior has no
         length limit); ``key`` typed or old-style (checked).
         """
@@ -1047,14 +1224,17 @@ class SQAIR:
             )
             return out
 
-        return jax.vmap(one)(keys)
+        return self._check_steps(SQAIRSample(**jax.vmap(one)(keys)), (num_sequences, num_steps))
 
-    def conditional_generate(self, params, images, key, num_steps: int, *, noisy: bool = False):
+    def conditional_generate(
+        self, params, images, key, num_steps: int, *, noisy: bool = False
+    ) -> SQAIRConditionalSample:
         """Condition on ``images [batch, k, H, W]`` (one particle each, inferred exactly as ``infer(params, images,
         key, 1)``), then propagate/discover from the prior for ``num_steps`` more frames (frame indices k, k+1, ...).
 
-        Returns ``{"inferred": infer's outputs [batch, 1, k, ...], "rollout": prior outputs [batch, num_steps, ...],
-        "frames": [batch, k + num_steps, H, W]}`` where the first k frames are the inferred canvases.
+        Returns a :class:`SQAIRConditionalSample`: ``inferred`` (infer's outputs ``[batch, 1, k, ...]``), ``rollout``
+        (prior outputs ``[batch, num_steps, ...]``) and ``frames [batch, k + num_steps, H, W]``, whose first k frames
+        are the inferred canvases.
         Checked: ``images`` as in :meth:`infer` (k <= ``max_seq_len``), ``num_steps`` an int >= 0 (0: inference
         only; the rollout may go past ``max_seq_len``), ``key`` typed or old-style.
         """
@@ -1064,7 +1244,7 @@ class SQAIR:
         images = jnp.asarray(images, jnp.float32)
         k_frames = images.shape[1]
         out, log_w, state = self._infer_batch(params, images, key, 1)
-        out["log_weight"] = log_w
+        out = self._infer_output(out, log_w, images.shape[:2], 1)
         state = jax.tree.map(lambda a: a[:, 0], state)
         roll_key = jax.random.fold_in(key, 2**30)
         keys = jax.random.split(roll_key, images.shape[0])
@@ -1077,9 +1257,10 @@ class SQAIR:
             )
             return r
 
-        rollout = jax.vmap(one)(state, keys)
-        frames = jnp.concatenate([out["canvas"][:, 0], rollout["frames"]], axis=1)
-        return {"inferred": out, "rollout": rollout, "frames": frames}
+        rollout = self._check_steps(SQAIRSample(**jax.vmap(one)(state, keys)), (images.shape[0], num_steps))
+        frames = jnp.concatenate([out.canvas[:, 0], rollout.frames], axis=1)
+        chex.assert_shape(frames, (images.shape[0], k_frames + num_steps) + tuple(self.config.image_shape))
+        return SQAIRConditionalSample(inferred=out, rollout=rollout, frames=frames)
 
     # --- scoring a given trajectory (independent of the inference code path) ---------------------------------------
 
@@ -1121,7 +1302,9 @@ class SQAIR:
             log_p_disc = self._disc_count_log_prob(params, t == 0, num_prop, num_disc) + jnp.sum(
                 is_new * self._disc_prior_log_prob(what, where)
             )
-            h_cur = gather(h_new) + is_new[:, None] * self._g(params, "prior_init")[None]
+            h_cur = (
+                gather(h_new) + is_new[:, None] * self._generative(params, SQAIRGenerative.prior_initial_state)[None]
+            )
             canvas = self._render(params, what, where, pres)
             ll = self._log_likelihood(image, canvas)
             return (what, where, pres, cur_ids, h_cur), dict(

@@ -1,5 +1,6 @@
 """Shared building blocks: the hoisted-input RNN cell equals flax's standard cells fed the concatenated input."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,3 +59,59 @@ def test_hoisted_cell_equals_flax_cell_on_concatenated_input(kind):
     own_static = hoisted.init(k4, static, method=modules.HoistedInputRNNCell.project)["params"]
     shapes = jax.tree.map(jnp.shape, {**own, **own_static})
     assert shapes == jax.tree.map(jnp.shape, hp["params"])
+
+
+def test_mlp_final_layer_options_and_names():
+    """The last layer's kernel is LeCun-normal scaled in variance by ``final_kernel_scale`` (the same draws), its bias
+    ``final_bias_init``; the other layers keep Linen's defaults; ``layer_name`` names the layers."""
+    x = jnp.ones((2, 6))
+    key = jax.random.key(0)
+    plain = modules.MLP((5, 4)).init(key, x)["params"]
+    scaled = modules.MLP((5, 4), final_kernel_scale=0.04, final_bias_init=nn.initializers.constant(2.0)).init(key, x)
+    scaled = scaled["params"]
+    assert set(plain) == {"dense_0", "dense_1"}
+    jax.tree.map(np.testing.assert_array_equal, scaled["dense_0"], plain["dense_0"])
+    np.testing.assert_allclose(scaled["dense_1"]["kernel"], 0.2 * plain["dense_1"]["kernel"], rtol=1e-6)
+    np.testing.assert_array_equal(scaled["dense_1"]["bias"], 2.0)
+    assert set(modules.MLP((5, 4), layer_name="Dense").init(key, x)["params"]) == {"Dense_0", "Dense_1"}
+
+
+@pytest.mark.parametrize("hidden", [(), (7,)])
+def test_gaussian_head_joint_and_separate_layouts_are_the_same_function(hidden):
+    """``joint=True`` (one output layer for [loc, raw scale], the offset b added as a constant) and ``joint=False``
+    (separate loc and scale layers, the scale's bias starting at b) compute the same (loc, scale) from corresponding
+    parameters; both start with scale ``scale_init`` and loc ``loc_bias`` when the kernels are zero."""
+    x = jax.random.normal(jax.random.key(1), (3, 6))
+    kw = dict(loc_bias=(0.5, -1.0), scale_init=0.3, min_scale=0.01, kernel_scale=0.5, hidden=hidden)
+    joint = modules.GaussianHead(2, joint=True, **kw)
+    separate = modules.GaussianHead(2, **kw)
+    jp = joint.init(jax.random.key(2), x)["params"]
+    sp = separate.init(jax.random.key(2), x)["params"]
+    n = len(hidden)
+    out_layer = jp["MLP_0"][f"dense_{n}"]
+    b = modules.inverse_softplus(0.3 - 0.01)
+    np.testing.assert_allclose(sp["scale"]["bias"], [b, b], rtol=1e-6)
+    np.testing.assert_array_equal(out_layer["bias"], [0.5, -1.0, 0.0, 0.0])
+    mapped = {
+        "loc": {"kernel": out_layer["kernel"][:, :2], "bias": out_layer["bias"][:2]},
+        "scale": {"kernel": out_layer["kernel"][:, 2:], "bias": out_layer["bias"][2:] + b},
+    }
+    if hidden:
+        mapped["mlp"] = {"dense_0": jp["MLP_0"]["dense_0"]}
+    assert jax.tree.map(jnp.shape, mapped) == jax.tree.map(jnp.shape, sp)
+    (jl, js), (sl, ss) = joint.apply({"params": jp}, x), separate.apply({"params": mapped}, x)
+    np.testing.assert_allclose(jl, sl, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(js, ss, rtol=1e-5, atol=1e-6)
+    zero = jax.tree.map(lambda a: jnp.zeros_like(a) if a.ndim == 2 else a, jp)
+    loc, scale = joint.apply({"params": zero}, x)
+    np.testing.assert_allclose(loc, np.broadcast_to([0.5, -1.0], (3, 2)), rtol=1e-6)
+    np.testing.assert_allclose(scale, np.full((3, 2), 0.3), rtol=1e-6)
+
+
+def test_logit_head_starts_at_its_bias():
+    head = modules.LogitHead((4,), bias_init=1.5, kernel_scale=0.0, activation=nn.elu)
+    params = head.init(jax.random.key(0), jnp.ones((6,)))["params"]
+    assert set(params["MLP_0"]) == {"dense_0", "dense_1"}
+    np.testing.assert_array_equal(params["MLP_0"]["dense_1"]["kernel"], 0.0)  # kernel_scale 0: the bias alone
+    out = head.apply({"params": params}, jax.random.normal(jax.random.key(1), (3, 6)))
+    np.testing.assert_array_equal(out, np.full((3,), 1.5, np.float32))

@@ -2,12 +2,14 @@
 the per-step factorisation of one particle's log-weight (Eq. 5.3-5.4), particles as a vmapped axis, generation, and
 input validation. Tiny sizes; every jitted function is compiled once and re-used with different parameters."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ocr_jax.models.sqair import SQAIR, conv_sqair_config, mlp_sqair_config
+from ocr_jax.models.sqair import SQAIR, SQAIRGenerative, SQAIRInference, conv_sqair_config, mlp_sqair_config
 from tests import sharded_step_check
 
 N = 3
@@ -261,7 +263,9 @@ def test_decoder_output_bias_sets_the_initial_glimpse_intensity(make_config):
             make_config(8, image_shape=(SIZE, SIZE), glimpse_shape=(8, 8), z_what_dim=3, decoder_output_bias=bias)
         )
         params = model.init(jax.random.key(0))
-        glimpse = model._g(params, "glimpse_decoder", jnp.zeros((1, 3)))
+        glimpse = model.generative.apply(
+            {"params": params["generative"]}, jnp.zeros((1, 3)), method=SQAIRGenerative.decode
+        )
         np.testing.assert_allclose(glimpse, jax.nn.sigmoid(bias) * np.ones((1, 8, 8)), rtol=1e-6)
 
 
@@ -281,8 +285,12 @@ def test_posterior_presence_logits_start_at_their_configured_biases():
             )
         )
         params = model.init(jax.random.key(0))
-        np.testing.assert_allclose(model._i(params, "prop_pres", jnp.zeros((2, 3 + 4 + H + H))), [prop, prop])
-        np.testing.assert_allclose(model._i(params, "disc_pres", jnp.zeros((2, H + 3))), [disc, disc])
+        inference = functools.partial(model.inference.apply, {"params": params["inference"]})
+        zeros = jnp.zeros((2, 3)), jnp.zeros((2, 4)), jnp.zeros((2, H)), jnp.zeros((2, H))
+        np.testing.assert_allclose(inference(*zeros, method=SQAIRInference.propagation_presence), [prop, prop])
+        np.testing.assert_allclose(
+            inference(zeros[2], zeros[0], method=SQAIRInference.discovery_presence), [disc, disc]
+        )
 
 
 def test_where_posterior_scale_starts_at_softplus_of_its_bias():
@@ -294,8 +302,10 @@ def test_where_posterior_scale_starts_at_softplus_of_its_bias():
             )
         )
         params = model.init(jax.random.key(0))
-        for name, width in (("disc_where", H), ("prop_where", 3 + 4 + H + H)):
-            _, scale = model._i(params, name, jnp.zeros((2, width)))
+        inference = functools.partial(model.inference.apply, {"params": params["inference"]})
+        zeros = jnp.zeros((2, 3)), jnp.zeros((2, 4)), jnp.zeros((2, H)), jnp.zeros((2, H))
+        for method, inputs in ((SQAIRInference.discovery_where, zeros[2:3]), (SQAIRInference.propagation_where, zeros)):
+            _, scale = inference(*inputs, method=method)
             np.testing.assert_allclose(scale, np.full((2, 4), np.log1p(np.exp(bias)) + 1e-2), rtol=1e-5)
 
 

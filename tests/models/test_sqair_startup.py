@@ -4,13 +4,12 @@ Tiny sizes (16 units, 16×16 frames, 6×6 glimpses, z_what_dim 3); every jitted 
 
 import dataclasses
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ocr_jax.models.sqair import SQAIR, mlp_sqair_config, where_to_transform
+from ocr_jax.models.sqair import SQAIR, SQAIRInference, mlp_sqair_config, where_to_transform
 
 N, H, DW, SIZE = 3, 16, 3, 16
 B, K, T = 2, 2, 3
@@ -29,19 +28,23 @@ def _config(**overrides):
     )
 
 
-def _module(model, name):
-    return (model._inf if name in model._inf else model._gen)[name]
+GENERATIVE = ("glimpse_decoder", "prior_rnn", "prior_init", "prior_pres", "prior_what", "prior_where", "disc_count")
 
 
 def _init_one(model, name, key=jax.random.key(0)):
-    """(module, params) of one network, initialised alone (cheaper than the whole model)."""
-    module, dummy, *method = _module(model, name)
-    params = module.init(key, *dummy, method=getattr(module, method[0]) if method else None)["params"]
-    return module, params
+    """The initial parameters of network ``name`` (a submodule of SQAIRGenerative or SQAIRInference)."""
+    return model.init(key)["generative" if name in GENERATIVE else "inference"][name]
 
 
-def _input_width(model, name):
-    return _module(model, name)[1][-1].shape[-1]
+def _apply(model, name, net_params, *inputs):
+    """Network ``name`` alone, on its own parameters ``net_params``."""
+    module = model.generative if name in GENERATIVE else model.inference
+    return module.apply({"params": {name: net_params}}, *inputs, method=lambda m, *x: getattr(m, name)(*x))
+
+
+def _input_width(net_params):
+    """The input width of a head (an MLP_0 whose first layer is Dense_0)."""
+    return net_params["MLP_0"]["Dense_0"]["kernel"].shape[0]
 
 
 def _set_last(tree, path, bias):
@@ -118,13 +121,11 @@ def test_std_floor_is_every_gaussian_heads_smallest_std(floor):
     model = SQAIR(_config(std_floor=floor))
     x = jax.random.normal(jax.random.key(1), (2, 64))
     for name in ("disc_where", "disc_what", "prop_where", "prop_what", "prior_what", "prior_where"):
-        module, params = _init_one(model, name)
-        dim = module.dim
+        params = _init_one(model, name)
         last = params["MLP_0"]["Dense_1"]
+        dim = last["bias"].shape[0] // 2
         bias = np.concatenate([np.asarray(last["bias"][:dim]), np.full(dim, -1e4, np.float32)])
-        loc, scale = module.apply(
-            {"params": _set_last(params, ("MLP_0", "Dense_1"), bias)}, x[:, : _input_width(model, name)]
-        )
+        loc, scale = _apply(model, name, _set_last(params, ("MLP_0", "Dense_1"), bias), x[:, : _input_width(params)])
         np.testing.assert_allclose(scale, np.full((2, dim), floor), rtol=1e-6, err_msg=name)
         np.testing.assert_allclose(loc, np.broadcast_to(bias[:dim], (2, dim)), rtol=1e-6, err_msg=name)
 
@@ -161,8 +162,7 @@ def test_disc_head_kernel_scale_shrinks_only_discs_output_kernels():
 @pytest.mark.parametrize("init_scale, expected", [(0.4, 0.4), (0.25, 0.25), (None, S_MIN + (1 - S_MIN) * 0.5)])
 def test_disc_init_scale_sets_the_initial_glimpse_scale(init_scale, expected):
     model = SQAIR(_config(disc_init_scale=init_scale))
-    module, params = _init_one(model, "disc_where")
-    loc, _ = module.apply({"params": params}, jnp.zeros((2, H)))
+    loc, _ = _apply(model, "disc_where", _init_one(model, "disc_where"), jnp.zeros((2, H)))
     transform = np.asarray(model.to_transform(loc))
     np.testing.assert_allclose(transform[:, :2], np.full((2, 2), expected), rtol=1e-5)
     np.testing.assert_array_equal(transform[:, 2:], 0.0)
@@ -182,12 +182,14 @@ def test_disc_init_scale_out_of_range_raises(bad):
 
 def test_default_disc_presence_probability_is_0_8():
     model = SQAIR(_config())
-    module, params = _init_one(model, "disc_pres")
-    logit = module.apply({"params": params}, jnp.zeros((2, _input_width(model, "disc_pres"))))
+    params = _init_one(model, "disc_pres")
+    logit = _apply(model, "disc_pres", params, jnp.zeros((2, _input_width(params))))
     np.testing.assert_allclose(jax.nn.sigmoid(logit), [0.8, 0.8], atol=1e-4)
     # A different value moves it (so the default is not an accident of the initialisation).
-    module, params = _init_one(SQAIR(_config(disc_presence_logit_init=-2.0)), "disc_pres")
-    np.testing.assert_allclose(module.apply({"params": params}, jnp.zeros((1, H + DW))), [-2.0], rtol=1e-6)
+    model = SQAIR(_config(disc_presence_logit_init=-2.0))
+    np.testing.assert_allclose(
+        _apply(model, "disc_pres", _init_one(model, "disc_pres"), jnp.zeros((1, H + DW))), [-2.0], rtol=1e-6
+    )
 
 
 # --- 6. presence_after_what ------------------------------------------------------------------------------------------
@@ -196,19 +198,21 @@ def test_default_disc_presence_probability_is_0_8():
 def test_presence_after_what_feeds_z_what_to_discs_presence():
     w = jax.random.normal(jax.random.key(4), (2, H))
     what = jax.random.normal(jax.random.key(5), (2, DW))
+
+    def presence(model, params, what):
+        return model.inference.apply({"params": params}, w, what, method=SQAIRInference.discovery_presence)
+
     after = SQAIR(_config(presence_after_what=True))
-    module, params = _init_one(after, "disc_pres")
-    assert params["MLP_0"]["Dense_0"]["kernel"].shape == (H + DW, H)
-    a = module.apply({"params": params}, w, what)
-    b = module.apply({"params": params}, w, what + 1.0)
+    params = after.init(jax.random.key(0))["inference"]
+    assert params["disc_pres"]["MLP_0"]["Dense_0"]["kernel"].shape == (H + DW, H)
+    a, b = presence(after, params, what), presence(after, params, what + 1.0)
     assert np.all(np.abs(np.asarray(a) - np.asarray(b)) > 1e-4)  # the logit depends on z_what
-    np.testing.assert_allclose(a, module.apply({"params": params}, jnp.concatenate([w, what], -1)), rtol=1e-6)
+    np.testing.assert_allclose(a, _apply(after, "disc_pres", params["disc_pres"], jnp.concatenate([w, what], -1)))
     before = SQAIR(_config(presence_after_what=False))
-    module, params = _init_one(before, "disc_pres")
-    assert params["MLP_0"]["Dense_0"]["kernel"].shape == (H, H)
-    module.apply({"params": params}, w)  # h alone
-    with pytest.raises(flax.errors.ScopeParamShapeError):  # its first layer takes h alone
-        module.apply({"params": params}, w, what)
+    params = before.init(jax.random.key(0))["inference"]
+    assert params["disc_pres"]["MLP_0"]["Dense_0"]["kernel"].shape == (H, H)  # its first layer takes h alone
+    np.testing.assert_array_equal(presence(before, params, what), presence(before, params, what + 1.0))
+    np.testing.assert_array_equal(presence(before, params, what), _apply(before, "disc_pres", params["disc_pres"], w))
 
 
 # --- 7-8. PROP: prop_update_scale and the gated z_what posterior -----------------------------------------------------
@@ -272,7 +276,7 @@ def test_gated_prop_what_posterior(prop_setup):
     model, prop, seen = s["models"][0.1]
     params = s["params"]
     # Gates with zero input: 0.9999·sigmoid(+1) (the "remember" bias).
-    gates = model._i(params, "prop_what_gates", jnp.zeros((H,)))
+    gates = _apply(model, "prop_what_gates", params["inference"]["prop_what_gates"], jnp.zeros((H,)))
     assert len(gates) == 3
     for g in gates:
         np.testing.assert_allclose(g, np.full(DW, 0.9999 / (1 + np.exp(-1.0))), rtol=1e-6)
