@@ -822,6 +822,17 @@ class SQAIR:
         merged["z_where"] = merged["z_where"] * pres[:, None]
         return merged, is_prop & (pres > 0)
 
+    def _merge_and_render(self, params, state_prop, state_disc, num_prop, num_disc, next_id):
+        """A frame's objects (:meth:`_merge`, identities from ``next_id``) and canvas: (new state, the outputs that
+        inference and generation share)."""
+        new_state, propagated = self._merge(state_prop, state_disc, num_prop, next_id)
+        new_state["next_id"] = next_id + num_disc
+        canvas = self._render(params, new_state["z_what"], new_state["z_where"], new_state["z_pres"])
+        out = {k: new_state[k] for k in ("z_what", "z_where", "z_pres", "ids")}
+        return new_state, dict(
+            out, propagated=propagated, num_propagated=num_prop, num_discovered=num_disc, canvas=canvas
+        )
+
     # --- inference (Algorithms 2 and 3) -----------------------------------------------------------------------------
 
     def _propagate(self, params, image, state, key):
@@ -996,24 +1007,15 @@ class SQAIR:
             h_temporal=disc["h_temporal"],
             h_prior=prior_init,
         )
-        new_state, propagated = self._merge(prop_state, disc_state, num_prop, state["next_id"])
-        new_state["next_id"] = state["next_id"] + num_disc
-        canvas = self._render(params, new_state["z_what"], new_state["z_where"], new_state["z_pres"])
+        new_state, frame = self._merge_and_render(params, prop_state, disc_state, num_prop, num_disc, state["next_id"])
         out = dict(
-            log_likelihood=self._log_likelihood(image, canvas),
+            frame,
+            log_likelihood=self._log_likelihood(image, frame["canvas"]),
             log_p_disc=self._disc_count_log_prob(params, is_first, num_prop, num_disc) + jnp.sum(disc["log_p_cont"]),
             log_p_prop=jnp.sum(prop["log_p"]),
             log_q_disc=jnp.sum(disc["log_q"]),
             log_q_prop=jnp.sum(prop["log_q"]),
             log_q_pres=jnp.sum(disc["log_q_pres"]) + jnp.sum(prop["log_q_pres"]),
-            z_what=new_state["z_what"],
-            z_where=new_state["z_where"],
-            z_pres=new_state["z_pres"],
-            ids=new_state["ids"],
-            propagated=propagated,
-            num_propagated=num_prop,
-            num_discovered=num_disc,
-            canvas=canvas,
         )
         return new_state, out
 
@@ -1178,22 +1180,8 @@ class SQAIR:
             ),
         )
         log_p_disc = count_prior.log_prob(num_disc) + jnp.sum(d_pres * self._disc_prior_log_prob(d_what, d_where))
-        new_state, propagated = self._merge(prop_state, disc_state, num_prop, state["next_id"])
-        new_state["next_id"] = state["next_id"] + num_disc
-        canvas = self._render(params, new_state["z_what"], new_state["z_where"], new_state["z_pres"])
-        out = dict(
-            log_p_disc=log_p_disc,
-            log_p_prop=log_p_prop,
-            z_what=new_state["z_what"],
-            z_where=new_state["z_where"],
-            z_pres=new_state["z_pres"],
-            ids=new_state["ids"],
-            propagated=propagated,
-            num_propagated=num_prop,
-            num_discovered=num_disc,
-            canvas=canvas,
-        )
-        return new_state, out
+        new_state, frame = self._merge_and_render(params, prop_state, disc_state, num_prop, num_disc, state["next_id"])
+        return new_state, dict(frame, log_p_disc=log_p_disc, log_p_prop=log_p_prop)
 
     def _rollout(self, params, state, t0, num_steps, key):
         def step(st, t):
