@@ -55,16 +55,17 @@ def object_worth(model, params, frames, key, num_particles: int) -> dict[str, np
     DISC's presence is saturated).
     """
     out = model.infer(params, frames, key, num_particles)
-    z_what, z_where, z_pres, ids = out["z_what"], out["z_where"], out["z_pres"], out["ids"]  # [n, K, T, N, ...]
+    # _render takes the Gaussian latent z_where_raw (the outputs' z_where is its spatial transform).
+    z_what, z_where_raw, z_pres, ids = out["z_what"], out["z_where_raw"], out["z_pres"], out["ids"]  # [n, K, T, N, ...]
     render = jax.vmap(jax.vmap(jax.vmap(lambda w, r, p: model._render(params, w, r, p))))
     log_lik = jax.vmap(jax.vmap(jax.vmap(model._log_likelihood)))
     x = jnp.broadcast_to(frames[:, None], z_pres.shape[:3] + frames.shape[-2:])
-    full = log_lik(x, render(z_what, z_where, z_pres))
+    full = log_lik(x, render(z_what, z_where_raw, z_pres))
     worth = []
     for slot in range(z_pres.shape[-1]):
         in_first = z_pres[:, :, 0, slot] > 0  # [n, K]
         same = (ids == ids[:, :, :1, slot, None]) & in_first[:, :, None, None]
-        without = log_lik(x, render(z_what, z_where, jnp.where(same, 0.0, z_pres)))
+        without = log_lik(x, render(z_what, z_where_raw, jnp.where(same, 0.0, z_pres)))
         worth.append(jnp.where(in_first[..., None], full - without, jnp.nan))
     return dict(worth=jnp.stack(worth, -1), num_objects=z_pres.sum(-1), log_q_pres_first=out["log_q_pres"][:, :, 0])
 

@@ -67,7 +67,7 @@ def write_pictures(task: SQAIRTask, params, results: dict, step: int, workdir: s
     samples = jax.device_get(task.model.generate(params, jax.random.key(0), n, T))
     fig = plotting.plot_frame_strips(
         np.clip(samples["canvas"], 0, 1),
-        sqair_eval.boxes_of(task, samples["z_where"]),
+        sqair_eval.boxes_of_raw(task, samples["z_where_raw"]),
         samples["z_pres"] > 0,
         color_ids=np.maximum(samples["ids"], 0),
         title="sequences sampled from the generative model (likelihood means)",
@@ -79,13 +79,13 @@ def write_pictures(task: SQAIRTask, params, results: dict, step: int, workdir: s
     cond = jax.device_get(
         task.model.conditional_generate(params, to_unit_float(ex["frames"][:, :k]), jax.random.key(1), T - k)
     )
-    z_where = np.concatenate([cond["inferred"]["z_where"][:, 0], cond["rollout"]["z_where"]], axis=1)
+    z_where_raw = np.concatenate([cond["inferred"]["z_where_raw"][:, 0], cond["rollout"]["z_where_raw"]], axis=1)
     z_pres = np.concatenate([cond["inferred"]["z_pres"][:, 0], cond["rollout"]["z_pres"]], axis=1)
     cond_ids = np.concatenate([cond["inferred"]["ids"][:, 0], cond["rollout"]["ids"]], axis=1)
     rows = np.concatenate([inputs, np.clip(cond["frames"], 0, 1)])
     fig = plotting.plot_frame_strips(
         rows,
-        np.concatenate([ex["boxes"], sqair_eval.boxes_of(task, z_where)]),
+        np.concatenate([ex["boxes"], sqair_eval.boxes_of_raw(task, z_where_raw)]),
         np.concatenate([ex["z_pres"], z_pres]) > 0,
         color_ids=np.maximum(np.concatenate([ex["ids"], cond_ids]), 0),
         row_titles=[f"input {i}" for i in range(n)] + [f"rollout {i}" for i in range(n)],

@@ -29,6 +29,9 @@ Conventions of both inference functions:
 * Boxes ``[..., 4]`` = (y_min, x_min, y_max, x_max) in pixel units of the frame, edges (docs/DESIGN.md). They are the
   model's *glimpse windows* (the attention window its decoder draws the object into), not tight bounding boxes of the
   object's pixels: a glimpse usually has a margin around the digit. Absent objects have a zero box.
+* Latents, named as in both models' outputs: ``z_what``; ``z_where`` the spatial-transformer parameters
+  (`ocr_jax.spatial_transformer` convention; the boxes are ``z_where_to_box`` of it) and ``z_where_raw`` the Gaussian
+  latent it is a function of.
 * Outputs are numpy arrays on the host. Inference is jitted per (model, batch shape, K): load a run once and call
   the functions many times.
 """
@@ -237,7 +240,7 @@ def _sqair_best_particle(model, params, frames, keys, *, num_particles: int) -> 
     def one(x, key):
         out = model.infer(params, x[None], key, num_particles)  # [1, K, T, ...]; log_weight [1, K]
         best = jnp.argmax(out["log_weight"][0])
-        return {name: out[name][0, best] for name in ("z_pres", "z_what", "z_where", "ids", "log_weight")}
+        return {name: out[name][0, best] for name in ("z_pres", "z_what", "z_where_raw", "ids", "log_weight")}
 
     return jax.vmap(one)(frames, keys)
 
@@ -254,8 +257,9 @@ def infer_sequences(
         (not tight boxes; module docstring);
       ``ids [B, T, N]`` int32: object identities, stable across frames while an object is tracked, −1 where absent;
       ``presence [B, T, N]`` bool;
-      ``z_what [B, T, N, D]``, ``z_where [B, T, N, 4]`` (the model's unconstrained z_where; boxes are
-        ``ocr_jax.evaluation.sqair.boxes_of`` of it): the latents, meaningful where present;
+      ``z_what [B, T, N, D]``; ``z_where [B, T, N, 4]`` (spatial-transformer parameters (s_x, s_y, t_x, t_y),
+        ocr_jax.spatial_transformer convention; boxes are ``z_where_to_box`` of it); ``z_where_raw [B, T, N, 4]``: the
+        Gaussian latent ẑ_where, ``z_where = model.to_transform(z_where_raw)``: the latents, meaningful where present;
       ``log_weight [B]``: the chosen particle's log importance weight log p(x, z) − log q(z | x).
     Sequence i uses ``jax.random.fold_in(key, i)``; ``batch_size`` sequences run per jitted call.
     """
@@ -279,14 +283,18 @@ def infer_sequences(
     from ocr_jax.evaluation import sqair as sqair_eval
 
     presence = out["z_pres"] > 0.5
-    boxes = np.asarray(sqair_eval.boxes_of(_task_of(run), out["z_where"]), np.float32)
+    # The transform on the host, as the evaluation's boxes (ocr_jax.evaluation.sqair.boxes_of_raw): bit for bit the
+    # same boxes (inside the jitted inference XLA's fusion may round its last bit differently).
+    z_where = np.asarray(run.model.to_transform(jnp.asarray(out["z_where_raw"])))
+    boxes = np.asarray(sqair_eval.boxes_of(_task_of(run), z_where), np.float32)
     return dict(
         counts=presence.sum(-1).astype(np.int32),
         boxes=np.where(presence[..., None], boxes, np.float32(0.0)),
         ids=np.where(presence, out["ids"], -1).astype(np.int32),
         presence=presence,
         z_what=out["z_what"],
-        z_where=out["z_where"],
+        z_where=z_where,
+        z_where_raw=out["z_where_raw"],
         log_weight=out["log_weight"],
     )
 
@@ -306,6 +314,7 @@ def _air_best_particle(model, params, images, keys, continue_prob, *, num_partic
             z_pres=out.z_pres[0, best],
             z_what=out.z_what[0, best],
             z_where=out.z_where[0, best],
+            z_where_raw=out.z_where_raw[0, best],
             boxes=boxes[0, best],
             log_weight=out.log_weight[0, best],
         )
@@ -321,7 +330,9 @@ def infer_images(run: Run, images, *, key=None, num_particles: int = 1, batch_si
       ``counts [B]`` int32; ``boxes [B, N, 4]`` float32: glimpse windows (y_min, x_min, y_max, x_max) in pixel edges,
       zero where absent (not tight boxes; module docstring); ``presence [B, N]`` bool (present steps come first);
       ``z_what [B, N, D]``; ``z_where [B, N, 3|4]`` (spatial-transformer parameters, ocr_jax.spatial_transformer
-      convention; boxes are ``z_where_to_box`` of it); ``log_weight [B]``: the chosen particle's log importance weight.
+      convention; boxes are ``z_where_to_box`` of it); ``z_where_raw [B, N, 3|4]``: the Gaussian latent ẑ_where
+      (``z_where = ocr_jax.models.air.where_transform(z_where_raw, config)``); ``log_weight [B]``: the chosen
+      particle's log importance weight.
     The count prior's continue probability is the run's schedule at ``run.step`` (as in the training's evaluation);
     it enters the log-weights, so the choice among particles. Images are used as given, also for a run trained on
     stochastically binarised images. Image i uses ``jax.random.fold_in(key, i)``.
@@ -350,5 +361,6 @@ def infer_images(run: Run, images, *, key=None, num_particles: int = 1, batch_si
         presence=presence,
         z_what=out["z_what"],
         z_where=out["z_where"],
+        z_where_raw=out["z_where_raw"],
         log_weight=out["log_weight"],
     )

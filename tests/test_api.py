@@ -21,6 +21,8 @@ from ocr_jax import api
 from ocr_jax import spatial_transformer as st
 from ocr_jax.configs import air_multi_mnist, sqair_mnist
 from ocr_jax.evaluation import sqair as sqair_eval
+from ocr_jax.models.air import where_transform
+from ocr_jax.models.sqair import where_to_transform
 from ocr_jax.tasks import air as air_task
 from ocr_jax.tasks import sqair as sqair_task
 from ocr_jax.training import train as train_lib
@@ -193,6 +195,7 @@ def test_infer_sequences_outputs(sqair_run):
     c = run.model.config
     B, T, N = 3, c.max_seq_len, c.max_objects
     frames = np.random.default_rng(0).integers(0, 256, (B, T, *c.image_shape)).astype(np.uint8)
+    key = jax.random.key(0)  # the default key (None: seed 0)
     out = api.infer_sequences(run, frames, num_particles=2)
     shapes = dict(
         counts=(B, T),
@@ -201,6 +204,7 @@ def test_infer_sequences_outputs(sqair_run):
         presence=(B, T, N),
         z_what=(B, T, N, c.z_what_dim),
         z_where=(B, T, N, 4),
+        z_where_raw=(B, T, N, 4),
         log_weight=(B,),
     )
     assert {k: v.shape for k, v in out.items()} == shapes
@@ -208,8 +212,19 @@ def test_infer_sequences_outputs(sqair_run):
     assert (out["counts"].dtype, out["ids"].dtype, out["presence"].dtype) == (np.int32, np.int32, np.bool_)
     np.testing.assert_array_equal(out["counts"], out["presence"].sum(-1))
     assert np.all((out["ids"] >= 0) == out["presence"])
-    expected_boxes = np.where(out["presence"][..., None], sqair_eval.boxes_of(run.task, out["z_where"]), 0.0)
-    np.testing.assert_allclose(out["boxes"], expected_boxes, rtol=1e-6, atol=1e-5)
+    # z_where, as infer_images': the spatial-transformer parameters, exactly the transform of the Gaussian latent
+    # z_where_raw; the boxes are z_where_to_box of it, bit for bit as before z_where was renamed (when they were
+    # computed as below from the latent, then called z_where).
+    np.testing.assert_array_equal(out["z_where"], where_to_transform(jnp.asarray(out["z_where_raw"]), c.where_map))
+    before = np.asarray(st.z_where_to_box(run.model.to_transform(jnp.asarray(out["z_where_raw"])), c.image_shape))
+    np.testing.assert_array_equal(out["boxes"], np.where(out["presence"][..., None], before, 0.0))
+    for boxes in (sqair_eval.boxes_of(run.task, out["z_where"]), sqair_eval.boxes_of_raw(run.task, out["z_where_raw"])):
+        np.testing.assert_array_equal(out["boxes"], np.where(out["presence"][..., None], boxes, 0.0))
+    # The latents are the model's: sequence 0 is the best of the K particles of infer with key fold_in(key, 0).
+    direct = jax.jit(lambda x, k: run.model.infer(run.params, x, k, 2))(frames[:1] / 255.0, jax.random.fold_in(key, 0))
+    best = int(np.argmax(direct.log_weight[0]))
+    for name in ("z_where", "z_where_raw", "z_what"):
+        np.testing.assert_allclose(out[name][0], direct[name][0, best], rtol=1e-5, atol=1e-5, err_msg=name)
     assert np.all(np.isfinite(out["log_weight"]))
 
     def same(a, b):
@@ -234,7 +249,13 @@ def test_infer_images_picks_the_best_particle_independently_of_batching(air_run)
     key = jax.random.key(7)
     out = api.infer_images(run, images, key=key, num_particles=K, batch_size=2)  # chunks 2, 2, 1 (+1 padding)
     shapes = dict(
-        counts=(B,), boxes=(B, N, 4), presence=(B, N), z_what=(B, N, c.z_what_dim), z_where=(B, N, 3), log_weight=(B,)
+        counts=(B,),
+        boxes=(B, N, 4),
+        presence=(B, N),
+        z_what=(B, N, c.z_what_dim),
+        z_where=(B, N, 3),
+        z_where_raw=(B, N, 3),
+        log_weight=(B,),
     )
     assert {k: v.shape for k, v in out.items()} == shapes
     assert (out["counts"].dtype, out["presence"].dtype, out["boxes"].dtype) == (np.int32, np.bool_, np.float32)
@@ -242,6 +263,9 @@ def test_infer_images_picks_the_best_particle_independently_of_batching(air_run)
     assert np.all(np.diff(out["presence"].astype(int), axis=-1) <= 0)  # present steps first
     expected_boxes = np.where(out["presence"][..., None], st.z_where_to_box(out["z_where"], c.canvas_shape), 0.0)
     np.testing.assert_allclose(out["boxes"], expected_boxes, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(
+        out["z_where"], where_transform(jnp.asarray(out["z_where_raw"]), c), rtol=1e-6, atol=1e-6
+    )
 
     # Image i uses fold_in(key, i): the best of the K particles model.infer draws with that key, whatever the batching.
     rho = run.task.continue_prob(run.step)

@@ -66,6 +66,7 @@ __all__ = [
     "addition_targets",
     "box_iou",
     "boxes_of",
+    "boxes_of_raw",
     "classify_failure_mode",
     "eval_functions",
     "evaluate_sqair",
@@ -144,8 +145,19 @@ def eval_functions(task) -> tuple[Callable, Callable]:
 
 
 def boxes_of(task, z_where) -> np.ndarray:
-    """Unconstrained ``z_where [..., 4]`` -> boxes ``[..., 4]`` in pixel edges (y_min, x_min, y_max, x_max)."""
-    return np.asarray(st.z_where_to_box(task.model.to_transform(jnp.asarray(z_where)), task.model.config.image_shape))
+    """The spatial-transformer ``z_where [..., 4]`` (the outputs' ``z_where``, (s_x, s_y, t_x, t_y)) -> boxes ``[...,
+    4]`` in pixel edges (y_min, x_min, y_max, x_max): the glimpse windows."""
+    return np.asarray(st.z_where_to_box(jnp.asarray(z_where), task.model.config.image_shape))
+
+
+def boxes_of_raw(task, z_where_raw) -> np.ndarray:
+    """The Gaussian latent ``z_where_raw [..., 4]`` (the outputs' ``z_where_raw``) -> boxes ``[..., 4]`` in pixel
+    edges: :func:`boxes_of` of ``task.model.to_transform(z_where_raw)``, the transform computed here, op by op.
+
+    The evaluation's boxes come from this (as they always did), not from the outputs' ``z_where``: a jitted
+    ``model.infer`` computes that transform inside XLA's fusions, which can round the last bit differently.
+    """
+    return boxes_of(task, task.model.to_transform(jnp.asarray(z_where_raw)))
 
 
 def inference_batches(task, params, frames: np.ndarray, key: jax.Array):
@@ -249,7 +261,7 @@ def evaluate_sqair(
         sums["num_objects"] += float(np.sum(out["z_pres"].sum(-1).mean(1)))
         if example is None:
             j = slice(0, min(ev.num_pictures, num))
-            boxes = boxes_of(task, pick(out["z_where"]))
+            boxes = boxes_of_raw(task, pick(out["z_where_raw"]))
             example = dict(
                 frames=data["frames"][start : start + num][j],
                 canvas=pick(out["canvas"])[j],
@@ -852,7 +864,8 @@ def _best_particle_outputs(task, params, frames: np.ndarray, key) -> dict[str, n
         parts["z_what"].append(pick(out["z_what"]))
         parts["z_pres"].append(pick(out["z_pres"]))
         parts["ids"].append(pick(out["ids"]).astype(np.int64))
-        parts["boxes"].append(np.clip(boxes_of(task, pick(out["z_where"])), 0.0, np.array([H, W, H, W], np.float32)))
+        boxes = boxes_of_raw(task, pick(out["z_where_raw"]))
+        parts["boxes"].append(np.clip(boxes, 0.0, np.array([H, W, H, W], np.float32)))
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 

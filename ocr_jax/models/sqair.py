@@ -30,10 +30,11 @@ Log-densities (per particle, per time step; thesis Eq. 5.3-5.4): ``log_likelihoo
 ``log_q_disc + log_q_prop`` that comes from the (discrete) presence variables — the score-function term for VIMCO.
 
 Choices the thesis leaves open, and how they are made here:
-- z_where is 4-D ``(s_x, s_y, t_x, t_y)`` in an unconstrained space; the spatial transformer gets
-  ``s = s_min + (1 - s_min) sigmoid(raw_s)`` and, with ``where_map="sigmoid_tanh"`` (the official code,
-  ``modules.py:220-227``), ``t = tanh(raw_t)``, so a glimpse's centre never leaves the canvas (``"sigmoid_linear"``:
-  ``t = raw_t``, the first implementation). All densities are over the unconstrained values.
+- z_where is 4-D: a Gaussian latent ``z_where_raw`` in an unconstrained space, mapped to the spatial transformer's
+  ``z_where = (s_x, s_y, t_x, t_y)`` by ``s = s_min + (1 - s_min) sigmoid(raw_s)`` and, with
+  ``where_map="sigmoid_tanh"`` (the official code, ``modules.py:220-227``), ``t = tanh(raw_t)``, so a glimpse's centre
+  never leaves the canvas (``"sigmoid_linear"``: ``t = raw_t``, the first implementation). All densities are over the
+  unconstrained values. The outputs name them as AIR's do: ``z_where`` the transform, ``z_where_raw`` the latent.
 - The propagation prior's and posterior's z_where means are residual: ``z_where_{t-1} + f(...)``; the posterior's
   update and PROP's proposal are scaled by ``prop_update_scale`` (0.1 in the official code, ``core.py:291, 322``),
   so PROP starts as "stay put".
@@ -115,7 +116,7 @@ class SQAIRConfig:
     arch: str = "mlp"
     max_seq_len: int = 10
     likelihood_sigma: float = 0.3
-    # Discovery prior over the unconstrained z_where = (scale logits y/x, shifts y/x); the official code's
+    # Discovery prior over the unconstrained z_where_raw = (scale logits y/x, shifts y/x); the official code's
     # scale_prior = -2 (glimpse scale sigmoid(-2) = 0.12 of the canvas) favours small glimpses, which keeps one
     # object from covering two digits.
     where_prior_loc: tuple[float, float, float, float] = (-2.0, -2.0, 0.0, 0.0)
@@ -246,14 +247,14 @@ def conv_sqair_config(hidden: int = 128, **overrides) -> SQAIRConfig:
 WHERE_MAPS = ("sigmoid_tanh", "sigmoid_linear")
 
 
-def where_to_transform(z_where: jax.Array, where_map: str = "sigmoid_tanh") -> jax.Array:
-    """Unconstrained ``z_where [..., 4]`` -> spatial-transformer parameters ``(s_x, s_y, t_x, t_y) [..., 4]``:
-    ``s = s_min + (1 - s_min) sigmoid(raw_s)``; ``t = tanh(raw_t)`` (``"sigmoid_tanh"``) or ``raw_t``
-    (``"sigmoid_linear"``)."""
+def where_to_transform(z_where_raw: jax.Array, where_map: str = "sigmoid_tanh") -> jax.Array:
+    """The unconstrained Gaussian latent ``z_where_raw [..., 4]`` -> the spatial-transformer ``z_where`` ``(s_x, s_y,
+    t_x, t_y) [..., 4]``: ``s = s_min + (1 - s_min) sigmoid(raw_s)``; ``t = tanh(raw_t)`` (``"sigmoid_tanh"``) or
+    ``raw_t`` (``"sigmoid_linear"``)."""
     if where_map not in WHERE_MAPS:
         raise ValueError(f"where_map must be one of {WHERE_MAPS}; got {where_map!r}")
-    scale = _MIN_SCALE + (1.0 - _MIN_SCALE) * jax.nn.sigmoid(z_where[..., :2])
-    shift = jnp.tanh(z_where[..., 2:]) if where_map == "sigmoid_tanh" else z_where[..., 2:]
+    scale = _MIN_SCALE + (1.0 - _MIN_SCALE) * jax.nn.sigmoid(z_where_raw[..., :2])
+    shift = jnp.tanh(z_where_raw[..., 2:]) if where_map == "sigmoid_tanh" else z_where_raw[..., 2:]
     return jnp.concatenate([scale, shift], axis=-1)
 
 
@@ -615,6 +616,10 @@ class SQAIRInference(nn.Module):
 # dicts they replace were: ``chex.dataclass(mappable_dataclass=True)``. They are pytrees (jit, vmap, device_get keep
 # the type) and frozen: ``out.replace(name=value)`` gives a modified copy. Axes: B = batch, K = particles, T = time,
 # O = objects (``max_objects``), D = ``z_what_dim``, H × W = ``image_shape``.
+# z_where as in AIR's outputs (``AIROutput``): ``z_where`` the spatial-transformer parameters
+# (ocr_jax.spatial_transformer convention), ``z_where_raw`` the Gaussian latent they come from
+# (``SQAIR.to_transform``). Inside the model (the scan state, the per-step dicts, ``_render``) ``z_where`` is the
+# Gaussian latent: only :meth:`SQAIR._typed` renames it, when the typed outputs are built.
 
 
 @chex.dataclass(frozen=True, mappable_dataclass=True)
@@ -630,7 +635,8 @@ class SQAIRSteps:
     log_q_prop: jax.Array  # [..., T]              log q^P
     log_q_pres: jax.Array  # [..., T]              the presence variables' part of log q^D + log q^P
     z_what: jax.Array  # [..., T, O, D]
-    z_where: jax.Array  # [..., T, O, 4]           unconstrained (to_transform maps it to the spatial transformer's)
+    z_where: jax.Array  # [..., T, O, 4]           spatial-transformer (s_x, s_y, t_x, t_y) = to_transform(z_where_raw)
+    z_where_raw: jax.Array  # [..., T, O, 4]       the Gaussian latent ẑ_where (unconstrained)
     z_pres: jax.Array  # [..., T, O]               0./1.
     ids: jax.Array  # [..., T, O] int32            identity, −1 where absent
     propagated: jax.Array  # [..., T, O] bool      present and propagated from t−1
@@ -654,7 +660,8 @@ class SQAIRSample:
     log_p_disc: jax.Array  # [B, T]
     log_p_prop: jax.Array  # [B, T]
     z_what: jax.Array  # [B, T, O, D]
-    z_where: jax.Array  # [B, T, O, 4]
+    z_where: jax.Array  # [B, T, O, 4]             spatial-transformer (s_x, s_y, t_x, t_y) = to_transform(z_where_raw)
+    z_where_raw: jax.Array  # [B, T, O, 4]         the Gaussian latent ẑ_where (unconstrained)
     z_pres: jax.Array  # [B, T, O]
     ids: jax.Array  # [B, T, O] int32
     propagated: jax.Array  # [B, T, O] bool
@@ -686,9 +693,15 @@ class SQAIR:
     :class:`SQAIRConditionalSample`; each field is documented on its class, and every one is also readable as
     ``out["name"]``. Their shapes are checked (``chex.assert_shape``) before they are returned.
 
+    z_where, as in AIR: every output's ``z_where`` holds the spatial-transformer parameters (s_x, s_y, t_x, t_y)
+    (``ocr_jax.spatial_transformer`` convention) and ``z_where_raw`` the Gaussian latent ẑ_where they come from,
+    ``z_where = to_transform(z_where_raw)`` (:func:`where_to_transform` under ``where_map``). The priors and posteriors
+    (and :meth:`log_joint_terms`' input) are over ``z_where_raw``.
+
     Boxes: the model returns no boxes, only ``z_where``; the boxes of ``ocr_jax.api.infer_sequences`` and of the
-    evaluation (``ocr_jax.evaluation.sqair.boxes_of``) are the **glimpse windows** ``to_transform(z_where)`` in pixel
-    edges (y_min, x_min, y_max, x_max) — where the model attends and pastes each object — not tight bounding boxes.
+    evaluation (``ocr_jax.evaluation.sqair.boxes_of`` of ``z_where``, ``boxes_of_raw`` of ``z_where_raw``) are the
+    **glimpse windows** ``z_where`` in pixel edges (y_min, x_min, y_max, x_max) — where the model attends and pastes
+    each object — not tight bounding boxes.
 
     Public entry points check their inputs through ``ocr_jax.validation`` (ValueError/TypeError naming what was
     received and what to pass): ``init`` (key), ``infer``, ``infer_sequence``, ``conditional_generate`` (frames via
@@ -747,6 +760,8 @@ class SQAIR:
     # --- shared pieces ----------------------------------------------------------------------------------------------
 
     def _empty_state(self, params):
+        # The scan state (and every internal per-step dict) keeps its own name: its ``z_where`` is the Gaussian latent
+        # (the public outputs' ``z_where_raw``); :meth:`_typed` renames it when the typed outputs are built.
         c = self.config
         N, H, Dw = c.max_objects, c.hidden, c.z_what_dim
         return dict(
@@ -761,14 +776,24 @@ class SQAIR:
 
     def _render(self, params, z_what, z_where, z_pres):
         """Algorithm 1: ``[objects, ...] -> canvas [height, width]``
-        = Σ_i z_pres^i ST^{-1}(f^dec(z_what^i), z_where^i)."""
+        = Σ_i z_pres^i ST^{-1}(f^dec(z_what^i), to_transform(z_where^i)); ``z_where``: the Gaussian latent (the
+        outputs' ``z_where_raw``)."""
         glimpses = self._generative(params, SQAIRGenerative.decode, z_what)
         pasted = paste_glimpse(glimpses, self.to_transform(z_where), self.config.image_shape)
         return jnp.sum(z_pres[:, None, None] * pasted, axis=0)
 
-    def to_transform(self, z_where):
-        """Unconstrained z_where -> spatial-transformer parameters under this model's ``where_map``."""
-        return where_to_transform(z_where, self.config.where_map)
+    def to_transform(self, z_where_raw):
+        """The Gaussian latent ``z_where_raw [..., 4]`` -> the spatial-transformer ``z_where [..., 4]`` (s_x, s_y, t_x,
+        t_y) under this model's ``where_map``."""
+        return where_to_transform(z_where_raw, self.config.where_map)
+
+    def _typed(self, cls, out: dict, **extra):
+        """The typed output ``cls(**out, **extra)`` of an internal dict whose ``z_where`` is the Gaussian latent (as
+        the scan state names it): that becomes ``z_where_raw``, and ``z_where`` the spatial-transformer parameters
+        ``to_transform(z_where_raw)``, as in AIR's outputs. Nothing else is computed: the transform is only read."""
+        out = dict(out, **extra)
+        raw = out.pop("z_where")
+        return cls(**out, z_where=self.to_transform(raw), z_where_raw=raw)
 
     def _log_likelihood(self, image, canvas):
         return jnp.sum(distrax.Normal(canvas, self.config.likelihood_sigma).log_prob(image))
@@ -1068,7 +1093,7 @@ class SQAIR:
         key = validation.check_key(key)
         codes = self.encode_images(params, images)
         out, log_w, _ = self._infer_particle(params, images, codes, key)
-        out = self._check_steps(SQAIRSteps(**out), (images.shape[0],))
+        out = self._check_steps(self._typed(SQAIRSteps, out), (images.shape[0],))
         chex.assert_shape(log_w, ())
         return out, log_w
 
@@ -1083,7 +1108,7 @@ class SQAIR:
         chex.assert_shape(per_step, lead)
         chex.assert_shape([out.z_pres, out.ids, out.propagated], lead + (N,))
         chex.assert_shape(out.z_what, lead + (N, c.z_what_dim))
-        chex.assert_shape(out.z_where, lead + (N, 4))
+        chex.assert_shape([out.z_where, out.z_where_raw], lead + (N, 4))
         chex.assert_shape(out.canvas, lead + tuple(c.image_shape))
         if isinstance(out, SQAIRSample):
             chex.assert_shape(out.frames, lead + tuple(c.image_shape))
@@ -1128,7 +1153,7 @@ class SQAIR:
 
     def _infer_output(self, out: dict, log_w, batch_time: tuple[int, int], num_particles: int) -> SQAIROutput:
         B, T = batch_time
-        out = self._check_steps(SQAIROutput(**out, log_weight=log_w), (B, num_particles, T))
+        out = self._check_steps(self._typed(SQAIROutput, out, log_weight=log_w), (B, num_particles, T))
         chex.assert_shape(out.log_weight, (B, num_particles))
         return out
 
@@ -1212,7 +1237,7 @@ class SQAIR:
             )
             return out
 
-        return self._check_steps(SQAIRSample(**jax.vmap(one)(keys)), (num_sequences, num_steps))
+        return self._check_steps(self._typed(SQAIRSample, jax.vmap(one)(keys)), (num_sequences, num_steps))
 
     def conditional_generate(
         self, params, images, key, num_steps: int, *, noisy: bool = False
@@ -1245,20 +1270,21 @@ class SQAIR:
             )
             return r
 
-        rollout = self._check_steps(SQAIRSample(**jax.vmap(one)(state, keys)), (images.shape[0], num_steps))
+        rollout = self._check_steps(self._typed(SQAIRSample, jax.vmap(one)(state, keys)), (images.shape[0], num_steps))
         frames = jnp.concatenate([out.canvas[:, 0], rollout.frames], axis=1)
         chex.assert_shape(frames, (images.shape[0], k_frames + num_steps) + tuple(self.config.image_shape))
         return SQAIRConditionalSample(inferred=out, rollout=rollout, frames=frames)
 
     # --- scoring a given trajectory (independent of the inference code path) ---------------------------------------
 
-    def log_joint_terms(self, params, images, z_what, z_where, z_pres, ids):
+    def log_joint_terms(self, params, images, z_what, z_where_raw, z_pres, ids):
         """Per-step log p(x_t | z_t), log p^D and log p^P of a given trajectory of one sequence (Eq. 5.3).
 
-        ``images [time, H, W]``; ``z_what [time, objects, D]``, ``z_where [time, objects, 4]``, ``z_pres [time,
-        objects]``, ``ids [time, objects]``. Objects are matched across time by identity (not by slot), so this is a
-        separate code path from inference: an object present at t whose identity was present at t−1 is propagated,
-        any other present object is discovered. Returns a dict of ``[time]`` arrays.
+        ``images [time, H, W]``; ``z_what [time, objects, D]``, ``z_where_raw [time, objects, 4]`` (the Gaussian latent,
+        as the outputs' ``z_where_raw``), ``z_pres [time, objects]``, ``ids [time, objects]``. Objects are matched
+        across time by identity (not by slot), so this is a separate code path from inference: an object present at t
+        whose identity was present at t−1 is propagated, any other present object is discovered. Returns a dict of
+        ``[time]`` arrays.
         """
         c = self.config
         N = c.max_objects
@@ -1307,7 +1333,7 @@ class SQAIR:
             jnp.full((N,), -1, jnp.int32),
             jnp.zeros((N, c.hidden)),
         )
-        _, out = jax.lax.scan(step, init, (images, z_what, z_where, z_pres, ids, jnp.arange(T)))
+        _, out = jax.lax.scan(step, init, (images, z_what, z_where_raw, z_pres, ids, jnp.arange(T)))
         return out
 
     def num_parameters(self, params) -> dict:

@@ -33,7 +33,7 @@ def test_object_worth_is_the_likelihood_an_identity_adds():
     render = jax.jit(jax.vmap(jax.vmap(lambda w, r, p: model._render(params, w, r, p))))
     for slot in range(N):  # Gaussian closed form in frame 1: Σ [(x − c + g)² − (x − c)²] / 2σ², g = the object's paste
         only = np.where(np.arange(N) == slot, out["z_pres"][:, :, 0], 0.0)
-        paste = render(out["z_what"][:, :, 0], out["z_where"][:, :, 0], jnp.asarray(only))
+        paste = render(out["z_what"][:, :, 0], out["z_where_raw"][:, :, 0], jnp.asarray(only))
         g = np.asarray(paste, np.float64)
         expected = np.sum((x - canvas + g) ** 2 - (x - canvas) ** 2, axis=(-2, -1)) / (2 * sigma**2)
         np.testing.assert_allclose(result["worth"][:, :, 0, slot], expected, rtol=2e-3, atol=0.05)

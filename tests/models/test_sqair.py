@@ -9,7 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ocr_jax.models.sqair import SQAIR, SQAIRGenerative, SQAIRInference, conv_sqair_config, mlp_sqair_config
+from ocr_jax.models.sqair import (
+    SQAIR,
+    SQAIRGenerative,
+    SQAIRInference,
+    conv_sqair_config,
+    mlp_sqair_config,
+    where_to_transform,
+)
 from tests import sharded_step_check
 
 N = 3
@@ -58,7 +65,7 @@ def setup():
 def test_output_shapes_and_params_groups(setup):
     out, cfg = setup["out"], setup["model"].config
     assert out["z_what"].shape == (B, K, T, N, cfg.z_what_dim)
-    assert out["z_where"].shape == (B, K, T, N, 4)
+    assert out["z_where"].shape == out["z_where_raw"].shape == (B, K, T, N, 4)
     assert out["z_pres"].shape == out["ids"].shape == out["propagated"].shape == (B, K, T, N)
     assert out["canvas"].shape == (B, K, T, SIZE, SIZE)
     for name in ("log_likelihood", "log_p_disc", "log_p_prop", "log_q_disc", "log_q_prop", "log_q_pres"):
@@ -66,6 +73,32 @@ def test_output_shapes_and_params_groups(setup):
     assert out["log_weight"].shape == (B, K)
     assert set(setup["params"]) == {"generative", "inference"}
     assert "glimpse_decoder" in setup["params"]["generative"] and "encoders" in setup["params"]["inference"]
+
+
+def test_z_where_is_the_spatial_transform_of_z_where_raw_in_every_output(setup):
+    """As in AIR's outputs: ``z_where`` = ``to_transform(z_where_raw)`` (the spatial-transformer parameters; scales
+    in [s_min, 1], shifts in [−1, 1] under ``sigmoid_tanh``), ``z_where_raw`` the Gaussian latent, in the outputs of
+    ``infer``, ``infer_sequence``, ``generate`` and both parts of ``conditional_generate``."""
+    model, params, images, key = setup["model"], setup["params"], setup["images"], setup["key"]
+    seq, _ = jax.device_get(jax.jit(model.infer_sequence)(params, images[0], key))
+    cond = jax.device_get(jax.jit(lambda p, x, k: model.conditional_generate(p, x, k, 2))(params, images, key))
+    gen = jax.device_get(jax.jit(lambda p, k: model.generate(p, k, B, T))(params, jax.random.key(5)))
+    for name, out in (
+        ("infer", setup["out"]),
+        ("infer_sequence", seq),
+        ("generate", gen),
+        ("inferred", cond["inferred"]),
+        ("rollout", cond["rollout"]),
+    ):
+        transform = np.asarray(where_to_transform(jnp.asarray(out["z_where_raw"]), model.config.where_map))
+        # Computed inside the jitted function, where XLA's fusion may round the last bit differently.
+        np.testing.assert_allclose(out["z_where"], transform, rtol=1e-6, atol=1e-7, err_msg=name)
+        assert np.all((out["z_where"][..., :2] > 0) & (out["z_where"][..., :2] <= 1)), name
+        assert np.all(np.abs(out["z_where"][..., 2:]) <= 1), name
+        assert not np.allclose(out["z_where"], out["z_where_raw"]), name
+    # Eagerly (no jit) the typed output holds exactly the transform of its own z_where_raw.
+    eager = model.infer(params, images[:1], key, 1)
+    np.testing.assert_array_equal(eager.z_where, model.to_transform(eager.z_where_raw))
 
 
 def test_absent_object_cannot_be_propagated(setup):
@@ -162,7 +195,7 @@ def test_log_weight_factorises_into_per_step_terms(setup):
         for b in range(B):
             for k in range(K):
                 terms = score(
-                    params, images[b], o["z_what"][b, k], o["z_where"][b, k], o["z_pres"][b, k], o["ids"][b, k]
+                    params, images[b], o["z_what"][b, k], o["z_where_raw"][b, k], o["z_pres"][b, k], o["ids"][b, k]
                 )
                 for name in ("log_likelihood", "log_p_disc", "log_p_prop"):
                     np.testing.assert_allclose(terms[name], o[name][b, k], rtol=1e-5, atol=1e-3, err_msg=name)
@@ -176,6 +209,7 @@ def test_vmapped_particles_equal_a_loop(setup):
             out, log_w = single(params, images[b], model.particle_key(key, b, k))
             np.testing.assert_array_equal(out["ids"], o["ids"][b, k])
             np.testing.assert_array_equal(out["z_pres"], o["z_pres"][b, k])
+            np.testing.assert_allclose(out["z_where_raw"], o["z_where_raw"][b, k], rtol=1e-5, atol=1e-5)
             np.testing.assert_allclose(out["z_where"], o["z_where"][b, k], rtol=1e-5, atol=1e-5)
             np.testing.assert_allclose(log_w, o["log_weight"][b, k], rtol=1e-5)
 
@@ -186,7 +220,7 @@ def test_conditional_generation_keeps_the_conditioning_objects(setup):
     res = jax.device_get(gen(params, images, key))
     inferred, rollout = res["inferred"], res["rollout"]
     # The conditioning frames are inferred exactly as infer's particle 0 (same ids, z's, canvases).
-    for name in ("ids", "z_pres", "z_what", "z_where", "canvas"):
+    for name in ("ids", "z_pres", "z_what", "z_where", "z_where_raw", "canvas"):
         np.testing.assert_allclose(inferred[name][:, 0], o[name][:, 0], rtol=1e-5, atol=1e-5, err_msg=name)
     assert res["frames"].shape == (B, T + 2, SIZE, SIZE)
     np.testing.assert_allclose(res["frames"][:, :T], o["canvas"][:, 0], rtol=1e-5, atol=1e-5)
@@ -210,7 +244,7 @@ def test_generation_from_the_prior(setup):
     # The prior's own log-densities agree with re-scoring the sampled trajectory by identity matching.
     score = jax.jit(model.log_joint_terms)
     for b in range(B):
-        terms = score(params, setup["images"][b], g["z_what"][b], g["z_where"][b], g["z_pres"][b], g["ids"][b])
+        terms = score(params, setup["images"][b], g["z_what"][b], g["z_where_raw"][b], g["z_pres"][b], g["ids"][b])
         np.testing.assert_allclose(terms["log_p_disc"], g["log_p_disc"][b], rtol=1e-5, atol=1e-4)
         np.testing.assert_allclose(terms["log_p_prop"], g["log_p_prop"][b], rtol=1e-5, atol=1e-4)
 

@@ -368,7 +368,7 @@ def test_scan_unroll_gives_the_same_inference(infer_setup):
             out, log_w = jax.device_get(single(s["params"], s["images"][b], model.particle_key(s["key"], b, k)))
             for name in ("ids", "z_pres", "propagated", "num_propagated", "num_discovered"):
                 np.testing.assert_array_equal(out[name], a[name][b, k], err_msg=name)
-            for name in ("z_where", "z_what", "log_q_prop", "log_q_disc", "log_p_prop", "log_p_disc"):
+            for name in ("z_where", "z_where_raw", "z_what", "log_q_prop", "log_q_disc", "log_p_prop", "log_p_disc"):
                 np.testing.assert_allclose(out[name], a[name][b, k], rtol=1e-5, atol=1e-5, err_msg=name)
             np.testing.assert_allclose(log_w, a["log_weight"][b, k], rtol=1e-5)
 
