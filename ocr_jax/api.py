@@ -252,11 +252,15 @@ def infer_sequences(
     model's frame size): the best of ``num_particles`` particles per sequence (largest log-weight).
 
     Returns numpy arrays (N = the model's ``max_objects`` object slots):
-      ``counts [B, T]`` int32: objects present in each frame (Σ presence);
+      ``counts [B, T]`` int32: objects in view in each frame (Σ visible), against the digits visible in the frame;
+      ``present_counts [B, T]`` int32: objects the model holds (Σ presence), in view or not — what the official
+        per-sequence label counts (a model with ``shift_bound > 1`` may hold an object whose digit has left the frame);
       ``boxes [B, T, N, 4]`` float32: glimpse windows (y_min, x_min, y_max, x_max) in pixel edges, zero where absent
         (not tight boxes; module docstring);
       ``ids [B, T, N]`` int32: object identities, stable across frames while an object is tracked, −1 where absent;
-      ``presence [B, T, N]`` bool;
+      ``presence [B, T, N]`` bool; ``visible [B, T, N]`` bool: present and in view
+        (``ocr_jax.evaluation.sqair.visible_objects``, the run's ``eval.visible_min_fraction`` of the glimpse window
+        on the canvas);
       ``z_what [B, T, N, D]``; ``z_where [B, T, N, 4]`` (spatial-transformer parameters (s_x, s_y, t_x, t_y),
         ocr_jax.spatial_transformer convention; boxes are ``z_where_to_box`` of it); ``z_where_raw [B, T, N, 4]``: the
         Gaussian latent ẑ_where, ``z_where = model.to_transform(z_where_raw)``: the latents, meaningful where present;
@@ -286,9 +290,18 @@ def infer_sequences(
     # The transform on the host, as the evaluation's boxes (ocr_jax.evaluation.sqair.boxes_of_raw): bit for bit the
     # same boxes (inside the jitted inference XLA's fusion may round its last bit differently).
     z_where = np.asarray(run.model.to_transform(jnp.asarray(out["z_where_raw"])))
-    boxes = np.asarray(sqair_eval.boxes_of(_task_of(run), z_where), np.float32)
+    task = _task_of(run)
+    boxes = np.asarray(sqair_eval.boxes_of(task, z_where), np.float32)
+    visible = sqair_eval.visible_objects(
+        boxes,
+        presence,
+        c.image_shape,
+        task.config.eval.get("visible_min_fraction", sqair_eval.VISIBLE_MIN_FRACTION),
+    )
     return dict(
-        counts=presence.sum(-1).astype(np.int32),
+        counts=visible.sum(-1).astype(np.int32),
+        present_counts=presence.sum(-1).astype(np.int32),
+        visible=visible,
         boxes=np.where(presence[..., None], boxes, np.float32(0.0)),
         ids=np.where(presence, out["ids"], -1).astype(np.int32),
         presence=presence,

@@ -199,6 +199,8 @@ def test_infer_sequences_outputs(sqair_run):
     out = api.infer_sequences(run, frames, num_particles=2)
     shapes = dict(
         counts=(B, T),
+        present_counts=(B, T),
+        visible=(B, T, N),
         boxes=(B, T, N, 4),
         ids=(B, T, N),
         presence=(B, T, N),
@@ -210,12 +212,21 @@ def test_infer_sequences_outputs(sqair_run):
     assert {k: v.shape for k, v in out.items()} == shapes
     assert all(isinstance(v, np.ndarray) for v in out.values())
     assert (out["counts"].dtype, out["ids"].dtype, out["presence"].dtype) == (np.int32, np.int32, np.bool_)
-    np.testing.assert_array_equal(out["counts"], out["presence"].sum(-1))
+    np.testing.assert_array_equal(out["present_counts"], out["presence"].sum(-1))
+    np.testing.assert_array_equal(out["counts"], out["visible"].sum(-1))
+    assert not np.any(out["visible"] & ~out["presence"])  # in view implies present
+    # the official shift map keeps every glimpse's centre on the canvas: every present object is in view
+    np.testing.assert_array_equal(out["visible"], out["presence"])
+    np.testing.assert_array_equal(
+        out["visible"], sqair_eval.visible_objects(out["boxes"], out["presence"], c.image_shape)
+    )
     assert np.all((out["ids"] >= 0) == out["presence"])
     # z_where, as infer_images': the spatial-transformer parameters, exactly the transform of the Gaussian latent
     # z_where_raw; the boxes are z_where_to_box of it, bit for bit as before z_where was renamed (when they were
     # computed as below from the latent, then called z_where).
-    np.testing.assert_array_equal(out["z_where"], where_to_transform(jnp.asarray(out["z_where_raw"]), c.where_map))
+    np.testing.assert_array_equal(
+        out["z_where"], where_to_transform(jnp.asarray(out["z_where_raw"]), c.where_map, c.shift_bound)
+    )
     before = np.asarray(st.z_where_to_box(run.model.to_transform(jnp.asarray(out["z_where_raw"])), c.image_shape))
     np.testing.assert_array_equal(out["boxes"], np.where(out["presence"][..., None], before, 0.0))
     for boxes in (sqair_eval.boxes_of(run.task, out["z_where"]), sqair_eval.boxes_of_raw(run.task, out["z_where_raw"])):
@@ -357,7 +368,7 @@ def test_load_run_and_infer_after_real_sqair_training(tmp_path):
     c = run.model.config
     out = api.infer_sequences(run, np.zeros((2, c.max_seq_len, *c.image_shape), np.uint8), num_particles=2)
     assert out["boxes"].shape == (2, c.max_seq_len, c.max_objects, 4)
-    np.testing.assert_array_equal(out["counts"], out["presence"].sum(-1))
+    np.testing.assert_array_equal(out["counts"], out["presence"].sum(-1))  # the official map: all in view
 
 
 def test_sqair_diagnose_frame_terms_add_up_to_the_log_weight(sqair_run):

@@ -80,6 +80,7 @@ __all__ = [
     "tracking_errors",
     "train_addition_classifier",
     "two_digit_overlap",
+    "visible_objects",
 ]
 
 COUNT_KEYS = (
@@ -160,6 +161,37 @@ def boxes_of_raw(task, z_where_raw) -> np.ndarray:
     return boxes_of(task, task.model.to_transform(jnp.asarray(z_where_raw)))
 
 
+# A present object is in view when at least this fraction of its glimpse window lies on the canvas (eval config
+# ``visible_min_fraction``). A glimpse window is the digit's tight box plus a margin of about an eighth of its side on
+# each edge (median 26 px windows on 20 px digits in docs/results.md), so a digit with a sliver inside the frame — what
+# the data's visible count counts — keeps about 0.1 of its window on the canvas. Under the official shift map
+# (``shift_bound = 1``) a glimpse's centre never leaves the canvas, so at least a quarter of every window is on it
+# and every present object is in view.
+VISIBLE_MIN_FRACTION = 0.1
+
+
+def visible_objects(
+    boxes: np.ndarray, presence: np.ndarray, image_shape: Sequence[int], min_fraction: float = VISIBLE_MIN_FRACTION
+) -> np.ndarray:
+    """``[..., slots]`` bool: the present objects in view — ``presence [..., slots]`` and at least ``min_fraction``
+    of the glimpse window ``boxes [..., slots, 4]`` (pixel edges) on the ``image_shape = (H, W)`` canvas.
+
+    The visible count of a frame is the number of these; the number of present objects (in view or not) is what the
+    official per-sequence label counts: a model may hold an object whose digit has left the frame wholly
+    (``shift_bound > 1``) and draw it again when the digit comes back."""
+    if not 0.0 <= min_fraction <= 1.0:
+        raise ValueError(f"min_fraction must be in [0, 1]; got {min_fraction!r}")
+    boxes = np.asarray(boxes, np.float64)
+    presence = np.asarray(presence).astype(bool)
+    if boxes.shape != (*presence.shape, 4):
+        raise ValueError(f"boxes {boxes.shape} must be presence's shape {presence.shape} plus (4,)")
+    H, W = image_shape
+    inside_y = np.clip(np.minimum(boxes[..., 2], H) - np.maximum(boxes[..., 0], 0.0), 0.0, None)
+    inside_x = np.clip(np.minimum(boxes[..., 3], W) - np.maximum(boxes[..., 1], 0.0), 0.0, None)
+    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    return presence & (inside_y * inside_x >= min_fraction * area) & (area > 0)
+
+
 def inference_batches(task, params, frames: np.ndarray, key: jax.Array):
     """Runs the jitted ``infer`` of :func:`eval_functions` (``eval.num_particles`` particles) over ``frames [n, T, H,
     W]`` in batches of ``eval.batch_size``, with key ``fold_in(key, start)`` for the batch starting at sequence
@@ -206,18 +238,21 @@ def evaluate_sqair(
     """Test-set evaluation over all ``T`` frames (no curriculum mask).
 
     Per batch of sequences ``[B, T, H, W]``, K = ``eval.num_particles`` particles are drawn; the particle with the
-    largest log-weight gives the inferred count of every frame (Σ_objects z_pres), compared with the dataset's
-    ``counts [B, T]`` (digits visible in the frame). Returns floats: ``count_accuracy`` (over frames),
-    ``count_accuracy_first_frame`` and ``count_accuracy_later_frames`` (frame 1 is DISC alone; later frames need
-    PROP), ``count_accuracy_by_frame`` (a list over frame indices), ``count_accuracy_official_label`` (against the
-    official per-sequence label ``sequence_counts``, as Table 5.4.1, when the data has it),
-    ``count_accuracy_two_digits_apart`` / ``_overlapping`` (two-digit frames whose tight boxes are apart / overlap),
-    ``sequence_count_accuracy`` (all T frames right), ``iwae`` = mean_b log (1/K) Σ_k w_bk and ``iwae_per_frame``,
-    ``elbo`` = mean log w, ``log_likelihood`` = mean log p(x|z), ``kl`` = log_likelihood − elbo, ``num_objects`` per
-    frame; ``log_marginal`` (IWAE with ``eval.log_marginal_particles`` particles, chunked) on the first
-    ``log_marginal_sequences`` (default ``eval.log_marginal_sequences``) sequences; ``confusion`` [true, inferred]
-    counts; and ``example``: the first ``eval.num_pictures`` sequences with the best
-    particle's ``canvas``, ``boxes`` (pixel edges), ``z_pres`` and ``ids``.
+    largest log-weight gives the inferred count of every frame — the present objects in view
+    (:func:`visible_objects`, ``eval.visible_min_fraction``) — compared with the dataset's ``counts [B, T]`` (digits
+    visible in the frame); the official per-sequence label is compared with the present objects, in view or not.
+    Returns floats: ``count_accuracy`` (over frames), ``count_accuracy_first_frame`` and
+    ``count_accuracy_later_frames`` (frame 1 is DISC alone; later frames need PROP), ``count_accuracy_by_frame`` (a
+    list over frame indices), ``count_accuracy_official_label`` (against the official per-sequence label
+    ``sequence_counts``, as Table 5.4.1, when the data has it), ``count_accuracy_two_digits_apart`` /
+    ``_overlapping`` (two-digit frames whose tight boxes are apart / overlap), ``sequence_count_accuracy`` (all T
+    frames right), ``iwae`` = mean_b log (1/K) Σ_k w_bk and ``iwae_per_frame``, ``elbo`` = mean log w,
+    ``log_likelihood`` = mean log p(x|z), ``kl`` = log_likelihood − elbo, ``num_objects`` per frame (present),
+    ``out_of_view_objects_per_frame`` (present, not in view); ``log_marginal`` (IWAE with
+    ``eval.log_marginal_particles`` particles, chunked) on the first ``log_marginal_sequences`` (default
+    ``eval.log_marginal_sequences``) sequences; ``confusion`` [true, inferred (in view)] counts; and ``example``: the
+    first ``eval.num_pictures`` sequences with the best particle's ``canvas``, ``boxes`` (pixel edges), ``z_pres`` and
+    ``ids``.
     """
     cfg = task.config
     ev = cfg.eval
@@ -229,7 +264,14 @@ def evaluate_sqair(
     log_marginal = eval_functions(task)[1]
     max_count = model.config.max_objects
     sums = dict(
-        correct=0.0, seq_correct=0.0, iwae=0.0, elbo=0.0, log_likelihood=0.0, num_objects=0.0, correct_official=0.0
+        correct=0.0,
+        seq_correct=0.0,
+        iwae=0.0,
+        elbo=0.0,
+        log_likelihood=0.0,
+        num_objects=0.0,
+        correct_official=0.0,
+        num_out_of_view=0.0,
     )
     T = data["frames"].shape[1]
     correct_by_frame = np.zeros(T)
@@ -241,7 +283,12 @@ def evaluate_sqair(
     for start, out, pick in inference_batches(task, params, data["frames"][:n], key):
         log_w = out["log_weight"]  # [B, K]
         num = len(log_w)
-        counts = pick(out["z_pres"]).sum(-1).astype(np.int64)  # [B, T]
+        present = pick(out["z_pres"]) > 0.5  # [B, T, N]
+        boxes = boxes_of_raw(task, pick(out["z_where_raw"]))
+        visible = visible_objects(
+            boxes, present, model.config.image_shape, ev.get("visible_min_fraction", VISIBLE_MIN_FRACTION)
+        )
+        counts = visible.sum(-1).astype(np.int64)  # [B, T]: objects in view, against the visible digits
         true = np.minimum(data["counts"][start : start + num], max_count)
         np.add.at(confusion, (true.ravel(), counts.ravel()), 1)
         sums["correct"] += float(np.sum(counts == true))
@@ -252,16 +299,16 @@ def evaluate_sqair(
                 by_overlap[o] += (np.sum((counts == true) & (ov == o)), np.sum(ov == o))
         if "sequence_counts" in data:  # the official per-sequence label (Table 5.4.1), repeated over frames
             label = np.minimum(data["sequence_counts"][start : start + num], max_count)[:, None]
-            sums["correct_official"] += float(np.sum(counts == label))
+            sums["correct_official"] += float(np.sum(present.sum(-1) == label))  # objects held, in view or not
         sums["seq_correct"] += float(np.sum(np.all(counts == true, axis=1)))
         m = np.max(log_w, axis=1, keepdims=True)
         sums["iwae"] += float(np.sum(m[:, 0] + np.log(np.mean(np.exp(log_w - m), axis=1))))
         sums["elbo"] += float(np.sum(np.mean(log_w, axis=1)))
         sums["log_likelihood"] += float(np.sum(np.mean(out["log_likelihood"].sum(-1), axis=1)))
         sums["num_objects"] += float(np.sum(out["z_pres"].sum(-1).mean(1)))
+        sums["num_out_of_view"] += float(np.sum(present & ~visible))
         if example is None:
             j = slice(0, min(ev.num_pictures, num))
-            boxes = boxes_of_raw(task, pick(out["z_where_raw"]))
             example = dict(
                 frames=data["frames"][start : start + num][j],
                 canvas=pick(out["canvas"])[j],
@@ -285,6 +332,7 @@ def evaluate_sqair(
         elbo=sums["elbo"] / n,
         log_likelihood=sums["log_likelihood"] / n,
         num_objects=sums["num_objects"] / (n * T),
+        out_of_view_objects_per_frame=sums["num_out_of_view"] / (n * T),
     )
     results["kl"] = results["log_likelihood"] - results["elbo"]
     if overlap is not None:  # frames with two visible digits whose tight boxes are apart / overlap
@@ -855,16 +903,20 @@ def train_addition_classifier(
 
 
 def _best_particle_outputs(task, params, frames: np.ndarray, key) -> dict[str, np.ndarray]:
-    """The best particle's (largest log-weight) ``z_what [n, T, N, Dw]``, ``z_pres [n, T, N]``, ``ids [n, T, N]`` and
-    ``boxes [n, T, N, 4]`` (pixel edges, clipped to the canvas, as the ground-truth boxes are) for ``frames [n, T,
-    H, W]``, from the same batches and keys as :func:`evaluate_sqair` (:func:`inference_batches`)."""
+    """The best particle's (largest log-weight) ``z_what [n, T, N, Dw]``, ``z_pres [n, T, N]`` (1 for the present
+    objects in view, :func:`visible_objects`: what tracking and addition score against the visible digits),
+    ``ids [n, T, N]`` and ``boxes [n, T, N, 4]`` (pixel edges, clipped to the canvas, as the ground-truth boxes are)
+    for ``frames [n, T, H, W]``, from the same batches and keys as :func:`evaluate_sqair`
+    (:func:`inference_batches`)."""
     H, W = task.model.config.image_shape
+    min_fraction = task.config.eval.get("visible_min_fraction", VISIBLE_MIN_FRACTION)
     parts = {k: [] for k in ("z_what", "z_pres", "ids", "boxes")}
     for _, out, pick in inference_batches(task, params, frames, key):
-        parts["z_what"].append(pick(out["z_what"]))
-        parts["z_pres"].append(pick(out["z_pres"]))
-        parts["ids"].append(pick(out["ids"]).astype(np.int64))
         boxes = boxes_of_raw(task, pick(out["z_where_raw"]))
+        visible = visible_objects(boxes, pick(out["z_pres"]) > 0.5, (H, W), min_fraction)
+        parts["z_what"].append(pick(out["z_what"]))
+        parts["z_pres"].append(visible.astype(np.float32))
+        parts["ids"].append(pick(out["ids"]).astype(np.int64))
         parts["boxes"].append(np.clip(boxes, 0.0, np.array([H, W, H, W], np.float32)))
     return {k: np.concatenate(v) for k, v in parts.items()}
 

@@ -136,6 +136,12 @@ class SQAIRConfig:
     # Start-up (module docstring); the first implementation's values were "sigmoid_linear", 1e-4, 1.0, None,
     # False, 1.0 and "direct".
     where_map: str = "sigmoid_tanh"
+    # Under "sigmoid_tanh" the shift is b·tanh(raw_t / b) with b = shift_bound (the identity near 0 for every b).
+    # 1 is the official map: a glimpse's centre stays on the canvas, so an object whose digit leaves the frame wholly
+    # is held at the edge. b > 1 (e.g. 2: the centre up to one half-canvas beyond the edge) lets a glimpse follow its
+    # digit off the canvas; an object there draws nothing, and the visible count reads it as out of view
+    # (ocr_jax.evaluation.sqair.visible_objects).
+    shift_bound: float = 1.0
     std_floor: float = 1e-2
     disc_head_kernel_scale: float = 0.1
     # Initial DISC glimpse scale (fraction of the canvas side): 0.4 = 20 px of 50, a tight-cropped MNIST digit.
@@ -189,7 +195,7 @@ class SQAIRConfig:
         check.int_at_least(1, "max_objects", "z_what_dim", "hidden", "max_seq_len")
         # std_floor > 0 (not only >= 0): every posterior scale is softplus(.) + std_floor, and softplus underflows to
         # 0 for very negative inputs, so a zero floor allows log(0) in the densities.
-        check.positive("likelihood_sigma", "std_floor")
+        check.positive("likelihood_sigma", "std_floor", "shift_bound")
         check.number_tuple("where_prior_loc", length=4)
         check.number_tuple("where_prior_scale", length=4, positive=True)
         check.finite(
@@ -247,14 +253,22 @@ def conv_sqair_config(hidden: int = 128, **overrides) -> SQAIRConfig:
 WHERE_MAPS = ("sigmoid_tanh", "sigmoid_linear")
 
 
-def where_to_transform(z_where_raw: jax.Array, where_map: str = "sigmoid_tanh") -> jax.Array:
+def where_to_transform(z_where_raw: jax.Array, where_map: str = "sigmoid_tanh", shift_bound: float = 1.0) -> jax.Array:
     """The unconstrained Gaussian latent ``z_where_raw [..., 4]`` -> the spatial-transformer ``z_where`` ``(s_x, s_y,
-    t_x, t_y) [..., 4]``: ``s = s_min + (1 - s_min) sigmoid(raw_s)``; ``t = tanh(raw_t)`` (``"sigmoid_tanh"``) or
-    ``raw_t`` (``"sigmoid_linear"``)."""
+    t_x, t_y) [..., 4]``: ``s = s_min + (1 - s_min) sigmoid(raw_s)``; ``t = b·tanh(raw_t / b)`` with ``b =
+    shift_bound`` (``"sigmoid_tanh"``; b = 1 the official ``tanh(raw_t)``) or ``raw_t`` (``"sigmoid_linear"``)."""
     if where_map not in WHERE_MAPS:
         raise ValueError(f"where_map must be one of {WHERE_MAPS}; got {where_map!r}")
+    if not shift_bound > 0:
+        raise ValueError(f"shift_bound must be positive; got {shift_bound!r}")
     scale = _MIN_SCALE + (1.0 - _MIN_SCALE) * jax.nn.sigmoid(z_where_raw[..., :2])
-    shift = jnp.tanh(z_where_raw[..., 2:]) if where_map == "sigmoid_tanh" else z_where_raw[..., 2:]
+    raw_shift = z_where_raw[..., 2:]
+    if where_map == "sigmoid_linear":
+        shift = raw_shift
+    elif shift_bound == 1.0:
+        shift = jnp.tanh(raw_shift)  # the official map, op for op
+    else:
+        shift = shift_bound * jnp.tanh(raw_shift / shift_bound)
     return jnp.concatenate([scale, shift], axis=-1)
 
 
@@ -785,7 +799,7 @@ class SQAIR:
     def to_transform(self, z_where_raw):
         """The Gaussian latent ``z_where_raw [..., 4]`` -> the spatial-transformer ``z_where [..., 4]`` (s_x, s_y, t_x,
         t_y) under this model's ``where_map``."""
-        return where_to_transform(z_where_raw, self.config.where_map)
+        return where_to_transform(z_where_raw, self.config.where_map, self.config.shift_bound)
 
     def _typed(self, cls, out: dict, **extra):
         """The typed output ``cls(**out, **extra)`` of an internal dict whose ``z_where`` is the Gaussian latent (as

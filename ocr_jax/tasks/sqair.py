@@ -105,6 +105,9 @@ def default_task_config() -> ml_collections.ConfigDict:
                 log_marginal_particles=1000,
                 log_marginal_chunk=50,
                 num_pictures=4,
+                # a present object counts as visible when this fraction of its glimpse window is on the canvas
+                # (ocr_jax.evaluation.sqair.visible_objects); the official label counts every present object
+                visible_min_fraction=0.1,
                 # during training: the first periodic_sequences test sequences, no IWAE-K log p(x)
                 periodic_sequences=200,
                 periodic_log_marginal_sequences=0,

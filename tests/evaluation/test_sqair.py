@@ -210,10 +210,49 @@ def test_tracking_and_addition_on_untrained_quick_sqair():
     # the same best particles as evaluate_sqair (same key): the inferred object count agrees with its confusion
     ev = se.evaluate_sqair(task, params, data, key=jax.random.key(1), log_marginal_sequences=0)
     confusion = np.asarray(ev["confusion"])
+    assert ev["out_of_view_objects_per_frame"] == 0.0  # the official shift map keeps every glimpse on the canvas
     assert tr["num_inferred"] == int((confusion * np.arange(confusion.shape[1])).sum())
     assert (add["num_train_sequences"], add["num_test_sequences"]) == (8, 8)
     assert (add["num_train"], add["num_test"], add["num_classes"]) == (24, 24, 19)
     assert 0.0 <= add["train_accuracy"] <= 1.0 and 0.0 <= add["test_accuracy"] <= 1.0
+
+
+def test_visible_objects_counts_present_windows_on_the_canvas():
+    """A 10x10 canvas; 10x10 windows inside, 5 % inside, 20 % inside, wholly outside, and absent."""
+    boxes = np.array(
+        [
+            [0.0, 0.0, 10.0, 10.0],  # all on the canvas
+            [9.5, 0.0, 19.5, 10.0],  # 0.5 of 10 rows on it: 5 %
+            [8.0, 0.0, 18.0, 10.0],  # 20 %
+            [10.0, 10.0, 20.0, 20.0],  # wholly outside (touches the corner)
+            [0.0, 0.0, 10.0, 10.0],  # absent
+        ]
+    )
+    presence = np.array([True, True, True, True, False])
+    np.testing.assert_array_equal(se.visible_objects(boxes, presence, (10, 10)), [1, 0, 1, 0, 0])
+    np.testing.assert_array_equal(se.visible_objects(boxes, presence, (10, 10), 0.0), [1, 1, 1, 1, 0])
+    np.testing.assert_array_equal(se.visible_objects(boxes, presence, (10, 10), 0.25), [1, 0, 0, 0, 0])
+    # leading axes pass through
+    assert se.visible_objects(np.tile(boxes, (2, 3, 1, 1)), np.tile(presence, (2, 3, 1)), (10, 10)).shape == (2, 3, 5)
+    with pytest.raises(ValueError, match="min_fraction"):
+        se.visible_objects(boxes, presence, (10, 10), 1.5)
+    with pytest.raises(ValueError, match="shape"):
+        se.visible_objects(boxes[:4], presence, (10, 10))
+
+
+def test_under_the_official_shift_map_every_present_object_is_in_view():
+    """shift_bound = 1: a glimpse's centre stays on the canvas, so the visible count is the present count (the
+    readout changes nothing for such models), whatever the raw shift; with shift_bound = 3 a large shift is out."""
+    from ocr_jax import spatial_transformer as st
+    from ocr_jax.models.sqair import where_to_transform
+
+    raw = np.random.default_rng(0).normal(0.0, 3.0, (500, 4)).astype(np.float32)
+    raw[:, 2:] *= 5.0
+    for bound, all_in in ((1.0, True), (3.0, False)):
+        z = np.asarray(where_to_transform(raw, "sigmoid_tanh", bound))
+        boxes = np.asarray(st.z_where_to_box(z, (50, 50)))
+        visible = se.visible_objects(boxes, np.ones(500, bool), (50, 50))
+        assert visible.all() == all_in
 
 
 def test_lost_digit_anatomy_names_what_became_of_each_uncovered_digit():

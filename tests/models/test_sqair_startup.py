@@ -113,6 +113,28 @@ def test_where_map_tanh_bounds_shifts_linear_passes_them():
         _config(where_map="sigmoid")
 
 
+def test_shift_bound_lets_a_glimpse_centre_leave_the_canvas():
+    """``shift_bound = b``: t = b·tanh(raw_t / b) — the official tanh at b = 1 (bit for bit), the identity near 0 for
+    every b, and a centre up to b half-canvases from the middle (beyond the edge for b > 1); scales unchanged."""
+    raw = jnp.asarray([[0.3, -1.0, 0.01, -0.02], [2.0, 0.5, 3.0, -4.0], [-1.0, 1.0, 40.0, -40.0]])
+    r = np.asarray(raw, np.float64)
+    official = np.asarray(where_to_transform(raw, "sigmoid_tanh", 1.0))
+    np.testing.assert_array_equal(official, where_to_transform(raw))
+    wide = np.asarray(where_to_transform(raw, "sigmoid_tanh", 2.0))
+    np.testing.assert_allclose(wide[:, 2:], 2.0 * np.tanh(r[:, 2:] / 2.0), rtol=1e-6)
+    np.testing.assert_array_equal(wide[:, :2], official[:, :2])
+    np.testing.assert_allclose(wide[0, 2:], r[0, 2:], rtol=1e-3)  # the identity near 0
+    assert np.all(np.abs(wide[1:, 2:]) > 1.0)  # off the canvas's centre range: the official map cannot get there
+    assert np.all(np.abs(wide[:, 2:]) <= 2.0)
+    np.testing.assert_array_equal(SQAIR(_config(shift_bound=2.0)).to_transform(raw), wide)
+    # sigmoid_linear ignores the bound (its shift is raw_t).
+    np.testing.assert_array_equal(where_to_transform(raw, "sigmoid_linear", 2.0)[:, 2:], raw[:, 2:])
+    with pytest.raises(ValueError, match="shift_bound"):
+        where_to_transform(raw, "sigmoid_tanh", 0.0)
+    with pytest.raises(ValueError, match="shift_bound"):
+        _config(shift_bound=-1.0)
+
+
 # --- 2. std_floor ----------------------------------------------------------------------------------------------------
 
 
