@@ -1,0 +1,91 @@
+"""What limits a trained SQAIR run's addition accuracy (§5.D.4, issue #13): the classifier's training data, or the
+representation it reads.
+
+    python -m experiments.sqair_addition --workdir=runs/sqair_f1b --train_sequences=2000,10000,20000
+
+Runs the frozen model once on the largest number of training sequences and on the run's test split (the best of
+``eval.num_particles`` particles, the same keys as ``experiments.sqair_report``), then:
+  * the addition experiment (``ocr_jax.evaluation.sqair.addition_experiment``: z_what·z_pres of the slots in identity
+    order, 19-way MLP) for each number of training sequences and each number of classifier steps;
+  * a probe of the representation: the digit's class (10-way, the same MLP) from the one object's z_what, in frames
+    with one visible digit and one object in view.
+Writes ``<workdir>/addition_study.json`` and prints it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from ocr_jax import api
+from ocr_jax.evaluation import sqair as sqair_eval
+from ocr_jax.tasks.sqair import load_sequences
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A trained SQAIR run.", required=True)
+_TRAIN = flags.DEFINE_list("train_sequences", ["2000", "10000", "20000"], "Training sequences for the classifier.")
+_STEPS = flags.DEFINE_list("classifier_steps", ["10000", "40000"], "Classifier training steps.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+
+
+def digit_probe_data(outputs: dict, data: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Frames with exactly one visible digit and exactly one object in view -> (that object's ``z_what [n, Dw]``, the
+    digit's label ``[n]``)."""
+    z_what, z_pres = np.asarray(outputs["z_what"]), np.asarray(outputs["z_pres"])
+    presence = np.asarray(data["presence"], bool)  # [S, T, D]
+    frames = (presence.sum(-1) == 1) & (z_pres.sum(-1) == 1)
+    features = (z_what * z_pres[..., None]).sum(-2)[frames]
+    labels = np.broadcast_to(np.asarray(data["labels"])[:, None, :], presence.shape)
+    digit = np.take_along_axis(labels, np.argmax(presence, -1)[..., None], -1)[..., 0]
+    return features, digit[frames]
+
+
+def study(workdir: str, train_sequences: list[int], classifier_steps: list[int], step: int | None) -> dict:
+    run = api.load_run(workdir, step=step)
+    task = run.task
+    cfg = task.config
+    test = task.test_data
+    train = load_sequences(cfg, "train", max(train_sequences), cfg.data_seed)
+    key = jax.random.key(run.step)  # as experiments.sqair_report
+    train_out = sqair_eval._best_particle_outputs(task, run.params, train["frames"], jax.random.fold_in(key, 1 << 30))
+    test_out = sqair_eval._best_particle_outputs(task, run.params, test["frames"], key)
+    truth = ("labels", "presence")
+    result = dict(step=run.step, num_test_sequences=int(len(test["frames"])), addition=[])
+    for m in train_sequences:
+        for steps in classifier_steps:
+            r = sqair_eval.addition_experiment(
+                {k: v[:m] for k, v in train_out.items()},
+                {k: train[k][:m] for k in truth},
+                test_out,
+                {k: test[k] for k in truth},
+                steps=steps,
+            )
+            row = dict(
+                train_sequences=m, classifier_steps=steps, **{k: r[k] for k in ("train_accuracy", "test_accuracy")}
+            )
+            print(row, flush=True)
+            result["addition"].append(row)
+    (x_tr, y_tr), (x_te, y_te) = digit_probe_data(train_out, train), digit_probe_data(test_out, test)
+    probe = dict(train_frames=int(len(y_tr)), test_frames=int(len(y_te)), train_accuracy=None, test_accuracy=None)
+    if len(y_tr) and len(y_te):  # (an untrained model may have no such frame)
+        r = sqair_eval.train_addition_classifier(x_tr, y_tr, x_te, y_te, num_classes=10, steps=max(classifier_steps))
+        probe.update({k: r[k] for k in ("train_accuracy", "test_accuracy")})
+    result["digit_from_one_z_what"] = probe
+    present = np.asarray(train_out["z_pres"]) > 0
+    result["z_what_std_over_objects"] = np.asarray(train_out["z_what"])[present].std(0).round(3).tolist()
+    return result
+
+
+def main(argv):
+    del argv
+    result = study(_WORKDIR.value, [int(x) for x in _TRAIN.value], [int(x) for x in _STEPS.value], _STEP.value)
+    with open(os.path.join(_WORKDIR.value, "addition_study.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    print(json.dumps({k: v for k, v in result.items() if k != "z_what_std_over_objects"}, indent=1))
+
+
+if __name__ == "__main__":
+    app.run(main)

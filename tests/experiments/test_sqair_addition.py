@@ -1,0 +1,42 @@
+"""experiments/sqair_addition.py: the digit probe's frame selection against a hand-made case, and the command line on
+a two-step quick SQAIR run (slow)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import sqair_addition
+
+
+def test_digit_probe_takes_frames_with_one_digit_and_one_object():
+    # 1 sequence, 4 frames, 2 true digits (labels 3 and 7), 2 slots with z_what of size 2.
+    presence = np.array([[[1, 0], [0, 1], [1, 1], [0, 0]]], bool)
+    z_pres = np.array([[[0, 1], [1, 0], [1, 0], [1, 0]]], np.float32)
+    z_what = np.arange(16, dtype=np.float32).reshape(1, 4, 2, 2)
+    features, digits = sqair_addition.digit_probe_data(
+        dict(z_what=z_what, z_pres=z_pres), dict(presence=presence, labels=np.array([[3, 7]]))
+    )
+    # frame 0: digit 3 with slot 1's z_what; frame 1: digit 7 with slot 0's; frames 2 (two digits) and 3 (none) out
+    np.testing.assert_array_equal(digits, [3, 7])
+    np.testing.assert_array_equal(features, [[2.0, 3.0], [4.0, 5.0]])
+
+
+@pytest.mark.slow
+def test_sqair_addition_cli_on_a_two_step_run(tmp_path):
+    workdir = tmp_path / "run"
+    train = [sys.executable, "-m", "experiments.main", "--config=sqair_mnist:quick", f"--workdir={workdir}"]
+    flags = ["--config.num_steps=2", "--config.eval_every=0", "--config.progress_bar=False"]
+    flags += ["--config.task_config.num_train=16", "--config.task_config.num_eval=4"]
+    subprocess.run(train + flags, check=True, capture_output=True)
+    cmd = [sys.executable, "-m", "experiments.sqair_addition", f"--workdir={workdir}"]
+    subprocess.run(cmd + ["--train_sequences=4,8", "--classifier_steps=5"], check=True, capture_output=True)
+    result = json.loads((workdir / "addition_study.json").read_text())
+    assert [(r["train_sequences"], r["classifier_steps"]) for r in result["addition"]] == [(4, 5), (8, 5)]
+    assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in result["addition"])
+    assert result["step"] == 2 and result["num_test_sequences"] == 4
+    probe = result["digit_from_one_z_what"]
+    assert 0 <= probe["test_frames"] <= 4 * 3
+    assert probe["test_accuracy"] is None or 0.0 <= probe["test_accuracy"] <= 1.0
