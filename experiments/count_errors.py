@@ -70,6 +70,7 @@ def test_images(run: api.Run, num: int, data_seed: int) -> tuple[dict, int]:
         counts=seqs["counts"].reshape(-1),
         boxes=seqs["boxes"].reshape(n * t, *seqs["boxes"].shape[2:]),
         presence=seqs["presence"].reshape(n * t, -1),
+        sequence_counts=np.repeat(seqs["sequence_counts"], t),
         frames_per_sequence=t,
     ), seed
 
@@ -84,7 +85,8 @@ def anatomy_of_run(run: api.Run, data: dict, *, num_particles: int, key: jax.Arr
         t = data["frames_per_sequence"]
         frames = data["images"].reshape(-1, t, *data["images"].shape[1:])
         seq = api.infer_sequences(run, frames, key=key, num_particles=num_particles)
-        pred = {k: seq[k].reshape(-1, *seq[k].shape[2:]) for k in ("counts", "boxes", "presence", "ids")}
+        keys = ("counts", "present_counts", "boxes", "presence", "ids")
+        pred = {k: seq[k].reshape(-1, *seq[k].shape[2:]) for k in keys}
         n_max = run.model.config.max_objects
     true = np.minimum(data["counts"], n_max)
     confusion = np.zeros((n_max + 1, n_max + 1), np.int64)
@@ -105,8 +107,28 @@ def anatomy_of_run(run: api.Run, data: dict, *, num_particles: int, key: jax.Arr
             *(data[k].reshape(*seq_shape, *data[k].shape[1:]) for k in ("boxes", "presence")),
             *(pred[k].reshape(*seq_shape, *pred[k].shape[1:]) for k in ("boxes", "presence", "ids")),
         )
+        summary["while_a_digit_is_wholly_outside"] = held_objects(data, pred, run.model.config.image_shape)
     summary.update(air_eval.two_digit_anatomy(data["boxes"], data["counts"], pred["boxes"], pred["counts"]))
     return summary, pred
+
+
+def held_objects(data: dict, pred: dict, image_shape) -> dict:
+    """SQAIR, frames in which a digit of the sequence is wholly outside (visible count below the official
+    per-sequence label): how many, how often the model's present objects still match the label, how often its objects
+    in view match the visible count, and the smallest fraction of a present object's glimpse window on the canvas
+    (under the official shift map at least a quarter: the object is held at the edge)."""
+    frames = np.asarray(data["counts"]) < np.asarray(data["sequence_counts"])
+    fraction = sqair_eval.window_fraction_on_canvas(pred["boxes"][frames], image_shape)[pred["presence"][frames]]
+    return dict(
+        frames=int(frames.sum()),
+        present_count_is_the_label=float(np.mean(pred["present_counts"][frames] == data["sequence_counts"][frames]))
+        if frames.any()
+        else None,
+        count_in_view_is_visible_count=float(np.mean(pred["counts"][frames] == data["counts"][frames]))
+        if frames.any()
+        else None,
+        min_window_fraction_on_canvas=float(fraction.min()) if fraction.size else None,
+    )
 
 
 def blank_canvas_check(run: api.Run, *, num_images: int = 200, num_particles: int = 5, key: jax.Array) -> dict:

@@ -19,7 +19,7 @@ import os
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from ocr_jax import api
 from ocr_jax.evaluation import sqair as sqair_eval
@@ -81,6 +81,7 @@ def study(workdir: str, train_sequences: list[int], classifier_steps: list[int],
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
     result = study(_WORKDIR.value, [int(x) for x in _TRAIN.value], [int(x) for x in _STEPS.value], _STEP.value)
     with open(os.path.join(_WORKDIR.value, "addition_study.json"), "w") as f:
         json.dump(result, f, indent=1)

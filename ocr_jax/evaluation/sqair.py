@@ -81,6 +81,7 @@ __all__ = [
     "train_addition_classifier",
     "two_digit_overlap",
     "visible_objects",
+    "window_fraction_on_canvas",
 ]
 
 COUNT_KEYS = (
@@ -185,11 +186,18 @@ def visible_objects(
     presence = np.asarray(presence).astype(bool)
     if boxes.shape != (*presence.shape, 4):
         raise ValueError(f"boxes {boxes.shape} must be presence's shape {presence.shape} plus (4,)")
+    return presence & (window_fraction_on_canvas(boxes, image_shape) >= min_fraction)
+
+
+def window_fraction_on_canvas(boxes: np.ndarray, image_shape: Sequence[int]) -> np.ndarray:
+    """``[...]``: the fraction of each window ``boxes [..., 4]`` (pixel edges) that lies on the ``(H, W)`` canvas; 0
+    for an empty window."""
+    boxes = np.asarray(boxes, np.float64)
     H, W = image_shape
-    inside_y = np.clip(np.minimum(boxes[..., 2], H) - np.maximum(boxes[..., 0], 0.0), 0.0, None)
-    inside_x = np.clip(np.minimum(boxes[..., 3], W) - np.maximum(boxes[..., 1], 0.0), 0.0, None)
+    on_y = np.clip(np.minimum(boxes[..., 2], H) - np.maximum(boxes[..., 0], 0.0), 0.0, None)
+    on_x = np.clip(np.minimum(boxes[..., 3], W) - np.maximum(boxes[..., 1], 0.0), 0.0, None)
     area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
-    return presence & (inside_y * inside_x >= min_fraction * area) & (area > 0)
+    return np.where(area > 0, on_y * on_x / np.where(area > 0, area, 1.0), 0.0)
 
 
 def inference_batches(task, params, frames: np.ndarray, key: jax.Array):

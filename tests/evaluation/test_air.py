@@ -84,3 +84,7 @@ def test_count_errors_cli_on_a_two_step_run(tmp_path, config):
         kinds = ("never_found", "dropped", "moved_to_other", "astray")
         assert lost["uncovered"] == sum(lost[k]["total"] for k in kinds)
         assert len(lost["never_found"]["by_frame"]) == 3 and lost["uncovered"] <= lost["digit_frames"]
+        held = summary["while_a_digit_is_wholly_outside"]
+        assert 0 <= held["frames"] <= images
+        if held["min_window_fraction_on_canvas"] is not None:  # the official shift map: held at the edge
+            assert held["min_window_fraction_on_canvas"] >= 0.25

@@ -232,6 +232,8 @@ def test_visible_objects_counts_present_windows_on_the_canvas():
     np.testing.assert_array_equal(se.visible_objects(boxes, presence, (10, 10)), [1, 0, 1, 0, 0])
     np.testing.assert_array_equal(se.visible_objects(boxes, presence, (10, 10), 0.0), [1, 1, 1, 1, 0])
     np.testing.assert_array_equal(se.visible_objects(boxes, presence, (10, 10), 0.25), [1, 0, 0, 0, 0])
+    np.testing.assert_allclose(se.window_fraction_on_canvas(boxes, (10, 10)), [1.0, 0.05, 0.2, 0.0, 1.0])
+    assert se.window_fraction_on_canvas(np.zeros(4), (10, 10)) == 0.0  # an empty window
     # leading axes pass through
     assert se.visible_objects(np.tile(boxes, (2, 3, 1, 1)), np.tile(presence, (2, 3, 1)), (10, 10)).shape == (2, 3, 5)
     with pytest.raises(ValueError, match="min_fraction"):
