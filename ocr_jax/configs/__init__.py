@@ -67,6 +67,39 @@ def rmsprop(learning_rate: float, boundaries_and_scales: dict | None = None) -> 
     return ml_collections.ConfigDict(cfg)
 
 
+def quick_sequences(config: ml_collections.ConfigDict, num_steps: int) -> None:
+    """The ``quick`` variant shared by the moving multi-MNIST sequence configs (``sqair_mnist``, ``vrnn_mnist``), in
+    place: synthetic blob digits (no download) of 12 pixels on 24×24 canvases, 3 frames, 256 training and 32 test
+    sequences, a small evaluation, batch 16, learning rate 1e-3 for θ and φ, and ``num_steps`` steps with frequent
+    logs, evaluations and checkpoints. The config adds its model and its own fields."""
+    config.task_config.update(
+        dict(
+            canvas_size=24,
+            data="blobs",
+            digit_size=12,
+            num_frames=3,
+            num_train=256,
+            num_eval=32,
+            eval=dict(
+                batch_size=16,
+                num_particles=3,
+                log_marginal_sequences=8,
+                log_marginal_particles=20,
+                log_marginal_chunk=10,
+                num_pictures=2,
+                addition_steps=200,
+            ),
+        )
+    )
+    config.global_batch_size = 16
+    config.num_steps = num_steps
+    config.log_every = 20
+    config.eval_every = 100
+    config.checkpoint.every = 100
+    for group in ("generative", "inference"):
+        config.optimizers[group].learning_rate = 1e-3
+
+
 def check_variant(arg: str | None, known: tuple[str, ...], *, config: str, combine: bool = False) -> set[str]:
     """The set of variants named by ``arg`` ('' or None: none), for a config's ``get_config``; ValueError naming the
     known ones if ``arg`` names another (or combines variants of a config that does not allow it)."""

@@ -106,36 +106,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.eval_every = 1_000
         config.checkpoint.every = 500
     if "quick" in variants:
+        configs.quick_sequences(config, num_steps=300)
         config.task_config.update(
             dict(
                 model=dict(hidden=32, z_what_dim=8, max_objects=2, glimpse_shape=(8, 8)),
-                canvas_size=24,
-                data="blobs",
-                digit_size=12,
-                num_frames=3,
-                num_train=256,
                 start_length=1,
                 length_every=100,
-                num_eval=32,
-                eval=dict(
-                    batch_size=16,
-                    num_particles=3,
-                    log_marginal_sequences=8,
-                    log_marginal_particles=20,
-                    log_marginal_chunk=10,
-                    num_pictures=2,
-                    addition_steps=200,
-                    addition_train_sequences=16,
-                ),
+                eval=dict(addition_train_sequences=16),
             )
         )
-        config.global_batch_size = 16
-        config.num_steps = 300
-        config.log_every = 20
-        config.eval_every = 100
-        config.checkpoint.every = 100
         for group in ("generative", "inference"):
-            config.optimizers[group].learning_rate = 1e-3
             config.optimizers[group].boundaries_and_scales = {}
     if "nvil" in variants:
         # NVIL for every presence variable: one signal (log Ẑ_K − c − b_ψ(x)) / max(1, σ̂) per sequence, with the

@@ -56,8 +56,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if "conv" in variants:
         # CONV-VRNN (App. 5.D.3): CNN ψ^x with feature maps [32, 32, 32, 64, 64, 64], strides [1, 2, 1, 2, 1, 2], 3×3
         # filters, a mirrored transposed CNN ψ^dec, H = J = 256, L = 1
-        config.task_config.arch = "conv"
-        config.task_config.num_layers = 1
+        config.task_config.model.arch = "conv"
+        config.task_config.model.num_layers = 1
     if "cpu" in variants:
         config.num_steps = 20_000
         for group in ("generative", "inference"):
@@ -68,50 +68,33 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.eval_every = 2_000
         config.checkpoint.every = 500
     if "quick" in variants:
+        configs.quick_sequences(config, num_steps=200)
         config.task_config.update(
             dict(
-                hidden=32,
-                num_layers=1,
-                data_hidden=32,
-                data_layers=1,
-                rnn_hidden=32,
-                latent_dim=8,
-                encoded_data_dim=16,
-                encoded_latent_dim=16,
-                conv_channels=(8, 8),
-                conv_strides=(2, 2),
-                canvas_size=24,
-                data="blobs",
-                digit_size=12,
-                num_frames=3,
+                model=dict(
+                    hidden=32,
+                    num_layers=1,
+                    data_hidden=32,
+                    data_layers=1,
+                    rnn_hidden=32,
+                    latent_dim=8,
+                    encoded_data_dim=16,
+                    encoded_latent_dim=16,
+                    conv_channels=(8, 8),
+                    conv_strides=(2, 2),
+                ),
                 start_length=3,
-                num_train=256,
-                num_eval=32,
                 num_particles=3,
                 eval=dict(
-                    batch_size=16,
-                    num_particles=3,
-                    log_marginal_sequences=8,
-                    log_marginal_particles=20,
-                    log_marginal_chunk=10,
                     fivo_particles=10,
                     fivo_batch_size=8,
-                    num_pictures=2,
                     condition_frames=2,
                     periodic_sequences=32,
                     periodic_log_marginal_sequences=8,
-                    addition_steps=200,
                     addition_train_sequences=32,
                 ),
             )
         )
-        config.global_batch_size = 16
-        config.num_steps = 200
-        config.log_every = 20
-        config.eval_every = 100
-        config.checkpoint.every = 100
-        for group in ("generative", "inference"):
-            config.optimizers[group].learning_rate = 1e-3
     if "iwae" in variants:
         config.task_config.estimator = "iwae"
     return config

@@ -85,41 +85,62 @@ def default_task_config() -> ml_collections.ConfigDict:
             estimator_args=dict(),
             baseline_hidden=64,
             num_particles=5,
-            # curriculum (§5.D.1): start_length frames, +1 every length_every steps, up to num_frames
-            start_length=3,
-            length_every=100_000,
-            # data: "mnist" (moving multi-MNIST from the MNIST split) or "blobs" (synthetic digits, no download)
-            data="mnist",
-            canvas_size=50,
-            num_frames=10,
-            num_train=60_000,
-            num_eval=1_000,
-            max_digits=2,
-            digit_size=28,
-            data_seed=0,
-            # evaluation on num_eval test sequences (built from the MNIST test split with seed data_seed + 1)
-            eval=dict(
-                batch_size=50,
-                num_particles=5,
-                log_marginal_sequences=50,
-                log_marginal_particles=1000,
-                log_marginal_chunk=50,
-                num_pictures=4,
-                # a present object counts as visible when this fraction of its glimpse window is on the canvas
-                # (ocr_jax.evaluation.sqair.visible_objects); the official label counts every present object
-                visible_min_fraction=0.1,
-                # during training: the first periodic_sequences test sequences, no IWAE-K log p(x)
-                periodic_sequences=200,
-                periodic_log_marginal_sequences=0,
-                periodic_tracking=True,
-                # final report only (experiments/sqair_report.py): tracking scored at this IoU between inferred
-                # glimpse boxes and the (tight) true digit boxes; the addition classifier (§5.D.4) trained for
-                # addition_steps on addition_train_sequences training sequences
-                tracking_iou_threshold=0.3,
-                addition_steps=10_000,
-                addition_train_sequences=2_000,
+            # the data, the curriculum (§5.D.1: from 3 frames) and the evaluation's common fields (sequence_defaults)
+            **sequence_defaults(
+                start_length=3,
+                eval_fields=dict(
+                    # a present object counts as visible when this fraction of its glimpse window is on the canvas
+                    # (ocr_jax.evaluation.sqair.visible_objects); the official label counts every present object
+                    visible_min_fraction=0.1,
+                    # during training: tracking on the periodic_sequences as well
+                    periodic_tracking=True,
+                    # final report only (experiments/sqair_report.py): tracking scored at this IoU between inferred
+                    # glimpse boxes and the (tight) true digit boxes
+                    tracking_iou_threshold=0.3,
+                ),
             ),
         )
+    )
+
+
+def sequence_defaults(*, start_length: int, eval_fields: dict) -> dict:
+    """The task-config fields every task on moving multi-MNIST sequences shares (SQAIR and the VRNN,
+    ``ocr_jax.tasks.vrnn``), with their defaults: the data (``load_sequences``), the sequence-length curriculum from
+    ``start_length`` frames, and the evaluation's common fields, to which ``eval_fields`` (the task's own) are
+    added."""
+    return dict(
+        # curriculum (§5.D.1): start_length frames, +1 every length_every steps, up to num_frames
+        start_length=start_length,
+        length_every=100_000,
+        # data: "mnist" (moving multi-MNIST from the MNIST split) or "blobs" (synthetic digits, no download)
+        data="mnist",
+        canvas_size=50,
+        num_frames=10,
+        num_train=60_000,
+        num_eval=1_000,
+        max_digits=2,
+        digit_size=28,
+        data_seed=0,
+        # evaluation on num_eval test sequences (built from the MNIST test split with seed data_seed + 1)
+        eval=dict(
+            batch_size=50,
+            # IWAE particles for the bounds, log p(x|z), KL and the addition features
+            num_particles=5,
+            # log p(x_{1:T}) as the thesis measures it: IWAE with 1000 particles (§5.4.1), in chunks
+            log_marginal_sequences=50,
+            log_marginal_particles=1000,
+            log_marginal_chunk=50,
+            num_pictures=4,
+            # during training: the first periodic_sequences test sequences, IWAE-K log p(x) on the first
+            # periodic_log_marginal_sequences of them (0: none)
+            periodic_sequences=200,
+            periodic_log_marginal_sequences=0,
+            # final report only: the addition classifier (§5.D.4) trained for addition_steps on
+            # addition_train_sequences training sequences
+            addition_steps=10_000,
+            addition_train_sequences=2_000,
+            **eval_fields,
+        ),
     )
 
 
@@ -445,4 +466,5 @@ __all__ = [
     "make_sqair_task",
     "model_config",
     "per_frame_losses",
+    "sequence_defaults",
 ]

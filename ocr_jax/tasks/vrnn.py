@@ -17,10 +17,14 @@ are refused with a clear error, as is DReG (no stopped-density term) and wake-sl
 As for SQAIR, the surrogate losses are divided by the number of frames, the data are the same moving multi-MNIST
 sequences (``ocr_jax.tasks.sqair.load_sequences``: the official recipe), and an optional curriculum cuts every batch
 to ``min(start_length + step // length_every, num_frames)`` frames (the default starts at the full length: the thesis
-trains VRNN without one). Evaluation: ``ocr_jax.evaluation.vrnn``.
+trains VRNN without one). The model's options are ``task_config.model`` (every ``VRNNConfig`` field but image_shape,
+as SQAIR's); the data, curriculum and common evaluation fields are SQAIR's (``ocr_jax.tasks.sqair.sequence_defaults``).
+Evaluation: ``ocr_jax.evaluation.vrnn``.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -39,97 +43,101 @@ from ocr_jax.tasks.sqair import (
     make_sequences,
     per_frame_losses,
     periodic_eval_metrics,
+    sequence_defaults,
 )
 from ocr_jax.training.tasks import register
 
 __all__ = [
     "PROVIDED_TERMS",
     "VRNNTask",
+    "check_task_config_fields",
+    "default_model_config",
     "default_task_config",
     "make_vrnn_task",
     "model_config",
+    "upgrade_task_config",
 ]
 
 # The LogWeightTerms fields the VRNN task provides: log_p_hat with FIVO, log_q_reparam with the others.
 PROVIDED_TERMS = frozenset({"log_p_hat", "log_q_reparam"})
 
 
+_DATA_FIELDS = ("image_shape",)  # VRNNConfig fields the task derives from its data
+_RENAMED_FIELDS = {"likelihood_sigma": "obs_std"}  # old top-level name -> VRNNConfig field
+
+
+def default_model_config() -> dict:
+    """``task_config.model``'s defaults: every :class:`VRNNConfig` field but image_shape, with its default value."""
+    return {f.name: f.default for f in dataclasses.fields(VRNNConfig) if f.name not in _DATA_FIELDS}
+
+
+def upgrade_task_config(task_config: dict) -> dict:
+    """A VRNN task config as config.json holds it (JSON-like), in the current layout: runs saved before the model's
+    fields moved under ``model`` named them at the top level, and the likelihood's standard deviation
+    ``likelihood_sigma`` (now ``obs_std``, VRNNConfig's name). Current configs are returned unchanged."""
+    if "model" in task_config:
+        return task_config
+    fields = set(default_model_config()) | set(_RENAMED_FIELDS)
+    model = {_RENAMED_FIELDS.get(k, k): v for k, v in task_config.items() if k in fields}
+    return {**{k: v for k, v in task_config.items() if k not in fields}, "model": model}
+
+
 def default_task_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         dict(
-            # model (thesis App. 5.D.3; ocr_jax.models.vrnn.VRNNConfig): MLP-VRNN
-            arch="mlp",
-            hidden=256,
-            num_layers=3,
-            data_hidden=256,
-            data_layers=3,
-            rnn_hidden=256,
-            latent_dim=165,
-            encoded_data_dim=165,
-            encoded_latent_dim=165,
-            conv_channels=(32, 32, 32, 64, 64, 64),
-            conv_strides=(1, 2, 1, 2, 1, 2),
-            likelihood_sigma=0.3,
-            residual_posterior=True,
-            decoder_output_bias=-2.0,
+            # model (thesis App. 5.D.3): every VRNNConfig field by name (their defaults and meanings in
+            # ocr_jax.models.vrnn.VRNNConfig: MLP-VRNN), but image_shape, which comes from the data's canvas_size
+            model=default_model_config(),
             # objective: FIVO with K particles (the thesis does not give K; 5 as SQAIR's IWAE) and its defaults,
             # resampling when ESS < K/2 (the FIVO code's; estimator_args=dict(resampling=..., ess_threshold=...)); or
             # an estimator of the IWAE family
             estimator="fivo",
             estimator_args=dict(),
             num_particles=5,
-            # optional curriculum (as SQAIR's); start_length = num_frames: none
-            start_length=10,
-            length_every=100_000,
-            # data: the same sequences as SQAIR (ocr_jax.tasks.sqair.load_sequences)
-            data="mnist",
-            canvas_size=50,
-            num_frames=10,
-            num_train=60_000,
-            num_eval=1_000,
-            max_digits=2,
-            digit_size=28,
-            data_seed=0,
-            eval=dict(
-                batch_size=50,
-                # IWAE particles for the bounds, log p(x|z), KL and the addition features (the best particle)
-                num_particles=5,
-                # log p(x_{1:T}) as the thesis measures it: IWAE with 1000 particles (§5.4.1), in chunks
-                log_marginal_sequences=50,
-                log_marginal_particles=1000,
-                log_marginal_chunk=50,
-                # and the FIVO bound with many particles, fivo_batch_size sequences at a time
-                fivo_particles=100,
-                fivo_batch_size=10,
-                num_pictures=4,
-                condition_frames=5,
-                periodic_sequences=200,
-                periodic_log_marginal_sequences=0,
-                addition_steps=10_000,
-                addition_train_sequences=2_000,
+            # the same data as SQAIR (ocr_jax.tasks.sqair.sequence_defaults, load_sequences), its optional curriculum
+            # (start_length = num_frames: none) and evaluation fields
+            **sequence_defaults(
+                start_length=10,
+                eval_fields=dict(
+                    # and the FIVO bound with many particles, fivo_batch_size sequences at a time
+                    fivo_particles=100,
+                    fivo_batch_size=10,
+                    # conditional generation: filter the first condition_frames frames, predict the rest
+                    condition_frames=5,
+                ),
             ),
         )
     )
 
 
 def model_config(cfg: ml_collections.ConfigDict) -> VRNNConfig:
-    return VRNNConfig(
-        image_shape=(cfg.canvas_size, cfg.canvas_size),
-        latent_dim=cfg.latent_dim,
-        arch=cfg.arch,
-        hidden=cfg.hidden,
-        num_layers=cfg.num_layers,
-        data_hidden=cfg.data_hidden,
-        data_layers=cfg.data_layers,
-        rnn_hidden=cfg.rnn_hidden,
-        encoded_data_dim=cfg.encoded_data_dim,
-        encoded_latent_dim=cfg.encoded_latent_dim,
-        conv_channels=tuple(cfg.conv_channels),
-        conv_strides=tuple(cfg.conv_strides),
-        obs_std=cfg.likelihood_sigma,
-        residual_posterior=cfg.residual_posterior,
-        decoder_output_bias=cfg.decoder_output_bias,
+    """The :class:`VRNNConfig` a task config describes: ``cfg.model``'s fields, with image_shape from
+    ``canvas_size``. Raises ValueError for a model field VRNNConfig lacks."""
+    values = dict(cfg.model)
+    unknown = set(values) - set(default_model_config())
+    if unknown:
+        raise ValueError(
+            f"unknown VRNN model options {sorted(unknown)} in task_config.model; "
+            f"valid: {sorted(default_model_config())}"
+        )
+    kw = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in values.items()}
+    return VRNNConfig(image_shape=(cfg.canvas_size, cfg.canvas_size), **kw)
+
+
+def check_task_config_fields(config, defaults: ml_collections.ConfigDict) -> None:
+    """Raise ValueError for a top-level task-config field the task does not have (a model field at the top level is
+    named as such: it belongs under ``model``), so that a misspelt or misplaced option is not silently ignored."""
+    unknown = sorted(set(config) - set(defaults))
+    if not unknown:
+        return
+    model_fields = [k for k in unknown if k in default_model_config() or k in _RENAMED_FIELDS]
+    hint = (
+        f" Model options go under task_config.model (e.g. task_config.model.{model_fields[0]}); likelihood_sigma is "
+        "model.obs_std."
+        if model_fields
+        else ""
     )
+    raise ValueError(f"unknown VRNN task options {unknown}; valid: {sorted(defaults)}.{hint}")
 
 
 class VRNNTask:
@@ -140,6 +148,7 @@ class VRNNTask:
     def __init__(self, config: ml_collections.ConfigDict | None = None, *, train_frames: np.ndarray | None = None):
         cfg = default_task_config()
         if config:
+            check_task_config_fields(config, cfg)
             cfg.update(config)
         self.config = cfg
         self.estimator = estimators.get(cfg.estimator, **cfg.estimator_args)

@@ -2,6 +2,7 @@
 log-weight's densities, causality, training through the estimator interface (FIVO and IWAE; VIMCO refused), and the
 evaluation, whose addition experiment goes through SQAIR's classifier code."""
 
+import dataclasses
 import json
 import math
 import os
@@ -94,6 +95,33 @@ def test_conv_decoder_mirrors_the_encoder_to_the_frame_size():
         VRNNConfig(arch="transformer")
     with pytest.raises(ValueError, match="obs_std must be"):
         VRNNConfig(obs_std=0.0)
+
+
+def test_task_config_names_model_options_under_model_and_refuses_unknown_ones():
+    """The model's options live under ``task_config.model`` (as SQAIR's: every VRNNConfig field but image_shape); a
+    model option at the top level (the layout before) or a misspelt one is an error that says where it belongs."""
+    import ml_collections
+
+    from ocr_jax.tasks.vrnn import default_model_config, default_task_config, model_config
+
+    assert default_model_config() == {
+        f.name: f.default for f in dataclasses.fields(VRNNConfig) if f.name != "image_shape"
+    }
+    cfg = default_task_config()
+    assert model_config(cfg) == VRNNConfig()  # the task's defaults are the model's (MLP-VRNN, 50×50)
+    cfg.canvas_size = 24
+    cfg.model.update(hidden=12, arch="conv", conv_channels=[8, 8], conv_strides=[2, 2], obs_std=0.5)
+    c = model_config(cfg)
+    assert (c.image_shape, c.hidden, c.arch, c.conv_channels, c.obs_std) == ((24, 24), 12, "conv", (8, 8), 0.5)
+    with pytest.raises(ValueError, match=r"unknown VRNN task options \['hidden'\].*task_config.model.hidden"):
+        VRNNTask(ml_collections.ConfigDict(dict(data="blobs", hidden=8)))
+    with pytest.raises(ValueError, match=r"unknown VRNN task options \['likelihood_sigma'\].*model.obs_std"):
+        VRNNTask(ml_collections.ConfigDict(dict(data="blobs", likelihood_sigma=0.3)))
+    with pytest.raises(ValueError, match=r"unknown VRNN task options \['hiden'\]"):
+        VRNNTask(ml_collections.ConfigDict(dict(data="blobs", hiden=8)))
+    cfg.model.hiden = 8
+    with pytest.raises(ValueError, match=r"unknown VRNN model options \['hiden'\] in task_config.model"):
+        model_config(cfg)
 
 
 def quick_task(**overrides):

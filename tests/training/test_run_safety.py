@@ -296,6 +296,45 @@ def test_a_sqair_run_saved_with_its_model_fields_at_the_top_level_resumes_under_
     assert [c[0] for c in changes if not train_lib.is_added_default(c, defaults)] == ["task_config.model.hidden"]
 
 
+def test_a_vrnn_run_saved_with_its_model_fields_at_the_top_level_resumes_under_task_config_model(tmp_path):
+    """Runs saved before the VRNN's model options moved under ``task_config.model`` (flat fields, the likelihood's
+    standard deviation as ``likelihood_sigma``, no ``initial_scale`` / ``min_scale``) are upgraded on reading
+    (`tasks.upgraded_run_config`): the same config is no change, a changed model field still is, and
+    `ocr_jax.api.load_config` returns the new layout."""
+    from ocr_jax.configs import vrnn_mnist
+    from ocr_jax.tasks.vrnn import default_model_config
+    from ocr_jax.training import tasks as tasks_lib
+
+    new = train_lib.config_as_json(vrnn_mnist.get_config("conv+cpu"))
+    model = new["task_config"]["model"]
+    flat = {k: v for k, v in new["task_config"].items() if k != "model"}
+    flat.update({k: v for k, v in model.items() if k not in ("obs_std", "initial_scale", "min_scale")})
+    flat["likelihood_sigma"] = model["obs_std"]  # the old name; initial_scale, min_scale: absent, as in the old runs
+    old = {**new, "task_config": flat}
+    upgraded = tasks_lib.upgraded_run_config(old)
+    assert upgraded["task_module"] == "ocr_jax.tasks.vrnn"
+    assert set(upgraded["task_config"]["model"]) == set(default_model_config()) - {"initial_scale", "min_scale"}
+    assert upgraded["task_config"]["model"]["arch"] == "conv" and "arch" not in upgraded["task_config"]
+    defaults = train_lib.task_defaults(new)
+    changes = train_lib.config_changes(upgraded, tasks_lib.upgraded_run_config(new))
+    assert [c[0] for c in changes] == ["task_config.model.initial_scale", "task_config.model.min_scale"]
+    assert all(train_lib.is_added_default(c, defaults) for c in changes)
+    assert tasks_lib.upgraded_run_config(new) == new  # the current layout is left as it is
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump(old, f)
+    from ocr_jax import api
+
+    loaded = api.load_config(tmp_path)
+    assert loaded.task_config.model.obs_std == 0.3 and loaded.task_config.model.num_layers == 1
+    assert "hidden" not in loaded.task_config and "likelihood_sigma" not in loaded.task_config
+    from ocr_jax.tasks.vrnn import VRNNTask, model_config
+
+    assert model_config(loaded.task_config) == VRNNTask(new["task_config"]).model.config  # the same model
+    new["task_config"]["model"]["hidden"] = 8
+    changes = train_lib.config_changes(upgraded, tasks_lib.upgraded_run_config(new))
+    assert [c[0] for c in changes if not train_lib.is_added_default(c, defaults)] == ["task_config.model.hidden"]
+
+
 def test_resume_with_another_config_is_refused_and_config_json_kept(finished, tmp_path):
     workdir = copy_run(finished, tmp_path)
     before = tree_digest(workdir)
