@@ -341,8 +341,8 @@ SQAIR_TINY = dict(
     hidden=4, image_shape=(SIZE, SIZE), glimpse_shape=(4, 4), z_what_dim=2, max_objects=1, max_seq_len=T_MAX
 )
 SQAIR_CONFIG_CASES = [
-    (dict(likelihood_sigma=0.0), r"likelihood_sigma must be a finite number > 0; got 0.0"),
-    (dict(likelihood_sigma=-1.0), r"likelihood_sigma must be a finite number > 0"),
+    (dict(obs_std=0.0), r"obs_std must be a finite number > 0; got 0.0"),
+    (dict(obs_std=-1.0), r"obs_std must be a finite number > 0"),
     (dict(std_floor=0.0), r"std_floor must be a finite number > 0"),
     (dict(max_objects=0), r"max_objects must be an int >= 1; got 0"),
     (dict(hidden=0), r"hidden must be an int >= 1"),

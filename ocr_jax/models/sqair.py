@@ -115,7 +115,7 @@ class SQAIRConfig:
     hidden: int = 256
     arch: str = "mlp"
     max_seq_len: int = 10
-    likelihood_sigma: float = 0.3
+    obs_std: float = 0.3
     # Discovery prior over the unconstrained z_where_raw = (scale logits y/x, shifts y/x); the official code's
     # scale_prior = -2 (glimpse scale sigmoid(-2) = 0.12 of the canvas) favours small glimpses, which keeps one
     # object from covering two digits.
@@ -195,7 +195,7 @@ class SQAIRConfig:
         check.int_at_least(1, "max_objects", "z_what_dim", "hidden", "max_seq_len")
         # std_floor > 0 (not only >= 0): every posterior scale is softplus(.) + std_floor, and softplus underflows to
         # 0 for very negative inputs, so a zero floor allows log(0) in the densities.
-        check.positive("likelihood_sigma", "std_floor", "shift_bound")
+        check.positive("obs_std", "std_floor", "shift_bound")
         check.number_tuple("where_prior_loc", length=4)
         check.number_tuple("where_prior_scale", length=4, positive=True)
         check.finite(
@@ -810,7 +810,7 @@ class SQAIR:
         return cls(**out, z_where=self.to_transform(raw), z_where_raw=raw)
 
     def _log_likelihood(self, image, canvas):
-        return jnp.sum(distrax.Normal(canvas, self.config.likelihood_sigma).log_prob(image))
+        return jnp.sum(distrax.Normal(canvas, self.config.obs_std).log_prob(image))
 
     def _disc_count_prior(self, params, is_first, num_prop) -> distrax.Categorical:
         """p^D(D_t | P_t) (Eq. 5.8), a categorical over D_t ∈ {0..N − P_t}: the learned table, or in frame 1, with
@@ -1247,7 +1247,7 @@ class SQAIR:
             k_roll, k_noise = jax.random.split(k)
             out = self._rollout(params, self._empty_state(params), 0, num_steps, k_roll)
             out["frames"] = out["canvas"] + (
-                noisy * self.config.likelihood_sigma * jax.random.normal(k_noise, out["canvas"].shape)
+                noisy * self.config.obs_std * jax.random.normal(k_noise, out["canvas"].shape)
             )
             return out
 
@@ -1279,9 +1279,7 @@ class SQAIR:
         def one(st, k):
             k_roll, k_noise = jax.random.split(k)
             r = self._rollout(params, st, k_frames, num_steps, k_roll)
-            r["frames"] = r["canvas"] + noisy * self.config.likelihood_sigma * jax.random.normal(
-                k_noise, r["canvas"].shape
-            )
+            r["frames"] = r["canvas"] + noisy * self.config.obs_std * jax.random.normal(k_noise, r["canvas"].shape)
             return r
 
         rollout = self._check_steps(self._typed(SQAIRSample, jax.vmap(one)(state, keys)), (images.shape[0], num_steps))

@@ -40,14 +40,22 @@ def default_model_config() -> dict:
     return {f.name: f.default for f in dataclasses.fields(SQAIRConfig) if f.name not in _DATA_FIELDS}
 
 
+# Model fields renamed since runs were saved: old name -> current (AIR's and VRNN's name for the same quantity).
+_RENAMED_MODEL_FIELDS = {"likelihood_sigma": "obs_std"}
+
+
 def upgrade_task_config(task_config: dict) -> dict:
     """A SQAIR task config as config.json holds it (JSON-like), in the current layout: runs saved before the model's
     fields moved under ``model`` named them at the top level, and the glimpse as ``glimpse_size`` (its side in
-    pixels). Current configs are returned unchanged."""
+    pixels); runs saved before the rename named the likelihood's standard deviation ``likelihood_sigma`` (now
+    ``obs_std``, as AIR and VRNN). Current configs are returned unchanged."""
     if "model" in task_config:
-        return task_config
-    fields = set(default_model_config()) | {"glimpse_size"}
-    model = {k: v for k, v in task_config.items() if k in fields}
+        model = task_config["model"]
+        if not any(old in model for old in _RENAMED_MODEL_FIELDS):
+            return task_config
+        return {**task_config, "model": {_RENAMED_MODEL_FIELDS.get(k, k): v for k, v in model.items()}}
+    fields = set(default_model_config()) | {"glimpse_size"} | set(_RENAMED_MODEL_FIELDS)
+    model = {_RENAMED_MODEL_FIELDS.get(k, k): v for k, v in task_config.items() if k in fields}
     if "glimpse_size" in model:
         side = model.pop("glimpse_size")
         model["glimpse_shape"] = [side, side]

@@ -28,7 +28,7 @@ def test_object_worth_is_the_likelihood_an_identity_adds():
     result = jax.device_get(_object_worth(model, params, frames, jax.random.key(1), 3))
     assert np.isfinite(result["worth"][:, :, 0]).all() and np.abs(result["worth"]).max() > 1.0
     out = jax.device_get(jax.jit(model.infer, static_argnums=3)(params, frames, jax.random.key(1), 3))
-    canvas, sigma = np.asarray(out["canvas"][:, :, 0], np.float64), model.config.likelihood_sigma
+    canvas, sigma = np.asarray(out["canvas"][:, :, 0], np.float64), model.config.obs_std
     x = np.asarray(frames[:, None, 0], np.float64)
     render = jax.jit(jax.vmap(jax.vmap(lambda w, r, p: model._render(params, w, r, p))))
     for slot in range(N):  # Gaussian closed form in frame 1: Σ [(x − c + g)² − (x − c)²] / 2σ², g = the object's paste

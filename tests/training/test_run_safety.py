@@ -275,6 +275,7 @@ def test_a_sqair_run_saved_with_its_model_fields_at_the_top_level_resumes_under_
     flat = {k: v for k, v in new["task_config"].items() if k != "model"}
     flat.update({k: v for k, v in model.items() if k not in ("glimpse_shape", "keep_logit_init")})
     flat["glimpse_size"] = model["glimpse_shape"][0]  # the old name; keep_logit_init: absent, as in the oldest runs
+    flat["likelihood_sigma"] = flat.pop("obs_std")  # the old name of AIR's and VRNN's obs_std
     old = {**new, "task_config": flat, "task_module": "ocr_jax.models.sqair_task"}  # and the old module name
     upgraded = tasks_lib.upgraded_run_config(old)
     assert upgraded["task_module"] == "ocr_jax.tasks.sqair"
@@ -284,6 +285,10 @@ def test_a_sqair_run_saved_with_its_model_fields_at_the_top_level_resumes_under_
     assert [c[0] for c in changes] == ["task_config.model.keep_logit_init"]
     assert train_lib.is_added_default(changes[0], defaults)
     assert tasks_lib.upgraded_run_config(new) == new  # the current layout is left as it is
+    # runs saved under task_config.model before the rename: only the name changes
+    renamed = {k: v for k, v in model.items() if k != "obs_std"} | {"likelihood_sigma": model["obs_std"]}
+    between = {**new, "task_config": {**new["task_config"], "model": renamed}}
+    assert tasks_lib.upgraded_run_config(between) == new
     with open(tmp_path / "config.json", "w") as f:
         json.dump(old, f)
     from ocr_jax import api
