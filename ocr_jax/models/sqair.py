@@ -33,7 +33,9 @@ Choices the thesis leaves open, and how they are made here:
 - z_where is 4-D: a Gaussian latent ``z_where_raw`` in an unconstrained space, mapped to the spatial transformer's
   ``z_where = (s_x, s_y, t_x, t_y)`` by ``s = s_min + (1 - s_min) sigmoid(raw_s)`` and, with
   ``where_map="sigmoid_tanh"`` (the official code, ``modules.py:220-227``), ``t = tanh(raw_t)``, so a glimpse's centre
-  never leaves the canvas (``"sigmoid_linear"``: ``t = raw_t``, the first implementation). All densities are over the
+  never leaves the canvas; ``shift_bound = b > 1`` makes it ``t = b·tanh(raw_t / b)`` (the same near the centre; not
+  AIR's ``shift_range·tanh``), so that a glimpse can follow its digit off the canvas (``"sigmoid_linear"``: ``t =
+  raw_t``, the first implementation). All densities are over the
   unconstrained values. The outputs name them as AIR's do: ``z_where`` the transform, ``z_where_raw`` the latent.
 - The propagation prior's and posterior's z_where means are residual: ``z_where_{t-1} + f(...)``; the posterior's
   update and PROP's proposal are scaled by ``prop_update_scale`` (0.1 in the official code, ``core.py:291, 322``),
