@@ -25,10 +25,13 @@ from ocr_jax import api
 from ocr_jax.evaluation import sqair as sqair_eval
 from ocr_jax.tasks.sqair import load_sequences
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A trained SQAIR run.", required=True)
-_TRAIN = flags.DEFINE_list("train_sequences", ["2000", "10000", "20000"], "Training sequences for the classifier.")
-_STEPS = flags.DEFINE_list("classifier_steps", ["10000", "40000"], "Classifier training steps.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+
+def define_flags() -> None:
+    """The command line (defined only when run as a script, so that importing this module defines no flag)."""
+    flags.DEFINE_string("workdir", None, "A trained SQAIR run.", required=True)
+    flags.DEFINE_list("train_sequences", ["2000", "10000", "20000"], "Training sequences for the classifier.")
+    flags.DEFINE_list("classifier_steps", ["10000", "40000"], "Classifier training steps.")
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 
 
 def digit_probe_data(outputs: dict, data: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -82,11 +85,13 @@ def study(workdir: str, train_sequences: list[int], classifier_steps: list[int],
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
-    result = study(_WORKDIR.value, [int(x) for x in _TRAIN.value], [int(x) for x in _STEPS.value], _STEP.value)
-    with open(os.path.join(_WORKDIR.value, "addition_study.json"), "w") as f:
+    fl = flags.FLAGS
+    result = study(fl.workdir, [int(x) for x in fl.train_sequences], [int(x) for x in fl.classifier_steps], fl.step)
+    with open(os.path.join(fl.workdir, "addition_study.json"), "w") as f:
         json.dump(result, f, indent=1)
     print(json.dumps({k: v for k, v in result.items() if k != "z_what_std_over_objects"}, indent=1))
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
