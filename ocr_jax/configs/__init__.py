@@ -20,7 +20,7 @@ import types
 
 import ml_collections
 from absl import flags
-from ml_collections import config_flags
+from ml_collections import config_dict, config_flags
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _LEGACY_DIR = os.path.join("experiments", "configs")
@@ -60,7 +60,7 @@ def rmsprop(learning_rate: float, boundaries_and_scales: dict | None = None) -> 
         momentum=0.9,
         initial_scale=1.0,
         schedule="constant",
-        clip_global_norm=None,
+        clip_global_norm=config_dict.placeholder(float),  # None: no clipping; a float from the command line
     )
     if boundaries_and_scales is not None:
         cfg.update(schedule="piecewise_constant", boundaries_and_scales=dict(boundaries_and_scales))

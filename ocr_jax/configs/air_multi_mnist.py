@@ -30,6 +30,7 @@ Variants combine with '+', e.g. ``nvil+quick``. Other estimators than the named 
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from ocr_jax import configs
 
@@ -50,7 +51,12 @@ COMBINABLE_VARIANTS = True
 
 
 def optimizer(name: str, learning_rate: float, **kw) -> ml_collections.ConfigDict:
-    cfg = dict(optimizer=name, learning_rate=learning_rate, schedule="constant", clip_global_norm=None)
+    cfg = dict(
+        optimizer=name,
+        learning_rate=learning_rate,
+        schedule="constant",
+        clip_global_norm=config_dict.placeholder(float),
+    )
     if name == "rmsprop":  # TF1 semantics, as in the reference AIR/SQAIR code (ocr_jax/training/optimizers.py)
         cfg.update(decay=0.9, eps=1e-10, momentum=0.9, initial_scale=1.0)
     cfg.update(kw)

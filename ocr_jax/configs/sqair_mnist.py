@@ -33,6 +33,7 @@ frame only, where the spare object of the nine-frame sequences comes from (docs/
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from ocr_jax import configs
 from ocr_jax.tasks import sqair as sqair_task
@@ -100,7 +101,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.num_steps = 15_000
         for group in ("generative", "inference"):
             config.optimizers[group] = ml_collections.ConfigDict(
-                dict(optimizer="adam", learning_rate=3e-4, schedule="constant", clip_global_norm=None)
+                dict(
+                    optimizer="adam",
+                    learning_rate=3e-4,
+                    schedule="constant",
+                    clip_global_norm=config_dict.placeholder(float),
+                )
             )
         config.log_every = 50
         config.eval_every = 1_000
@@ -122,7 +128,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # input-dependent baseline b_ψ as its own parameter group (ocr_jax.tasks.sqair.SequenceBaseline).
         config.task_config.estimator = "nvil"
         config.optimizers.baseline = ml_collections.ConfigDict(
-            dict(optimizer="adam", learning_rate=1e-3, schedule="constant", clip_global_norm=None)
+            dict(
+                optimizer="adam",
+                learning_rate=1e-3,
+                schedule="constant",
+                clip_global_norm=config_dict.placeholder(float),
+            )
         )
     if "ww" in variants:
         # Reweighted wake-wake: wake-θ, and for φ wake-φ on the presence variables with IWAE's reparameterised

@@ -158,3 +158,24 @@ def test_sqair_f1bound_bounds_disc_presence_in_the_first_frame_only():
         c.task_config.model.disc_presence_logit_bound = 0.0
         c.task_config.model.disc_presence_bound_frames = "all"
     assert config.to_json_best_effort() == plain.to_json_best_effort()
+
+
+@pytest.mark.parametrize("spec", ["air_multi_mnist", "air_multi_mnist:piwae", "sqair_mnist:cpu", "vrnn_mnist:cpu"])
+def test_gradient_clipping_can_be_set_from_the_command_line(monkeypatch, spec):
+    """Every optimiser group's ``clip_global_norm`` is unset (None: no clipping) by default and takes a float from
+    the command line (a plain None field would refuse any override)."""
+    from absl import flags as absl_flags
+
+    from ocr_jax import configs
+
+    values = absl_flags.FlagValues()
+    configs.define_config_flag("config", flag_values=values)
+    values(["prog", f"--config={spec}"])
+    groups = list(values.config.optimizers)
+    assert all(values.config.optimizers[g].clip_global_norm is None for g in groups)
+    argv = ["prog", f"--config={spec}"] + [f"--config.optimizers.{g}.clip_global_norm=1000" for g in groups]
+    monkeypatch.setattr("sys.argv", argv)  # config_flags reads the overrides from sys.argv
+    values = absl_flags.FlagValues()
+    configs.define_config_flag("config", flag_values=values)
+    values(argv)
+    assert all(values.config.optimizers[g].clip_global_norm == 1000.0 for g in groups)
