@@ -227,15 +227,20 @@ def charged_objects(out: dict, which: str) -> jax.Array:
 def model_config(cfg: ml_collections.ConfigDict) -> SQAIRConfig:
     """The :class:`SQAIRConfig` a task config describes: ``cfg.model``'s fields, with image_shape from
     ``canvas_size`` and max_seq_len from ``num_frames``. Raises ValueError for a model field SQAIRConfig lacks."""
-    values = dict(cfg.model)
-    unknown = set(values) - set(default_model_config())
+    kw = model_kwargs(cfg.model, default_model_config(), model="SQAIR")
+    return SQAIRConfig(image_shape=(cfg.canvas_size, cfg.canvas_size), max_seq_len=cfg.num_frames, **kw)
+
+
+def model_kwargs(model_cfg, defaults, *, model: str) -> dict:
+    """A task config's ``model`` block as keyword arguments of the model's config dataclass (lists as tuples), for
+    every sequence task (SQAIR, VRNN). Raises ValueError naming ``model`` for a field ``defaults`` lacks."""
+    values = dict(model_cfg)
+    unknown = set(values) - set(defaults)
     if unknown:
         raise ValueError(
-            f"unknown SQAIR model options {sorted(unknown)} in task_config.model; "
-            f"valid: {sorted(default_model_config())}"
+            f"unknown {model} model options {sorted(unknown)} in task_config.model; valid: {sorted(defaults)}"
         )
-    kw = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in values.items()}
-    return SQAIRConfig(image_shape=(cfg.canvas_size, cfg.canvas_size), max_seq_len=cfg.num_frames, **kw)
+    return {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in values.items()}
 
 
 def check_task_config_fields(config, defaults: ml_collections.ConfigDict) -> None:

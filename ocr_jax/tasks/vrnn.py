@@ -41,6 +41,7 @@ from ocr_jax.tasks.sqair import (
     curriculum_length,
     load_sequences,
     make_sequences,
+    model_kwargs,
     per_frame_losses,
     periodic_eval_metrics,
     sequence_defaults,
@@ -113,14 +114,7 @@ def default_task_config() -> ml_collections.ConfigDict:
 def model_config(cfg: ml_collections.ConfigDict) -> VRNNConfig:
     """The :class:`VRNNConfig` a task config describes: ``cfg.model``'s fields, with image_shape from
     ``canvas_size``. Raises ValueError for a model field VRNNConfig lacks."""
-    values = dict(cfg.model)
-    unknown = set(values) - set(default_model_config())
-    if unknown:
-        raise ValueError(
-            f"unknown VRNN model options {sorted(unknown)} in task_config.model; "
-            f"valid: {sorted(default_model_config())}"
-        )
-    kw = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in values.items()}
+    kw = model_kwargs(cfg.model, default_model_config(), model="VRNN")
     return VRNNConfig(image_shape=(cfg.canvas_size, cfg.canvas_size), **kw)
 
 
