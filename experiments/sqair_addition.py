@@ -53,8 +53,10 @@ def study(workdir: str, train_sequences: list[int], classifier_steps: list[int],
     test = task.test_data
     train = load_sequences(cfg, "train", max(train_sequences), cfg.data_seed)
     key = jax.random.key(run.step)  # as experiments.sqair_report
-    train_out = sqair_eval._best_particle_outputs(task, run.params, train["frames"], jax.random.fold_in(key, 1 << 30))
-    test_out = sqair_eval._best_particle_outputs(task, run.params, test["frames"], key)
+    train_out = sqair_eval.best_particle_outputs(
+        task, run.params, train["frames"], jax.random.fold_in(key, sqair_eval.TRAIN_KEY_FOLD)
+    )
+    test_out = sqair_eval.best_particle_outputs(task, run.params, test["frames"], key)
     truth = ("labels", "presence")
     result = dict(step=run.step, num_test_sequences=int(len(test["frames"])), addition=[])
     for m in train_sequences:

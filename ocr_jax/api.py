@@ -292,12 +292,7 @@ def infer_sequences(
     z_where = np.asarray(run.model.to_transform(jnp.asarray(out["z_where_raw"])))
     task = _task_of(run)
     boxes = np.asarray(sqair_eval.boxes_of(task, z_where), np.float32)
-    visible = sqair_eval.visible_objects(
-        boxes,
-        presence,
-        c.image_shape,
-        task.config.eval.get("visible_min_fraction", sqair_eval.VISIBLE_MIN_FRACTION),
-    )
+    visible = sqair_eval.task_visible_objects(task, boxes, presence)
     return dict(
         counts=visible.sum(-1).astype(np.int32),
         present_counts=presence.sum(-1).astype(np.int32),

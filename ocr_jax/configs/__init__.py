@@ -48,23 +48,31 @@ def combinable(name: str) -> bool:
     return bool(getattr(module(name), "COMBINABLE_VARIANTS", False))
 
 
-def rmsprop(learning_rate: float, boundaries_and_scales: dict | None = None) -> ml_collections.ConfigDict:
-    """An optimiser config with TF1 RMSProp semantics, as the reference AIR/SQAIR code (decay 0.9, momentum 0.9,
-    eps 1e-10, mean-square accumulator initialised to 1; ocr_jax/training/optimizers.py): a constant learning rate,
-    or ``piecewise_constant`` with ``boundaries_and_scales`` ({step: multiplier}) when given."""
+def optimizer(
+    name: str, learning_rate: float, boundaries_and_scales: dict | None = None, **kw
+) -> ml_collections.ConfigDict:
+    """An optimiser group's config (``ocr_jax.training.optimizers``): ``name`` ("adam", "rmsprop" with TF1 semantics,
+    as the reference AIR/SQAIR code: decay 0.9, momentum 0.9, eps 1e-10, mean-square accumulator initialised to 1;
+    "sgd"), a constant learning rate or ``piecewise_constant`` with ``boundaries_and_scales`` ({step: multiplier}),
+    no gradient clipping unless ``clip_global_norm`` is set (a float placeholder, so that the command line can set
+    it), and any other field in ``kw``."""
     cfg = dict(
-        optimizer="rmsprop",
+        optimizer=name,
         learning_rate=learning_rate,
-        decay=0.9,
-        eps=1e-10,
-        momentum=0.9,
-        initial_scale=1.0,
         schedule="constant",
-        clip_global_norm=config_dict.placeholder(float),  # None: no clipping; a float from the command line
+        clip_global_norm=config_dict.placeholder(float),
     )
+    if name == "rmsprop":
+        cfg.update(decay=0.9, eps=1e-10, momentum=0.9, initial_scale=1.0)
     if boundaries_and_scales is not None:
         cfg.update(schedule="piecewise_constant", boundaries_and_scales=dict(boundaries_and_scales))
+    cfg.update(kw)
     return ml_collections.ConfigDict(cfg)
+
+
+def rmsprop(learning_rate: float, boundaries_and_scales: dict | None = None) -> ml_collections.ConfigDict:
+    """:func:`optimizer` ``"rmsprop"`` (TF1 semantics, as the reference AIR/SQAIR code)."""
+    return optimizer("rmsprop", learning_rate, boundaries_and_scales)
 
 
 def quick_sequences(config: ml_collections.ConfigDict, num_steps: int) -> None:

@@ -30,7 +30,6 @@ Variants combine with '+', e.g. ``nvil+quick``. Other estimators than the named 
 """
 
 import ml_collections
-from ml_collections import config_dict
 
 from ocr_jax import configs
 
@@ -48,19 +47,6 @@ VARIANTS = (
     "quick",
 )
 COMBINABLE_VARIANTS = True
-
-
-def optimizer(name: str, learning_rate: float, **kw) -> ml_collections.ConfigDict:
-    cfg = dict(
-        optimizer=name,
-        learning_rate=learning_rate,
-        schedule="constant",
-        clip_global_norm=config_dict.placeholder(float),
-    )
-    if name == "rmsprop":  # TF1 semantics, as in the reference AIR/SQAIR code (ocr_jax/training/optimizers.py)
-        cfg.update(decay=0.9, eps=1e-10, momentum=0.9, initial_scale=1.0)
-    cfg.update(kw)
-    return ml_collections.ConfigDict(cfg)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -119,9 +105,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.num_steps = 20_000
 
     config.optimizers = ml_collections.ConfigDict()
-    config.optimizers.generative = optimizer("adam", 3e-4)
-    config.optimizers.inference = optimizer("adam", 3e-4)
-    config.optimizers.baseline = optimizer("adam", 1e-3)
+    config.optimizers.generative = configs.optimizer("adam", 3e-4)
+    config.optimizers.inference = configs.optimizer("adam", 3e-4)
+    config.optimizers.baseline = configs.optimizer("adam", 1e-3)
 
     config.log_every = 100
     config.eval_every = 2_500

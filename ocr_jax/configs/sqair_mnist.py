@@ -33,7 +33,6 @@ frame only, where the spare object of the nine-frame sequences comes from (docs/
 """
 
 import ml_collections
-from ml_collections import config_dict
 
 from ocr_jax import configs
 from ocr_jax.tasks import sqair as sqair_task
@@ -100,14 +99,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.task_config.disc_suppression_steps = 3_000
         config.num_steps = 15_000
         for group in ("generative", "inference"):
-            config.optimizers[group] = ml_collections.ConfigDict(
-                dict(
-                    optimizer="adam",
-                    learning_rate=3e-4,
-                    schedule="constant",
-                    clip_global_norm=config_dict.placeholder(float),
-                )
-            )
+            config.optimizers[group] = configs.optimizer("adam", 3e-4)
         config.log_every = 50
         config.eval_every = 1_000
         config.checkpoint.every = 500
@@ -127,14 +119,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # NVIL for every presence variable: one signal (log Ẑ_K − c − b_ψ(x)) / max(1, σ̂) per sequence, with the
         # input-dependent baseline b_ψ as its own parameter group (ocr_jax.tasks.sqair.SequenceBaseline).
         config.task_config.estimator = "nvil"
-        config.optimizers.baseline = ml_collections.ConfigDict(
-            dict(
-                optimizer="adam",
-                learning_rate=1e-3,
-                schedule="constant",
-                clip_global_norm=config_dict.placeholder(float),
-            )
-        )
+        config.optimizers.baseline = configs.optimizer("adam", 1e-3)
     if "ww" in variants:
         # Reweighted wake-wake: wake-θ, and for φ wake-φ on the presence variables with IWAE's reparameterised
         # gradient for z_what and z_where (ocr_jax.estimators.ww).

@@ -22,7 +22,6 @@ combine with '+', e.g. ``vrnn_mnist:conv+cpu``. Report: ``python -m experiments.
 """
 
 import ml_collections
-from ml_collections import config_dict
 
 from ocr_jax import configs
 from ocr_jax.tasks import vrnn as vrnn_task
@@ -62,14 +61,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if "cpu" in variants:
         config.num_steps = 20_000
         for group in ("generative", "inference"):
-            config.optimizers[group] = ml_collections.ConfigDict(
-                dict(
-                    optimizer="adam",
-                    learning_rate=3e-4,
-                    schedule="constant",
-                    clip_global_norm=config_dict.placeholder(float),
-                )
-            )
+            config.optimizers[group] = configs.optimizer("adam", 3e-4)
         config.log_every = 50
         config.eval_every = 2_000
         config.checkpoint.every = 500

@@ -247,7 +247,9 @@ def evaluate_air_on_sequences(
     results["iou_threshold"] = float(iou_threshold)
     results["addition"] = None
     if train_sequences is not None and classifier_steps > 0:
-        train_out = best_particle_outputs(np.asarray(train_sequences["frames"]), jax.random.fold_in(key, 1 << 30))
+        train_out = best_particle_outputs(
+            np.asarray(train_sequences["frames"]), jax.random.fold_in(key, sqair_eval.TRAIN_KEY_FOLD)
+        )
         results["addition"] = sqair_eval.addition_experiment(
             train_out, train_sequences, out, sequences, steps=classifier_steps
         )

@@ -66,6 +66,7 @@ __all__ = [
     "addition_targets",
     "box_iou",
     "boxes_of",
+    "best_particle_outputs",
     "boxes_of_raw",
     "classify_failure_mode",
     "eval_functions",
@@ -79,6 +80,7 @@ __all__ = [
     "tracking_counts",
     "tracking_errors",
     "train_addition_classifier",
+    "task_visible_objects",
     "two_digit_overlap",
     "visible_objects",
     "window_fraction_on_canvas",
@@ -189,6 +191,13 @@ def visible_objects(
     return presence & (window_fraction_on_canvas(boxes, image_shape) >= min_fraction)
 
 
+def task_visible_objects(task, boxes: np.ndarray, presence: np.ndarray) -> np.ndarray:
+    """:func:`visible_objects` with ``task``'s canvas and ``eval.visible_min_fraction`` (runs saved before the field
+    existed: :data:`VISIBLE_MIN_FRACTION`)."""
+    min_fraction = task.config.eval.get("visible_min_fraction", VISIBLE_MIN_FRACTION)
+    return visible_objects(boxes, presence, task.model.config.image_shape, min_fraction)
+
+
 def window_fraction_on_canvas(boxes: np.ndarray, image_shape: Sequence[int]) -> np.ndarray:
     """``[...]``: the fraction of each window ``boxes [..., 4]`` (pixel edges) that lies on the ``(H, W)`` canvas; 0
     for an empty window."""
@@ -293,9 +302,7 @@ def evaluate_sqair(
         num = len(log_w)
         present = pick(out["z_pres"]) > 0.5  # [B, T, N]
         boxes = boxes_of_raw(task, pick(out["z_where_raw"]))
-        visible = visible_objects(
-            boxes, present, model.config.image_shape, ev.get("visible_min_fraction", VISIBLE_MIN_FRACTION)
-        )
+        visible = task_visible_objects(task, boxes, present)
         counts = visible.sum(-1).astype(np.int64)  # [B, T]: objects in view, against the visible digits
         true = np.minimum(data["counts"][start : start + num], max_count)
         np.add.at(confusion, (true.ravel(), counts.ravel()), 1)
@@ -910,18 +917,22 @@ def train_addition_classifier(
 # Wiring: a SQAIR task's inference -> tracking errors and addition accuracy
 
 
-def _best_particle_outputs(task, params, frames: np.ndarray, key) -> dict[str, np.ndarray]:
+# The training sequences of the addition experiment are inferred with fold_in(key, TRAIN_KEY_FOLD), the test
+# sequences with key itself (as evaluate_sqair).
+TRAIN_KEY_FOLD = 1 << 30
+
+
+def best_particle_outputs(task, params, frames: np.ndarray, key) -> dict[str, np.ndarray]:
     """The best particle's (largest log-weight) ``z_what [n, T, N, Dw]``, ``z_pres [n, T, N]`` (1 for the present
     objects in view, :func:`visible_objects`: what tracking and addition score against the visible digits),
     ``ids [n, T, N]`` and ``boxes [n, T, N, 4]`` (pixel edges, clipped to the canvas, as the ground-truth boxes are)
     for ``frames [n, T, H, W]``, from the same batches and keys as :func:`evaluate_sqair`
     (:func:`inference_batches`)."""
     H, W = task.model.config.image_shape
-    min_fraction = task.config.eval.get("visible_min_fraction", VISIBLE_MIN_FRACTION)
     parts = {k: [] for k in ("z_what", "z_pres", "ids", "boxes")}
     for _, out, pick in inference_batches(task, params, frames, key):
         boxes = boxes_of_raw(task, pick(out["z_where_raw"]))
-        visible = visible_objects(boxes, pick(out["z_pres"]) > 0.5, (H, W), min_fraction)
+        visible = task_visible_objects(task, boxes, pick(out["z_pres"]) > 0.5)
         parts["z_what"].append(pick(out["z_what"]))
         parts["z_pres"].append(visible.astype(np.float32))
         parts["ids"].append(pick(out["ids"]).astype(np.int64))
@@ -967,7 +978,7 @@ def tracking_and_addition(
     if n < 1:
         raise ValueError("tracking_and_addition needs at least one sequence")
     # the same particle keys as evaluate_sqair(task, params, data, key=key): the same best particles
-    out = _best_particle_outputs(task, params, data["frames"][:n], key)
+    out = best_particle_outputs(task, params, data["frames"][:n], key)
     tracking = tracking_errors(
         data["boxes"][:n],
         data["presence"][:n],
@@ -999,7 +1010,7 @@ def tracking_and_addition(
         m = min(num_train_sequences or len(train_data["frames"]), len(train_data["frames"]))
         if m < 1:
             raise ValueError("train_data needs at least one sequence")
-        tr = _best_particle_outputs(task, params, train_data["frames"][:m], jax.random.fold_in(key, 1 << 30))
+        tr = best_particle_outputs(task, params, train_data["frames"][:m], jax.random.fold_in(key, TRAIN_KEY_FOLD))
         addition = addition_experiment(
             tr, {k: train_data[k][:m] for k in ("labels", "presence")}, out, test_data, **train_kw
         )

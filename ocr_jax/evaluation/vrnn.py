@@ -242,7 +242,7 @@ def addition(
     if n < 1 or m < 1:
         raise ValueError("the addition experiment needs at least one training and one test sequence")
     test = latent_features(task, params, data["frames"][:n], key)
-    train = latent_features(task, params, train_data["frames"][:m], jax.random.fold_in(key, 1 << 30))
+    train = latent_features(task, params, train_data["frames"][:m], jax.random.fold_in(key, sqair_eval.TRAIN_KEY_FOLD))
     return sqair_eval.addition_on_features(
         train,
         {k: train_data[k][:m] for k in ("labels", "presence")},

@@ -265,12 +265,8 @@ def where_to_transform(z_where_raw: jax.Array, where_map: str = "sigmoid_tanh", 
         raise ValueError(f"shift_bound must be positive; got {shift_bound!r}")
     scale = _MIN_SCALE + (1.0 - _MIN_SCALE) * jax.nn.sigmoid(z_where_raw[..., :2])
     raw_shift = z_where_raw[..., 2:]
-    if where_map == "sigmoid_linear":
-        shift = raw_shift
-    elif shift_bound == 1.0:
-        shift = jnp.tanh(raw_shift)  # the official map, op for op
-    else:
-        shift = shift_bound * jnp.tanh(raw_shift / shift_bound)
+    # b = 1: the official tanh bit for bit (dividing and multiplying by 1 are exact)
+    shift = raw_shift if where_map == "sigmoid_linear" else shift_bound * jnp.tanh(raw_shift / shift_bound)
     return jnp.concatenate([scale, shift], axis=-1)
 
 
