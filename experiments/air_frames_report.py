@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 from experiments.report_cli import run_report  # noqa: E402
 from ocr_jax import plotting  # noqa: E402
 from ocr_jax.evaluation import air as air_eval  # noqa: E402
+from ocr_jax.evaluation import sqair as sqair_eval  # noqa: E402
 from ocr_jax.tasks.air import AIRTask, load_moving_sequences  # noqa: E402
 from ocr_jax.training import train  # noqa: E402
 
@@ -136,7 +137,7 @@ def report(config: ml_collections.ConfigDict, workdir: str, sqair_results: str |
         log_marginal_sequences=max(1, ev.log_marginal_images // sequences["frames"].shape[1]),
         train_sequences=load_moving_sequences(train_cfg, "train"),
         classifier_steps=ev.addition_steps,
-        iou_threshold=ev.tracking_iou_threshold,
+        **sqair_eval.tracking_match_options(ev),
     )
     results["estimator"] = cfg.estimator
     with open(os.path.join(workdir, "results.json"), "w") as f:

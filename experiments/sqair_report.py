@@ -115,7 +115,7 @@ def report(config: ml_collections.ConfigDict, workdir: str) -> dict:
             params,
             data,
             key=jax.random.key(step),
-            iou_threshold=ev.tracking_iou_threshold,
+            **sqair_eval.tracking_match_options(ev),
             classifier_steps=ev.addition_steps,
             train_data=train_data,
         )

@@ -155,6 +155,7 @@ def evaluate_air_on_sequences(
     train_sequences: dict[str, np.ndarray] | None = None,
     classifier_steps: int = 0,
     iou_threshold: float = 0.3,
+    coverage_threshold: float | None = None,
 ) -> dict[str, Any]:
     """AIR applied frame by frame to moving multi-MNIST ``sequences`` (``frames [n, T, H, W]``, ``counts [n, T]``,
     ``boxes``, ``presence``, ``labels``): the MLP-AIR row of thesis Table 5.4.1, in the units of SQAIR's evaluation
@@ -166,7 +167,8 @@ def evaluate_air_on_sequences(
     IWAE-``eval.log_marginal_particles`` estimate of log p(x_t) on the first ``log_marginal_sequences`` sequences.
     Counting uses the best particle (largest log-weight) of each frame: ``count_accuracy`` over frames,
     ``sequence_count_accuracy`` (all T frames right), ``confusion [true, inferred]``. ``tracking``: AIR has no
-    identities across frames; its step index is used as the identity (``sqair_eval.tracking_errors``), so switches
+    identities across frames; its step index is used as the identity (``sqair_eval.tracking_errors``, pairs matchable
+    by ``iou_threshold`` or ``coverage_threshold`` as in ``sqair_eval.matchable_pairs``), so switches
     count how often AIR's object order changes between frames. ``addition`` (if ``train_sequences`` and
     ``classifier_steps > 0``): ``sqair_eval.addition_experiment`` on z_what·z_pres in step order.
     """
@@ -242,9 +244,16 @@ def evaluate_air_on_sequences(
     H, W = task.model.config.canvas_shape
     clipped = np.clip(out["boxes"], 0.0, np.array([H, W, H, W], np.float32))
     results["tracking"] = sqair_eval.tracking_errors(
-        sequences["boxes"], sequences["presence"], clipped, out["z_pres"], out["ids"], iou_threshold
+        sequences["boxes"],
+        sequences["presence"],
+        clipped,
+        out["z_pres"],
+        out["ids"],
+        iou_threshold,
+        coverage_threshold=coverage_threshold,
     )
     results["iou_threshold"] = float(iou_threshold)
+    results["coverage_threshold"] = coverage_threshold
     results["addition"] = None
     if train_sequences is not None and classifier_steps > 0:
         train_out = best_particle_outputs(

@@ -10,7 +10,10 @@ Axes: ``time`` (T), ``true`` (D, ground-truth identities = the moving-MNIST digi
 object slots), ``batch`` (B), ``features`` (F = N·Dw). Boxes are ``(y_min, x_min, y_max, x_max)`` in pixel edges.
 
 Tracking (CLEAR-MOT conventions, Bernardin & Stiefelhagen 2008). Every frame, ground-truth objects are matched
-one-to-one to present inferred objects with IoU ≥ ``iou_threshold``, maximising the total IoU (:func:`match_objects`;
+one-to-one to present inferred objects with IoU ≥ ``iou_threshold`` — or, with ``coverage_threshold``, when at least
+that fraction of the true (tight) box lies inside the inferred box (:func:`box_coverage`: the model's boxes are glimpse
+windows, larger than the digits' tight boxes, so their IoU with them is low even when they hold the digit) — maximising
+the total IoU (:func:`match_objects`;
 in :func:`tracking_errors` a correspondence from the previous match is kept first while it is still valid, as in
 CLEAR-MOT). Counted per sequence, then summed over sequences:
 
@@ -64,6 +67,7 @@ __all__ = [
     "addition_features",
     "addition_on_features",
     "addition_targets",
+    "box_coverage",
     "box_iou",
     "boxes_of",
     "best_particle_outputs",
@@ -75,10 +79,12 @@ __all__ = [
     "LOST_DIGIT_KINDS",
     "lost_digit_anatomy",
     "match_objects",
+    "matchable_pairs",
     "summarise_tracking",
     "tracking_and_addition",
     "tracking_counts",
     "tracking_errors",
+    "tracking_match_options",
     "train_addition_classifier",
     "task_visible_objects",
     "two_digit_overlap",
@@ -401,6 +407,32 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
+def box_coverage(true_boxes: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """The fraction of each true box ``[..., 4]`` that lies inside ``boxes [..., 4]`` (broadcast): intersection / true
+    area; 0 where the true box is empty."""
+    area = box_area(true_boxes)
+    return np.where(area > 0, box_intersection(true_boxes, boxes) / np.where(area > 0, area, 1.0), 0.0)
+
+
+def matchable_pairs(
+    true_boxes, true_presence, boxes, presence, iou_threshold: float, coverage_threshold: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``true_boxes [..., true, 4]``, ``boxes [..., slots, 4]`` and their presences -> (``iou [..., true, slots]``,
+    ``valid [..., true, slots]``): a pair of present objects can be matched when IoU ≥ ``iou_threshold`` or, if
+    ``coverage_threshold`` is given, when at least that fraction of the true box lies inside the inferred box
+    (:func:`box_coverage`; ``iou_threshold`` is then not used). Among valid pairs the matching maximises total IoU."""
+    tb, bx = np.asarray(true_boxes)[..., :, None, :], np.asarray(boxes)[..., None, :, :]
+    iou = box_iou(tb, bx)
+    if coverage_threshold is None:
+        close = iou >= iou_threshold
+    else:
+        if not 0 < coverage_threshold <= 1:
+            raise ValueError(f"coverage_threshold must be in (0, 1] or None; got {coverage_threshold}")
+        close = box_coverage(tb, bx) >= coverage_threshold
+    valid = (np.asarray(true_presence) > 0)[..., :, None] & (np.asarray(presence) > 0)[..., None, :] & close
+    return iou, valid
+
+
 def _check_frames(true_boxes, true_presence, boxes, presence, ids=None):
     """Validates one sequence's arrays; returns them as numpy (presences as bool)."""
     true_boxes, boxes = np.asarray(true_boxes, np.float64), np.asarray(boxes, np.float64)
@@ -457,20 +489,21 @@ def _best_assignment(iou: np.ndarray, valid: np.ndarray, fixed: dict[int, int] |
     return out
 
 
-def match_objects(true_boxes, true_presence, boxes, presence, iou_threshold: float = 0.5) -> np.ndarray:
+def match_objects(
+    true_boxes, true_presence, boxes, presence, iou_threshold: float = 0.5, *, coverage_threshold: float | None = None
+) -> np.ndarray:
     """Per-frame one-to-one matching of ground-truth objects to inferred objects.
 
     Args:
       true_boxes [time, true, 4], true_presence [time, true]; boxes [time, slots, 4], presence [time, slots].
-      iou_threshold: a pair can be matched only when its IoU ≥ this.
+      iou_threshold, coverage_threshold: which pairs can be matched (:func:`matchable_pairs`).
     Returns:
       assignment [time, true] int: the inferred slot matched to each ground-truth object, or -1. Among the one-to-one
-      assignments of present objects with IoU ≥ ``iou_threshold``, the one with the largest total IoU (then the most
-      matches; exact brute force, fine for the handful of objects per frame here).
+      assignments of matchable pairs, the one with the largest total IoU (then the most matches; exact brute force,
+      fine for the handful of objects per frame here).
     """
     true_boxes, true_presence, boxes, presence, _ = _check_frames(true_boxes, true_presence, boxes, presence)
-    iou = box_iou(true_boxes[:, :, None], boxes[:, None, :])  # [time, true, slots]
-    valid = true_presence[:, :, None] & presence[:, None, :] & (iou >= iou_threshold)
+    iou, valid = matchable_pairs(true_boxes, true_presence, boxes, presence, iou_threshold, coverage_threshold)
     return np.stack([_best_assignment(iou[t], valid[t]) for t in range(iou.shape[0])]).reshape(true_presence.shape)
 
 
@@ -479,7 +512,15 @@ def match_objects(true_boxes, true_presence, boxes, presence, iou_threshold: flo
 
 
 def tracking_counts(
-    true_boxes, true_presence, boxes, presence, ids, iou_threshold: float = 0.5, *, continuity: bool = True
+    true_boxes,
+    true_presence,
+    boxes,
+    presence,
+    ids,
+    iou_threshold: float = 0.5,
+    *,
+    continuity: bool = True,
+    coverage_threshold: float | None = None,
 ) -> dict[str, Any]:
     """Raw tracking counts (module docstring) of ONE sequence, or summed over a batch.
 
@@ -488,8 +529,9 @@ def tracking_counts(
         ground-truth identity.
       boxes [(batch,) time, slots, 4], presence [(batch,) time, slots], ids [(batch,) time, slots] int (-1 absent):
         the inferred objects.
+      iou_threshold, coverage_threshold: which pairs can be matched (:func:`matchable_pairs`).
       continuity: CLEAR-MOT's rule — a true object keeps the inferred identity it was last matched to whenever that
-        identity is present with IoU ≥ threshold, before the remaining objects are matched by :func:`match_objects`'s
+        identity is present and still matchable, before the remaining objects are matched by :func:`match_objects`'s
         criterion. ``False`` matches every frame independently.
     Returns:
       dict of ints (``COUNT_KEYS``; beyond the module docstring's: ``num_sequences``, ``total_frames`` (summed over
@@ -508,14 +550,21 @@ def tracking_counts(
             total = add_counts(
                 total,
                 tracking_counts(
-                    true_boxes[b], true_presence[b], boxes[b], presence[b], ids[b], iou_threshold, continuity=continuity
+                    true_boxes[b],
+                    true_presence[b],
+                    boxes[b],
+                    presence[b],
+                    ids[b],
+                    iou_threshold,
+                    continuity=continuity,
+                    coverage_threshold=coverage_threshold,
                 ),
             )
         return total
     true_boxes, true_presence, boxes, presence, ids = _check_frames(true_boxes, true_presence, boxes, presence, ids)
     T, D = true_presence.shape
-    iou = box_iou(true_boxes[:, :, None], boxes[:, None, :])  # [time, true, slots]
-    valid = true_presence[:, :, None] & presence[:, None, :] & (iou >= iou_threshold)
+    # [time, true, slots]
+    iou, valid = matchable_pairs(true_boxes, true_presence, boxes, presence, iou_threshold, coverage_threshold)
     c = _zero_counts()
     c.update(
         num_sequences=1,
@@ -610,13 +659,40 @@ def summarise_tracking(counts: dict) -> dict[str, Any]:
 
 
 def tracking_errors(
-    true_boxes, true_presence, boxes, presence, ids, iou_threshold: float = 0.5, *, continuity: bool = True
+    true_boxes,
+    true_presence,
+    boxes,
+    presence,
+    ids,
+    iou_threshold: float = 0.5,
+    *,
+    continuity: bool = True,
+    coverage_threshold: float | None = None,
 ) -> dict[str, Any]:
     """:func:`tracking_counts` (one sequence ``[time, ...]`` or a batch ``[batch, time, ...]``, summed) followed by
     :func:`summarise_tracking`: counts, rates and ``failure_mode``."""
-    return summarise_tracking(
-        tracking_counts(true_boxes, true_presence, boxes, presence, ids, iou_threshold, continuity=continuity)
+    counts = tracking_counts(
+        true_boxes,
+        true_presence,
+        boxes,
+        presence,
+        ids,
+        iou_threshold,
+        continuity=continuity,
+        coverage_threshold=coverage_threshold,
     )
+    return summarise_tracking(counts)
+
+
+def tracking_match_options(eval_config) -> dict[str, Any]:
+    """A task's ``eval`` settings -> the matching keywords of :func:`tracking_errors`: ``tracking_match``
+    "coverage" (``tracking_coverage_threshold`` of the true box inside the glimpse window) or "iou"
+    (``tracking_iou_threshold``)."""
+    match = eval_config.get("tracking_match", "iou")
+    if match not in ("iou", "coverage"):
+        raise ValueError(f"eval.tracking_match must be 'iou' or 'coverage'; got {match!r}")
+    coverage = float(eval_config.tracking_coverage_threshold) if match == "coverage" else None
+    return dict(iou_threshold=float(eval_config.tracking_iou_threshold), coverage_threshold=coverage)
 
 
 # Thresholds of classify_failure_mode (fractions of the relevant continuations).
@@ -689,8 +765,7 @@ def lost_digit_anatomy(
     if not 0 < coverage_threshold <= 1:
         raise ValueError(f"coverage_threshold must be in (0, 1]; got {coverage_threshold}")
     n, T, D = tp.shape
-    area = box_area(tb)
-    coverage = box_intersection(tb[:, :, :, None], bx[:, :, None, :]) / np.where(area > 0, area, 1.0)[..., None]
+    coverage = box_coverage(tb[:, :, :, None], bx[:, :, None, :])
     covered = (coverage >= coverage_threshold) & pr[:, :, None, :] & tp[..., None]  # [seq, time, true, slots]
     under = pr.sum(-1) < tp.sum(-1)  # [seq, time]
     result = {k: dict(total=0, in_undercounted_frames=0, by_frame=[0] * T) for k in LOST_DIGIT_KINDS}
@@ -952,6 +1027,7 @@ def tracking_and_addition(
     num_train_sequences: int | None = None,
     train_fraction: float = 0.5,
     iou_threshold: float = 0.5,
+    coverage_threshold: float | None = None,
     continuity: bool = True,
     classifier_hidden: Sequence[int] = (256, 256),
     classifier_batch_size: int = 128,
@@ -970,7 +1046,8 @@ def tracking_and_addition(
 
     ``key`` is used as ``evaluate_sqair`` uses it, so both see the same best particles of ``data``.
 
-    Returns a JSON-able dict: ``num_sequences``, ``num_frames``, ``iou_threshold``, ``tracking`` (the
+    Returns a JSON-able dict: ``num_sequences``, ``num_frames``, ``iou_threshold``, ``coverage_threshold`` (which
+    pairs can be matched: :func:`matchable_pairs`), ``tracking`` (the
     :func:`tracking_errors` summary, with ``failure_mode``) and ``addition`` (the classifier's result, with
     ``num_train_sequences`` and ``num_test_sequences``).
     """
@@ -987,11 +1064,13 @@ def tracking_and_addition(
         out["ids"],
         iou_threshold,
         continuity=continuity,
+        coverage_threshold=coverage_threshold,
     )
     results = dict(
         num_sequences=int(n),
         num_frames=int(data["frames"].shape[1]),
         iou_threshold=float(iou_threshold),
+        coverage_threshold=coverage_threshold,
         tracking=tracking,
         addition=None,
     )

@@ -70,9 +70,12 @@ def default_task_config() -> ml_collections.ConfigDict:
                 num_pictures=16,
                 periodic_images=2_000,  # during training: count accuracy / ELBO on this many test images
                 periodic_log_marginal_images=0,  # during training: no IWAE-K log p(x) (it is the costly part)
-                # experiments/air_frames_report.py only (data.name = "moving_multi_mnist"): particles per frame, the
-                # IoU of a tracking match, the addition classifier's steps and training sequences (as SQAIR's)
+                # experiments/air_frames_report.py only (data.name = "moving_multi_mnist"): particles per frame, when
+                # a tracking match counts (as SQAIR's: ocr_jax.tasks.sqair), the addition classifier's steps and
+                # training sequences (as SQAIR's)
                 sequence_particles=5,
+                tracking_match="coverage",
+                tracking_coverage_threshold=0.5,
                 tracking_iou_threshold=0.3,
                 addition_steps=10_000,
                 addition_train_sequences=2_000,

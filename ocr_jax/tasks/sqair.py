@@ -102,8 +102,13 @@ def default_task_config() -> ml_collections.ConfigDict:
                     visible_min_fraction=0.1,
                     # during training: tracking on the periodic_sequences as well
                     periodic_tracking=True,
-                    # final report only (experiments/sqair_report.py): tracking scored at this IoU between inferred
-                    # glimpse boxes and the (tight) true digit boxes
+                    # tracking (periodic and experiments/sqair_report.py): an inferred glimpse window and a true
+                    # digit can be matched when the window holds tracking_coverage_threshold of the digit's tight box
+                    # (tracking_match "coverage": the windows are larger than the digits), or when their IoU is at
+                    # least tracking_iou_threshold ("iou", CLEAR-MOT's usual rule; ocr_jax.evaluation.sqair.
+                    # matchable_pairs). Either way the matching maximises total IoU.
+                    tracking_match="coverage",
+                    tracking_coverage_threshold=0.5,
                     tracking_iou_threshold=0.3,
                 ),
             ),
@@ -414,7 +419,7 @@ class SQAIRTask:
                 key=key,
                 num_sequences=ev.periodic_sequences,
                 classifier_steps=0,
-                iou_threshold=ev.tracking_iou_threshold,
+                **sqair_eval.tracking_match_options(ev),
             )["tracking"]
             results.update({f"tracking_{k}": tracking[k] for k in sqair_eval.PERIODIC_TRACKING_KEYS})
         return periodic_eval_metrics(results, step, workdir)

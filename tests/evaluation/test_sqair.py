@@ -128,6 +128,51 @@ def test_iou_matching_respects_the_threshold_and_maximises_total_iou():
     np.testing.assert_array_equal(se.match_objects(tb, tp, b, p, iou_threshold=0.5), [[0, 1]])  # 1 + 6/11 > 0.7 + 9/11
 
 
+def test_coverage_matching_accepts_a_glimpse_window_around_the_digit_and_refuses_a_partial_one():
+    # A 10×10 digit inside a 20×20 window: coverage 1, IoU 0.25 — held by the window, unmatched by IoU ≥ 0.3.
+    digit, window = np.array(_box(10, 10), np.float32), np.array(_box(5, 5, 20, 20), np.float32)
+    assert float(se.box_coverage(digit, window)) == pytest.approx(1.0)
+    assert float(se.box_iou(digit, window)) == pytest.approx(0.25)
+    half = np.array(_box(10, 15, 10, 20), np.float32)  # covers the right half of the digit
+    assert float(se.box_coverage(digit, half)) == pytest.approx(0.5)
+    assert float(se.box_coverage(np.array([3, 3, 3, 9], np.float32), window)) == 0.0  # an empty true box
+    tb, tp, p = digit[None, None], np.ones((1, 1), bool), np.ones((1, 1))
+    assert se.match_objects(tb, tp, window[None, None], p, iou_threshold=0.3)[0, 0] == -1
+    assert se.match_objects(tb, tp, window[None, None], p, coverage_threshold=0.5)[0, 0] == 0
+    assert se.match_objects(tb, tp, half[None, None], p, coverage_threshold=0.5)[0, 0] == 0
+    assert se.match_objects(tb, tp, half[None, None], p, coverage_threshold=0.6)[0, 0] == -1
+    with pytest.raises(ValueError, match="coverage_threshold"):
+        se.match_objects(tb, tp, window[None, None], p, coverage_threshold=1.5)
+
+
+def test_coverage_tracking_keeps_an_identity_that_iou_tracking_loses():
+    """One digit followed by identity 7 whose window grows from tight to twice the digit's side in frame 2: IoU
+    matching loses it there (a miss, then a continuation from frame 1), coverage matching keeps it in every frame."""
+    tb = np.array([[_box(0, 2 * t)] for t in range(T)], np.float32)
+    windows = tb.copy()
+    windows[2, 0] = _box(-5, 4 - 5, 20, 20)
+    pres, ids = np.ones((T, 1)), np.full((T, 1), 7, np.int32)
+    by_iou = se.tracking_errors(tb, np.ones((T, 1), bool), windows, pres, ids, iou_threshold=0.3)
+    by_coverage = se.tracking_errors(tb, np.ones((T, 1), bool), windows, pres, ids, coverage_threshold=0.5)
+    assert (by_iou["matches"], by_iou["misses"], by_iou["false_positives"]) == (3, 1, 1)
+    assert (by_coverage["matches"], by_coverage["misses"], by_coverage["false_positives"]) == (4, 0, 0)
+    assert by_coverage["switches"] == by_iou["switches"] == 0
+
+
+def test_tracking_match_options_read_the_eval_config():
+    import ml_collections
+
+    ev = ml_collections.ConfigDict(
+        dict(tracking_match="coverage", tracking_coverage_threshold=0.6, tracking_iou_threshold=0.3)
+    )
+    assert se.tracking_match_options(ev) == dict(iou_threshold=0.3, coverage_threshold=0.6)
+    ev.tracking_match = "iou"
+    assert se.tracking_match_options(ev) == dict(iou_threshold=0.3, coverage_threshold=None)
+    ev.tracking_match = "centre"
+    with pytest.raises(ValueError, match="tracking_match"):
+        se.tracking_match_options(ev)
+
+
 def test_bad_inputs_raise():
     tb, tp = _two_objects()
     boxes, pres, ids = _inferred(tb, [(0, 1)] * T)
