@@ -3,7 +3,8 @@ two-digit images by the gap between the digits, and what the one glimpse of each
 (covers both digits, covers one and misses the other, or neither); for SQAIR also by frame index; for AIR also what
 it does on blank canvases (how often a particle holds an object there, and what that costs it), and for SQAIR what
 became of every visible digit no glimpse covers (never found, dropped, moved onto the other digit, astray:
-``ocr_jax.evaluation.sqair.lost_digit_anatomy``). Issues #13 and #15.
+``ocr_jax.evaluation.sqair.lost_digit_anatomy``) and the tracking errors of its identities (swaps, re-detections:
+``tracking_errors`` under the run's ``eval.tracking_match``). Issues #13 and #15.
 
     python -m experiments.count_errors --workdir=runs/main/air
     python -m experiments.count_errors --workdir=runs/air --num_images=10000 --particles=1 --data_seed=7
@@ -85,7 +86,7 @@ def anatomy_of_run(run: api.Run, data: dict, *, num_particles: int, key: jax.Arr
         t = data["frames_per_sequence"]
         frames = data["images"].reshape(-1, t, *data["images"].shape[1:])
         seq = api.infer_sequences(run, frames, key=key, num_particles=num_particles)
-        keys = ("counts", "present_counts", "boxes", "presence", "ids")
+        keys = ("counts", "present_counts", "boxes", "presence", "visible", "ids")
         pred = {k: seq[k].reshape(-1, *seq[k].shape[2:]) for k in keys}
         n_max = run.model.config.max_objects
     true = np.minimum(data["counts"], n_max)
@@ -108,6 +109,12 @@ def anatomy_of_run(run: api.Run, data: dict, *, num_particles: int, key: jax.Arr
             *(pred[k].reshape(*seq_shape, *pred[k].shape[1:]) for k in ("boxes", "presence", "ids")),
         )
         summary["while_a_digit_is_wholly_outside"] = held_objects(data, pred, run.model.config.image_shape)
+        # identities against the digits (the objects in view, as the visible count), matched by the run's rule
+        summary["tracking"] = sqair_eval.tracking_errors(
+            *(data[k].reshape(*seq_shape, *data[k].shape[1:]) for k in ("boxes", "presence")),
+            *(pred[k].reshape(*seq_shape, *pred[k].shape[1:]) for k in ("boxes", "visible", "ids")),
+            **sqair_eval.tracking_match_options(run.task.config.eval),
+        )
     summary.update(air_eval.two_digit_anatomy(data["boxes"], data["counts"], pred["boxes"], pred["counts"]))
     return summary, pred
 

@@ -88,3 +88,8 @@ def test_count_errors_cli_on_a_two_step_run(tmp_path, config):
         assert 0 <= held["frames"] <= images
         if held["min_window_fraction_on_canvas"] is not None:  # the official shift map: held at the edge
             assert held["min_window_fraction_on_canvas"] >= 0.25
+        tracking = summary["tracking"]
+        assert tracking["num_true"] == sum(i * sum(row) for i, row in enumerate(summary["confusion"]))
+        assert tracking["num_inferred"] == sum(j * sum(col) for j, col in enumerate(zip(*summary["confusion"])))
+        assert tracking["matches"] + tracking["misses"] == tracking["num_true"]
+        assert tracking["switches"] == tracking["swaps"] + tracking["redetections"]
