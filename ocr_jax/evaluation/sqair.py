@@ -27,7 +27,9 @@ CLEAR-MOT). Counted per sequence, then summed over sequences:
     i.e. it was created after that frame — the model forgot the object and discovered it again (§5.G). For
     consecutive frames this is "the new identity did not exist in the previous frame". Identities are never re-used,
     so this is the same as "the identity is younger than the last match";
-  - ``swaps``: the new identity already existed (it was tracking something else, or a duplicate);
+  - ``swaps``: the new identity already existed (it was tracking something else, or a duplicate); of these,
+    ``exchanges``: the identity it left is matched to another true object in the same frame (two tracks traded
+    objects, e.g. where two digits cross);
 * ``redetections_at_t2`` / ``continuations_at_t2``: the same at frame index 1 (the "re-detected in the second frame"
   failure mode), ``redetections_late`` / ``continuations_late`` at frame indices ≥ 2.
 
@@ -105,6 +107,7 @@ COUNT_KEYS = (
     "continuations",
     "switches",
     "swaps",
+    "exchanges",
     "redetections",
     "redetections_at_t2",
     "continuations_at_t2",
@@ -606,6 +609,9 @@ def tracking_counts(
                     existed = bool(np.any(presence[last_t[j]] & (ids[last_t[j]] == new_id)))
                     if existed:
                         c["swaps"] += 1
+                        # the identity it leaves now follows another true object: the two tracks exchanged objects
+                        left = presence[t] & (ids[t] == last_id[j])
+                        c["exchanges"] += int(any(assign[k] >= 0 and left[assign[k]] for k in range(D) if k != j))
                     else:
                         c["redetections"] += 1
                         c["redetections_at_t2" if t == 1 else "redetections_late"] += 1
@@ -631,6 +637,7 @@ def summarise_tracking(counts: dict) -> dict[str, Any]:
     """Counts plus rates (``None`` where the denominator is 0):
 
     ``switches_per_track``, ``swaps_per_track``, ``redetections_per_track`` (per matched ground-truth track);
+    ``exchange_rate`` (exchanges per continuation);
     ``switch_rate``, ``swap_rate``, ``redetection_rate`` (per continuation); ``redetection_rate_at_t2``
     (= redetections_at_t2 / continuations_at_t2), ``redetection_rate_late`` (frames ≥ 2);
     ``recall`` = matches / num_true, ``precision`` = matches / num_inferred, ``mota`` = 1 − (misses +
@@ -643,6 +650,7 @@ def summarise_tracking(counts: dict) -> dict[str, Any]:
     c.update(
         switches_per_track=_ratio(c["switches"], tracks),
         swaps_per_track=_ratio(c["swaps"], tracks),
+        exchange_rate=_ratio(c["exchanges"], cont),
         redetections_per_track=_ratio(c["redetections"], tracks),
         switch_rate=_ratio(c["switches"], cont),
         swap_rate=_ratio(c["swaps"], cont),

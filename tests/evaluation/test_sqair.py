@@ -54,8 +54,8 @@ def test_exchanging_two_identities_is_a_swap(continuity):
     tb, tp = _two_objects()
     boxes, pres, ids = _inferred(tb, [(0, 1), (0, 1), (1, 0), (1, 0)])
     r = se.tracking_errors(tb, tp, boxes, pres, ids, continuity=continuity)
-    assert (r["switches"], r["swaps"], r["redetections"]) == (2, 2, 0)
-    assert r["swaps_per_track"] == 1.0 and r["switch_rate"] == pytest.approx(2 / 6)
+    assert (r["switches"], r["swaps"], r["exchanges"], r["redetections"]) == (2, 2, 2, 0)
+    assert r["swaps_per_track"] == 1.0 and r["switch_rate"] == r["exchange_rate"] == pytest.approx(2 / 6)
     assert r["mota"] == pytest.approx(1 - 2 / 8)
     assert r["failure_mode"] == "switches"
 
@@ -108,6 +108,11 @@ def test_continuity_keeps_a_still_valid_correspondence():
     ids = np.array([[0, -1], [0, 1]], np.int32)
     kept = se.tracking_errors(tb, tp, boxes, pres, ids)
     assert (kept["switches"], kept["false_positives"]) == (0, 1)
+    # identity 1 (a spurious object at t=0) takes the object over at t=1 while identity 0 drifts off it, following
+    # nothing: a swap, not an exchange
+    boxes = np.array([[_box(0, 0), _box(30, 30)], [_box(30, 30), _box(0, 0)]], np.float32)
+    taken = se.tracking_errors(tb, tp, boxes, np.ones((2, 2)), np.array([[0, 1], [0, 1]], np.int32))
+    assert (taken["switches"], taken["swaps"], taken["exchanges"]) == (1, 1, 0)
     fresh = se.tracking_errors(tb, tp, boxes, pres, ids, continuity=False)
     assert (fresh["switches"], fresh["redetections"], fresh["redetections_at_t2"]) == (1, 1, 1)
 
