@@ -29,7 +29,8 @@ CLEAR-MOT). Counted per sequence, then summed over sequences:
     so this is the same as "the identity is younger than the last match";
   - ``swaps``: the new identity already existed (it was tracking something else, or a duplicate); of these,
     ``exchanges``: the identity it left is matched to another true object in the same frame (two tracks traded
-    objects, e.g. where two digits cross);
+    objects, e.g. where two digits cross); and ``swaps_near_overlap``: the true object's box overlapped another
+    true object's in this frame or one of the ``OVERLAP_WINDOW`` frames before it (a swap where objects cross);
 * ``redetections_at_t2`` / ``continuations_at_t2``: the same at frame index 1 (the "re-detected in the second frame"
   failure mode), ``redetections_late`` / ``continuations_late`` at frame indices ≥ 2.
 
@@ -79,6 +80,7 @@ __all__ = [
     "evaluate_sqair",
     "inference_batches",
     "LOST_DIGIT_KINDS",
+    "OVERLAP_WINDOW",
     "lost_digit_anatomy",
     "match_objects",
     "matchable_pairs",
@@ -108,6 +110,7 @@ COUNT_KEYS = (
     "switches",
     "swaps",
     "exchanges",
+    "swaps_near_overlap",
     "redetections",
     "redetections_at_t2",
     "continuations_at_t2",
@@ -514,6 +517,10 @@ def match_objects(
 # Tracking errors
 
 
+# A swap is "near an overlap" when its true object overlapped another in that frame or up to this many frames before.
+OVERLAP_WINDOW = 3
+
+
 def tracking_counts(
     true_boxes,
     true_presence,
@@ -576,6 +583,10 @@ def tracking_counts(
         num_inferred=int(presence.sum()),
         num_tracks=int(true_presence.any(0).sum()),
     )
+    # [time, true]: the true object overlaps another present true object in that frame
+    pair_iou = box_iou(true_boxes[:, :, None], true_boxes[:, None, :])
+    others = true_presence[:, :, None] & true_presence[:, None, :] & ~np.eye(D, dtype=bool)
+    touching = np.any(others & (pair_iou > 0), axis=-1)
     last_id = np.full(D, -1, np.int64)  # inferred identity each true object was last matched to
     last_t = np.full(D, -1, np.int64)  # ... and the frame of that match
     ever = np.zeros(D, bool)
@@ -612,6 +623,7 @@ def tracking_counts(
                         # the identity it leaves now follows another true object: the two tracks exchanged objects
                         left = presence[t] & (ids[t] == last_id[j])
                         c["exchanges"] += int(any(assign[k] >= 0 and left[assign[k]] for k in range(D) if k != j))
+                        c["swaps_near_overlap"] += int(touching[max(0, t - OVERLAP_WINDOW) : t + 1, j].any())
                     else:
                         c["redetections"] += 1
                         c["redetections_at_t2" if t == 1 else "redetections_late"] += 1
@@ -637,7 +649,7 @@ def summarise_tracking(counts: dict) -> dict[str, Any]:
     """Counts plus rates (``None`` where the denominator is 0):
 
     ``switches_per_track``, ``swaps_per_track``, ``redetections_per_track`` (per matched ground-truth track);
-    ``exchange_rate`` (exchanges per continuation);
+    ``exchange_rate`` (exchanges per continuation); ``swaps_near_overlap_fraction`` (of the swaps);
     ``switch_rate``, ``swap_rate``, ``redetection_rate`` (per continuation); ``redetection_rate_at_t2``
     (= redetections_at_t2 / continuations_at_t2), ``redetection_rate_late`` (frames ≥ 2);
     ``recall`` = matches / num_true, ``precision`` = matches / num_inferred, ``mota`` = 1 − (misses +
@@ -651,6 +663,7 @@ def summarise_tracking(counts: dict) -> dict[str, Any]:
         switches_per_track=_ratio(c["switches"], tracks),
         swaps_per_track=_ratio(c["swaps"], tracks),
         exchange_rate=_ratio(c["exchanges"], cont),
+        swaps_near_overlap_fraction=_ratio(c["swaps_near_overlap"], c["swaps"]),
         redetections_per_track=_ratio(c["redetections"], tracks),
         switch_rate=_ratio(c["switches"], cont),
         swap_rate=_ratio(c["swaps"], cont),

@@ -55,6 +55,12 @@ def test_exchanging_two_identities_is_a_swap(continuity):
     boxes, pres, ids = _inferred(tb, [(0, 1), (0, 1), (1, 0), (1, 0)])
     r = se.tracking_errors(tb, tp, boxes, pres, ids, continuity=continuity)
     assert (r["switches"], r["swaps"], r["exchanges"], r["redetections"]) == (2, 2, 2, 0)
+    assert r["swaps_near_overlap"] == 0 and r["swaps_near_overlap_fraction"] == 0.0  # the two never overlap
+    # the same exchange right after the two objects' boxes overlapped (frame 1 of 4): near an overlap
+    tb[1, 1] = tb[1, 0] + 3
+    boxes, pres, ids = _inferred(tb, [(0, 1), (0, 1), (1, 0), (1, 0)])
+    r = se.tracking_errors(tb, tp, boxes, pres, ids, continuity=continuity)
+    assert (r["swaps"], r["swaps_near_overlap"], r["swaps_near_overlap_fraction"]) == (2, 2, 1.0)
     assert r["swaps_per_track"] == 1.0 and r["switch_rate"] == r["exchange_rate"] == pytest.approx(2 / 6)
     assert r["mota"] == pytest.approx(1 - 2 / 8)
     assert r["failure_mode"] == "switches"
