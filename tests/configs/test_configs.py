@@ -160,6 +160,18 @@ def test_sqair_f1bound_bounds_disc_presence_in_the_first_frame_only():
     assert config.to_json_best_effort() == plain.to_json_best_effort()
 
 
+def test_sqair_offcanvas_is_the_shift_bound_and_the_inference_clip_only():
+    plain = configs.get_config("sqair_mnist:cpu+piwae+anneal+f1bound")
+    config = configs.get_config("sqair_mnist:cpu+piwae+anneal+f1bound+offcanvas")
+    assert (plain.task_config.model.shift_bound, config.task_config.model.shift_bound) == (1.0, 2.0)
+    assert plain.optimizers.inference.clip_global_norm is None
+    assert config.optimizers.inference.clip_global_norm == 1000.0
+    assert config.optimizers.generative.clip_global_norm is None
+    config.task_config.model.shift_bound = 1.0
+    config.optimizers.inference.clip_global_norm = None
+    assert config.to_json_best_effort() == plain.to_json_best_effort()
+
+
 @pytest.mark.parametrize("spec", ["air_multi_mnist", "air_multi_mnist:piwae", "sqair_mnist:cpu", "vrnn_mnist:cpu"])
 def test_gradient_clipping_can_be_set_from_the_command_line(monkeypatch, spec):
     """Every optimiser group's ``clip_global_norm`` is unset (None: no clipping) by default and takes a float from
