@@ -27,6 +27,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments.report_cli import run_report  # noqa: E402
+from experiments.study_results import write_results  # noqa: E402
 from ocr_jax import plotting  # noqa: E402
 from ocr_jax.evaluation import air as air_eval  # noqa: E402
 from ocr_jax.tasks.air import AIRTask, load_moving_sequences  # noqa: E402
@@ -139,8 +140,7 @@ def report(config: ml_collections.ConfigDict, workdir: str, sqair_results: str |
         iou_threshold=ev.tracking_iou_threshold,
     )
     results["estimator"] = cfg.estimator
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    write_results(results, workdir)
 
     rows = {f"MLP-AIR, frame-wise (this run, step {step})": table_row(results)}
     for path in filter(None, (sqair_results or "").split(",")):
