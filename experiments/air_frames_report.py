@@ -27,6 +27,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments.report_cli import run_report  # noqa: E402
+from experiments.study_results import write_results  # noqa: E402
 from ocr_jax import plotting  # noqa: E402
 from ocr_jax.evaluation import air as air_eval  # noqa: E402
 from ocr_jax.evaluation import sqair as sqair_eval  # noqa: E402
@@ -140,8 +141,7 @@ def report(config: ml_collections.ConfigDict, workdir: str, sqair_results: str |
         **sqair_eval.tracking_match_options(ev),
     )
     results["estimator"] = cfg.estimator
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    write_results(results, workdir)
 
     rows = {f"MLP-AIR, frame-wise (this run, step {step})": table_row(results)}
     for path in filter(None, (sqair_results or "").split(",")):

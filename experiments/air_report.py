@@ -9,7 +9,6 @@ and reconstructions), confusion.png and prior_samples.png.
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -21,6 +20,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments.report_cli import run_report  # noqa: E402
+from experiments.study_results import write_results  # noqa: E402
 from ocr_jax import plotting  # noqa: E402
 from ocr_jax import spatial_transformer as st  # noqa: E402
 from ocr_jax.evaluation import air as air_eval  # noqa: E402
@@ -96,8 +96,7 @@ def report(config: ml_collections.ConfigDict, workdir: str) -> dict:
     summary["estimator"] = config.task_config.estimator
     summary["recipe"] = config.task_config.data.recipe
     summary["count_prior"] = config.task_config.count_prior.to_dict()
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    write_results(summary, workdir)
     summary["pictures"] = write_pictures(task, params, results, step, workdir)
     return summary
 

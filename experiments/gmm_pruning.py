@@ -16,7 +16,6 @@ Seeds are vmapped. Writes ``results.json`` and ``estimators_gmm_*.png`` into the
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -27,6 +26,7 @@ import numpy as np
 import optax
 from absl import app, flags
 
+from experiments.study_results import finish_study
 from ocr_jax import configs, estimators, objectives
 
 SIGMA = 5.0
@@ -166,12 +166,7 @@ def run(cfg, workdir):
                     f"({time.time() - t0:.0f}s)",
                     flush=True,
                 )
-    results["seconds"] = time.time() - t_start
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    results["plots"] = plot(results, cfg, workdir)
-    print(f"done in {results['seconds']:.0f}s; wrote {workdir}/results.json")
-    return results
+    return finish_study(results, cfg, workdir, plot, t_start)
 
 
 def plot(results, cfg, workdir):

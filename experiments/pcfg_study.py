@@ -20,7 +20,6 @@ Usage: see ocr_jax/configs/pcfg.py.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -30,6 +29,7 @@ import numpy as np
 import optax
 from absl import app, flags
 
+from experiments.study_results import finish_study, write_results
 from ocr_jax import configs, estimators
 from ocr_jax.models import pcfg
 
@@ -288,14 +288,8 @@ def run(cfg, workdir):
                 flush=True,
             )
             results["seconds"] = time.time() - t_start
-            with open(os.path.join(workdir, "results.json"), "w") as f:  # after every group: a partial run is kept
-                json.dump(results, f, indent=1)
-    results["seconds"] = time.time() - t_start
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    results["plots"] = plot(results, cfg, workdir)
-    print(f"done in {results['seconds']:.0f}s; wrote {workdir}/results.json")
-    return results
+            write_results(results, workdir)  # after every group: a partial run is kept
+    return finish_study(results, cfg, workdir, plot, t_start)
 
 
 COLORS = {"ws": "tab:blue", "ww": "tab:orange", "vimco": "tab:red", "reinforce": "tab:purple"}

@@ -1,13 +1,15 @@
-"""The command line shared by the report scripts: ``--workdir=DIR [--config=NAME[:variant]]`` (plus optional string
-flags) -> ``report(config, workdir, **optional)``, whose JSON-able result is printed. Without ``--config`` the
-run's own config (``<workdir>/config.json``) is used; with it, the given config (e.g. to score a run with other
-evaluation settings: ``--config=sqair_mnist:cpu --config.task_config.eval.batch_size=100``)."""
+"""What the report scripts share. The command line (:func:`run_report`): ``--workdir=DIR [--config=NAME[:variant]]``
+(plus optional string flags) -> ``report(config, workdir, **optional)``, whose JSON-able result is printed. Without
+``--config`` the run's own config (``<workdir>/config.json``) is used; with it, the given config (e.g. to score a run
+with other evaluation settings: ``--config=sqair_mnist:cpu --config.task_config.eval.batch_size=100``). And for the
+sequence tasks' reports (SQAIR, VRNN): the run's parameters (:func:`restore_sequence_params`) and the training
+sequences of the addition experiment (:func:`addition_train_data`)."""
 
 from __future__ import annotations
 
 import json
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 
 def run_report(
@@ -45,3 +47,24 @@ def run_report(
             print(results[text_key])
 
     app.run(run, argv=[sys.argv[0], *(argv or sys.argv[1:])])
+
+
+def restore_sequence_params(config, workdir: str, task) -> tuple[Any, int]:
+    """The parameters of the latest checkpoint of a sequence task's run (``ocr_jax.tasks.sqair.SequenceTask``), on
+    the device, and its step; the state is initialised with the first global batch of the task's test sequences."""
+    import jax
+
+    from ocr_jax.training import train
+
+    example_batch = {"frames": task.test_data["frames"][: config.global_batch_size]}
+    params, step = train.restore_params(config, workdir, task, example_batch)
+    return jax.device_put(params), step  # host (numpy) -> device arrays, once
+
+
+def addition_train_data(task) -> dict:
+    """The training sequences of the addition experiment (§5.D.4): the first ``eval.addition_train_sequences`` of the
+    task's training split (``ocr_jax.tasks.sqair.load_sequences``, seed ``data_seed``)."""
+    from ocr_jax.tasks.sqair import load_sequences
+
+    cfg = task.config
+    return load_sequences(cfg, "train", cfg.eval.addition_train_sequences, cfg.data_seed)

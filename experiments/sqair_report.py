@@ -14,7 +14,6 @@ experiment's test accuracy; ocr_jax/evaluation/sqair.py), and
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -25,12 +24,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from experiments.report_cli import run_report  # noqa: E402
+from experiments.report_cli import addition_train_data, restore_sequence_params, run_report  # noqa: E402
+from experiments.study_results import write_results  # noqa: E402
 from ocr_jax import plotting  # noqa: E402
 from ocr_jax.data import to_unit_float  # noqa: E402
 from ocr_jax.evaluation import sqair as sqair_eval  # noqa: E402
-from ocr_jax.tasks.sqair import SQAIRTask, load_sequences  # noqa: E402
-from ocr_jax.training import train  # noqa: E402
+from ocr_jax.tasks.sqair import SQAIRTask  # noqa: E402
 
 
 def write_pictures(task: SQAIRTask, params, results: dict, step: int, workdir: str) -> list[str]:
@@ -99,16 +98,13 @@ def write_pictures(task: SQAIRTask, params, results: dict, step: int, workdir: s
 def report(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Full evaluation of the latest checkpoint; writes results.json and pictures into ``workdir``."""
     task = SQAIRTask(config.task_config)
+    params, step = restore_sequence_params(config, workdir, task)
     data = task.test_data
-    example_batch = {"frames": data["frames"][: config.global_batch_size]}
-    params, step = train.restore_params(config, workdir, task, example_batch)
-    params = jax.device_put(params)  # host (numpy) -> device arrays, once
     results = sqair_eval.evaluate_sqair(task, params, data, key=jax.random.key(step))
     summary = {"step": step, **{k: v for k, v in results.items() if k != "example"}}
     # Tracking against the ground-truth identities and the addition experiment (§5.D.4): the classifier is trained
     # on the representations of training sequences and tested on the test sequences; the model is frozen.
     ev = task.config.eval
-    train_data = load_sequences(task.config, "train", ev.addition_train_sequences, task.config.data_seed)
     summary.update(
         sqair_eval.tracking_and_addition(
             task,
@@ -117,11 +113,10 @@ def report(config: ml_collections.ConfigDict, workdir: str) -> dict:
             key=jax.random.key(step),
             **sqair_eval.tracking_match_options(ev),
             classifier_steps=ev.addition_steps,
-            train_data=train_data,
+            train_data=addition_train_data(task),
         )
     )
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    write_results(summary, workdir)
     summary["pictures"] = write_pictures(task, params, results, step, workdir)
     return summary
 

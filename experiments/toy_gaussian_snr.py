@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from experiments.study_results import finish_study
 from ocr_jax import configs, diagnostics, objectives
 
 
@@ -262,12 +263,7 @@ def run(cfg, workdir):
     for i, (name, regime) in enumerate(cfg.regimes.items()):
         results["regimes"][name] = run_regime(cfg, name, regime, jax.random.fold_in(key, i))
         print(f"[{name}] slopes: {json.dumps(results['regimes'][name]['slopes'], indent=None)}", flush=True)
-    results["seconds"] = time.time() - t0
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    results["plots"] = plot(results, cfg, workdir)
-    print(f"done in {results['seconds']:.0f}s; wrote {workdir}/results.json and {results['plots']}")
-    return results
+    return finish_study(results, cfg, workdir, plot, t0)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ classifier, trained on eval.addition_train_sequences training sequences and test
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -26,13 +25,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from experiments.report_cli import run_report  # noqa: E402
+from experiments.report_cli import addition_train_data, restore_sequence_params, run_report  # noqa: E402
+from experiments.study_results import write_results  # noqa: E402
 from ocr_jax import plotting  # noqa: E402
 from ocr_jax.evaluation import vrnn as vrnn_eval  # noqa: E402
 from ocr_jax.models.vrnn import count_parameters  # noqa: E402
-from ocr_jax.tasks.sqair import load_sequences  # noqa: E402
 from ocr_jax.tasks.vrnn import VRNNTask  # noqa: E402
-from ocr_jax.training import train  # noqa: E402
 
 
 def write_pictures(task: VRNNTask, params, results: dict, step: int, workdir: str) -> list[str]:
@@ -71,21 +69,16 @@ def write_pictures(task: VRNNTask, params, results: dict, step: int, workdir: st
 def report(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Full evaluation of the latest checkpoint; writes results.json and pictures into ``workdir``."""
     task = VRNNTask(config.task_config)
+    params, step = restore_sequence_params(config, workdir, task)
     data = task.test_data
-    example_batch = {"frames": data["frames"][: config.global_batch_size]}
-    params, step = train.restore_params(config, workdir, task, example_batch)
-    params = jax.device_put(params)
     key = jax.random.key(step)
     results = vrnn_eval.evaluate_vrnn(task, params, data, key=key)
     summary = {"step": step, "parameters": count_parameters(task.model.config)["total"]}
     summary.update({k: v for k, v in results.items() if k != "example"})
-    ev = task.config.eval
-    train_data = load_sequences(task.config, "train", ev.addition_train_sequences, task.config.data_seed)
     summary["addition"] = vrnn_eval.addition(
-        task, params, data, train_data, key=key, classifier_steps=ev.addition_steps
+        task, params, data, addition_train_data(task), key=key, classifier_steps=task.config.eval.addition_steps
     )
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    write_results(summary, workdir)
     summary["pictures"] = write_pictures(task, params, results, step, workdir)
     return summary
 

@@ -161,6 +161,21 @@ def _score_term(signal: Array, log_q_score: Array | None) -> Array:
     return jnp.sum(signal * log_q_score, axis=-1)
 
 
+def _one_target(value: Array, score: Array, **extra) -> Surrogates:
+    """The surrogates of an estimator whose θ and φ follow one target: both losses are −mean(value + score), with
+    ``value [...]`` the estimator's objective per example and ``score`` its score-function term (e.g.
+    :func:`_score_term`; zero without score-function latents); ``bound`` is mean(value), stop-gradiented. ``extra``:
+    the other :class:`Surrogates` fields (``baseline``, ``aux``)."""
+    loss = -jnp.mean(value + score)
+    return Surrogates(theta=loss, phi=loss, bound=sg(jnp.mean(value)), **extra)
+
+
+def _check_score_baseline(score_baseline: str) -> None:
+    """ValueError unless ``score_baseline`` is one that :func:`miwae` and :func:`ciwae` know."""
+    if score_baseline not in ("none", "leave_one_out"):
+        raise ValueError(f"score_baseline must be 'none' or 'leave_one_out'; got {score_baseline!r}")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # the IWAE family (thesis chapter 7)
 
@@ -174,9 +189,7 @@ def iwae(log_p: Array, log_q_reparam: Array | None = None, log_q_score: Array | 
     """
     log_w = log_weights(log_p, log_q_reparam, log_q_score)
     log_z = log_mean_exp(log_w)
-    objective = log_z + _score_term(log_z, log_q_score)
-    loss = -jnp.mean(objective)
-    return Surrogates(theta=loss, phi=loss, bound=sg(jnp.mean(log_z)), aux={"log_ess": sg(jnp.mean(_log_ess(log_w)))})
+    return _one_target(log_z, _score_term(log_z, log_q_score), aux={"log_ess": sg(jnp.mean(_log_ess(log_w)))})
 
 
 def elbo(log_p: Array, log_q_reparam: Array | None = None, log_q_score: Array | None = None) -> Surrogates:
@@ -217,8 +230,7 @@ def miwae(
     al. 2019's "REINFORCE samples with a baseline for free"; for K = 1 every particle is scored against the others
     by its own log-weight, the per-particle signal of the official SQAIR code).
     """
-    if score_baseline not in ("none", "leave_one_out"):
-        raise ValueError(f"score_baseline must be 'none' or 'leave_one_out'; got {score_baseline!r}")
+    _check_score_baseline(score_baseline)
     log_p = _check_inputs(log_p, log_q_reparam, log_q_score)
     parts = [
         _split(a, num_repeats, n)
@@ -230,8 +242,7 @@ def miwae(
         raise ValueError(f"score_baseline='leave_one_out' needs num_repeats >= 2 (to compare); got {num_repeats}")
     log_z = log_mean_exp(log_weights(*parts))  # [..., M]
     others = (jnp.sum(log_z, axis=-1, keepdims=True) - log_z) / (num_repeats - 1)
-    loss = -jnp.mean(log_z + _score_term(log_z - others, parts[2]))
-    return Surrogates(theta=loss, phi=loss, bound=sg(jnp.mean(log_z)))
+    return _one_target(log_z, _score_term(log_z - others, parts[2]))
 
 
 def ciwae(
@@ -253,8 +264,7 @@ def ciwae(
     """
     if not 0.0 <= float(beta) <= 1.0:
         raise ValueError(f"beta must lie in [0, 1]; got {beta}")
-    if score_baseline not in ("none", "leave_one_out"):
-        raise ValueError(f"score_baseline must be 'none' or 'leave_one_out'; got {score_baseline!r}")
+    _check_score_baseline(score_baseline)
     log_w = log_weights(log_p, log_q_reparam, log_q_score)
     log_z = log_mean_exp(log_w)
     value = beta * jnp.mean(log_w, axis=-1) + (1.0 - beta) * log_z
@@ -270,8 +280,7 @@ def ciwae(
     score = _score_term((1.0 - beta) * iwae_signal, log_q_score)
     if log_q_score is not None:
         score = score + jnp.mean(_per_particle_score(beta * elbo_signal, log_q_score), axis=-1)
-    loss = -jnp.mean(value + score)
-    return Surrogates(theta=loss, phi=loss, bound=sg(jnp.mean(value)))
+    return _one_target(value, score)
 
 
 def piwae(
@@ -312,8 +321,7 @@ def reinforce(
         raise ValueError("reinforce needs log_q_score (log q of the score-function latents)")
     log_w = log_weights(log_p, log_q_reparam, log_q_score)
     log_z = log_mean_exp(log_w)
-    loss = -jnp.mean(log_z + _score_term(log_z - baseline, log_q_score))
-    return Surrogates(theta=loss, phi=loss, bound=sg(jnp.mean(log_z)))
+    return _one_target(log_z, _score_term(log_z - baseline, log_q_score))
 
 
 def nvil_init(shape: tuple[int, ...] = ()) -> NVILState:
@@ -377,9 +385,8 @@ def nvil(
     log_w = log_weights(log_p, log_q_reparam, log_q_score)
     log_z = log_mean_exp(log_w)
     signal, baseline_loss, new_state = _nvil_signal(log_z, baseline, state, decay, log_z.ndim)
-    loss = -jnp.mean(log_z + _score_term(signal, log_q_score))
     aux = {"signal_mean": new_state.mean, "signal_std": jnp.sqrt(new_state.var)}
-    return Surrogates(theta=loss, phi=loss, bound=sg(jnp.mean(log_z)), baseline=baseline_loss, aux=aux), new_state
+    return _one_target(log_z, _score_term(signal, log_q_score), baseline=baseline_loss, aux=aux), new_state
 
 
 def reward_to_go(log_w_terms: Array, log_likelihood: Array | None = None) -> Array:
@@ -450,10 +457,9 @@ def nvil_per_step(
     returns = reward_to_go(log_w_terms, log_likelihood)
     signal, baseline_loss, new_state = _nvil_signal(returns, baselines, state, decay, returns.ndim - 1)
     log_w = returns[..., 0]  # the whole particle's log-weight
-    objective = log_w + jnp.sum(sg(signal) * log_q_score_steps, axis=-1)
-    loss = -jnp.mean(objective)
+    score = jnp.sum(sg(signal) * log_q_score_steps, axis=-1)
     aux = {"signal_mean": new_state.mean, "signal_std": jnp.sqrt(new_state.var)}
-    return Surrogates(theta=loss, phi=loss, bound=sg(jnp.mean(log_w)), baseline=baseline_loss, aux=aux), new_state
+    return _one_target(log_w, score, baseline=baseline_loss, aux=aux), new_state
 
 
 def log_sum_exp_of_others(log_w: Array) -> Array:
@@ -501,8 +507,7 @@ def vimco(log_p: Array, log_q_reparam: Array | None, log_q_score: Array) -> Surr
     log_w = log_weights(log_p, log_q_reparam, log_q_score)
     log_z = log_mean_exp(log_w)
     signals = log_z[..., None] - vimco_leave_one_out(log_w)
-    loss = -jnp.mean(log_z + _score_term(signals, log_q_score))
-    return Surrogates(theta=loss, phi=loss, bound=sg(jnp.mean(log_z)), aux={"signals": sg(signals)})
+    return _one_target(log_z, _score_term(signals, log_q_score), aux={"signals": sg(signals)})
 
 
 # ----------------------------------------------------------------------------------------------------------------

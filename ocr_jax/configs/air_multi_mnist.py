@@ -32,6 +32,7 @@ Variants combine with '+', e.g. ``nvil+quick``. Other estimators than the named 
 import ml_collections
 
 from ocr_jax import configs
+from ocr_jax.tasks import air as air_task
 
 VARIANTS = (
     "nvil",
@@ -55,51 +56,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.task = "air"
     config.task_module = "ocr_jax.tasks.air"
-    config.task_config = ml_collections.ConfigDict(
-        dict(
-            estimator="vimco",
-            num_particles=5,
-            estimator_args=dict(),  # e.g. dict(decay=0.9) for nvil (ocr_jax.estimators)
-            model=dict(
-                glimpse_shape=(20, 20),
-                z_what_dim=50,
-                rnn="lstm",
-                rnn_hidden=256,
-                image_encoder="raw",
-                glimpse_encoder_hidden=(256,),
-                glimpse_decoder_hidden=(256,),
-                baseline_hidden=(256,),
-                decoder_output_bias=-2.0,
-            ),
-            # Count prior: per-step continue probability annealed geometrically (AIR.md, "Count prior").
-            # Tuned on seed 0 (docs/results.md): end 0.001 over 10k steps pushes the count towards the true number
-            # faster.
-            count_prior=dict(start=0.5, end=0.001, duration=10_000, kind="exponential"),
-            data=dict(
-                name="multi_mnist",
-                recipe="kosiorek",
-                max_digits=2,
-                num_train=60_000,
-                num_test=10_000,
-                seed=0,
-                method="generate",
-                binarize=False,
-                synthetic_digits=False,
-            ),
-            # num_images / log_marginal_*: the final report (experiments/air_report.py); periodic_*: evaluations during
-            # training, kept cheap (a 2000-image subset, no IWAE-1000).
-            eval=dict(
-                num_images=10_000,
-                batch_size=500,
-                log_marginal_images=200,
-                log_marginal_particles=1000,
-                log_marginal_chunk=100,
-                num_pictures=16,
-                periodic_images=2_000,
-                periodic_log_marginal_images=0,
-            ),
-        )
+    # The task's defaults (ocr_jax.tasks.air.default_task_config, where every field is explained): VIMCO with K = 5,
+    # the Kosiorek recipe's multi-MNIST, the final report's evaluation (experiments/air_report.py) and cheap periodic
+    # ones during training (a 2000-image subset, no IWAE-1000); this config names the tuned model and count prior.
+    config.task_config = air_task.default_task_config()
+    tc = config.task_config
+    tc.model.update(
+        glimpse_shape=(20, 20),
+        z_what_dim=50,
+        rnn="lstm",
+        rnn_hidden=256,
+        image_encoder="raw",
+        glimpse_encoder_hidden=(256,),
+        glimpse_decoder_hidden=(256,),
+        baseline_hidden=(256,),
+        decoder_output_bias=-2.0,
     )
+    # Count prior: per-step continue probability annealed geometrically (AIR.md, "Count prior").
+    # Tuned on seed 0 (docs/results.md): end 0.001 over 10k steps pushes the count towards the true number faster.
+    tc.count_prior.update(start=0.5, end=0.001, duration=10_000, kind="exponential")
     config.seed = 0
     config.global_batch_size = 32
     config.num_steps = 20_000
@@ -114,8 +89,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint = ml_collections.ConfigDict(dict(every=2_500, max_to_keep=3, restore_from=""))
     config.headline_metric = "count_accuracy"
     config.progress_bar = True
-
-    tc = config.task_config
 
     def use_estimator(name: str) -> None:
         tc.estimator, tc.estimator_args = name, dict()

@@ -81,9 +81,11 @@ __all__ = [
     "inference_batches",
     "LOST_DIGIT_KINDS",
     "OVERLAP_WINDOW",
+    "log_marginal_results",
     "lost_digit_anatomy",
     "match_objects",
     "matchable_pairs",
+    "per_sequence_estimates",
     "summarise_tracking",
     "tracking_and_addition",
     "tracking_counts",
@@ -238,6 +240,37 @@ def inference_batches(task, params, frames: np.ndarray, key: jax.Array):
         yield start, out, lambda a, best=best: np.asarray(a)[np.arange(len(best)), best]
 
 
+def per_sequence_estimates(fn, params, frames: np.ndarray, key: jax.Array, batch_size: int, key_offset: int):
+    """``fn(params, frames [B, T, H, W], key) -> [B]`` over ``frames [n, T, H, W]`` in batches of ``batch_size``,
+    with key ``fold_in(key, key_offset + start)`` for the batch starting at sequence ``start``: ``[n]`` on the host.
+    The offsets keep an evaluation's estimates apart from its inference batches (:func:`inference_batches`)."""
+    return np.concatenate(
+        [
+            np.asarray(fn(params, frames[s : s + batch_size], jax.random.fold_in(key, key_offset + s)))
+            for s in range(0, len(frames), batch_size)
+        ]
+    )
+
+
+def log_marginal_results(
+    log_marginal, params, frames: np.ndarray, key: jax.Array, ev, num_sequences: int | None = None
+) -> dict:
+    """log p(x_{1:T}) as the thesis measures it (§5.4.1) on the first ``num_sequences`` (default
+    ``ev.log_marginal_sequences``) of ``frames [n, T, H, W]``: ``log_marginal`` (``(params, frames, key) -> [B]``,
+    IWAE with ``ev.log_marginal_particles``) in batches of ``ev.batch_size`` with keys ``fold_in(key, 10_000 +
+    start)``. Returns the mean ``log_marginal``, ``log_marginal_sequences`` and ``log_marginal_particles``; ``{}``
+    for no sequences. SQAIR's and the VRNN's evaluations (``ocr_jax.evaluation.vrnn``)."""
+    m = min(ev.log_marginal_sequences if num_sequences is None else num_sequences, len(frames))
+    if m < 1:
+        return {}
+    estimates = per_sequence_estimates(log_marginal, params, frames[:m], key, ev.batch_size, 10_000)
+    return dict(
+        log_marginal=float(np.mean(estimates)),
+        log_marginal_sequences=int(m),
+        log_marginal_particles=int(ev.log_marginal_particles),
+    )
+
+
 def two_digit_overlap(data: dict[str, np.ndarray]) -> np.ndarray:
     """``[n, T]`` int8: 1 where a frame shows exactly two digits whose tight ``boxes`` (y_min, x_min, y_max, x_max)
     intersect, 0 where it shows two apart, −1 for every other frame."""
@@ -368,21 +401,7 @@ def evaluate_sqair(
                 results[f"count_accuracy_two_digits_{name}"] = float(by_overlap[o, 0] / by_overlap[o, 1])
     if "sequence_counts" in data:
         results["count_accuracy_official_label"] = sums["correct_official"] / (n * T)
-    m = min(ev.log_marginal_sequences if log_marginal_sequences is None else log_marginal_sequences, n)
-    if m > 0:
-        lms = [
-            np.asarray(
-                log_marginal(
-                    params, data["frames"][s : s + ev.batch_size][: m - s], jax.random.fold_in(key, 10_000 + s)
-                )
-            )
-            for s in range(0, m, ev.batch_size)
-        ]
-        results.update(
-            log_marginal=float(np.mean(np.concatenate(lms))),
-            log_marginal_sequences=int(m),
-            log_marginal_particles=int(ev.log_marginal_particles),
-        )
+    results.update(log_marginal_results(log_marginal, params, data["frames"][:n], key, ev, log_marginal_sequences))
     results["confusion"] = confusion.tolist()
     results["example"] = example
     return results

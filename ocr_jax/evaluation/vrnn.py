@@ -132,15 +132,6 @@ def _log_mean_exp(x: np.ndarray) -> np.ndarray:
     return m + np.log(np.mean(np.exp(x - m[..., None]), axis=-1))
 
 
-def _batched(fn, params, frames: np.ndarray, key, batch_size: int, offset: int) -> np.ndarray:
-    return np.concatenate(
-        [
-            np.asarray(fn(params, frames[s : s + batch_size], jax.random.fold_in(key, offset + s)))
-            for s in range(0, len(frames), batch_size)
-        ]
-    )
-
-
 def evaluate_vrnn(
     task,
     params,
@@ -174,7 +165,7 @@ def evaluate_vrnn(
             j = slice(0, min(ev.num_pictures, len(log_w)))
             example = dict(frames=frames[start : start + len(log_w)][j], canvas=out["canvas"][j], z=out["z"][j])
     fns = eval_functions(task)
-    bound = _batched(fns.bound, params, frames[:n], key, ev.batch_size, 30_000)
+    bound = sqair_eval.per_sequence_estimates(fns.bound, params, frames[:n], key, ev.batch_size, 30_000)
     results = dict(
         num_sequences=int(n),
         num_frames=T,
@@ -188,18 +179,16 @@ def evaluate_vrnn(
         bound_per_frame=float(np.mean(bound)) / T,
     )
     results["kl"] = results["log_likelihood"] - results["elbo"]
-    m = min(ev.log_marginal_sequences if log_marginal_sequences is None else log_marginal_sequences, n)
-    if m > 0:
-        lm = _batched(fns.log_marginal, params, frames[:m], key, ev.batch_size, 10_000)
-        results.update(
-            log_marginal=float(np.mean(lm)),
-            log_marginal_sequences=int(m),
-            log_marginal_particles=int(ev.log_marginal_particles),
-            log_marginal_estimator="iwae",
-        )
+    log_marginal_fields = sqair_eval.log_marginal_results(
+        fns.log_marginal, params, frames[:n], key, ev, log_marginal_sequences
+    )
+    if log_marginal_fields:
+        results.update(log_marginal_fields, log_marginal_estimator="iwae")
     f = min(ev.log_marginal_sequences if fivo_sequences is None else fivo_sequences, n)
     if f > 0:
-        lf = _batched(fns.fivo_log_marginal, params, frames[:f], key, ev.fivo_batch_size, 20_000)
+        lf = sqair_eval.per_sequence_estimates(
+            fns.fivo_log_marginal, params, frames[:f], key, ev.fivo_batch_size, 20_000
+        )
         settings = fivo_settings(task)
         results.update(
             fivo_log_marginal=float(np.mean(lf)),

@@ -609,9 +609,8 @@ class AIR:
         images = self._check_images(images)
         num_particles = validation.check_count(num_particles, "num_particles")
         key = validation.check_key(key)
-        _check_continue_prob(continue_prob, self.config.max_steps)
         keys = jax.random.split(key, (images.shape[0], num_particles))
-        return self._infer_with_keys(
+        return self.infer_with_keys(
             params,
             images,
             keys,
@@ -654,20 +653,7 @@ class AIR:
             raise ValueError(f"keys must hold at least one particle per image (K >= 1); got shape {jnp.shape(keys)}")
         keys = validation.check_key(keys, name="keys", batch_shape=(B, K))
         _check_continue_prob(continue_prob, self.config.max_steps)
-        return self._infer_with_keys(
-            params,
-            images,
-            keys,
-            continue_prob=continue_prob,
-            forced_presence=forced_presence,
-            encode_per_step=encode_per_step,
-        )
-
-    def _infer_with_keys(self, params, images, keys, *, continue_prob, forced_presence, encode_per_step) -> AIROutput:
-        """:meth:`infer_with_keys` on checked inputs (``images`` a float array, ``keys`` typed ``[B, K]``)."""
         c = self.config
-        B, K = keys.shape[:2]
-        chex.assert_shape(keys, (images.shape[0], K))
         N = c.max_steps
         if forced_presence is not None:
             forced_presence = jnp.asarray(forced_presence, jnp.float32)

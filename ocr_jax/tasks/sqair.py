@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -264,25 +266,83 @@ def check_task_config_fields(config, defaults: ml_collections.ConfigDict) -> Non
     raise ValueError(f"unknown SQAIR task options {unknown}; valid: {sorted(defaults)}.{hint}")
 
 
-class SQAIRTask:
-    """`ocr_jax.training.tasks.Task` for SQAIR. Parameter groups: ``generative`` (θ) and ``inference`` (φ)."""
+class SequenceTask:
+    """What the Tasks on moving multi-MNIST sequences share (``SQAIRTask``, ``ocr_jax.tasks.vrnn.VRNNTask``): the
+    task config (the task's defaults updated by ``config``, unknown fields refused, the curriculum checked), the
+    estimator (refused where it needs terms the model does not provide), the training and test sequences
+    (``load_sequences``) and the curriculum's batches. A subclass names its ``model_name`` (for error messages) and
+    ``provided_terms`` (the LogWeightTerms fields it provides), and gives its module's ``default_task_config`` and
+    ``check_task_config_fields`` as static methods."""
 
-    headline_metric = "iwae_per_frame"
-    eval_step = 2**31 - 1  # the training step whose DISC suppression evaluation uses (default: none)
+    model_name: str
+    provided_terms: frozenset[str]
+    default_task_config: Callable[[], ml_collections.ConfigDict]
+    check_task_config_fields: Callable[[Any, ml_collections.ConfigDict], None]
 
     def __init__(self, config: ml_collections.ConfigDict | None = None, *, train_frames: np.ndarray | None = None):
-        cfg = default_task_config()
+        cfg = self.default_task_config()
         if config:
-            check_task_config_fields(config, cfg)
+            self.check_task_config_fields(config, cfg)
             cfg.update(config)
         self.config = cfg
         self.estimator = estimators.get(cfg.estimator, **cfg.estimator_args)
-        estimators.check_applicable(self.estimator, PROVIDED_TERMS, cfg.num_particles, "SQAIR")
+        estimators.check_applicable(self.estimator, self.provided_terms, cfg.num_particles, self.model_name)
         if not 1 <= cfg.start_length <= cfg.num_frames or cfg.length_every < 1:
             raise ValueError(
                 f"need 1 <= start_length <= num_frames and length_every >= 1; got start_length="
                 f"{cfg.start_length}, num_frames={cfg.num_frames}, length_every={cfg.length_every}"
             )
+        self._train_frames = train_frames
+
+    @property
+    def train_frames(self) -> np.ndarray:
+        """The ``num_train`` training sequences' frames ``[n, T, H, W]`` uint8 (built on first use)."""
+        if self._train_frames is None:
+            self._train_frames = make_sequences(self.config, "train", self.config.num_train, self.config.data_seed)
+        return self._train_frames
+
+    @property
+    def test_data(self) -> dict[str, np.ndarray]:
+        """The ``num_eval`` test sequences with ground truth (``load_sequences``, seed ``data_seed + 1``)."""
+        if getattr(self, "_test_data", None) is None:
+            self._test_data = load_sequences(self.config, "test", self.config.num_eval, self.config.data_seed + 1)
+        return self._test_data
+
+    def sequence_length(self, step):
+        """The curriculum length at training step ``step`` (``curriculum_length``)."""
+        c = self.config
+        return curriculum_length(step, c.start_length, c.length_every, c.num_frames)
+
+    def train_batches(self, *, seed, start_step, global_batch_size, process_index, process_count):
+        """Deterministic batches of sequences cut to the curriculum length of their step (``sequence_length``)."""
+        return curriculum_batches(
+            self.train_frames,
+            self.sequence_length,
+            seed=seed,
+            start_step=start_step,
+            global_batch_size=global_batch_size,
+            process_index=process_index,
+            process_count=process_count,
+        )
+
+
+# The LogWeightTerms fields SQAIR provides (baselines: SequenceBaseline, when an estimator needs them).
+PROVIDED_TERMS = frozenset({"log_q_reparam", "log_q_score", "baselines"})
+
+
+class SQAIRTask(SequenceTask):
+    """`ocr_jax.training.tasks.Task` for SQAIR. Parameter groups: ``generative`` (θ) and ``inference`` (φ)."""
+
+    model_name = "SQAIR"
+    provided_terms = PROVIDED_TERMS
+    default_task_config = staticmethod(default_task_config)
+    check_task_config_fields = staticmethod(check_task_config_fields)
+    headline_metric = "iwae_per_frame"
+    eval_step = 2**31 - 1  # the training step whose DISC suppression evaluation uses (default: none)
+
+    def __init__(self, config: ml_collections.ConfigDict | None = None, *, train_frames: np.ndarray | None = None):
+        super().__init__(config, train_frames=train_frames)
+        cfg = self.config
         if cfg.count_penalty < 0 or cfg.count_penalty_start < 0 or cfg.count_penalty_ramp < 0:
             raise ValueError(
                 f"count_penalty, count_penalty_start and count_penalty_ramp must be >= 0; got "
@@ -293,13 +353,6 @@ class SQAIRTask:
                 f"count_penalty_objects must be one of {COUNT_PENALTY_OBJECTS}; got {cfg.count_penalty_objects!r}"
             )
         self.model = SQAIR(model_config(cfg))
-        self._train_frames = train_frames
-
-    @property
-    def train_frames(self) -> np.ndarray:
-        if self._train_frames is None:
-            self._train_frames = make_sequences(self.config, "train", self.config.num_train, self.config.data_seed)
-        return self._train_frames
 
     # --- Task protocol ----------------------------------------------------------------------------------------------
 
@@ -317,10 +370,6 @@ class SQAIRTask:
     @property
     def _baseline(self):
         return SequenceBaseline(self.config.baseline_hidden)
-
-    def sequence_length(self, step):
-        c = self.config
-        return curriculum_length(step, c.start_length, c.length_every, c.num_frames)
 
     def disc_later_bias(self, step):
         """DISC's presence-logit offset after frame 1 at training step ``step`` (int or traced): the suppression
@@ -388,12 +437,6 @@ class SQAIRTask:
         }
         return surrogates, (metrics, model_state)
 
-    @property
-    def test_data(self) -> dict[str, np.ndarray]:
-        if getattr(self, "_test_data", None) is None:
-            self._test_data = load_sequences(self.config, "test", self.config.num_eval, self.config.data_seed + 1)
-        return self._test_data
-
     def evaluate(self, params, model_state, step, workdir):
         """Counting accuracy, IWAE bound, ELBO and KL on the test sequences (all frames); log p(x) by IWAE-K on a
         subset. Writes ``<workdir>/eval_step<step>.json``."""
@@ -423,22 +466,6 @@ class SQAIRTask:
             )["tracking"]
             results.update({f"tracking_{k}": tracking[k] for k in sqair_eval.PERIODIC_TRACKING_KEYS})
         return periodic_eval_metrics(results, step, workdir)
-
-    def train_batches(self, *, seed, start_step, global_batch_size, process_index, process_count):
-        """Deterministic batches of sequences cut to the curriculum length of their step (``sequence_length``)."""
-        return curriculum_batches(
-            self.train_frames,
-            self.sequence_length,
-            seed=seed,
-            start_step=start_step,
-            global_batch_size=global_batch_size,
-            process_index=process_index,
-            process_count=process_count,
-        )
-
-
-# The LogWeightTerms fields SQAIR provides (baselines: SequenceBaseline, when an estimator needs them).
-PROVIDED_TERMS = frozenset({"log_q_reparam", "log_q_score", "baselines"})
 
 
 class SequenceBaseline(nn.Module):
@@ -477,6 +504,7 @@ register("sqair", make_sqair_task)
 __all__ = [
     "SQAIRTask",
     "SequenceBaseline",
+    "SequenceTask",
     "curriculum_length",
     "default_task_config",
     "load_sequences",

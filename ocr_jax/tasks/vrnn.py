@@ -37,10 +37,7 @@ from ocr_jax.estimators import fivo
 from ocr_jax.evaluation import vrnn as vrnn_eval
 from ocr_jax.models.vrnn import VRNN, VRNNConfig, VRNNStep
 from ocr_jax.tasks.sqair import (
-    curriculum_batches,
-    curriculum_length,
-    load_sequences,
-    make_sequences,
+    SequenceTask,
     model_kwargs,
     per_frame_losses,
     periodic_eval_metrics,
@@ -134,46 +131,22 @@ def check_task_config_fields(config, defaults: ml_collections.ConfigDict) -> Non
     raise ValueError(f"unknown VRNN task options {unknown}; valid: {sorted(defaults)}.{hint}")
 
 
-class VRNNTask:
+class VRNNTask(SequenceTask):
     """`ocr_jax.training.tasks.Task` for VRNN. Parameter groups: ``generative`` (θ) and ``inference`` (φ)."""
 
+    model_name = "VRNN"
+    provided_terms = PROVIDED_TERMS
+    default_task_config = staticmethod(default_task_config)
+    check_task_config_fields = staticmethod(check_task_config_fields)
     headline_metric = "bound_per_frame"
 
     def __init__(self, config: ml_collections.ConfigDict | None = None, *, train_frames: np.ndarray | None = None):
-        cfg = default_task_config()
-        if config:
-            check_task_config_fields(config, cfg)
-            cfg.update(config)
-        self.config = cfg
-        self.estimator = estimators.get(cfg.estimator, **cfg.estimator_args)
-        estimators.check_applicable(self.estimator, PROVIDED_TERMS, cfg.num_particles, "VRNN")
+        super().__init__(config, train_frames=train_frames)
         if self.estimator.trains_baseline:
-            raise ValueError(f"estimator {cfg.estimator!r} trains a baseline, which VRNN has no use for")
-        if not 1 <= cfg.start_length <= cfg.num_frames or cfg.length_every < 1:
-            raise ValueError(
-                f"need 1 <= start_length <= num_frames and length_every >= 1; got start_length="
-                f"{cfg.start_length}, num_frames={cfg.num_frames}, length_every={cfg.length_every}"
-            )
+            raise ValueError(f"estimator {self.config.estimator!r} trains a baseline, which VRNN has no use for")
         # FIVO resamples as configured; every other estimator needs independent particles
         self.filter_settings = self.estimator.particle_filter or fivo.FilterSettings("never")
-        self.model = VRNN(model_config(cfg))
-        self._train_frames = train_frames
-
-    @property
-    def train_frames(self) -> np.ndarray:
-        if self._train_frames is None:
-            self._train_frames = make_sequences(self.config, "train", self.config.num_train, self.config.data_seed)
-        return self._train_frames
-
-    @property
-    def test_data(self) -> dict[str, np.ndarray]:
-        if getattr(self, "_test_data", None) is None:
-            self._test_data = load_sequences(self.config, "test", self.config.num_eval, self.config.data_seed + 1)
-        return self._test_data
-
-    def sequence_length(self, step):
-        c = self.config
-        return curriculum_length(step, c.start_length, c.length_every, c.num_frames)
+        self.model = VRNN(model_config(self.config))
 
     # --- the particle filter ----------------------------------------------------------------------------------------
 
@@ -262,18 +235,6 @@ class VRNNTask:
             fivo_sequences=0,
         )
         return periodic_eval_metrics(results, step, workdir)
-
-    def train_batches(self, *, seed, start_step, global_batch_size, process_index, process_count):
-        """Deterministic batches of sequences, cut to the curriculum length of their step."""
-        return curriculum_batches(
-            self.train_frames,
-            self.sequence_length,
-            seed=seed,
-            start_step=start_step,
-            global_batch_size=global_batch_size,
-            process_index=process_index,
-            process_count=process_count,
-        )
 
 
 def make_vrnn_task(config: ml_collections.ConfigDict) -> VRNNTask:

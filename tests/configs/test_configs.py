@@ -13,7 +13,9 @@ from absl import flags
 from ocr_jax import configs
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-EXPECTED = {
+# The configs the package holds, spelt out here (not read from ocr_jax.configs); tests/test_install.py checks the wheel
+# against the same list.
+PACKAGED_CONFIGS = {
     "air_multi_mnist",
     "gmm_pruning",
     "mnist_bounds",
@@ -45,7 +47,7 @@ def help_listing() -> dict[str, list[str]]:
     assert "flags:" in out.stdout, out.stderr[-2000:]  # absl's --help exits with status 1
     text = re.sub(r"\s+", " ", out.stdout)  # absl wraps help lines
     listing = {}
-    for name in EXPECTED:
+    for name in PACKAGED_CONFIGS:
         match = re.search(rf"{name}: ([a-z0-9_, ]+?)(?: \(combine| \[for|(?= [a-z_]+:)| \(default)", text)
         assert match, (name, text)
         listing[name] = [v.strip() for v in match.group(1).split(",")]
@@ -53,9 +55,9 @@ def help_listing() -> dict[str, list[str]]:
 
 
 def test_every_config_and_every_variant_in_help_resolves_by_name():
-    assert set(configs.names()) == EXPECTED
+    assert set(configs.names()) == PACKAGED_CONFIGS
     listing = help_listing()
-    assert {n: list(configs.variants(n)) for n in EXPECTED} == listing
+    assert {n: list(configs.variants(n)) for n in PACKAGED_CONFIGS} == listing
     for name, variants in listing.items():
         assert "quick" in variants, name  # each config has a small variant (STYLE.md)
         default = configs.get_config(name)

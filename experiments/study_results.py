@@ -1,0 +1,30 @@
+"""Where the studies put their results: ``<workdir>/results.json``, and the ending the toy studies share
+(``gmm_pruning``, ``pcfg_study``, ``toy_gaussian_snr``): the wall time, results.json, then the plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Callable
+
+
+def write_results(results: dict, workdir: str) -> str:
+    """Writes ``results`` (JSON-able) to ``<workdir>/results.json``; returns its path."""
+    path = os.path.join(workdir, "results.json")
+    with open(path, "w") as f:
+        json.dump(results, f, indent=1)
+    return path
+
+
+def finish_study(
+    results: dict, cfg, workdir: str, plot: Callable[[dict, object, str], list], start_time: float
+) -> dict:
+    """Records the seconds since ``start_time`` in ``results["seconds"]``, writes results.json, draws the plots
+    (``plot(results, cfg, workdir)`` -> their paths, kept in ``results["plots"]`` but not in the file), prints where
+    everything went and returns ``results``."""
+    results["seconds"] = time.time() - start_time
+    path = write_results(results, workdir)
+    results["plots"] = plot(results, cfg, workdir)
+    print(f"done in {results['seconds']:.0f}s; wrote {path} and {results['plots']}")
+    return results
