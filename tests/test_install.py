@@ -66,6 +66,7 @@ def test_install_holds_the_library_configs_and_entry_point_only(installed):
         "mnist_bounds",
         "pcfg",
         "sqair_mnist",
+        "toy_gaussian_convergence",
         "toy_gaussian_snr",
         "toy_vae",
         "vrnn_mnist",

@@ -19,6 +19,7 @@ EXPECTED = {
     "mnist_bounds",
     "pcfg",
     "sqair_mnist",
+    "toy_gaussian_convergence",
     "toy_gaussian_snr",
     "toy_vae",
     "vrnn_mnist",
