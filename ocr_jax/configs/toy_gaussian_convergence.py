@@ -41,7 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.rmse.offset_std = 0.01
     c.rmse.k_values = (1, 3, 10, 30, 100, 1000)  # tuples: overridable on the command line
     c.rmse.m_values = (1, 3, 10, 30, 100, 1000)
-    c.rmse.num_repeats = 400  # R
+    c.rmse.num_repeats = 200  # R
     c.rmse.repeat_chunk = 4  # repeats evaluated together (memory: chunk·N·M·K·D floats)
 
     # Appendix 7.E: Adam from U[1.5, 2.5] for every parameter, mean ± std over 3 repeats (thesis). The thesis gives
