@@ -304,6 +304,48 @@ def plot_adam(res, cfg, path):
     return path
 
 
+def tables(results) -> str:
+    """The measured numbers of ``results.json`` as the markdown tables of docs/results.md."""
+    lines = []
+    if "rmse" in results:
+        res = results["rmse"]
+        lines += [
+            f"θ-gradient RMSE to ∇_μ log Z (R = {res['R']}; ‖∇_μ log Z‖ = {res['true_gradient_norm']:.4f}):",
+            "",
+            "| K or M | IWAE RMSE | IWAE ‖bias‖ | IWAE sd | VAE RMSE | VAE RMSE exact | VAE ‖bias‖ exact |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for a, b in zip(res["sweeps"]["iwae_vs_K"], res["sweeps"]["vae_vs_M"]):
+            lines.append(
+                f"| {a['K']} / {b['M']} | {a['rmse']:.4g} | {a['bias_norm_debiased']:.3g} | {a['sd']:.3g} | "
+                f"{b['rmse']:.4g} | {b['rmse_exact']:.4g} | {b['bias_norm_exact']:.4g} |"
+            )
+        for sweep in ("iwae_vs_K", "vae_vs_M"):
+            slopes = ", ".join(f"{v:+.2f}" for v in res[f"local_slopes_{sweep}"])
+            lines.append(f"\nlocal log-log slopes of the RMSE, {sweep}: {slopes}")
+        lines.append("")
+    if "adam" in results:
+        res, frac = results["adam"], results["config"]["adam"]["final_fraction"]
+        lines += [
+            f"Adam, final values (mean over the last {frac:.0%} of the logged points, then mean ± std over seeds):",
+            "",
+            "| K | M | ‖μ − μ*‖₂ | ‖(A, b) − (A*, b*)‖₂ | bound (ELBO_IS) | ‖μ − μ*‖₂ last | ‖φ − φ*‖₂ last |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for row in res["settings"]:
+            f = row["final"]
+            lines.append(
+                f"| {row['K']} | {row['M']} | {f['dist_theta']['mean']:.4f} ± {f['dist_theta']['std']:.4f} | "
+                f"{f['dist_phi']['mean']:.4f} ± {f['dist_phi']['std']:.4f} | {f['bound']['mean']:.3f} | "
+                f"{f['dist_theta_last']['mean']:.4f} | {f['dist_phi_last']['mean']:.4f} |"
+            )
+        lines.append(
+            f"\nbest θ: K = {res['best_dist_theta']['K']}, M = {res['best_dist_theta']['M']}; "
+            f"best φ: K = {res['best_dist_phi']['K']}, M = {res['best_dist_phi']['M']}"
+        )
+    return "\n".join(lines)
+
+
 def run(cfg, workdir):
     os.makedirs(workdir, exist_ok=True)
     t0 = time.time()
@@ -330,12 +372,22 @@ def run(cfg, workdir):
     results["plots"] = [str(p) for p in results["plots"]]
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
+    print(tables(results))
     print(f"done in {results['seconds']:.0f}s; wrote {workdir}/results.json and {results['plots']}")
     return results
+
+
+def main(config, workdir, report):
+    if report:  # the tables of a finished run, without running anything
+        with open(os.path.join(workdir, "results.json")) as f:
+            print(tables(json.load(f)))
+    else:
+        run(config, workdir)
 
 
 if __name__ == "__main__":
     # Flags are defined only when run as a script, so the module can be imported (tests) next to the others.
     _CONFIG = configs.define_config_flag("config", "toy_gaussian_convergence")
     _WORKDIR = flags.DEFINE_string("workdir", "runs/toy_gaussian_convergence", "output directory")
-    app.run(lambda argv: run(_CONFIG.value, _WORKDIR.value) and None)
+    _REPORT = flags.DEFINE_bool("report", False, "print the tables of <workdir>/results.json instead of running")
+    app.run(lambda argv: main(_CONFIG.value, _WORKDIR.value, _REPORT.value))
