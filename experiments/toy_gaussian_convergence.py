@@ -1,6 +1,6 @@
 """Toy Gaussian convergence studies (thesis appendix 7.C.2, Fig. 7.C.2, and appendix 7.E, Fig. 7.E.1).
 
-Model, data and inference network are those of ``experiments.toy_gaussian_snr`` (thesis §7.4, Eq. 7.11): z ~ N(μ, I),
+Model, data and inference network are built as in ``experiments.toy_gaussian_snr`` (thesis §7.4, Eq. 7.11): z ~ N(μ, I),
 x | z ~ N(z, I), q(z | x) = N(Ax + b, σ_q² I), D = 20, N = 1024 points from μ_true ~ N(0, I). The marginal is
 p_μ(x) = N(x; μ, 2I), so the target of the generative network has a closed form:
 
@@ -304,6 +304,15 @@ def plot_adam(res, cfg, path):
     return path
 
 
+THETA_THRESHOLD, PHI_THRESHOLD = 0.15, 1.0  # distances for the "first step below" columns of the Adam table
+
+
+def first_step_below(steps, values, threshold):
+    """The first logged step at which the mean over seeds of ``values`` [seeds, points] is below ``threshold``."""
+    below = np.nonzero(np.asarray(values, np.float64).mean(0) < threshold)[0]
+    return int(steps[below[0]]) if len(below) else None
+
+
 def tables(results) -> str:
     """The measured numbers of ``results.json`` as the markdown tables of docs/results.md."""
     lines = []
@@ -329,15 +338,22 @@ def tables(results) -> str:
         lines += [
             f"Adam, final values (mean over the last {frac:.0%} of the logged points, then mean ± std over seeds):",
             "",
-            "| K | M | ‖μ − μ*‖₂ | ‖(A, b) − (A*, b*)‖₂ | bound (ELBO_IS) | ‖μ − μ*‖₂ last | ‖φ − φ*‖₂ last |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
+            "| K | M | ‖μ − μ*‖₂ | ‖(A, b) − (A*, b*)‖₂ | bound (ELBO_IS) | ‖μ − μ*‖₂ last | ‖φ − φ*‖₂ last "
+            f"| first step ‖μ − μ*‖₂ < {THETA_THRESHOLD} | first step ‖φ − φ*‖₂ < {PHI_THRESHOLD} |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for row in res["settings"]:
             f = row["final"]
+            reached = [
+                first_step_below(res["steps"], row[name], threshold)
+                for name, threshold in (("dist_theta", THETA_THRESHOLD), ("dist_phi", PHI_THRESHOLD))
+            ]
             lines.append(
                 f"| {row['K']} | {row['M']} | {f['dist_theta']['mean']:.4f} ± {f['dist_theta']['std']:.4f} | "
                 f"{f['dist_phi']['mean']:.4f} ± {f['dist_phi']['std']:.4f} | {f['bound']['mean']:.3f} | "
-                f"{f['dist_theta_last']['mean']:.4f} | {f['dist_phi_last']['mean']:.4f} |"
+                f"{f['dist_theta_last']['mean']:.4f} | {f['dist_phi_last']['mean']:.4f} | "
+                + " | ".join("—" if r is None else str(r) for r in reached)
+                + " |"
             )
         lines.append(
             f"\nbest θ: K = {res['best_dist_theta']['K']}, M = {res['best_dist_theta']['M']}; "

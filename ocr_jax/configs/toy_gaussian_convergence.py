@@ -1,6 +1,6 @@
 """Config for the toy Gaussian convergence studies (thesis appendix 7.C.2 and 7.E; issue #17 item 5).
 
-Same model and data as ``toy_gaussian_snr`` (thesis §7.4: D = 20, N = 1024, σ_q² = 2/3). Two studies:
+Model and data built as in ``toy_gaussian_snr`` (thesis §7.4: D = 20, N = 1024, σ_q² = 2/3). Two studies:
 
 * ``rmse`` (appendix 7.C.2, Fig. 7.C.2): RMSE of the θ-gradient estimate to ∇_μ log Z at the near-optimum point,
   against K (IWAE, M = 1) and M (VAE, K = 1).
@@ -12,6 +12,8 @@ Run (the numbers of docs/results.md, "Study 1b"; one study per command):
       --config.run_adam=False --workdir=runs/toy_gaussian_rmse
   python -m experiments.toy_gaussian_convergence --config=toy_gaussian_convergence \
       --config.run_rmse=False --workdir=runs/toy_gaussian_adam
+The tables of a finished run, without running it again:
+  python -m experiments.toy_gaussian_convergence --report --workdir=runs/toy_gaussian_adam
 Quick smoke run (both studies, seconds):
   python -m experiments.toy_gaussian_convergence --config=toy_gaussian_convergence:quick --workdir=runs/toy_conv_quick
 """
@@ -28,7 +30,7 @@ RUN_WITH = "python -m experiments.toy_gaussian_convergence"
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     configs.check_variant(arg, VARIANTS, config="toy_gaussian_convergence")
     c = ml_collections.ConfigDict()
-    c.seed = 0  # the dataset (and the near-optimum point) is toy_gaussian_snr's for the same seed and sizes
+    c.seed = 0  # dataset and near-optimum point built as toy_gaussian_snr.make_problem does (a draw of their own)
     c.dim = 20  # D
     c.num_data = 1024  # N
     c.q_var = 2.0 / 3.0  # σ_q² (thesis §7.4)
