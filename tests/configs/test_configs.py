@@ -21,6 +21,7 @@ PACKAGED_CONFIGS = {
     "mnist_bounds",
     "pcfg",
     "sqair_mnist",
+    "toy_gaussian_convergence",
     "toy_gaussian_snr",
     "toy_vae",
     "vrnn_mnist",
