@@ -37,6 +37,7 @@ import optax
 from absl import app, flags
 
 from experiments import toy_gaussian_snr
+from experiments.study_results import write_results
 from ocr_jax import configs, objectives, plotting
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -386,10 +387,9 @@ def run(cfg, workdir):
     if cfg.run_adam:
         results["plots"].append(plot_adam(results["adam"], cfg, os.path.join(workdir, "estimators_toy_adam.png")))
     results["plots"] = [str(p) for p in results["plots"]]
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    path = write_results(results, workdir)
     print(tables(results))
-    print(f"done in {results['seconds']:.0f}s; wrote {workdir}/results.json and {results['plots']}")
+    print(f"done in {results['seconds']:.0f}s; wrote {path} and {results['plots']}")
     return results
 
 
