@@ -9,7 +9,8 @@ Runs the frozen model once on the largest number of training sequences and on th
     order, 19-way MLP) for each number of training sequences and each number of classifier steps;
   * a probe of the representation: the digit's class (10-way, the same MLP) from the one object's z_what, in frames
     with one visible digit and one object in view.
-Writes ``<workdir>/addition_study.json`` and prints it.
+Writes ``<workdir>/addition_study.json`` (with ``--posterior_means``, z_what read at its posterior mean:
+``addition_study_means.json``) and prints it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def define_flags() -> None:
     flags.DEFINE_list("train_sequences", ["2000", "10000", "20000"], "Training sequences for the classifier.")
     flags.DEFINE_list("classifier_steps", ["10000", "40000"], "Classifier training steps.")
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+    flags.DEFINE_bool(
+        "posterior_means", False, "Read z_what at its posterior mean (SQAIR.infer's posterior_means), not a sample."
+    )
 
 
 def digit_probe_data(outputs: dict, data: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -46,19 +50,27 @@ def digit_probe_data(outputs: dict, data: dict) -> tuple[np.ndarray, np.ndarray]
     return features, digit[frames]
 
 
-def study(workdir: str, train_sequences: list[int], classifier_steps: list[int], step: int | None) -> dict:
+def study(
+    workdir: str,
+    train_sequences: list[int],
+    classifier_steps: list[int],
+    step: int | None,
+    posterior_means: bool = False,
+) -> dict:
     run = api.load_run(workdir, step=step)
     task = run.task
     cfg = task.config
     test = task.test_data
     train = load_sequences(cfg, "train", max(train_sequences), cfg.data_seed)
     key = jax.random.key(run.step)  # as experiments.sqair_report
-    train_out = sqair_eval.best_particle_outputs(
-        task, run.params, train["frames"], jax.random.fold_in(key, sqair_eval.TRAIN_KEY_FOLD)
-    )
-    test_out = sqair_eval.best_particle_outputs(task, run.params, test["frames"], key)
+    train_key = jax.random.fold_in(key, sqair_eval.TRAIN_KEY_FOLD)
+    infer = dict(posterior_means=posterior_means)
+    train_out = sqair_eval.best_particle_outputs(task, run.params, train["frames"], train_key, **infer)
+    test_out = sqair_eval.best_particle_outputs(task, run.params, test["frames"], key, **infer)
     truth = ("labels", "presence")
-    result = dict(step=run.step, num_test_sequences=int(len(test["frames"])), addition=[])
+    result = dict(
+        step=run.step, num_test_sequences=int(len(test["frames"])), posterior_means=posterior_means, addition=[]
+    )
     for m in train_sequences:
         for steps in classifier_steps:
             r = sqair_eval.addition_experiment(
@@ -88,8 +100,15 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
     fl = flags.FLAGS
-    result = study(fl.workdir, [int(x) for x in fl.train_sequences], [int(x) for x in fl.classifier_steps], fl.step)
-    with open(os.path.join(fl.workdir, "addition_study.json"), "w") as f:
+    result = study(
+        fl.workdir,
+        [int(x) for x in fl.train_sequences],
+        [int(x) for x in fl.classifier_steps],
+        fl.step,
+        fl.posterior_means,
+    )
+    name = "addition_study_means.json" if fl.posterior_means else "addition_study.json"
+    with open(os.path.join(fl.workdir, name), "w") as f:
         json.dump(result, f, indent=1)
     print(json.dumps({k: v for k, v in result.items() if k != "z_what_std_over_objects"}, indent=1))
 

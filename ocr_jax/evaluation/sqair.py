@@ -142,14 +142,19 @@ _EVAL_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def eval_functions(task) -> tuple[Callable, Callable]:
-    """Jitted ``infer(params, frames, key, disc_later_presence_bias)`` with ``eval.num_particles`` particles and
+    """Jitted ``infer(params, frames, key, disc_later_presence_bias, posterior_means=False)`` with
+    ``eval.num_particles`` particles (``posterior_means`` static: ``SQAIR.infer``'s) and
     ``log_marginal(params, frames, key)`` (IWAE with ``eval.log_marginal_particles``, chunked) for ``task.model``;
     frames uint8 (``to_unit_float``) or float. Built once per task."""
     if task not in _EVAL_FUNCTIONS:
         model, ev = task.model, task.config.eval
-        infer = jax.jit(
-            lambda p, x, k, b: model.infer(p, to_unit_float(x), k, ev.num_particles, disc_later_presence_bias=b)
-        )
+
+        def infer(p, x, k, b, posterior_means=False):
+            return model.infer(
+                p, to_unit_float(x), k, ev.num_particles, disc_later_presence_bias=b, posterior_means=posterior_means
+            )
+
+        infer = jax.jit(infer, static_argnames="posterior_means")
 
         @jax.jit
         def log_marginal(p, x, k):
@@ -223,18 +228,20 @@ def window_fraction_on_canvas(boxes: np.ndarray, image_shape: Sequence[int]) -> 
     return np.where(area > 0, on_y * on_x / np.where(area > 0, area, 1.0), 0.0)
 
 
-def inference_batches(task, params, frames: np.ndarray, key: jax.Array):
+def inference_batches(task, params, frames: np.ndarray, key: jax.Array, posterior_means: bool = False):
     """Runs the jitted ``infer`` of :func:`eval_functions` (``eval.num_particles`` particles) over ``frames [n, T, H,
     W]`` in batches of ``eval.batch_size``, with key ``fold_in(key, start)`` for the batch starting at sequence
     ``start``, so that every evaluation of the same frames with the same key sees the same particles. Yields ``(start,
     out, pick)``: the host outputs ``[B, K, ...]`` and ``pick``, which selects the best particle (largest log-weight):
     ``[B, K, ...] -> [B, ...]``. DISC's suppression is that of training step ``task.eval_step`` (set by the periodic
-    evaluation; default: after training, i.e. none)."""
+    evaluation; default: after training, i.e. none). ``posterior_means``: z_where and z_what at their posterior
+    means (``SQAIR.infer``)."""
     infer = eval_functions(task)[0]
     bias = task.disc_later_bias(task.eval_step)
     for start in range(0, len(frames), task.config.eval.batch_size):
+        batch = frames[start : start + task.config.eval.batch_size]
         out = jax.device_get(
-            infer(params, frames[start : start + task.config.eval.batch_size], jax.random.fold_in(key, start), bias)
+            infer(params, batch, jax.random.fold_in(key, start), bias, posterior_means=posterior_means)
         )
         best = np.argmax(out["log_weight"], axis=1)
         yield start, out, lambda a, best=best: np.asarray(a)[np.arange(len(best)), best]
@@ -1037,15 +1044,17 @@ def train_addition_classifier(
 TRAIN_KEY_FOLD = 1 << 30
 
 
-def best_particle_outputs(task, params, frames: np.ndarray, key) -> dict[str, np.ndarray]:
+def best_particle_outputs(
+    task, params, frames: np.ndarray, key, *, posterior_means: bool = False
+) -> dict[str, np.ndarray]:
     """The best particle's (largest log-weight) ``z_what [n, T, N, Dw]``, ``z_pres [n, T, N]`` (1 for the present
     objects in view, :func:`visible_objects`: what tracking and addition score against the visible digits),
     ``ids [n, T, N]`` and ``boxes [n, T, N, 4]`` (pixel edges, clipped to the canvas, as the ground-truth boxes are)
     for ``frames [n, T, H, W]``, from the same batches and keys as :func:`evaluate_sqair`
-    (:func:`inference_batches`)."""
+    (:func:`inference_batches`; ``posterior_means``: the continuous latents at their posterior means)."""
     H, W = task.model.config.image_shape
     parts = {k: [] for k in ("z_what", "z_pres", "ids", "boxes")}
-    for _, out, pick in inference_batches(task, params, frames, key):
+    for _, out, pick in inference_batches(task, params, frames, key, posterior_means):
         boxes = boxes_of_raw(task, pick(out["z_where_raw"]))
         visible = task_visible_objects(task, boxes, pick(out["z_pres"]) > 0.5)
         parts["z_what"].append(pick(out["z_what"]))

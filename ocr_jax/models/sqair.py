@@ -696,6 +696,11 @@ class SQAIRConditionalSample:
 # The model
 
 
+def _normal_sample(key, loc, scale, posterior_mean: bool):
+    """A reparameterised draw ``loc + scale·ε`` from N(loc, scale²), or ``loc`` itself when ``posterior_mean``."""
+    return loc if posterior_mean else loc + scale * jax.random.normal(key, loc.shape)
+
+
 class SQAIR:
     """SQAIR wired from Linen modules. Stateless: every method is a pure function of ``params`` and its inputs.
 
@@ -872,8 +877,9 @@ class SQAIR:
 
     # --- inference (Algorithms 2 and 3) -----------------------------------------------------------------------------
 
-    def _propagate(self, params, image, state, key):
-        """PROP (Alg. 2, Eq. 5.11-5.15) over the N slots in order, and the propagation prior (Eq. 5.9-5.10)."""
+    def _propagate(self, params, image, state, key, posterior_means: bool = False):
+        """PROP (Alg. 2, Eq. 5.11-5.15) over the N slots in order, and the propagation prior (Eq. 5.9-5.10).
+        ``posterior_means`` (static): z_where and z_what are their posterior means, not samples."""
         c = self.config
         N, H, Dw = c.max_objects, c.hidden, c.z_what_dim
         keys = jax.random.split(key, N)
@@ -905,14 +911,14 @@ class SQAIR:
             loc, scale = self._inference(
                 params, SQAIRInference.propagation_where, what_prev, where_prev, h_t_prev, w_rel
             )
-            where = loc + scale * jax.random.normal(k_where, loc.shape)
+            where = _normal_sample(k_where, loc, scale, posterior_means)
             log_q_where = diag_normal_log_prob(where, loc, scale)
             # Lines 11-13 / Eq. 5.15.
             e = glimpse_code(where)
             w_temp = self._inference(params, SQAIRInference.temporal_step, h_t_prev, e, where, w_rel)
             # Line 14.
             loc, scale = self._inference(params, SQAIRInference.propagation_what, e, what_prev, w_rel, w_temp)
-            what = loc + scale * jax.random.normal(k_what, loc.shape)
+            what = _normal_sample(k_what, loc, scale, posterior_means)
             log_q_what = diag_normal_log_prob(what, loc, scale)
             # Line 15 / Eq. 5.13: Bernoulli · δ(z_pres_{t−1} = 1).
             pres_logit = bound_logit(
@@ -949,9 +955,21 @@ class SQAIR:
         _, out = jax.lax.scan(step, init, xs, unroll=c.scan_unroll)
         return out
 
-    def _discover(self, params, image, image_projection, prop, num_prop, key, is_first=True, later_bias=None):
+    def _discover(
+        self,
+        params,
+        image,
+        image_projection,
+        prop,
+        num_prop,
+        key,
+        is_first=True,
+        later_bias=None,
+        posterior_means: bool = False,
+    ):
         """DISC (Alg. 3): AIR conditioned on the DeepSets code of the propagated objects (Eq. 5.6), N masked steps of
-        which only the first N − P_t may be present; also the discovery prior of the continuous latents (Eq. 5.7)."""
+        which only the first N − P_t may be present; also the discovery prior of the continuous latents (Eq. 5.7).
+        ``posterior_means`` (static): z_where and z_what are their posterior means, not samples."""
         c = self.config
         N, H, Dw = c.max_objects, c.hidden, c.z_what_dim
         keys = jax.random.split(key, N)
@@ -969,12 +987,12 @@ class SQAIR:
                 params, SQAIRInference.discovery_step, h_disc, image_projection, latent_code, what_prev, where_prev
             )
             loc, scale = self._inference(params, SQAIRInference.discovery_where, w)
-            where = loc + scale * jax.random.normal(k_where, loc.shape)
+            where = _normal_sample(k_where, loc, scale, posterior_means)
             log_q_where = diag_normal_log_prob(where, loc, scale)
             g = extract_glimpse(image, self.to_transform(where), c.glimpse_shape)
             e = self._inference(params, SQAIRInference.encode_glimpse, g)
             loc, scale = self._inference(params, SQAIRInference.discovery_what, e)
-            what = loc + scale * jax.random.normal(k_what, loc.shape)
+            what = _normal_sample(k_what, loc, scale, posterior_means)
             log_q_what = diag_normal_log_prob(what, loc, scale)
             raw_logit = self._inference(params, SQAIRInference.discovery_presence, w, what)
             pres_logit = bound_logit(raw_logit, c.disc_presence_logit_bound)
@@ -1015,12 +1033,27 @@ class SQAIR:
             log_p=jnp.zeros((N,)),
         )
 
-    def _infer_step(self, params, state, image, image_projection, t, key, *, first: bool = False, later_bias=None):
+    def _infer_step(
+        self,
+        params,
+        state,
+        image,
+        image_projection,
+        t,
+        key,
+        *,
+        first: bool = False,
+        later_bias=None,
+        posterior_means: bool = False,
+    ):
         """One frame of inference for one particle: PROP, DISC, likelihood. Returns (new state, per-step outputs).
         ``first`` (static): frame 1 of a sequence, whose state is empty, so PROP is skipped."""
         k_prop, k_disc = jax.random.split(key)
         is_first = t == 0
-        prop = self._nothing_propagated(state) if first else self._propagate(params, image, state, k_prop)
+        if first:
+            prop = self._nothing_propagated(state)
+        else:
+            prop = self._propagate(params, image, state, k_prop, posterior_means)
         prop_state = dict(
             z_what=prop["z_what"],
             z_where=prop["z_where"],
@@ -1031,7 +1064,9 @@ class SQAIR:
         )
         prop_state = self._compact(prop["z_pres"], prop_state)
         num_prop = jnp.sum(prop["z_pres"]).astype(jnp.int32)
-        disc = self._discover(params, image, image_projection, prop_state, num_prop, k_disc, is_first, later_bias)
+        disc = self._discover(
+            params, image, image_projection, prop_state, num_prop, k_disc, is_first, later_bias, posterior_means
+        )
         num_disc = jnp.sum(disc["z_pres"]).astype(jnp.int32)
         prior_init = jnp.broadcast_to(
             self._generative(params, SQAIRGenerative.prior_initial_state), disc["h_temporal"].shape
@@ -1056,7 +1091,9 @@ class SQAIR:
         )
         return new_state, out
 
-    def _infer_particle(self, params, images, image_projections, key, t0=0, state=None, later_bias=None):
+    def _infer_particle(
+        self, params, images, image_projections, key, t0=0, state=None, later_bias=None, posterior_means=False
+    ):
         """One particle over a sequence ``images [time, H, W]``; key of frame t is ``fold_in(key, t)``. From an empty
         state (``state is None``), frame 1 runs DISC only and the scan covers frames 2..T."""
 
@@ -1064,7 +1101,15 @@ class SQAIR:
             st, log_w = carry
             image, projection, t = xs
             st, out = self._infer_step(
-                params, st, image, projection, t, jax.random.fold_in(key, t), first=first, later_bias=later_bias
+                params,
+                st,
+                image,
+                projection,
+                t,
+                jax.random.fold_in(key, t),
+                first=first,
+                later_bias=later_bias,
+                posterior_means=posterior_means,
             )
             log_w = log_w + (
                 out["log_likelihood"] + out["log_p_disc"] + out["log_p_prop"] - out["log_q_disc"] - out["log_q_prop"]
@@ -1126,7 +1171,7 @@ class SQAIR:
             chex.assert_shape(out.frames, lead + tuple(c.image_shape))
         return out
 
-    def _infer_batch(self, params, images, key, num_particles, later_bias=None):
+    def _infer_batch(self, params, images, key, num_particles, later_bias=None, posterior_means=False):
         B = images.shape[0]
         codes = self.encode_images(params, images)  # [batch, time, hidden], shared across particles
         keys = jax.vmap(lambda b: jax.vmap(lambda k: self.particle_key(key, b, k))(jnp.arange(num_particles)))(
@@ -1134,17 +1179,33 @@ class SQAIR:
         )
 
         def per_sequence(images_b, codes_b, keys_b):
-            return jax.vmap(lambda k: self._infer_particle(params, images_b, codes_b, k, later_bias=later_bias))(keys_b)
+            return jax.vmap(
+                lambda k: self._infer_particle(
+                    params, images_b, codes_b, k, later_bias=later_bias, posterior_means=posterior_means
+                )
+            )(keys_b)
 
         return jax.vmap(per_sequence)(images, codes, keys)
 
-    def infer(self, params, images, key, num_particles: int = 1, *, disc_later_presence_bias=None) -> SQAIROutput:
+    def infer(
+        self,
+        params,
+        images,
+        key,
+        num_particles: int = 1,
+        *,
+        disc_later_presence_bias=None,
+        posterior_means: bool = False,
+    ) -> SQAIROutput:
         """Run inference on ``images [batch, time, H, W]`` with ``num_particles`` (K) independent particles.
 
         Returns a :class:`SQAIROutput`: per-step outputs ``[batch, particles, time, ...]`` and
         ``log_weight [batch, particles]`` = Σ_t (log p(x_t|z_t) + log p^D + log p^P − log q^D − log q^P).
         ``disc_later_presence_bias`` (a scalar, may be traced) overrides the config's offset of DISC's presence
-        logit after frame 1 (a training schedule: ``SQAIRTask.disc_later_bias``).
+        logit after frame 1 (a training schedule: ``SQAIRTask.disc_later_bias``). ``posterior_means`` (a Python
+        bool): every z_where and z_what is its posterior mean instead of a sample (the presences are still sampled) —
+        a deterministic representation for read-outs such as the addition experiment; ``log_weight`` is then no
+        importance weight (it ranks the particles by the same terms, at the means).
 
         Checked: ``images`` by :meth:`validate_sequence` (values only when concrete), ``num_particles`` an int >= 1,
         ``key`` a ``jax.random.key`` or an old-style ``jax.random.PRNGKey`` (uint32[2]; same results for the same
@@ -1160,7 +1221,9 @@ class SQAIR:
                 )
             validation.check_values(disc_later_presence_bias, "disc_later_presence_bias", low=-math.inf, high=math.inf)
         images = jnp.asarray(images, jnp.float32)
-        out, log_w, _ = self._infer_batch(params, images, key, num_particles, disc_later_presence_bias)
+        if not isinstance(posterior_means, bool):
+            raise TypeError(f"posterior_means must be a Python bool; got {type(posterior_means).__name__}")
+        out, log_w, _ = self._infer_batch(params, images, key, num_particles, disc_later_presence_bias, posterior_means)
         return self._infer_output(out, log_w, images.shape[:2], num_particles)
 
     def _infer_output(self, out: dict, log_w, batch_time: tuple[int, int], num_particles: int) -> SQAIROutput:

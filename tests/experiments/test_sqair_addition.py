@@ -40,3 +40,8 @@ def test_sqair_addition_cli_on_a_two_step_run(tmp_path):
     probe = result["digit_from_one_z_what"]
     assert 0 <= probe["test_frames"] <= 4 * 3
     assert probe["test_accuracy"] is None or 0.0 <= probe["test_accuracy"] <= 1.0
+    assert result["posterior_means"] is False
+    means = cmd + ["--train_sequences=4", "--classifier_steps=5", "--posterior_means"]
+    subprocess.run(means, check=True, capture_output=True)
+    at_means = json.loads((workdir / "addition_study_means.json").read_text())
+    assert at_means["posterior_means"] is True and [r["train_sequences"] for r in at_means["addition"]] == [4]

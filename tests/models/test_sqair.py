@@ -408,3 +408,24 @@ def test_tiny_sqair_task_bound_improves():
 def test_sharded_and_single_device_steps_agree():
     """One SQAIR train step (quick config, VIMCO, K = 3) on 1 device and on 4 simulated devices: same update."""
     sharded_step_check.run_in_subprocess("ocr_jax.configs.sqair_mnist", "quick")
+
+
+def test_posterior_means_make_inference_deterministic_given_the_presences(setup):
+    """With every presence forced on (logit 30), ``posterior_means=True`` leaves nothing random: two keys give the
+    same latents and log-weights, each z_what / z_where the mean of its posterior; with samples they differ."""
+    model, images = setup["model"], setup["images"]
+    params = _force_logit(setup["params"], "inference", "disc_pres", 30.0)
+    params = _force_logit(params, "inference", "prop_pres", 30.0)
+    infer = jax.jit(lambda p, x, k, means: model.infer(p, x, k, K, posterior_means=means), static_argnums=3)
+    a, b = (jax.device_get(infer(params, images, jax.random.key(s), True)) for s in (1, 2))
+    assert np.all(a["z_pres"] == 1)
+    for name in ("z_what", "z_where_raw", "log_weight"):
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(a["z_what"][:, 0], a["z_what"][:, 1], rtol=1e-5, atol=1e-5)  # particles agree
+    s1, s2 = (jax.device_get(infer(params, images, jax.random.key(s), False)) for s in (1, 2))
+    assert np.abs(s1["z_what"] - s2["z_what"]).max() > 1e-3
+    # the default is sampling, bit for bit
+    default = jax.device_get(jax.jit(lambda p, x, k: model.infer(p, x, k, K))(params, images, jax.random.key(1)))
+    np.testing.assert_array_equal(default["z_what"], s1["z_what"])
+    with pytest.raises(TypeError, match="posterior_means"):
+        model.infer(params, images, jax.random.key(1), K, posterior_means=np.bool_(True))
