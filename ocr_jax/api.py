@@ -233,12 +233,15 @@ def _batched(fn, x: np.ndarray, key: jax.Array, batch_size: int) -> dict[str, np
 # ---- SQAIR --------------------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("num_particles",))
-def _sqair_best_particle(model, params, frames, keys, *, num_particles: int) -> dict[str, jax.Array]:
+@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("num_particles", "posterior_means"))
+def _sqair_best_particle(
+    model, params, frames, keys, *, num_particles: int, posterior_means: bool = False
+) -> dict[str, jax.Array]:
     """``frames [B, T, H, W]``, ``keys [B]`` -> the best of K particles per sequence."""
 
     def one(x, key):
-        out = model.infer(params, x[None], key, num_particles)  # [1, K, T, ...]; log_weight [1, K]
+        # [1, K, T, ...]; log_weight [1, K]
+        out = model.infer(params, x[None], key, num_particles, posterior_means=posterior_means)
         best = jnp.argmax(out["log_weight"][0])
         return {name: out[name][0, best] for name in ("z_pres", "z_what", "z_where_raw", "ids", "log_weight")}
 
@@ -246,7 +249,7 @@ def _sqair_best_particle(model, params, frames, keys, *, num_particles: int) -> 
 
 
 def infer_sequences(
-    run: Run, frames, *, key=None, num_particles: int = 5, batch_size: int = 32
+    run: Run, frames, *, key=None, num_particles: int = 5, batch_size: int = 32, posterior_means: bool = False
 ) -> dict[str, np.ndarray]:
     """SQAIR inference on ``frames [B, T, H, W]`` (float in [0, 1] or uint8; ``T <= max_seq_len``, ``H, W`` the
     model's frame size): the best of ``num_particles`` particles per sequence (largest log-weight).
@@ -266,8 +269,12 @@ def infer_sequences(
         Gaussian latent ẑ_where, ``z_where = model.to_transform(z_where_raw)``: the latents, meaningful where present;
       ``log_weight [B]``: the chosen particle's log importance weight log p(x, z) − log q(z | x).
     Sequence i uses ``jax.random.fold_in(key, i)``; ``batch_size`` sequences run per jitted call.
+    ``posterior_means=True``: every z_where and z_what at its posterior mean, the presences still sampled (a
+    deterministic representation, e.g. for a classifier on z_what; ``log_weight`` is then no importance weight).
     """
     _check_run(run, "sqair", "infer_sequences")
+    if not isinstance(posterior_means, bool):
+        raise TypeError(f"posterior_means must be True or False; got {posterior_means!r}")
     _check_positive(num_particles=num_particles, batch_size=batch_size)
     c = run.model.config
     x = _as_float32(
@@ -279,7 +286,9 @@ def infer_sequences(
         max_time=c.max_seq_len,
     )
     out = _batched(
-        functools.partial(_sqair_best_particle, run.model, run.params, num_particles=num_particles),
+        functools.partial(
+            _sqair_best_particle, run.model, run.params, num_particles=num_particles, posterior_means=posterior_means
+        ),
         x,
         _as_key(key),
         batch_size,

@@ -249,6 +249,15 @@ def test_infer_sequences_outputs(sqair_run):
         api.infer_sequences(run, frames, num_particles=2, key=3),
     )
     assert not np.array_equal(out["log_weight"], api.infer_sequences(run, frames, num_particles=2, key=4)["log_weight"])
+    # posterior means: the model's infer(posterior_means=True) for the chosen particle; a Python bool only
+    at_means = api.infer_sequences(run, frames, num_particles=2, key=jax.random.key(0), posterior_means=True)
+    direct = jax.jit(lambda x, k: run.model.infer(run.params, x, k, 2, posterior_means=True))(
+        frames[:1] / 255.0, jax.random.fold_in(jax.random.key(0), 0)
+    )
+    best = int(np.argmax(direct.log_weight[0]))
+    np.testing.assert_allclose(at_means["z_what"][0], direct.z_what[0, best], rtol=1e-5, atol=1e-5)
+    with pytest.raises(TypeError, match="posterior_means"):
+        api.infer_sequences(run, frames, posterior_means=1)
 
 
 def test_infer_images_picks_the_best_particle_independently_of_batching(air_run):
