@@ -273,8 +273,6 @@ def infer_sequences(
     deterministic representation, e.g. for a classifier on z_what; ``log_weight`` is then no importance weight).
     """
     _check_run(run, "sqair", "infer_sequences")
-    if not isinstance(posterior_means, bool):
-        raise TypeError(f"posterior_means must be True or False; got {posterior_means!r}")
     _check_positive(num_particles=num_particles, batch_size=batch_size)
     c = run.model.config
     x = _as_float32(

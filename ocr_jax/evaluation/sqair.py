@@ -735,7 +735,7 @@ def tracking_match_options(eval_config) -> dict[str, Any]:
     """A task's ``eval`` settings -> the matching keywords of :func:`tracking_errors`: ``tracking_match``
     "coverage" (``tracking_coverage_threshold`` of the true box inside the glimpse window) or "iou"
     (``tracking_iou_threshold``)."""
-    match = eval_config.get("tracking_match", "iou")
+    match = eval_config.tracking_match
     if match not in ("iou", "coverage"):
         raise ValueError(f"eval.tracking_match must be 'iou' or 'coverage'; got {match!r}")
     coverage = float(eval_config.tracking_coverage_threshold) if match == "coverage" else None
