@@ -38,6 +38,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ocr_jax import distributions
+
 Array = jax.Array
 sg = jax.lax.stop_gradient
 
@@ -592,7 +594,7 @@ def defensive_categorical_sample(
     shape = tuple(sample_shape) + logits.shape[:-1]
     k_choose, k_q, k_u = jax.random.split(key, 3)
     from_uniform = jax.random.bernoulli(k_choose, delta, shape)
-    z_q = jax.random.categorical(k_q, sg(logits), shape=shape)
+    z_q = distributions.categorical_sample(k_q, logits, shape)
     z_u = jax.random.randint(k_u, shape, 0, num)
     z = jnp.where(from_uniform, z_u, z_q)
     return z, defensive_categorical_log_prob(logits, delta, z)

@@ -12,6 +12,24 @@ import pytest
 from ocr_jax import distributions as dist
 
 
+def test_categorical_sample_frequencies_support_and_shapes():
+    logits = jnp.log(jnp.array([[0.5, 0.0, 0.2, 0.3], [0.1, 0.1, 0.1, 0.7]]))  # category 1 of row 0 has p = 0
+    n = 50000
+    z = dist.categorical_sample(jax.random.PRNGKey(0), logits, (n, 2))
+    assert z.shape == (n, 2) and z.dtype == jnp.int32
+    assert z.shape == jax.random.categorical(jax.random.PRNGKey(0), logits, shape=(n, 2)).shape
+    probs = np.exp(np.asarray(logits))
+    for row in range(2):
+        freq = np.bincount(np.asarray(z[:, row]), minlength=4) / n
+        np.testing.assert_allclose(freq, probs[row], atol=5 * np.sqrt(0.25 / n))
+    assert not np.any(np.asarray(z[:, 0]) == 1)  # probability 0 is never drawn
+    assert dist.categorical_sample(jax.random.PRNGKey(1), logits).shape == (2,)  # default shape: the batch
+    one_hot = jnp.array([-1e30, -1e30, 0.0])  # all mass on the last category, even at the cdf's rounding
+    assert np.all(np.asarray(dist.categorical_sample(jax.random.PRNGKey(2), one_hot, (1000,))) == 2)
+    first = jnp.array([0.0, -1e30, -1e30])
+    assert np.all(np.asarray(dist.categorical_sample(jax.random.PRNGKey(3), first, (1000,))) == 0)
+
+
 def test_diag_normal_log_prob_closed_form():
     rng = np.random.default_rng(0)
     x, loc = rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 3, 4))

@@ -1,12 +1,15 @@
-"""Fast checks of the study scripts' building blocks (the studies themselves run outside the test suite)."""
+"""Checks of the study scripts: their building blocks, and the GMM study run whole at a tiny budget."""
 
 import math
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from experiments import gmm_pruning, mnist_bounds, toy_gaussian_snr
+from ocr_jax.configs import gmm_pruning as gmm_config
 from ocr_jax.configs import mnist_bounds as mnist_config
 
 
@@ -35,6 +38,39 @@ def test_gmm_losses_finite_for_every_method_and_posterior_normalised():
     post = gmm_pruning.posterior(jnp.log(gmm_pruning.true_probs(20)), x)
     np.testing.assert_allclose(post.sum(-1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(gmm_pruning.true_probs(20)[0], 5 / sum(range(5, 25)), rtol=1e-6)
+
+
+def _tiny_gmm_config(starts):
+    cfg = gmm_config.get_config("quick")
+    cfg.methods, cfg.num_particles, cfg.starts = ["dww"], [2], starts
+    cfg.num_iterations, cfg.eval_every, cfg.num_seeds = 20, 10, 2
+    return cfg
+
+
+def test_gmm_study_runs_both_starts_in_one_program_and_resumes(tmp_path):
+    results = gmm_pruning.run(_tiny_gmm_config(["adverse", "equal"]), str(tmp_path / "both"))
+    assert results["iterations"] == [0, 10, 20]
+    adverse, equal = results["runs"]["adverse/dww/K2"], results["runs"]["equal/dww/K2"]
+    # the adverse start is the prior ∝ exp(−c), the equal start uniform (snapshot 0 = before any update)
+    start = np.asarray(adverse["hinton_prior_seed0"][0])
+    np.testing.assert_allclose(start, np.exp(-np.arange(20)) / np.exp(-np.arange(20)).sum(), rtol=1e-5)
+    np.testing.assert_allclose(equal["hinton_prior_seed0"][0], np.full(20, 0.05), rtol=1e-6)
+    q = np.asarray(adverse["hinton_q_seed0"])  # [3 stages, X, C], PMFs
+    assert q.shape == (3, 10, 20)
+    np.testing.assert_allclose(q.sum(-1), 1.0, rtol=1e-5)
+    for r in (adverse, equal):
+        assert np.all(np.asarray(r["phi_grad_std_quartiles"]) > 0)
+        assert len(r["model_error_quartiles"][1]) == 3
+    # vmapping the starts does not mix them: the equal start alone gives the same numbers
+    alone = gmm_pruning.run(_tiny_gmm_config(["equal"]), str(tmp_path / "alone"))["runs"]["equal/dww/K2"]
+    for name in ("model_error_quartiles", "inference_error_quartiles", "final_prior_median"):
+        np.testing.assert_allclose(alone[name], equal[name], rtol=1e-5, atol=1e-7)
+    assert all(os.path.exists(p) for p in results["plots"]) and len(results["plots"]) == 5
+    # resume: a second run reads the finished (method, K) instead of training it again
+    again = gmm_pruning.run(_tiny_gmm_config(["adverse", "equal"]), str(tmp_path / "both"))
+    assert again["runs"]["adverse/dww/K2"] == adverse
+    with pytest.raises(ValueError, match="another config"):
+        gmm_pruning.run(_tiny_gmm_config(["equal"]), str(tmp_path / "both"))
 
 
 def test_mnist_schedule_and_model_shapes():
