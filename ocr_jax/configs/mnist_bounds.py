@@ -6,13 +6,18 @@ Full reproduction (Burda et al. schedule: stages i = 0..7 of 3^i epochs at lr 1e
 Small budgets (a fixed number of steps per method, test subset; ``medium``: all 8 methods, 10k steps ≈ 3.3 epochs):
   python -m experiments.mnist_bounds --config=mnist_bounds:small --workdir=runs/mnist_small
   python -m experiments.mnist_bounds --config=mnist_bounds:medium --workdir=runs/mnist_medium
+At 10k steps: Table 7.5.1 with 4 seeds (Welch's t-test), and Fig. 7.5.2's sweeps over M and β (one seed):
+  python -m experiments.mnist_bounds --config=mnist_bounds:seeds --workdir=runs/mnist_seeds
+  python -m experiments.mnist_bounds --config=mnist_bounds:sweep --workdir=runs/mnist_sweep
+Every run also records the per-image ESS (Fig. 7.5.3) and the encoder weights' SNR during training (Fig. 7.5.4);
+a run resumes after the last finished (method, seed).
 """
 
 import ml_collections
 
 from ocr_jax import configs
 
-VARIANTS = ("small", "medium", "quick")
+VARIANTS = ("small", "medium", "seeds", "sweep", "quick")
 # A study script's config (not a training-loop task): run from a checkout.
 RUN_WITH = "python -m experiments.mnist_bounds"
 
@@ -38,7 +43,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "VAE": ("miwae", 64),
         }
     )
-    c.run_methods = list(c.methods.keys())
+    table = ["IWAE", "PIWAE(4,16)", "PIWAE(8,8)", "MIWAE(4,16)", "MIWAE(8,8)", "CIWAE(b=0_05)", "CIWAE(b=0_5)", "VAE"]
+    c.run_methods = table  # Table 7.5.1's eight, in its order
+    # Fig. 7.5.2's sweeps over M (MIWAE, PIWAE with K = 64/M) and β (CIWAE); run with the ``sweep`` variant.
+    sweep = {f"MIWAE({m},{64 // m})": ("miwae", m) for m in (2, 16, 32)}
+    sweep |= {f"PIWAE({m},{64 // m})": ("piwae", m) for m in (2, 16, 32)}
+    sweep |= {f"CIWAE(b=0_{b})": ("ciwae", float(f"0.{b}")) for b in (1, 2, 3, 7, 9)}
+    for name, method in sweep.items():
+        c.methods[name] = method
+    c.seeds = [0]  # Table 7.5.1: 4 seeds, mean ± std and Welch's t-test at 5 %
+    c.snr_every = 1000  # Fig. 7.5.4: encoder weights' SNR every this many steps (0: never)
+    c.snr_weights = 20  # randomly chosen weights per encoder layer
+    c.snr_repeats = 100  # gradient draws on one fixed batch per SNR estimate
     c.batch_size = 20
     c.num_stages = 8  # stage i: 3^i epochs at learning rate base_lr·10^(−i/7)
     c.base_lr = 1e-3
@@ -52,9 +68,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.run_methods = ["IWAE", "PIWAE(8,8)", "MIWAE(8,8)", "VAE"]
         c.max_steps = 1500
         c.num_test = 500
-    elif arg == "medium":
+    elif arg in ("medium", "seeds", "sweep"):
         c.max_steps = 10_000
         c.num_test = 1000
+    if arg == "seeds":
+        c.seeds = [0, 1, 2, 3]
+    if arg == "sweep":
+        c.run_methods = table + list(sweep)  # Table 7.5.1's methods and the sweeps
     elif arg == "quick":
         c.run_methods = ["IWAE", "VAE"]
         c.max_steps = 20
@@ -62,4 +82,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.log_marginal_particles = 200
         c.log_marginal_chunk = 100
         c.eval_batch = 20
+        c.snr_every = 10
+        c.snr_repeats = 4
+        c.seeds = [0, 1]
     return c

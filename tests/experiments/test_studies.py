@@ -83,3 +83,42 @@ def test_mnist_schedule_and_model_shapes():
     assert lp.shape == lq.shape == (2, 64)
     for name, (kind, arg) in cfg.methods.items():
         assert np.isfinite(mnist_bounds.surrogates(kind, arg, lp, lq).theta), name
+
+
+def test_mnist_study_runs_two_seeds_resumes_and_tests_significance(tmp_path):
+    cfg = mnist_config.get_config("quick")
+    cfg.hidden, cfg.latent, cfg.run_methods = 16, 4, ["PIWAE(8,8)", "VAE"]
+    rng = np.random.default_rng(0)
+    data = (
+        jnp.asarray(rng.uniform(size=(200, 784)), jnp.float32),
+        jnp.asarray(rng.integers(0, 2, (40, 784)), jnp.float32),
+    )
+    results = mnist_bounds.run(cfg, str(tmp_path), data)
+    assert set(results["runs"]) == {"PIWAE(8,8)/seed0", "PIWAE(8,8)/seed1", "VAE/seed0", "VAE/seed1"}
+    run = results["runs"]["VAE/seed1"]
+    assert len(run["ess_fraction"]) == 40 and all(1 / 200 <= e <= 1 + 1e-5 for e in run["ess_fraction"])
+    assert [s for s, _ in run["snr_curve"]] == [0, 10, 20]
+    assert np.array(run["snr_curve"][0][1]).shape == (3, 2) and np.all(np.array(run["snr_curve"][0][1])[:, 0] > 0)
+    for k in mnist_bounds.METRICS:  # the table: mean over the two seeds; exactly one best; Welch's test ran
+        cells = [results["table"][m][k] for m in cfg.run_methods]
+        assert sum(c["best"] for c in cells) == 1 and all(c["not_significantly_worse"] is not None for c in cells)
+        np.testing.assert_allclose(
+            results["table"]["VAE"][k]["mean"], np.mean([results["runs"][f"VAE/seed{s}"][k] for s in (0, 1)])
+        )
+    assert "± " in results["table_markdown"] and all(os.path.exists(p) for p in results["plots"])
+    again = mnist_bounds.run(cfg, str(tmp_path), data)  # resumes: nothing is trained again
+    assert again["runs"]["VAE/seed1"]["train_seconds"] == run["train_seconds"]
+
+
+def test_welch_table_marks_ties_and_significant_differences():
+    runs = {f"A/seed{s}": {k: v for k in mnist_bounds.METRICS} for s, v in enumerate([1.0, 1.1, 0.9, 1.0])}
+    runs |= {f"B/seed{s}": {k: v for k in mnist_bounds.METRICS} for s, v in enumerate([0.95, 1.05, 1.0, 0.9])}
+    runs |= {f"C/seed{s}": {k: v for k in mnist_bounds.METRICS} for s, v in enumerate([0.0, 0.1, -0.1, 0.0])}
+    table = mnist_bounds.summarise({"runs": runs}, ["A", "B", "C"], [0, 1, 2, 3])
+    cell = table["A"]["IWAE-64"]
+    assert (
+        cell["best"]
+        and cell["mean"] == pytest.approx(1.0)
+        and cell["std"] == pytest.approx(np.std([1, 1.1, 0.9, 1], ddof=1))
+    )
+    assert table["B"]["IWAE-64"]["not_significantly_worse"] and not table["C"]["IWAE-64"]["not_significantly_worse"]
