@@ -115,8 +115,10 @@ def encoder_weight_snr(kind, arg, params, x, key, cfg, indices):
     """SNR = |mean| / std (ddof 1) of the method's gradient for the chosen encoder weights over
     ``cfg.snr_repeats`` draws of the particles on one fixed batch x; returns ``[layers, 2]`` (mean and std of the
     SNR over the chosen weights of each layer), thesis Fig. 7.5.4."""
-    grads = jax.vmap(lambda k: method_grads(kind, arg, params, x, k, cfg.budget)[0])(
-        jax.random.split(key, cfg.snr_repeats)
+    grads = jax.lax.map(  # in groups of 10 draws: the memory of 10 training steps, not of snr_repeats
+        lambda k: method_grads(kind, arg, params, x, k, cfg.budget)[0],
+        jax.random.split(key, cfg.snr_repeats),
+        batch_size=10,
     )
     snrs = diagnostics.snr(
         [layer["w"].reshape(cfg.snr_repeats, -1)[:, jnp.asarray(i)] for layer, i in zip(grads["encoder"], indices)]
@@ -137,7 +139,7 @@ def evaluate(params, x_test, key, cfg):
         log_phat = diagnostics.log_marginal_chunked(lw_fn, k2, n, cfg.log_marginal_chunk)
         # the same particles (same key) with doubled log-weights: log (1/n) Σ w²; ESS = (Σ w)² / Σ w²
         log_mean_w2 = diagnostics.log_marginal_chunked(lambda k, m: 2.0 * lw_fn(k, m), k2, n, cfg.log_marginal_chunk)
-        ess_fraction = jnp.exp(2.0 * log_phat - log_mean_w2) / n
+        ess_fraction = jnp.exp(2.0 * log_phat - log_mean_w2)  # ESS / n = (mean w)² / mean w²
         return iwae64, log_phat, ess_fraction
 
     xs = x_test.reshape(-1, cfg.eval_batch, 784)
