@@ -34,7 +34,7 @@ def test_bernoulli_layer_log_prob_is_the_hand_computed_one():
     logits, z = jnp.array([0.3, -1.2, 2.0]), jnp.array([1.0, 0.0, 1.0])
     sigmoid = lambda a: 1 / (1 + math.exp(-a))
     expected = math.log(sigmoid(0.3)) + math.log(1 - sigmoid(-1.2)) + math.log(sigmoid(2.0))
-    np.testing.assert_allclose(sbn_study.bernoulli_log_prob(logits, z), expected, rtol=1e-6)
+    np.testing.assert_allclose(sbn_study.bernoulli_log_prob(logits, z), expected, rtol=1e-5)
     layer = {"w": jnp.array([[1.0, -2.0], [0.5, 3.0]]), "b": jnp.array([0.1, -0.2])}
     # units coded ±1: h = (1, 0) enters as (1, −1)
     np.testing.assert_allclose(sbn_study.affine(layer, jnp.array([1.0, 0.0])), [1.0 - 0.5 + 0.1, -2.0 - 3.0 - 0.2])
@@ -85,7 +85,7 @@ def test_materialised_particles_are_those_of_log_marginal_chunked():
         log_w = sbn_study.log_weights_chunked(fn, key, n, chunk)
         assert log_w.shape == (2, n)
         np.testing.assert_allclose(
-            objectives.log_mean_exp(log_w), diagnostics.log_marginal_chunked(fn, key, n, chunk), rtol=1e-6
+            objectives.log_mean_exp(log_w), diagnostics.log_marginal_chunked(fn, key, n, chunk), rtol=1e-5
         )
         log_p_hat, kl = sbn_study.log_evidence_and_kl(log_w)
         np.testing.assert_allclose(kl, log_p_hat - jnp.mean(log_w, -1), rtol=1e-6)
@@ -111,8 +111,8 @@ def test_each_group_gets_its_own_surrogates_gradient():
     close(ww["generative"], g_theta)
     close(ww["inference"], g_phi)
     close(vimco["generative"], g_theta)
-    np.testing.assert_allclose(bound, -by_hand(params)[0], rtol=1e-6)
-    np.testing.assert_allclose(bound_vimco, bound, rtol=1e-6)
+    np.testing.assert_allclose(bound, -by_hand(params)[0], rtol=1e-5)
+    np.testing.assert_allclose(bound_vimco, bound, rtol=1e-5)
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(vimco["inference"]))
 
 
