@@ -409,6 +409,14 @@ def _method_colors(cfg):
     }
 
 
+def _save(plt, fig, path):
+    """Lays out, writes (PNG, 100 dpi) and closes ``fig``; returns ``path``."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot(results, cfg, workdir):
     """Fig. 8.D.1: (left) test log p̂ during training (curve particles and images), (middle) final log p̂ against K,
     (right) final KL(q‖p_θ(z|x)) against K, mean over seeds (± std); and the training IWAE_K bound per K."""
@@ -440,10 +448,7 @@ def plot(results, cfg, workdir):
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.legend(fontsize=8)
     fig.suptitle(f"Sigmoid belief nets {'-'.join(map(str, cfg.latent_sizes))}: WW vs VIMCO (thesis Fig. 8.D.1)")
-    fig.tight_layout()
-    paths = [os.path.join(workdir, "sbn_fig_8D1.png")]
-    fig.savefig(paths[0], dpi=100)
-    plt.close(fig)
+    paths = [_save(plt, fig, os.path.join(workdir, "sbn_fig_8D1.png"))]
     fig, axes = plt.subplots(1, len(ks), figsize=(3.6 * len(ks), 3.4), squeeze=False)
     for ax, k in zip(axes[0], ks, strict=True):
         for m in cfg.methods:
@@ -451,11 +456,7 @@ def plot(results, cfg, workdir):
             ax.plot(curve[:, 0], curve[:, 1], color=colors[m, ks[-1]], label=NAMES[m])
         ax.set(title=f"K = {k}", xlabel="iteration", ylabel=f"training IWAE bound (mean of {cfg.log_every} steps)")
     axes[0, 0].legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(os.path.join(workdir, "sbn_train_bound.png"))
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
-    return paths
+    return [*paths, _save(plt, fig, os.path.join(workdir, "sbn_train_bound.png"))]
 
 
 if __name__ == "__main__":
