@@ -20,6 +20,7 @@ PACKAGED_CONFIGS = {
     "gmm_pruning",
     "mnist_bounds",
     "pcfg",
+    "sbn",
     "sqair_mnist",
     "toy_gaussian_convergence",
     "toy_gaussian_snr",
