@@ -169,6 +169,7 @@ def train_method(name, cfg, seed, x_train, x_test):
     opt = optax.adam(lr, eps=1e-4)  # Burda et al. use ε = 1e-4
     opt_state = opt.init(params)
     indices = snr_weight_indices(params, cfg.snr_weights)
+    snr_key = jax.random.fold_in(key, 2)  # the SNR's particle draws, apart from training's keys (10 + step)
     # one fixed batch, binarised once, for the SNR (the same images for every method and step)
     x_snr = jax.random.bernoulli(jax.random.PRNGKey(4321), x_train[: cfg.batch_size]).astype(jnp.float32)
     snr_fn = jax.jit(lambda params, key: encoder_weight_snr(kind, arg, params, x_snr, key, cfg, indices))
@@ -186,7 +187,7 @@ def train_method(name, cfg, seed, x_train, x_test):
     losses, snr_curve = [], []
     for s in tqdm.trange(total, desc=f"{name} seed {seed}", disable=None, mininterval=5):
         if cfg.snr_every > 0 and (s % cfg.snr_every == 0):
-            snr_curve.append((s, np.asarray(snr_fn(params, jax.random.fold_in(key, -1 - s))).tolist()))
+            snr_curve.append((s, np.asarray(snr_fn(params, jax.random.fold_in(snr_key, s))).tolist()))
         if s % steps_per_epoch == 0:
             perm = rng.permutation(x_train.shape[0])
         idx = perm[(s % steps_per_epoch) * cfg.batch_size : (s % steps_per_epoch + 1) * cfg.batch_size]
@@ -194,7 +195,7 @@ def train_method(name, cfg, seed, x_train, x_test):
         if s % 500 == 0 or s == total - 1:
             losses.append((s, float(value)))
     if cfg.snr_every > 0:
-        snr_curve.append((total, np.asarray(snr_fn(params, jax.random.fold_in(key, -1 - total))).tolist()))
+        snr_curve.append((total, np.asarray(snr_fn(params, jax.random.fold_in(snr_key, total))).tolist()))
     train_seconds = time.time() - t0
     metrics = evaluate(params, x_test, jax.random.PRNGKey(seed + 7), cfg)
     metrics.update(
