@@ -28,7 +28,7 @@ import optax
 import tqdm
 from absl import app, flags
 
-from experiments.study_results import finish_study
+from experiments.study_results import finish_study, save_study_figure
 from ocr_jax import configs, estimators, objectives
 from ocr_jax.distributions import categorical_sample
 
@@ -299,11 +299,7 @@ def plot(results, cfg, workdir):
                     ylabel=ylabels[row],
                 )
         axes[0, 0].legend(fontsize=8)
-        fig.tight_layout()
-        path = os.path.join(workdir, f"estimators_gmm_{start}.png")
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_study_figure(fig, workdir, f"estimators_gmm_{start}.png"))
     # Final errors vs K (the ordering the study is judged by).
     fig, axes = plt.subplots(len(cfg.starts), 2, figsize=(9, 3.5 * len(cfg.starts)), squeeze=False)
     for i, start in enumerate(cfg.starts):
@@ -334,11 +330,8 @@ def plot(results, cfg, workdir):
             ax.set_xticks(list(cfg.num_particles), [str(k) for k in cfg.num_particles])
             ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # log-axis minor labels overlap the K labels
         axes[i, 0].legend(fontsize=8)
-    fig.tight_layout()
-    path = os.path.join(workdir, "estimators_gmm_final_vs_K.png")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return paths + [path] + plot_hinton(results, cfg, workdir, plt)
+    paths.append(save_study_figure(fig, workdir, "estimators_gmm_final_vs_K.png"))
+    return paths + plot_hinton(results, cfg, workdir, plt)
 
 
 def plot_hinton(results, cfg, workdir, plt):
@@ -372,11 +365,7 @@ def plot_hinton(results, cfg, workdir, plt):
                     if j == 0:
                         ax.set_ylabel(f"{stage}: z", fontsize=8)
             fig.suptitle(f"{start} start, K = {k}: p_θ(z) (red) and q_φ(z | x) at x (black), seed 0")
-            fig.tight_layout()
-            path = os.path.join(workdir, f"estimators_gmm_hinton_{start}_K{k}.png")
-            fig.savefig(path, dpi=100)
-            plt.close(fig)
-            paths.append(path)
+            paths.append(save_study_figure(fig, workdir, f"estimators_gmm_hinton_{start}_K{k}.png"))
     return paths
 
 

@@ -22,7 +22,7 @@ import optax
 import tqdm
 from absl import app, flags
 
-from experiments.study_results import write_results
+from experiments.study_results import save_study_figure, write_results
 from ocr_jax import configs, diagnostics, estimators, objectives
 
 
@@ -308,10 +308,7 @@ def plot(results, cfg, workdir):
     ax.violinplot([runs[m]["ess_fraction"] for m in methods], showmedians=True)
     ax.set_xticks(range(1, len(methods) + 1), methods, rotation=45, ha="right", fontsize=8)
     ax.set(ylabel=f"ESS / {cfg.log_marginal_particles}", yscale="log", title=f"Per-image ESS (Fig. 7.5.3), seed {seed}")
-    fig.tight_layout()
-    paths.append(os.path.join(workdir, "mnist_ess_violins.png"))
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    paths.append(save_study_figure(fig, workdir, "mnist_ess_violins.png"))
     if cfg.snr_every > 0:
         layers = len(runs[methods[0]]["snr_curve"][0][1])
         fig, axes = plt.subplots(1, layers, figsize=(4.5 * layers, 3.8), squeeze=False)
@@ -325,10 +322,7 @@ def plot(results, cfg, workdir):
             axes[0, j].set(yscale="log", xlabel="step", title=f"encoder layer {j + 1}", ylabel="SNR")
         axes[0, 0].legend(fontsize=7)
         fig.suptitle(f"SNR of {cfg.snr_weights} encoder weights per layer (Fig. 7.5.4), seed {seed}")
-        fig.tight_layout()
-        paths.append(os.path.join(workdir, "mnist_encoder_snr.png"))
-        fig.savefig(paths[-1], dpi=100)
-        plt.close(fig)
+        paths.append(save_study_figure(fig, workdir, "mnist_encoder_snr.png"))
     sweeps = {  # IWAE is each sweep's origin: M = 1 (MIWAE, PIWAE) and β = 0 (CIWAE)
         kind: [(1 if kind != "ciwae" else 0, "IWAE")]
         + sorted((arg, m) for m, (k, arg) in cfg.methods.items() if k == kind and m in methods)
@@ -348,10 +342,7 @@ def plot(results, cfg, workdir):
                 if kind != "ciwae":
                     ax.set_xscale("log", base=2)
         fig.suptitle("Fig. 7.5.2: test metrics relative to IWAE")
-        fig.tight_layout()
-        paths.append(os.path.join(workdir, "mnist_sweep_vs_iwae.png"))
-        fig.savefig(paths[-1], dpi=100)
-        plt.close(fig)
+        paths.append(save_study_figure(fig, workdir, "mnist_sweep_vs_iwae.png"))
     return paths
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from experiments.study_results import finish_study, write_results
+from experiments.study_results import finish_study, save_study_figure, write_results
 from ocr_jax import configs, estimators
 from ocr_jax.models import pcfg
 
@@ -319,10 +319,7 @@ def plot(results, cfg, workdir):
                 ax.fill_between(iters, lo, hi, color=COLORS[method], alpha=0.2)
             ax.set(title=f"K = {k}", xlabel="iteration", ylabel=LABELS[metric] if j == 0 else None)
     axes[0, 0].legend(fontsize=8)
-    fig.tight_layout()
-    paths = [os.path.join(workdir, "pcfg_errors.png")]
-    fig.savefig(paths[0], dpi=100)
-    plt.close(fig)
+    paths = [save_study_figure(fig, workdir, "pcfg_errors.png")]
     # Final errors against K (the ordering the study is judged by).
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for ax, metric in zip(axes, LABELS, strict=True):
@@ -341,10 +338,7 @@ def plot(results, cfg, workdir):
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(os.path.join(workdir, "pcfg_final_vs_K.png"))
-    fig.savefig(paths[1], dpi=100)
-    plt.close(fig)
+    paths.append(save_study_figure(fig, workdir, "pcfg_final_vs_K.png"))
     return paths
 
 

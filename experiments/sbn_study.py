@@ -40,7 +40,7 @@ import tqdm
 from absl import app, flags
 
 from experiments.mnist_bounds import load_data
-from experiments.study_results import finish_study, write_results
+from experiments.study_results import finish_study, save_study_figure, write_results
 from ocr_jax import configs, estimators, objectives
 
 # Config fields that choose which runs exist; every other field must match a workdir's saved config to resume it.
@@ -409,14 +409,6 @@ def _method_colors(cfg):
     }
 
 
-def _save(plt, fig, path):
-    """Lays out, writes (PNG, 100 dpi) and closes ``fig``; returns ``path``."""
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
 def plot(results, cfg, workdir):
     """Fig. 8.D.1: (left) test log p̂ during training (curve particles and images), (middle) final log p̂ against K,
     (right) final KL(q‖p_θ(z|x)) against K, mean over seeds (± std); and the training IWAE_K bound per K."""
@@ -448,7 +440,7 @@ def plot(results, cfg, workdir):
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.legend(fontsize=8)
     fig.suptitle(f"Sigmoid belief nets {'-'.join(map(str, cfg.latent_sizes))}: WW vs VIMCO (thesis Fig. 8.D.1)")
-    paths = [_save(plt, fig, os.path.join(workdir, "sbn_fig_8D1.png"))]
+    paths = [save_study_figure(fig, workdir, "sbn_fig_8D1.png")]
     fig, axes = plt.subplots(1, len(ks), figsize=(3.6 * len(ks), 3.4), squeeze=False)
     for ax, k in zip(axes[0], ks, strict=True):
         for m in cfg.methods:
@@ -456,7 +448,7 @@ def plot(results, cfg, workdir):
             ax.plot(curve[:, 0], curve[:, 1], color=colors[m, ks[-1]], label=NAMES[m])
         ax.set(title=f"K = {k}", xlabel="iteration", ylabel=f"training IWAE bound (mean of {cfg.log_every} steps)")
     axes[0, 0].legend(fontsize=8)
-    return [*paths, _save(plt, fig, os.path.join(workdir, "sbn_train_bound.png"))]
+    return [*paths, save_study_figure(fig, workdir, "sbn_train_bound.png")]
 
 
 if __name__ == "__main__":

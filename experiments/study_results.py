@@ -28,3 +28,14 @@ def finish_study(
     results["plots"] = plot(results, cfg, workdir)
     print(f"done in {results['seconds']:.0f}s; wrote {path} and {results['plots']}")
     return results
+
+
+def save_study_figure(fig, workdir: str, name: str, dpi: int = 100) -> str:
+    """Lays out ``fig``, writes it as PNG to ``<workdir>/<name>``, closes it and returns the path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = os.path.join(workdir, name)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from experiments.study_results import finish_study
+from experiments.study_results import finish_study, save_study_figure
 from ocr_jax import configs, diagnostics, objectives
 
 
@@ -247,11 +247,7 @@ def plot(results, cfg, workdir):
                 title=f"{name}: DSNR {'φ (A, b)' if grp == 'phi' else 'θ'}",
             )
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = os.path.join(workdir, f"estimators_toy_snr_{name}.png")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_study_figure(fig, workdir, f"estimators_toy_snr_{name}.png", dpi=110))
     return paths
 
 
