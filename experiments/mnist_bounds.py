@@ -10,7 +10,6 @@ Test metrics: IWAE-64, log p̂(x) = IWAE-5000 (``diagnostics.log_marginal_chunke
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -22,7 +21,7 @@ import optax
 import tqdm
 from absl import app, flags
 
-from experiments.study_results import save_study_figure, write_results
+from experiments.study_results import load_resumable_results, save_study_figure, write_results
 from ocr_jax import configs, diagnostics, estimators, objectives
 
 
@@ -136,10 +135,9 @@ def evaluate(params, x_test, key, cfg):
         iwae64 = objectives.log_mean_exp(lp - lq)
         lw_fn = lambda k, n: jnp.subtract(*log_weights(params, x, k, n))
         n = cfg.log_marginal_particles
-        log_phat = diagnostics.log_marginal_chunked(lw_fn, k2, n, cfg.log_marginal_chunk)
-        # the same particles (same key) with doubled log-weights: log (1/n) Σ w²; ESS = (Σ w)² / Σ w²
-        log_mean_w2 = diagnostics.log_marginal_chunked(lambda k, m: 2.0 * lw_fn(k, m), k2, n, cfg.log_marginal_chunk)
-        ess_fraction = jnp.exp(2.0 * log_phat - log_mean_w2)  # ESS / n = (mean w)² / mean w²
+        log_w = diagnostics.log_weights_chunked(lw_fn, k2, n, cfg.log_marginal_chunk)  # [B, n], drawn once
+        log_phat = objectives.log_mean_exp(log_w)
+        ess_fraction = diagnostics.ess(log_w) / n  # Eq. 7.19 over the log p̂ particles
         return iwae64, log_phat, ess_fraction
 
     xs = x_test.reshape(-1, cfg.eval_batch, 784)
@@ -214,6 +212,8 @@ def train_method(name, cfg, seed, x_train, x_test):
 
 
 METRICS = ("IWAE-64", "log p_hat", "-KL(Q||P)")
+# Config fields that only choose which runs to do: a workdir resumes when only these grow.
+RUN_SELECTORS = ("run_methods", "seeds")
 
 
 def summarise(results, methods, seeds):
@@ -270,13 +270,7 @@ def run(cfg, workdir, data=None):
     os.makedirs(workdir, exist_ok=True)
     x_train, x_test = load_data(cfg) if data is None else data
     path = os.path.join(workdir, "results.json")
-    results = json.load(open(path)) if os.path.exists(path) else {}
-    if "methods" in results and "runs" not in results:
-        raise ValueError(f"{path} is from an older version of this study (one seed, no 'runs'); use a new workdir")
-    if results.get("config", {}).get("max_steps", cfg.max_steps) != cfg.max_steps:
-        raise ValueError(f"{path} was trained with another max_steps; use a new workdir")
-    results["config"] = cfg.to_dict()
-    results.setdefault("runs", {})
+    results = load_resumable_results(cfg, workdir, RUN_SELECTORS)
     for seed in cfg.seeds:
         for name in cfg.run_methods:
             if f"{name}/seed{seed}" in results["runs"]:

@@ -27,7 +27,6 @@ Writes ``results.json``, ``sbn_fig_8D1.png`` (three panels) and ``sbn_train_boun
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -40,8 +39,8 @@ import tqdm
 from absl import app, flags
 
 from experiments.mnist_bounds import load_data
-from experiments.study_results import finish_study, save_study_figure, write_results
-from ocr_jax import configs, estimators, objectives
+from experiments.study_results import finish_study, load_resumable_results, save_study_figure, write_results
+from ocr_jax import configs, diagnostics, estimators, objectives
 
 # Config fields that choose which runs exist; every other field must match a workdir's saved config to resume it.
 RUN_SELECTORS = ("methods", "num_particles", "seeds")
@@ -205,19 +204,6 @@ def minibatch_indices(seed, num_train, batch_size, num_steps):
 # evaluation
 
 
-def log_weights_chunked(log_weight_fn, key, num_particles, chunk_size):
-    """All ``num_particles`` log-weights ``[..., S]`` that ``diagnostics.log_marginal_chunked(log_weight_fn, key,
-    num_particles, chunk_size)`` reduces to log p̂ (the same keys: chunk c draws with ``fold_in(key, c)``), drawn
-    ``chunk_size`` at a time; so log_mean_exp of them is that log p̂ and their mean is over the same particles."""
-    chunk_size = min(chunk_size, num_particles)
-    num_full, remainder = divmod(num_particles, chunk_size)
-    full = jax.lax.map(lambda c: log_weight_fn(jax.random.fold_in(key, c), chunk_size), jnp.arange(num_full))
-    log_w = jnp.moveaxis(full, 0, -2).reshape(*full.shape[1:-1], num_full * chunk_size)  # [..., S]
-    if remainder:
-        log_w = jnp.concatenate([log_w, log_weight_fn(jax.random.fold_in(key, num_full), remainder)], axis=-1)
-    return log_w
-
-
 def log_evidence_and_kl(log_w):
     """From S log-weights ``[..., S]`` of one set of particles: (log p̂ = log (1/S) Σ_s w_s, KL(q‖p_θ(z|x)) ≈ log p̂ −
     (1/S) Σ_s log w_s), each ``[...]``; the second is ≥ 0 (Jensen)."""
@@ -231,7 +217,7 @@ def make_evaluate(cfg, num_particles):
 
     def batch(params, x, key):
         fn = lambda k, n: particle_log_weights(params, x, k, n)
-        return log_evidence_and_kl(log_weights_chunked(fn, key, num_particles, cfg.log_marginal_chunk))
+        return log_evidence_and_kl(diagnostics.log_weights_chunked(fn, key, num_particles, cfg.log_marginal_chunk))
 
     @jax.jit
     def evaluate(params, x, key):
@@ -321,25 +307,6 @@ def run_key(method, k, seed):
     return f"{method}/K{k}/seed{seed}"
 
 
-def load_results(cfg, workdir):
-    """``<workdir>/results.json`` if it exists (its finished runs are kept), after checking that it was written with
-    the same settings (every config field except the run selectors ``RUN_SELECTORS``); else a new one."""
-    path = os.path.join(workdir, "results.json")
-    current = json.loads(cfg.to_json())
-    results = {"config": current, "runs": {}}
-    if os.path.exists(path):
-        with open(path) as f:
-            results = json.load(f)
-        saved = results.get("config", {})
-        differ = sorted(
-            n for n in set(saved) | set(current) if n not in RUN_SELECTORS and saved.get(n) != current.get(n)
-        )
-        if differ:
-            raise ValueError(f"{path} holds runs of another config (fields {differ} differ); use a fresh --workdir")
-    results["config"] = current
-    return results
-
-
 def summarise(results, cfg):
     """Per (method, K): mean and std (ddof 1 when ≥ 2 seeds) over seeds of the final log p̂ and KL, the mean test
     curve ``[[step, log p̂, KL]]`` and mean training curve ``[[step, bound]]`` over seeds."""
@@ -375,7 +342,7 @@ def run(cfg, workdir, data=None):
     t_start = time.time()
     x_train, x_test = load_data(cfg) if data is None else data
     check_config(cfg, x_test.shape[0])
-    results = load_results(cfg, workdir)
+    results = load_resumable_results(cfg, workdir, RUN_SELECTORS)
     evaluators = (make_evaluate(cfg, cfg.curve_particles), make_evaluate(cfg, cfg.log_marginal_particles))
     for method in cfg.methods:
         for k in cfg.num_particles:

@@ -39,3 +39,24 @@ def save_study_figure(fig, workdir: str, name: str, dpi: int = 100) -> str:
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
+
+
+def load_resumable_results(cfg, workdir: str, run_selectors) -> dict:
+    """``<workdir>/results.json`` if it exists (its finished runs are kept), after checking that it was written with
+    the same settings: every config field except ``run_selectors`` (the fields that only choose which runs to do, e.g.
+    the methods and seeds, which may grow); else a new ``{"config": ..., "runs": {}}``."""
+    path = os.path.join(workdir, "results.json")
+    current = json.loads(cfg.to_json())
+    results = {"config": current, "runs": {}}
+    if os.path.exists(path):
+        with open(path) as f:
+            results = json.load(f)
+        saved = results.get("config", {})
+        differ = sorted(
+            n for n in set(saved) | set(current) if n not in run_selectors and saved.get(n) != current.get(n)
+        )
+        if differ:
+            raise ValueError(f"{path} holds runs of another config (fields {differ} differ); use a fresh --workdir")
+    results["config"] = current
+    results.setdefault("runs", {})
+    return results

@@ -17,7 +17,16 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-__all__ = ["snr", "snr_squared_debiased", "dsnr", "log_ess", "ess", "log_marginal_chunked", "flatten_repeats"]
+__all__ = [
+    "snr",
+    "snr_squared_debiased",
+    "dsnr",
+    "log_ess",
+    "ess",
+    "log_marginal_chunked",
+    "log_weights_chunked",
+    "flatten_repeats",
+]
 
 
 def snr(grads, axis: int = 0):
@@ -132,3 +141,16 @@ def log_marginal_chunked(
         carry = combine(carry, log_weight_fn(jax.random.fold_in(key, num_full), remainder))
     m, s = carry
     return m + jnp.log(s) - math.log(num_particles)
+
+
+def log_weights_chunked(log_weight_fn, key, num_particles, chunk_size):
+    """All ``num_particles`` log-weights ``[..., S]`` that ``log_marginal_chunked(log_weight_fn, key,
+    num_particles, chunk_size)`` reduces to log p̂ (the same keys: chunk c draws with ``fold_in(key, c)``), drawn
+    ``chunk_size`` at a time; so log_mean_exp of them is that log p̂ and their mean is over the same particles."""
+    chunk_size = min(chunk_size, num_particles)
+    num_full, remainder = divmod(num_particles, chunk_size)
+    full = jax.lax.map(lambda c: log_weight_fn(jax.random.fold_in(key, c), chunk_size), jnp.arange(num_full))
+    log_w = jnp.moveaxis(full, 0, -2).reshape(*full.shape[1:-1], num_full * chunk_size)  # [..., S]
+    if remainder:
+        log_w = jnp.concatenate([log_w, log_weight_fn(jax.random.fold_in(key, num_full), remainder)], axis=-1)
+    return log_w

@@ -82,7 +82,7 @@ def test_materialised_particles_are_those_of_log_marginal_chunked():
     fn = lambda k, n: sbn_study.particle_log_weights(params, x, k, n)
     key = jax.random.PRNGKey(3)
     for n, chunk in ((10, 4), (12, 4), (5, 9)):
-        log_w = sbn_study.log_weights_chunked(fn, key, n, chunk)
+        log_w = diagnostics.log_weights_chunked(fn, key, n, chunk)
         assert log_w.shape == (2, n)
         np.testing.assert_allclose(
             objectives.log_mean_exp(log_w), diagnostics.log_marginal_chunked(fn, key, n, chunk), rtol=1e-5
