@@ -108,7 +108,7 @@ def anatomy_of_run(run: api.Run, data: dict, *, num_particles: int, key: jax.Arr
             *(data[k].reshape(*seq_shape, *data[k].shape[1:]) for k in ("boxes", "presence")),
             *(pred[k].reshape(*seq_shape, *pred[k].shape[1:]) for k in ("boxes", "presence", "ids")),
         )
-        summary["while_a_digit_is_wholly_outside"] = held_objects(data, pred, run.model.config.image_shape)
+        summary["while_a_digit_is_wholly_outside"] = sqair_eval.held_objects(data, pred, run.model.config.image_shape)
         # identities against the digits (the objects in view, as the visible count), matched by the run's rule
         summary["tracking"] = sqair_eval.tracking_errors(
             *(data[k].reshape(*seq_shape, *data[k].shape[1:]) for k in ("boxes", "presence")),
@@ -117,40 +117,6 @@ def anatomy_of_run(run: api.Run, data: dict, *, num_particles: int, key: jax.Arr
         )
     summary.update(air_eval.two_digit_anatomy(data["boxes"], data["counts"], pred["boxes"], pred["counts"]))
     return summary, pred
-
-
-def held_objects(data: dict, pred: dict, image_shape) -> dict:
-    """SQAIR, frames in which a digit of the sequence is wholly outside (visible count below the official
-    per-sequence label): how many, how often the model's present objects still match the label, how often its objects
-    in view match the visible count (and, for comparison, how often they do in all the other frames), and the
-    fraction of the glimpse window on the canvas: its smallest value over the present objects, and the quantiles
-    (10, 25, 50, 75, 90 %) over these frames of each frame's smallest value — the window of the object held for the
-    digit that left (under the official shift map at least a quarter: the object is held at the edge). Such a digit
-    touches the edge from outside (the official recipe bounds the corner to [0, 50]), so a glimpse that follows it
-    exactly keeps only its margin on the canvas."""
-    frames = np.asarray(data["counts"]) < np.asarray(data["sequence_counts"])
-    window = sqair_eval.window_fraction_on_canvas(pred["boxes"][frames], image_shape)
-    present = pred["presence"][frames]
-    fraction = window[present]
-    per_frame = np.where(present, window, np.inf).min(-1)
-    per_frame = per_frame[np.isfinite(per_frame)]
-    in_view_right = pred["counts"] == data["counts"]
-    return dict(
-        frames=int(frames.sum()),
-        present_count_is_the_label=float(np.mean(pred["present_counts"][frames] == data["sequence_counts"][frames]))
-        if frames.any()
-        else None,
-        count_in_view_is_visible_count=float(np.mean(pred["counts"][frames] == data["counts"][frames]))
-        if frames.any()
-        else None,
-        count_in_view_is_visible_count_in_the_other_frames=float(np.mean(in_view_right[~frames]))
-        if (~frames).any()
-        else None,
-        min_window_fraction_on_canvas=float(fraction.min()) if fraction.size else None,
-        smallest_window_fraction_quantiles=np.quantile(per_frame, [0.1, 0.25, 0.5, 0.75, 0.9]).round(4).tolist()
-        if per_frame.size
-        else None,
-    )
 
 
 def blank_canvas_check(run: api.Run, *, num_images: int = 200, num_particles: int = 5, key: jax.Array) -> dict:

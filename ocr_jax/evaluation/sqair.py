@@ -228,6 +228,44 @@ def window_fraction_on_canvas(boxes: np.ndarray, image_shape: Sequence[int]) -> 
     return np.where(area > 0, on_y * on_x / np.where(area > 0, area, 1.0), 0.0)
 
 
+def held_objects(data: dict, pred: dict, image_shape) -> dict:
+    """Frames in which a digit of the sequence is wholly outside (visible count below the official
+    per-sequence label): how many, how often the model's present objects still match the label, how often its objects
+    in view match the visible count (and, for comparison, how often they do in all the other frames), and the
+    fraction of the glimpse window on the canvas: its smallest value over the present objects, and the quantiles
+    (10, 25, 50, 75, 90 %) over these frames of each frame's smallest value — the window of the object held for the
+    digit that left (under the official shift map at least a quarter: the object is held at the edge). Such a digit
+    touches the edge from outside (the official recipe bounds the corner to [0, 50]), so a glimpse that follows it
+    exactly keeps only its margin on the canvas.
+
+    ``data``: ``counts [n]`` (digits visible in each frame), ``sequence_counts [n]`` (the official per-sequence label
+    of each frame's sequence); ``pred``: ``boxes [n, N, 4]`` (glimpse windows, pixel edges), ``presence [n, N]``,
+    ``counts [n]`` (objects in view), ``present_counts [n]``; ``image_shape = (H, W)``."""
+    frames = np.asarray(data["counts"]) < np.asarray(data["sequence_counts"])
+    window = window_fraction_on_canvas(pred["boxes"][frames], image_shape)
+    present = pred["presence"][frames]
+    fraction = window[present]
+    per_frame = np.where(present, window, np.inf).min(-1)
+    per_frame = per_frame[np.isfinite(per_frame)]
+    in_view_right = pred["counts"] == data["counts"]
+    return dict(
+        frames=int(frames.sum()),
+        present_count_is_the_label=float(np.mean(pred["present_counts"][frames] == data["sequence_counts"][frames]))
+        if frames.any()
+        else None,
+        count_in_view_is_visible_count=float(np.mean(pred["counts"][frames] == data["counts"][frames]))
+        if frames.any()
+        else None,
+        count_in_view_is_visible_count_in_the_other_frames=float(np.mean(in_view_right[~frames]))
+        if (~frames).any()
+        else None,
+        min_window_fraction_on_canvas=float(fraction.min()) if fraction.size else None,
+        smallest_window_fraction_quantiles=np.quantile(per_frame, [0.1, 0.25, 0.5, 0.75, 0.9]).round(4).tolist()
+        if per_frame.size
+        else None,
+    )
+
+
 def inference_batches(task, params, frames: np.ndarray, key: jax.Array, posterior_means: bool = False):
     """Runs the jitted ``infer`` of :func:`eval_functions` (``eval.num_particles`` particles) over ``frames [n, T, H,
     W]`` in batches of ``eval.batch_size``, with key ``fold_in(key, start)`` for the batch starting at sequence

@@ -58,25 +58,6 @@ def test_two_digit_anatomy_counts_each_kind_of_error():
     json.dumps(a)  # serialisable
 
 
-def test_held_objects_while_a_digit_is_wholly_outside():
-    from experiments.count_errors import held_objects
-
-    # frame 0: a digit has left (visible 1 of 2); the model holds it at the edge, in view (window 10/20 × 5/20 on it)
-    # frame 1: one digit, counted right; frame 2: two digits, one object
-    data = dict(counts=np.array([1, 1, 2]), sequence_counts=np.array([2, 1, 2]))
-    boxes = np.zeros((3, 2, 4))
-    boxes[:, 0] = [10, 10, 30, 30]
-    boxes[0, 1] = [40, 45, 60, 65]
-    presence = np.array([[True, True], [True, False], [True, False]])
-    pred = dict(boxes=boxes, presence=presence, counts=np.array([2, 1, 1]), present_counts=presence.sum(-1))
-    held = held_objects(data, pred, (50, 50))
-    assert held["frames"] == 1
-    assert held["present_count_is_the_label"] == 1.0 and held["count_in_view_is_visible_count"] == 0.0
-    assert held["count_in_view_is_visible_count_in_the_other_frames"] == 0.5
-    assert held["min_window_fraction_on_canvas"] == pytest.approx(0.125)
-    np.testing.assert_allclose(held["smallest_window_fraction_quantiles"], [0.125] * 5)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("config", ["air_multi_mnist:quick", "sqair_mnist:quick"])
 def test_count_errors_cli_on_a_two_step_run(tmp_path, config):

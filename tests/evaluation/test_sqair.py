@@ -353,3 +353,20 @@ def test_lost_digit_anatomy_names_what_became_of_each_uncovered_digit():
     assert se.lost_digit_anatomy(tb, tp, boxes, pres, ids)["dropped"]["total"] == 0
     with pytest.raises(ValueError, match="need true_boxes"):
         se.lost_digit_anatomy(tb[0], tp[0], boxes[0], pres[0], ids[0])
+
+
+def test_held_objects_while_a_digit_is_wholly_outside():
+    # frame 0: a digit has left (visible 1 of 2); the model holds it at the edge, in view (window 10/20 × 5/20 on it)
+    # frame 1: one digit, counted right; frame 2: two digits, one object
+    data = dict(counts=np.array([1, 1, 2]), sequence_counts=np.array([2, 1, 2]))
+    boxes = np.zeros((3, 2, 4))
+    boxes[:, 0] = [10, 10, 30, 30]
+    boxes[0, 1] = [40, 45, 60, 65]
+    presence = np.array([[True, True], [True, False], [True, False]])
+    pred = dict(boxes=boxes, presence=presence, counts=np.array([2, 1, 1]), present_counts=presence.sum(-1))
+    held = se.held_objects(data, pred, (50, 50))
+    assert held["frames"] == 1
+    assert held["present_count_is_the_label"] == 1.0 and held["count_in_view_is_visible_count"] == 0.0
+    assert held["count_in_view_is_visible_count_in_the_other_frames"] == 0.5
+    assert held["min_window_fraction_on_canvas"] == pytest.approx(0.125)
+    np.testing.assert_allclose(held["smallest_window_fraction_quantiles"], [0.125] * 5)
