@@ -103,11 +103,22 @@ def method_grads(kind, arg, params, x, key, budget):
     return grads, value
 
 
-def snr_weight_indices(params, count, seed=0):
+def snr_weight_indices(params, count, x, seed=0):
     """``count`` randomly chosen weights of each encoder layer (thesis Fig. 7.5.4: 20 per layer), as flat indices
-    into each layer's ``w`` ``[layers][count]``; fixed by ``seed`` so that every method tracks the same weights."""
+    into each layer's ``w [in, out]`` ``[layers][count]``; fixed by ``seed`` so that every method tracks the same
+    weights. The first layer's are drawn from the rows of pixels that are nonzero in some image of ``x [B, 784]``,
+    the batch the SNR is measured on: a weight on a pixel blank in all of them has a gradient of exactly zero in
+    every draw, hence no SNR (0/0)."""
     rng = np.random.default_rng(seed)
-    return [rng.choice(layer["w"].size, size=count, replace=False) for layer in params["encoder"]]
+    indices = []
+    for i, layer in enumerate(params["encoder"]):
+        rows, cols = layer["w"].shape
+        live = np.flatnonzero(np.asarray(x).any(0)) if i == 0 else np.arange(rows)
+        if live.size * cols < count:
+            raise ValueError(f"encoder layer {i + 1} has {live.size * cols} weights with a gradient; need {count}")
+        flat = (live[:, None] * cols + np.arange(cols)).reshape(-1)
+        indices.append(rng.choice(flat, size=count, replace=False))
+    return indices
 
 
 def encoder_weight_snr(kind, arg, params, x, key, cfg, indices):
@@ -166,10 +177,10 @@ def train_method(name, cfg, seed, x_train, x_test):
         total = min(total, cfg.max_steps)
     opt = optax.adam(lr, eps=1e-4)  # Burda et al. use ε = 1e-4
     opt_state = opt.init(params)
-    indices = snr_weight_indices(params, cfg.snr_weights)
     snr_key = jax.random.fold_in(key, 2)  # the SNR's particle draws, apart from training's keys (10 + step)
     # one fixed batch, binarised once, for the SNR (the same images for every method and step)
     x_snr = jax.random.bernoulli(jax.random.PRNGKey(4321), x_train[: cfg.batch_size]).astype(jnp.float32)
+    indices = snr_weight_indices(params, cfg.snr_weights, x_snr)
     snr_fn = jax.jit(lambda params, key: encoder_weight_snr(kind, arg, params, x_snr, key, cfg, indices))
 
     @jax.jit

@@ -43,7 +43,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "VAE": ("miwae", 64),
         }
     )
-    table = ["IWAE", "PIWAE(4,16)", "PIWAE(8,8)", "MIWAE(4,16)", "MIWAE(8,8)", "CIWAE(b=0_05)", "CIWAE(b=0_5)", "VAE"]
+    table = ("IWAE", "PIWAE(4,16)", "PIWAE(8,8)", "MIWAE(4,16)", "MIWAE(8,8)", "CIWAE(b=0_05)", "CIWAE(b=0_5)", "VAE")
+    # Tuples, not lists, so that the command line can set them: --config.seeds="(0, 1, 2)".
     c.run_methods = table  # Table 7.5.1's eight, in its order
     # Fig. 7.5.2's sweeps over M (MIWAE, PIWAE with K = 64/M) and β (CIWAE); run with the ``sweep`` variant.
     sweep = {f"MIWAE({m},{64 // m})": ("miwae", m) for m in (2, 16, 32)}
@@ -51,7 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     sweep |= {f"CIWAE(b=0_{b})": ("ciwae", float(f"0.{b}")) for b in (1, 2, 3, 7, 9)}
     for name, method in sweep.items():
         c.methods[name] = method
-    c.seeds = [0]  # Table 7.5.1: 4 seeds, mean ± std and Welch's t-test at 5 %
+    c.seeds = (0,)  # Table 7.5.1: 4 seeds, mean ± std and Welch's t-test at 5 %
     c.snr_every = 1000  # Fig. 7.5.4: encoder weights' SNR every this many steps (0: never)
     c.snr_weights = 20  # randomly chosen weights per encoder layer
     c.snr_repeats = 100  # gradient draws on one fixed batch per SNR estimate
@@ -65,18 +66,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_marginal_chunk = 500
     c.eval_batch = 100
     if arg == "small":
-        c.run_methods = ["IWAE", "PIWAE(8,8)", "MIWAE(8,8)", "VAE"]
+        c.run_methods = ("IWAE", "PIWAE(8,8)", "MIWAE(8,8)", "VAE")
         c.max_steps = 1500
         c.num_test = 500
     elif arg in ("medium", "seeds", "sweep"):
         c.max_steps = 10_000
         c.num_test = 1000
     if arg == "seeds":
-        c.seeds = [0, 1, 2, 3]
+        c.seeds = (0, 1, 2, 3)
     if arg == "sweep":
-        c.run_methods = table + list(sweep)  # Table 7.5.1's methods and the sweeps
+        c.run_methods = table + tuple(sweep)  # Table 7.5.1's methods and the sweeps
     elif arg == "quick":
-        c.run_methods = ["IWAE", "VAE"]
+        c.run_methods = ("IWAE", "VAE")
         c.max_steps = 20
         c.num_test = 40
         c.log_marginal_particles = 200
@@ -84,5 +85,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.eval_batch = 20
         c.snr_every = 10
         c.snr_repeats = 4
-        c.seeds = [0, 1]
+        c.seeds = (0, 1)
     return c

@@ -25,8 +25,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # its pending non-terminals unexpanded (they enter the yield as one "unexpanded" token that matches no word);
     # the capped model stays normalised. Under the true grammar 9.3% of derivations reach 64 expansions (median 13).
     c.max_expansions = 64
-    c.methods = ["ws", "ww", "vimco", "reinforce"]
-    c.num_particles = [2, 5, 10, 20]
+    c.methods = ("ws", "ww", "vimco", "reinforce")
+    c.num_particles = (2, 5, 10, 20)
     c.batch_size = 2  # fresh sentences from the true PCFG per iteration (thesis §8.4.1)
     c.learning_rate = 1e-3  # Adam with default hyperparameters
     # Inference network sizes (the public code): sentence GRU 100, expansion GRU 100, per-non-terminal heads 50-25.
@@ -44,14 +44,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.num_test_samples = 200  # q samples per run for the test sentence's exact-match rate
     c.seed = 0
     if arg == "reduced":  # what 2 shared CPU cores afford in about 10 minutes (4 compiles of ~30 s included)
-        c.num_particles = [2, 20]
+        c.num_particles = (2, 20)
         c.num_runs = 3
         c.num_iterations = 200
         c.eval_every = 20
         c.num_eval = 50
     if arg == "quick":
-        c.methods = ["ws", "vimco"]
-        c.num_particles = [2]
+        c.methods = ("ws", "vimco")
+        c.num_particles = (2,)
         c.max_expansions = 16
         c.num_iterations = 4
         c.eval_every = 2

@@ -42,7 +42,7 @@ def test_gmm_losses_finite_for_every_method_and_posterior_normalised():
 
 def _tiny_gmm_config(starts):
     cfg = gmm_config.get_config("quick")
-    cfg.methods, cfg.num_particles, cfg.starts = ["dww"], [2], starts
+    cfg.methods, cfg.num_particles, cfg.starts = ("dww",), (2,), tuple(starts)
     cfg.num_iterations, cfg.eval_every, cfg.num_seeds = 20, 10, 2
     return cfg
 
@@ -87,18 +87,18 @@ def test_mnist_schedule_and_model_shapes():
 
 def test_mnist_study_runs_two_seeds_resumes_and_tests_significance(tmp_path):
     cfg = mnist_config.get_config("quick")
-    cfg.hidden, cfg.latent, cfg.run_methods = 16, 4, ["PIWAE(8,8)", "VAE"]
+    cfg.hidden, cfg.latent, cfg.run_methods = 16, 4, ("PIWAE(8,8)", "VAE")
     rng = np.random.default_rng(0)
-    data = (
-        jnp.asarray(rng.uniform(size=(200, 784)), jnp.float32),
-        jnp.asarray(rng.integers(0, 2, (40, 784)), jnp.float32),
-    )
+    x_train = rng.uniform(size=(200, 784))
+    x_train[:, :100] = 0.0  # blank pixels, as MNIST's border: weights on them have no gradient, hence no SNR
+    data = (jnp.asarray(x_train, jnp.float32), jnp.asarray(rng.integers(0, 2, (40, 784)), jnp.float32))
     results = mnist_bounds.run(cfg, str(tmp_path), data)
     assert set(results["runs"]) == {"PIWAE(8,8)/seed0", "PIWAE(8,8)/seed1", "VAE/seed0", "VAE/seed1"}
     run = results["runs"]["VAE/seed1"]
     assert len(run["ess_fraction"]) == 40 and all(1 / 200 <= e <= 1 + 1e-5 for e in run["ess_fraction"])
     assert [s for s, _ in run["snr_curve"]] == [0, 10, 20]
-    assert np.array(run["snr_curve"][0][1]).shape == (3, 2) and np.all(np.array(run["snr_curve"][0][1])[:, 0] > 0)
+    snr = np.array([row for _, row in run["snr_curve"]])  # [points, layers, (mean, std)]
+    assert snr.shape == (3, 3, 2) and np.all(np.isfinite(snr)) and np.all(snr[..., 0] > 0)
     for k in mnist_bounds.METRICS:  # the table: mean over the two seeds; exactly one best; Welch's test ran
         cells = [results["table"][m][k] for m in cfg.run_methods]
         assert sum(c["best"] for c in cells) == 1 and all(c["not_significantly_worse"] is not None for c in cells)
@@ -108,6 +108,17 @@ def test_mnist_study_runs_two_seeds_resumes_and_tests_significance(tmp_path):
     assert "± " in results["table_markdown"] and all(os.path.exists(p) for p in results["plots"])
     again = mnist_bounds.run(cfg, str(tmp_path), data)  # resumes: nothing is trained again
     assert again["runs"]["VAE/seed1"]["train_seconds"] == run["train_seconds"]
+
+
+def test_snr_weights_of_the_first_layer_sit_on_pixels_that_are_not_blank():
+    params = {"encoder": [{"w": np.zeros((6, 5))}, {"w": np.zeros((5, 4))}]}
+    x = np.zeros((3, 6))
+    x[1, 2] = x[2, 4] = 1.0  # only pixels 2 and 4 are ever nonzero
+    first, second = mnist_bounds.snr_weight_indices(params, 10, x)
+    assert sorted(first) == sorted([2 * 5 + c for c in range(5)] + [4 * 5 + c for c in range(5)])
+    assert len(set(second)) == 10 and all(0 <= i < 20 for i in second)
+    with pytest.raises(ValueError, match="layer 1 has 10 weights"):
+        mnist_bounds.snr_weight_indices(params, 11, x)
 
 
 def test_welch_table_marks_ties_and_significant_differences():

@@ -222,7 +222,7 @@ def test_bad_input_gives_clear_errors():
 
 def test_config_variants_and_method_groups():
     cfg = configs.get_config("pcfg")
-    assert cfg.methods == ["ws", "ww", "vimco", "reinforce"] and cfg.num_particles == [2, 5, 10, 20]
+    assert cfg.methods == ("ws", "ww", "vimco", "reinforce") and cfg.num_particles == (2, 5, 10, 20)
     assert cfg.batch_size == 2 and cfg.num_runs == 10 and cfg.learning_rate == 1e-3
     assert pcfg_study.method_groups(cfg) == [["ws"], ["ww", "vimco", "reinforce"]]
     cfg.group_methods = False
