@@ -243,25 +243,21 @@ def held_objects(data: dict, pred: dict, image_shape) -> dict:
     ``counts [n]`` (objects in view), ``present_counts [n]``; ``image_shape = (H, W)``."""
     frames = np.asarray(data["counts"]) < np.asarray(data["sequence_counts"])
     window = window_fraction_on_canvas(pred["boxes"][frames], image_shape)
-    present = pred["presence"][frames]
-    fraction = window[present]
-    per_frame = np.where(present, window, np.inf).min(-1)
-    per_frame = per_frame[np.isfinite(per_frame)]
+    smallest = np.where(pred["presence"][frames], window, np.inf).min(-1)  # per frame, over its present objects
+    smallest = smallest[np.isfinite(smallest)]
     in_view_right = pred["counts"] == data["counts"]
+
+    def mean_or_none(x):
+        return float(np.mean(x)) if x.size else None
+
     return dict(
         frames=int(frames.sum()),
-        present_count_is_the_label=float(np.mean(pred["present_counts"][frames] == data["sequence_counts"][frames]))
-        if frames.any()
-        else None,
-        count_in_view_is_visible_count=float(np.mean(pred["counts"][frames] == data["counts"][frames]))
-        if frames.any()
-        else None,
-        count_in_view_is_visible_count_in_the_other_frames=float(np.mean(in_view_right[~frames]))
-        if (~frames).any()
-        else None,
-        min_window_fraction_on_canvas=float(fraction.min()) if fraction.size else None,
-        smallest_window_fraction_quantiles=np.quantile(per_frame, [0.1, 0.25, 0.5, 0.75, 0.9]).round(4).tolist()
-        if per_frame.size
+        present_count_is_the_label=mean_or_none(pred["present_counts"][frames] == data["sequence_counts"][frames]),
+        count_in_view_is_visible_count=mean_or_none(in_view_right[frames]),
+        count_in_view_is_visible_count_in_the_other_frames=mean_or_none(in_view_right[~frames]),
+        min_window_fraction_on_canvas=float(smallest.min()) if smallest.size else None,
+        smallest_window_fraction_quantiles=np.quantile(smallest, [0.1, 0.25, 0.5, 0.75, 0.9]).round(4).tolist()
+        if smallest.size
         else None,
     )
 
