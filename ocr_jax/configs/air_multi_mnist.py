@@ -21,6 +21,8 @@ Variants (``--config=air_multi_mnist:VARIANT``):
              200-unit head (``bench+pyro_baseline``: the benchmark at equal work with Pyro's example)
   ciwae      10k steps; model and inference network on CIWAE(0.5) = ½ ELBO + ½ IWAE-5 (thesis Eq. 7.13), with the
              leave-one-out baselines of both (VIMCO's for the IWAE half): between piwae and the default
+  vimco_start  VIMCO for the first 1000 steps, then the variant's estimator (``piwae+vimco_start``;
+             ``estimators.get("switch")``): the split-digit mode of piwae's seeds belongs to the first steps
   quick      a tiny run on synthetic blob "digits" (no download): seconds, for tests and smoke checks
 Variants combine with '+', e.g. ``nvil+quick``. Other estimators than the named ones: ``--config.task_config.estimator``
 (any applicable name of ocr_jax.estimators) with its ``estimator_args``. Every variant but piwae trains 20k steps.
@@ -45,6 +47,7 @@ VARIANTS = (
     "moving",
     "bench",
     "pyro_baseline",
+    "vimco_start",
     "quick",
 )
 COMBINABLE_VARIANTS = True
@@ -71,6 +74,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         glimpse_decoder_hidden=(256,),
         baseline_hidden=(256,),
         decoder_output_bias=-2.0,
+        init_presence_prob=0.8,  # q's presence probability at initialisation (AIRConfig's default, named here so
+        # that the command line can change it: --config.task_config.model.init_presence_prob=0.5)
     )
     # Count prior: per-step continue probability annealed geometrically (AIR.md, "Count prior").
     # Tuned on seed 0 (docs/results.md): end 0.001 over 10k steps pushes the count towards the true number faster.
@@ -129,6 +134,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         use_estimator("ciwae")
         tc.estimator_args.update(beta=0.5, score_baseline="leave_one_out")
         config.num_steps = 10_000
+    if "vimco_start" in variants:
+        # VIMCO's IWAE signal for the first 1000 steps, then the configured estimator (``piwae+vimco_start``): the
+        # split-digit mode that the ELBO-trained inference network can fall into belongs to the first steps
+        # (docs/results.md, issue #15); ``estimators.get("switch")``.
+        tc.estimator_args = dict(first="vimco", then=tc.estimator, steps=1000, then_args=tc.estimator_args)
+        tc.estimator = "switch"
     if "pyro_baseline" in variants:
         tc.model.update(baseline_rnn_hidden=256, baseline_hidden=(200,))
     if "quick" in variants:

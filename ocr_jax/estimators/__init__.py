@@ -17,7 +17,8 @@ term, raised at trace time.
 Registered names: ``elbo``, ``iwae``, ``miwae`` (num_repeats, score_baseline), ``ciwae`` (beta, score_baseline),
 ``piwae`` (num_repeats, score_baseline; ``score_baseline="leave_one_out"`` scores each particle or repeat against
 the others, so a poor particle is punished by what it loses, unlike VIMCO's IWAE signal: docs/results.md, #15),
-``reinforce``, ``nvil`` (decay), ``vimco``, ``ws``, ``ww``, ``dww`` (δ-WW), ``dreg``, and ``fivo`` (resampling,
+``reinforce``, ``nvil`` (decay), ``vimco``, ``ws``, ``ww``, ``dww`` (δ-WW), ``dreg``, ``switch`` (first, then, steps,
+first_args, then_args: one estimator for the first training steps, another afterwards), and ``fivo`` (resampling,
 ess_threshold): the filtering variational objective (Maddison et al. 2017), whose terms come from a particle filter
 that the model's task runs (:mod:`ocr_jax.estimators.fivo`). A new estimator is one function decorated with
 :func:`register`.
@@ -363,6 +364,64 @@ def dreg() -> Estimator:
         lambda t: objectives.dreg(t.log_p, t.log_q_reparam, t.log_q_stopped),
         requires=("log_q_reparam", "log_q_stopped"),
         forbids=("log_q_score",),
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# one estimator for the first training steps, another afterwards
+
+
+@register("switch")
+def switch(
+    first: str = "vimco",
+    then: str = "piwae",
+    steps: int = 1000,
+    first_args: dict | None = None,
+    then_args: dict | None = None,
+) -> Estimator:
+    """``first`` (with ``first_args``) for the first ``steps`` calls of ``surrogates`` — one per training step — and
+    ``then`` (with ``then_args``) afterwards, e.g. VIMCO's IWAE signal while an AIR model finds its count, then the
+    ELBO-trained inference network of ``piwae`` (docs/results.md, issue #15). Both estimators' surrogates are
+    computed at every step (their own states advance together) and each group's loss is the active one's, so the
+    gradient is exactly that estimator's. State: ``(calls so far, first's state, then's state)``."""
+    if steps < 0:
+        raise ValueError(f"estimator 'switch' needs steps >= 0; got {steps}")
+    a, b = get(first, **dict(first_args or {})), get(then, **dict(then_args or {}))
+    if a.particle_filter is not None or b.particle_filter is not None:
+        raise ValueError("estimator 'switch' cannot switch to or from 'fivo' (its terms come from a particle filter)")
+    requires = tuple(dict.fromkeys(a.requires + b.requires))
+    min_particles = max(a.min_particles, b.min_particles)
+
+    def init(num_steps: int | None = None):
+        return (jnp.zeros((), jnp.int32), a.init(num_steps), b.init(num_steps))
+
+    def surrogates(t: LogWeightTerms, state):
+        _check("switch", t, requires, min_particles)
+        calls, state_a, state_b = state
+        s_a, state_a = a.surrogates(t, state_a)
+        s_b, state_b = b.surrogates(t, state_b)
+        use_first = calls < steps
+
+        def pick(x, y):
+            return jnp.where(use_first, jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32))
+
+        same_aux = jax.tree.structure(s_a.aux) == jax.tree.structure(s_b.aux)
+        s = Surrogates(
+            theta=pick(s_a.theta, s_b.theta),
+            phi=pick(s_a.phi, s_b.phi),
+            bound=pick(s_a.bound, s_b.bound),
+            baseline=pick(s_a.baseline, s_b.baseline),
+            aux=jax.tree.map(pick, s_a.aux, s_b.aux) if same_aux else {**s_a.aux, **s_b.aux},
+        )
+        return s, (calls + 1, state_a, state_b)
+
+    return Estimator(
+        name="switch",
+        init=init,
+        surrogates=surrogates,
+        requires=requires,
+        min_particles=min_particles,
+        trains_baseline=a.trains_baseline or b.trains_baseline,
     )
 
 

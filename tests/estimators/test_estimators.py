@@ -68,6 +68,7 @@ def test_every_estimator_is_registered_and_lookup_errors_are_clear():
         "dww",
         "dreg",
         "fivo",
+        "switch",
     }
     with pytest.raises(ValueError, match="unknown estimator 'vimcoo'.*vimco"):
         estimators.get("vimcoo")
@@ -180,3 +181,31 @@ def test_estimators_compose_with_jit_and_vmap_over_seeds():
     se = np.sqrt(g_iwae.var(0) / len(keys) + g_dreg.var(0) / len(keys))
     assert np.all(np.abs(g_iwae.mean(0) - g_dreg.mean(0)) < 4 * se + 1e-4)
     assert g_dreg.var(0)[0] < g_iwae.var(0)[0]  # DReG's point: lower variance for μ
+
+
+def test_switch_gives_the_first_estimators_gradients_then_the_seconds():
+    """``switch``: VIMCO's θ- and φ-gradients (on the same samples) for the first ``steps`` calls, then PIWAE's with
+    its leave-one-out baseline; the call count is its state, under jit; a bad step count or FIVO is refused."""
+    then_args = dict(num_repeats=K, score_baseline="leave_one_out")
+    sw = estimators.get("switch", first="vimco", then="piwae", steps=2, then_args=then_args)
+    assert sw.requires == ("log_q_score",) and sw.min_particles == 2
+    vimco, piwae = estimators.get("vimco"), estimators.get("piwae", **then_args)
+    phi = (jnp.asarray(0.2), jnp.asarray(-0.3), jnp.asarray(0.4))
+
+    def grads(est, state, key):
+        return jax.grad(lambda p: est.surrogates(_terms(p, key), state)[0].phi)(phi)
+
+    step = jax.jit(lambda state, key: (grads(sw, state, key), sw.surrogates(_terms(phi, key), state)[1]))
+    state = sw.init()
+    for call in range(4):
+        key = jax.random.key(10 + call)
+        g, state = step(state, key)
+        expected = grads(vimco if call < 2 else piwae, (), key)
+        other = grads(piwae if call < 2 else vimco, (), key)
+        np.testing.assert_allclose(np.stack(g), np.stack(expected), rtol=1e-5, atol=1e-7)
+        assert not np.allclose(np.stack(g), np.stack(other))  # the two estimators differ on these samples
+    assert int(state[0]) == 4
+    with pytest.raises(ValueError, match="steps >= 0"):
+        estimators.get("switch", steps=-1)
+    with pytest.raises(ValueError, match="cannot switch to or from 'fivo'"):
+        estimators.get("switch", then="fivo")
