@@ -195,3 +195,21 @@ def test_gradient_clipping_can_be_set_from_the_command_line(monkeypatch, spec):
     configs.define_config_flag("config", flag_values=values)
     values(argv)
     assert all(values.config.optimizers[g].clip_global_norm == 1000.0 for g in groups)
+
+
+def test_air_fast_is_piwae_with_a_vimco_start_and_the_count_prior_at_its_end_value():
+    config = configs.get_config("air_multi_mnist:fast")
+    tc = config.task_config
+    assert tc.estimator == "switch" and config.num_steps == 5000
+    assert dict(tc.estimator_args) | {"then_args": dict(tc.estimator_args.then_args)} == dict(
+        first="vimco", then="piwae", steps=1000, then_args=dict(num_repeats=5, score_baseline="leave_one_out")
+    )
+    from ocr_jax.models.air import continue_prob_schedule
+
+    p = tc.count_prior
+    for step in (0, 1000, 20_000):
+        rho = float(continue_prob_schedule(step, start=p.start, end=p.end, duration=p.duration, kind=p.kind))
+        assert rho == pytest.approx(0.001)
+    plain = configs.get_config("air_multi_mnist:piwae+vimco_start")
+    plain.task_config.count_prior.start, plain.num_steps = 0.001, 5000
+    assert config.to_json_best_effort() == plain.to_json_best_effort()
