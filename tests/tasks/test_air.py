@@ -166,3 +166,27 @@ def test_tiny_config_trains_and_its_bound_improves():
 
 def test_sharded_and_single_device_steps_agree():
     sharded_step_check.run_in_subprocess("ocr_jax.configs.air_multi_mnist", "quick+nvil")
+
+
+def test_fast_switches_from_vimco_to_piwae_after_its_warm_up_steps():
+    """``quick+fast``: the train step threads the ``switch`` estimator's call count through the model state, so the
+    first ``steps`` training steps take VIMCO's inference loss and the later ones PIWAE's (same samples)."""
+    config = quick_config("fast")
+    config.task_config.estimator_args.steps = 2
+    task, state, history = _train(config, 3)
+    assert np.all(np.isfinite(history))
+    assert int(state.model_state["estimator"][0]) == 3
+    params, batch = (
+        state.params,
+        next(task.train_batches(seed=1, start_step=0, global_batch_size=8, process_index=0, process_count=1)),
+    )
+    key = jax.random.PRNGKey(5)
+    vimco, piwae = estimators.get("vimco"), estimators.get("piwae", num_repeats=5, score_baseline="leave_one_out")
+    for calls, expected in ((1, vimco), (2, piwae)):
+        model_state = {"estimator": (jnp.asarray(calls, jnp.int32), (), ())}
+        losses = task.loss(params, model_state, batch, key, jnp.asarray(calls))[0]
+        reference = air_task.AIRTask(config.task_config)
+        reference.estimator = expected
+        want = reference.loss(params, {"estimator": ()}, batch, key, jnp.asarray(calls))[0]
+        np.testing.assert_allclose(losses["inference"], want["inference"], rtol=1e-5)
+        np.testing.assert_allclose(losses["generative"], want["generative"], rtol=1e-5)
