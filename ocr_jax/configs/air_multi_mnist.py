@@ -24,7 +24,8 @@ Variants (``--config=air_multi_mnist:VARIANT``):
   vimco_start  VIMCO for the first 1000 steps, then the variant's estimator (``piwae+vimco_start``;
              ``estimators.get("switch")``): the split-digit mode of piwae's seeds belongs to the first steps
   fast       piwae+vimco_start with the count prior at its end value (0.001) from the first step, 5000 steps:
-             10 of 10 seeds reach 95 % in 2000-2500 steps (docs/results.md, issue #15)
+             10 of 10 seeds reach 95 % in 2000-2500 steps and count 0.986-0.991 on two held-out test sets at the
+             end (docs/results.md, issue #15)
   quick      a tiny run on synthetic blob "digits" (no download): seconds, for tests and smoke checks
 Variants combine with '+', e.g. ``nvil+quick``. Other estimators than the named ones: ``--config.task_config.estimator``
 (any applicable name of ocr_jax.estimators) with its ``estimator_args``. Every variant but piwae trains 20k steps.
