@@ -176,16 +176,14 @@ def test_fast_switches_from_vimco_to_piwae_after_its_warm_up_steps():
     task, state, history = _train(config, 3)
     assert np.all(np.isfinite(history))
     assert int(state.model_state["estimator"][0]) == 3
-    params, batch = (
-        state.params,
-        next(task.train_batches(seed=1, start_step=0, global_batch_size=8, process_index=0, process_count=1)),
-    )
+    params = state.params
+    batch = next(task.train_batches(seed=1, start_step=0, global_batch_size=8, process_index=0, process_count=1))
     key = jax.random.PRNGKey(5)
     vimco, piwae = estimators.get("vimco"), estimators.get("piwae", num_repeats=5, score_baseline="leave_one_out")
+    reference = air_task.AIRTask(config.task_config)
     for calls, expected in ((1, vimco), (2, piwae)):
         model_state = {"estimator": (jnp.asarray(calls, jnp.int32), (), ())}
         losses = task.loss(params, model_state, batch, key, jnp.asarray(calls))[0]
-        reference = air_task.AIRTask(config.task_config)
         reference.estimator = expected
         want = reference.loss(params, {"estimator": ()}, batch, key, jnp.asarray(calls))[0]
         np.testing.assert_allclose(losses["inference"], want["inference"], rtol=1e-5)
