@@ -3,7 +3,7 @@ trees keep every path and shape of the code before (commit 03716da), so existing
 the computations are the same functions of the parameters.
 
 The fixtures were recorded from that code by ``tests/models/fixtures/record_before_refactor.py``: AIR's initial
-parameters and outputs (which must stay exactly as they were: AIR's initialisation did not change), and SQAIR's
+parameters and outputs (which must stay as they were, to float32 rounding: AIR's initialisation did not change), and SQAIR's
 initial parameters and outputs (SQAIR now initialises each parameter group with one ``init``, so fresh parameters
 differ; given the old parameters, the outputs must not).
 """
@@ -47,10 +47,17 @@ def _unflatten(flat):
     return tree
 
 
+# Float32 rounding: XLA's CPU kernels (vectorised erf_inv, exp, dot) round differently on different processors, so a
+# fixture recorded on one machine is matched to within a few units in the last place on another (measured on the CI
+# machine: 3e-8 in an initial weight, 6e-7 in a canvas). Any change of layout or computation moves values by O(0.01)
+# or more.
+RTOL, ATOL = 1e-5, 1e-5
+
+
 def _assert_same(actual: dict, expected: dict, what: str):
     assert sorted(actual) == sorted(expected), what
     for k in expected:
-        np.testing.assert_array_equal(np.asarray(actual[k]), expected[k], err_msg=f"{what}: {k}")
+        np.testing.assert_allclose(np.asarray(actual[k]), expected[k], rtol=RTOL, atol=ATOL, err_msg=f"{what}: {k}")
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +72,7 @@ def sqair_fixture():
 
 @pytest.mark.parametrize("variant", sorted(AIR_VARIANTS))
 def test_air_parameters_and_outputs_are_unchanged(air_fixture, variant):
-    """The same parameter tree, initial values and outputs, bit for bit."""
+    """The same parameter tree, initial values and outputs, to float32 rounding."""
     images = jnp.asarray(np.random.default_rng(0).random((2, 12, 12)), jnp.float32)
     model = AIR(AIRConfig(**{**AIR_TINY, **AIR_VARIANTS[variant]}))
     params = model.init(jax.random.key(0), images)
@@ -80,7 +87,7 @@ def test_air_parameters_and_outputs_are_unchanged(air_fixture, variant):
 @pytest.mark.parametrize("variant", sorted(SQAIR_VARIANTS))
 def test_sqair_parameter_tree_is_unchanged_and_old_parameters_give_the_same_outputs(sqair_fixture, variant):
     """Every parameter path and shape as before (no upgrade of old checkpoints is needed), and the old parameters
-    give the old outputs, bit for bit."""
+    give the old outputs, to float32 rounding."""
     model = SQAIR(SQAIR_VARIANTS[variant]())
     old = _section(sqair_fixture, f"{variant}/params")
     shapes = jax.eval_shape(model.init, jax.random.key(0))
@@ -103,7 +110,7 @@ def _recorded_names(model, out) -> dict:
     """SQAIR's outputs under the fixture's names: it was recorded when ``z_where`` held the Gaussian latent, which the
     outputs now call ``z_where_raw`` (their ``z_where`` is its spatial transform, as in AIR). Checks that the new
     ``z_where`` is exactly ``to_transform(z_where_raw)`` (both computed op by op here, outside jit), so comparing
-    ``z_where_raw`` with the recorded ``z_where`` proves both bit for bit."""
+    ``z_where_raw`` with the recorded ``z_where`` checks both."""
     out = dict(out)
     raw = out.pop("z_where_raw")
     np.testing.assert_array_equal(np.asarray(out.pop("z_where")), np.asarray(model.to_transform(raw)))
