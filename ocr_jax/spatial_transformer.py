@@ -39,6 +39,7 @@ import numpy as np
 __all__ = [
     "extract_glimpse",
     "paste_glimpse",
+    "composite_glimpses",
     "z_where_to_box",
     "box_to_z_where",
     "split_z_where",
@@ -174,6 +175,53 @@ def paste_glimpse(glimpse: jax.Array, z_where: jax.Array, canvas_shape: Sequence
     b_x = _interp_matrix(us, w)  # [..., W, w]
     out = jnp.matmul(jnp.matmul(b_y, glimpse), jnp.swapaxes(b_x, -1, -2))
     return jnp.broadcast_to(out, lead + (H, W))
+
+
+def composite_glimpses(
+    glimpses: jax.Array, z_where: jax.Array, weights: jax.Array, canvas_shape: Sequence[int]
+) -> jax.Array:
+    """The weighted sum of pasted glimpses, ``Σ_n weights_n · paste_glimpse(glimpses_n, z_where_n)`` (AIR's and
+    SQAIR's canvas, Algorithm 1 of the thesis), computed without the ``N`` pasted canvases.
+
+    Pasting glimpse n is ``B_y^n G^n (B_x^n)^T`` (module docstring), so the sum over objects is one contraction over
+    the object and glimpse-column axes together: ``Σ_n (B_y^n (w_n G^n)) (B_x^n)^T``. Equal to summing
+    :func:`paste_glimpse` up to float rounding, with no ``[..., N, H, W]`` intermediate and no separate reduction
+    (on a 2-core CPU the pasted canvases and their sum were ≈ a quarter of AIR's train step).
+
+    Args:
+      glimpses: ``[..., N, h, w]`` floating (N objects).
+      z_where: ``[..., N, 3|4]``.
+      weights: ``[..., N]``, e.g. the presences z_pres; an object of weight 0 adds exactly zero (finite glimpses).
+      canvas_shape: ``(H, W)``.
+
+    Returns:
+      ``[..., H, W]`` with the leading axes of the three inputs broadcast.
+    """
+    shapes = [jnp.shape(glimpses), jnp.shape(z_where), jnp.shape(weights)]
+    if (
+        len(shapes[0]) < 3
+        or len(shapes[1]) < 2
+        or len(shapes[2]) < 1
+        or len({s[i] for s, i in zip(shapes, (-3, -2, -1))}) != 1
+    ):
+        raise ValueError(
+            f"glimpses {shapes[0]}, z_where {shapes[1]} and weights {shapes[2]} must share the objects axis N "
+            "(glimpses [..., N, h, w], z_where [..., N, 3|4], weights [..., N])"
+        )
+    glimpses, z_where, (H, W), _, dtype = _prepare("glimpses", glimpses, z_where, "canvas_shape", canvas_shape)
+    weights = jnp.asarray(weights, dtype)
+    num = glimpses.shape[-3]
+    lead = _leading_shape("glimpses", glimpses.shape[:-3], z_where.shape[:-2])
+    lead = _leading_shape("weights", weights.shape[:-1], lead)
+    h, w = glimpses.shape[-2:]
+    sx, sy, tx, ty = split_z_where(z_where)
+    vs = _to_index((_centres(H, dtype) - ty[..., None]) / sy[..., None], h)  # [..., N, H]
+    us = _to_index((_centres(W, dtype) - tx[..., None]) / sx[..., None], w)  # [..., N, W]
+    b_y = _interp_matrix(vs, h)  # [..., N, H, h]
+    b_x = jnp.broadcast_to(_interp_matrix(us, w), lead + (num, W, w))  # [..., N, W, w]
+    rows = jnp.matmul(b_y, glimpses * weights[..., None, None])  # [..., N, H, w]
+    rows = jnp.broadcast_to(rows, lead + (num, H, w))
+    return jnp.einsum("...nyw,...nxw->...yx", rows, b_x)
 
 
 def z_where_to_box(z_where: jax.Array, canvas_shape: Sequence[int]) -> jax.Array:

@@ -144,6 +144,42 @@ def test_batching_over_leading_axes_equals_loop_and_broadcasts():
     np.testing.assert_allclose(g_vmap, g, atol=1e-6)
 
 
+def test_composite_equals_the_weighted_sum_of_pasted_glimpses_in_value_and_gradient():
+    rng = np.random.default_rng(7)
+    B, K, N, H, W, h, w = 2, 3, 4, 11, 13, 5, 4
+    g = jnp.asarray(rng.random((B, K, N, h, w), dtype=np.float32))
+    z = jnp.asarray(
+        np.concatenate([rng.uniform(0.2, 0.9, (B, K, N, 2)), rng.uniform(-1.2, 1.2, (B, K, N, 2))], -1), jnp.float32
+    )
+    weights = jnp.asarray(rng.random((B, K, N)) * (rng.random((B, K, N)) > 0.3), jnp.float32)
+
+    def summed(g, z, weights):
+        return jnp.sum(weights[..., None, None] * st.paste_glimpse(g, z, (H, W)), axis=-3)
+
+    canvas = st.composite_glimpses(g, z, weights, (H, W))
+    assert canvas.shape == (B, K, H, W)
+    np.testing.assert_allclose(canvas, summed(g, z, weights), rtol=1e-5, atol=1e-6)
+    # An object of weight 0 adds exactly zero: only the weighted objects' pastes remain.
+    one = jnp.zeros((B, K, N)).at[..., 1].set(1.0)
+    np.testing.assert_array_equal(
+        st.composite_glimpses(g, z, one, (H, W)),
+        st.composite_glimpses(g[..., 1:2, :, :], z[..., 1:2, :], one[..., 1:2], (H, W)),
+    )
+    # Gradients in every input, through a nonlinear function of the canvas.
+    target = jnp.asarray(rng.random((B, K, H, W)), jnp.float32)
+    grads = jax.grad(lambda *a: jnp.sum(jnp.sin(st.composite_glimpses(*a, (H, W)) - target)), (0, 1, 2))(g, z, weights)
+    expected = jax.grad(lambda *a: jnp.sum(jnp.sin(summed(*a) - target)), (0, 1, 2))(g, z, weights)
+    for a, e in zip(grads, expected):
+        np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-5)
+    # Leading axes broadcast: one set of glimpses shared by every particle.
+    shared = st.composite_glimpses(g[:, :1], z, weights, (H, W))
+    np.testing.assert_allclose(shared, summed(g[:, :1], z, weights), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="objects"):
+        st.composite_glimpses(g, z[..., :2, :], weights, (H, W))
+    with pytest.raises(ValueError, match="objects"):
+        st.composite_glimpses(g, z, weights[..., :2], (H, W))
+
+
 def test_box_roundtrip():
     rng = np.random.default_rng(6)
     H, W = 50, 40

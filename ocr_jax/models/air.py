@@ -757,9 +757,8 @@ class AIR:
         """Decode and paste: ``z_what [..., N, D], z_where [..., N, Z], z_pres [..., N]`` ->
         ``(glimpses [..., N, h, w], canvas [..., H, W])``; absent steps add exactly zero."""
         glimpses = jax.nn.sigmoid(self.generative.apply(gen_params, z_what))
-        pasted = st.paste_glimpse(glimpses, z_where, self.config.canvas_shape)
-        canvas = jnp.sum(jnp.where(z_pres[..., None, None] > 0, pasted, 0.0), axis=-3)
-        return glimpses, canvas
+        present = (z_pres > 0).astype(glimpses.dtype)
+        return glimpses, st.composite_glimpses(glimpses, z_where, present, self.config.canvas_shape)
 
     def log_likelihood(self, images: Array, canvas: Array) -> Array:
         """``log p(x | canvas)`` summed over pixels: ``[..., H, W] -> [...]`` (broadcasting)."""

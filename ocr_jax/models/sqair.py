@@ -82,7 +82,7 @@ import numpy as np
 from ocr_jax import validation
 from ocr_jax.distributions import diag_normal_log_prob, truncated_categorical
 from ocr_jax.models import modules
-from ocr_jax.spatial_transformer import extract_glimpse, paste_glimpse
+from ocr_jax.spatial_transformer import composite_glimpses, extract_glimpse
 
 __all__ = [
     "SQAIRConfig",
@@ -796,8 +796,7 @@ class SQAIR:
         = Σ_i z_pres^i ST^{-1}(f^dec(z_what^i), to_transform(z_where^i)); ``z_where``: the Gaussian latent (the
         outputs' ``z_where_raw``)."""
         glimpses = self._generative(params, SQAIRGenerative.decode, z_what)
-        pasted = paste_glimpse(glimpses, self.to_transform(z_where), self.config.image_shape)
-        return jnp.sum(z_pres[:, None, None] * pasted, axis=0)
+        return composite_glimpses(glimpses, self.to_transform(z_where), z_pres, self.config.image_shape)
 
     def to_transform(self, z_where_raw):
         """The Gaussian latent ``z_where_raw [..., 4]`` -> the spatial-transformer ``z_where [..., 4]`` (s_x, s_y, t_x,

@@ -134,25 +134,41 @@ def make_train_step(
 
         distinct, pullback, (metrics, model_state, surrogates) = jax.vjp(forward, state.params, has_aux=True)
 
-        params, opt_states, metrics = dict(state.params), dict(state.opt_states), dict(metrics)
+        grads, metrics = {}, dict(metrics)
         finite = jnp.array(True)
         for i, gs in enumerate(shared):
             one_hot = [jnp.full_like(s, 1.0 if j == i else 0.0) for j, s in enumerate(distinct)]
             (grads_all,) = pullback(one_hot)
             for g in gs:
-                grads = grads_all[g]  # d surrogates[g] / d params[g]; the other groups' parts are discarded.
-                updates, opt_states[g] = optimizers[g].update(grads, state.opt_states[g], state.params[g])
-                params[g] = optax.apply_updates(state.params[g], updates)
-                grad_norm = optax.global_norm(grads)
+                grads[g] = grads_all[g]  # d surrogates[g] / d params[g]; the other groups' parts are discarded.
+                grad_norm = optax.global_norm(grads[g])
                 finite &= jnp.isfinite(surrogates[g]) & jnp.isfinite(grad_norm)
                 metrics[f"surrogate/{g}"] = surrogates[g]
                 metrics[f"grad_norm/{g}"] = grad_norm
                 if schedules is not None and g in schedules:
                     metrics[f"lr/{g}"] = jnp.asarray(schedules[g](state.step), jnp.float32)
 
-        new_state = state.replace(step=state.step + 1, params=params, opt_states=opt_states, model_state=model_state)
+        def update(_):
+            params, opt_states = {}, {}
+            for g in grads:
+                updates, opt_states[g] = optimizers[g].update(grads[g], state.opt_states[g], state.params[g])
+                params[g] = optax.apply_updates(state.params[g], updates)
+            return params, opt_states, model_state
+
+        def skip(_):
+            return dict(state.params), dict(state.opt_states), state.model_state
+
         # Skip a non-finite update entirely: the caller keeps a good state to checkpoint and stops (see train.py).
-        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+        # A conditional rather than an element-wise select of the old and new states: the optimiser runs only when
+        # the update is applied, and no pass over every parameter and moment picks between the two (on a 2-core CPU
+        # the select of AIR's 2500 × 1024 image projection and its Adam moments cost ≈ 8 % of the step).
+        params, opt_states, new_model_state = jax.lax.cond(finite, update, skip, None)
+        new_state = state.replace(
+            step=state.step + finite.astype(state.step.dtype),
+            params=params,
+            opt_states=opt_states,
+            model_state=new_model_state,
+        )
         metrics["finite"] = finite
         return new_state, metrics
 

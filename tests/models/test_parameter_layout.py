@@ -3,9 +3,9 @@ trees keep every path and shape of the code before (commit 03716da), so existing
 the computations are the same functions of the parameters.
 
 The fixtures were recorded from that code by ``tests/models/fixtures/record_before_refactor.py``: AIR's initial
-parameters and outputs (which must stay as they were, to float32 rounding: AIR's initialisation did not change), and SQAIR's
-initial parameters and outputs (SQAIR now initialises each parameter group with one ``init``, so fresh parameters
-differ; given the old parameters, the outputs must not).
+parameters and outputs (which must stay as they were, to float32 rounding: AIR's initialisation did not change),
+and SQAIR's initial parameters and outputs (SQAIR now initialises each parameter group with one ``init``, so fresh
+parameters differ; given the old parameters, the outputs must not).
 """
 
 import os

@@ -108,6 +108,23 @@ def test_each_group_gets_gradient_of_its_own_surrogate_only():
     assert int(new.step) == 1 and int(new.model_state["calls"]) == 1 and bool(metrics["finite"])
 
 
+def test_a_nonfinite_step_returns_the_input_state_unchanged():
+    """The update is skipped as a whole (parameters, optimiser moments, model state, step) when a surrogate is NaN,
+    and applied when it is finite, through one compiled step."""
+    task = CoupledTask()
+    optimizers = {"a": optax.adam(0.1), "b": optax.adam(0.1)}
+    good, bad = {"x": np.full((4,), 2.0, np.float32)}, {"x": np.array([2.0, np.nan, 2.0, 2.0], np.float32)}
+    step = make_train_step(task, optimizers, donate=False)
+    state, metrics = step(init_train_state(task, optimizers, 0, good), good, jax.random.PRNGKey(0))
+    assert bool(metrics["finite"]) and int(state.step) == 1
+    skipped, metrics = step(state, bad, jax.random.PRNGKey(1))
+    assert not bool(metrics["finite"])
+    jax.tree.map(np.testing.assert_array_equal, skipped.to_dict(), state.to_dict())
+    applied, metrics = step(skipped, good, jax.random.PRNGKey(2))
+    assert bool(metrics["finite"]) and int(applied.step) == 2 and int(applied.model_state["calls"]) == 2
+    assert float(applied.params["a"]["w"]) != float(state.params["a"]["w"])
+
+
 class SharedSurrogateTask:
     """Two groups trained by one scalar (as IWAE/VIMCO do): ``shared=True`` returns the same array for both groups
     (one pull-back), ``shared=False`` two equal but distinct arrays (one pull-back each)."""
