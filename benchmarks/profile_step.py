@@ -37,7 +37,8 @@ from ocr_jax.training.optimizers import make_optimizers
 from ocr_jax.training.train_step import init_train_state, make_train_step
 
 _WRAPPER = re.compile(r"^(jit|jvp|transpose|vmap|pjit|remat|checkpoint|custom_jvp_call|custom_vjp_call)\((.*)\)$")
-_SKIP = ("while", "body", "cond", "branch_0_fun", "branch_1_fun", "eval_jaxpr", "jit(train_step)", "closed_call")
+# Loop and conditional plumbing in op_name paths; the first component (the jitted step) is dropped as well.
+_SKIP = ("while", "body", "cond", "branch_0_fun", "branch_1_fun", "eval_jaxpr", "closed_call")
 
 
 def hlo_metadata(hlo_text: str) -> dict[str, str]:
@@ -67,7 +68,7 @@ def scope_and_phase(op_name: str) -> tuple[str, str]:
     phase = "update" if any(p.startswith("branch_1_fun") for p in parts) else "forward"
     if phase == "forward" and "transpose(" in op_name:
         phase = "backward"
-    kept = [c for c in (_unwrap(p) for p in parts[:-1]) if c and c not in _SKIP and not c.startswith("jit(")]
+    kept = [c for c in (_unwrap(p) for p in parts[1:-1]) if c and c not in _SKIP]
     return "/".join(kept) or "(train step)", phase
 
 
