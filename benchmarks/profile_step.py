@@ -1,12 +1,13 @@
 r"""Where a train step's time goes: any config's compiled step traced with ``jax.profiler``, its XLA operations'
 self time summed by the model scope that issued them (not a test).
 
-  python benchmarks/profile_step.py --config=air_multi_mnist:fast [--steps=10] [--top=20]
+  python benchmarks/profile_step.py --config=air_multi_mnist:fast [--steps=10] [--top=20] [--start_step=0]
       [--out=runs/bench/profile_step.json] [--config.global_batch_size=64 ...]
 
 The step is built exactly as training builds it (``tasks.make_task``, ``make_optimizers``, ``make_train_step``) on the
-task's own training batches, compiled, warmed up, then ``--steps`` steps are traced. Every event on XLA's compute
-threads is an operation of the compiled program (a fusion, a dot, a copy) or the runtime around it; its *self* time
+task's own training batches from ``--start_step`` (which sets e.g. SQAIR's curriculum length), compiled, warmed
+up, then ``--steps`` steps are traced. Every event on XLA's compute threads is an operation of the compiled program
+(a fusion, a dot, a copy) or the runtime around it; its *self* time
 (its duration less that of the events nested in it) is summed per operation, then per **scope**: the operation's
 ``op_name`` metadata from the compiled HLO with JAX's transformation wrappers removed — e.g.
 ``AIRInference.controller/controller/hidden`` — and a **phase**: ``forward``, ``backward`` (under ``transpose(...)``)
@@ -99,16 +100,17 @@ def self_times(xplane_path: str) -> tuple[collections.Counter, collections.Count
     return total, count
 
 
-def profile(config, steps: int) -> dict:
+def profile(config, steps: int, start_step: int = 0) -> dict:
     """Traces ``steps`` compiled train steps of ``config``; returns the per-step breakdown."""
     task = tasks.make_task(config)
     optimizers, schedules = make_optimizers(config.optimizers)
     mesh = mesh_lib.make_data_mesh()
     batches = task.train_batches(
-        seed=0, start_step=0, global_batch_size=config.global_batch_size, process_index=0, process_count=1
+        seed=0, start_step=start_step, global_batch_size=config.global_batch_size, process_index=0, process_count=1
     )
     local = [mesh_lib.shard_batch(next(batches), mesh) for _ in range(4)]
     state = init_train_state(task, optimizers, 0, jax.device_get(local[0]), mesh)
+    state = state.replace(step=jax.numpy.full_like(state.step, start_step))  # step-dependent schedules as in training
     compiled = (
         make_train_step(task, optimizers, mesh=mesh, schedules=schedules)
         .lower(state, local[0], jax.random.PRNGKey(0))
@@ -155,7 +157,7 @@ def profile(config, steps: int) -> dict:
 def main(argv):
     cli.start_script(argv)
     load_before = os.getloadavg()
-    result = profile(_CONFIG.value, _STEPS.value)
+    result = profile(_CONFIG.value, _STEPS.value, _START_STEP.value)
     result.update(config=_CONFIG.value.to_dict(), load_before=load_before, load_after=os.getloadavg())
     print(
         f"{result['wall_ms_per_step']:.1f} ms per step wall-clock, {result['busy_ms_per_step']:.1f} ms of XLA thread "
@@ -178,6 +180,7 @@ def main(argv):
 if __name__ == "__main__":
     _CONFIG = configs.define_config_flag("config", None, "the config whose train step is profiled", lock_config=True)
     _STEPS = flags.DEFINE_integer("steps", 10, "traced steps (after three warm-up steps)")
+    _START_STEP = flags.DEFINE_integer("start_step", 0, "the training step the profiled batches and state are at")
     _TOP = flags.DEFINE_integer("top", 20, "rows printed per table")
     _OUT = flags.DEFINE_string("out", "runs/bench/profile_step.json", "where the full breakdown goes (JSON)")
     flags.mark_flags_as_required(["config"])
