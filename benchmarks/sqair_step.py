@@ -1,7 +1,8 @@
 r"""SQAIR train-step cost by curriculum length: steps/s and XLA FLOPs per step, the first implementation's step
 against today's, side by side in one run (not a test).
 
-  python benchmarks/sqair_step.py [--hidden=32,256] [--lengths=1,3,10] [--steps=5] [--out=runs/bench/sqair_step.json]
+  python benchmarks/sqair_step.py [--hidden=32,256] [--lengths=1,3,10] [--steps=5] [--time_unrolled]
+      [--out=runs/bench/sqair_step.json]
 
 For each width (MLP-SQAIR with ``hidden`` units, batch 32, K = 5, 50×50 frames, 10-frame sequences) and each
 curriculum length L, two train steps are compiled and timed on the same batches:
@@ -55,7 +56,8 @@ class PerGroupSurrogates:
 
 def make_task(hidden: int, unroll: bool):
     config = sqair_mnist.get_config()
-    config.task_config.update(hidden=hidden, data="blobs", num_train=256, num_eval=8, scan_unroll=unroll)
+    config.task_config.update(data="blobs", num_train=256, num_eval=8)
+    config.task_config.model.update(hidden=hidden, scan_unroll=unroll)
     return tasks.make_task(config), config
 
 
@@ -81,12 +83,14 @@ def flops_of(compiled) -> float:
 
 def measure(hidden: int, length: int, variant: str, frames: np.ndarray, steps: int, count_flops: bool) -> dict:
     sliced = frames if variant == "old" else frames[:, :length]
-    task, config = make_task(hidden, unroll=False)
+    task, config = make_task(hidden, unroll=variant == "new_unrolled")
     if variant == "old":
         task = PerGroupSurrogates(task)
     compiled, state, batch, compile_s = compile_step(task, config, sliced)
     flops = float("nan")
-    if count_flops:
+    if variant == "new_unrolled":
+        flops = flops_of(compiled)  # already unrolled: XLA counts every iteration
+    elif count_flops:
         utask, _ = make_task(hidden, unroll=True)
         if variant == "old":
             utask = PerGroupSurrogates(utask)
@@ -124,9 +128,10 @@ def main(argv):
         old = None  # the old step computes all 10 frames whatever L: measured once per width
         for length in [int(n) for n in _LENGTHS.value]:
             old = old or measure(hidden, length, "old", frames, steps, count_flops)
+            variants = ("new", "new_unrolled") if _TIME_UNROLLED.value else ("new",)
             for row in (
                 dict(old, length=length),
-                measure(hidden, length, "new", frames, steps, count_flops),
+                *(measure(hidden, length, v, frames, steps, count_flops) for v in variants),
             ):
                 rows.append(row)
                 print(json.dumps(row), flush=True)
@@ -144,6 +149,13 @@ def main(argv):
                 f"{n['flops_per_step_unrolled'] / 1e9:>9.3f} "
                 f"{o['flops_per_step_unrolled'] / n['flops_per_step_unrolled']:>5.2f}x"
             )
+            u = by.get((hidden, length, "new_unrolled"))
+            if u is not None:
+                print(
+                    f"{hidden:>6} {length:>3} | the new step with its scans unrolled: {u['steps_per_s']:.2f} steps/s, "
+                    f"{u['steps_per_s'] / n['steps_per_s']:.2f}x the rolled one (compiled in {u['compile_s']:.0f} s "
+                    f"against {n['compile_s']:.0f} s)"
+                )
         lengths = sorted({r["length"] for r in rows})
         if len(lengths) > 1:
             lo, hi = by[hidden, lengths[0], "new"], by[hidden, lengths[-1], "new"]
@@ -173,6 +185,11 @@ if __name__ == "__main__":
     _HIDDEN = flags.DEFINE_list("hidden", ["32", "256"], "MLP widths, comma-separated")
     _LENGTHS = flags.DEFINE_list("lengths", ["1", "3", "10"], "curriculum lengths L, comma-separated")
     _STEPS = flags.DEFINE_integer("steps", 5, "timed train steps per (width, length, step variant)")
+    _TIME_UNROLLED = flags.DEFINE_bool(
+        "time_unrolled",
+        False,
+        "also time the new step with its scans unrolled (SQAIRConfig.scan_unroll; slow to compile)",
+    )
     _NO_FLOPS = flags.DEFINE_bool("no_flops", False, "skip the (slow to compile) unrolled FLOP count")
     _OUT = flags.DEFINE_string("out", "runs/bench/sqair_step.json", "where the results go (JSON)")
     app.run(main)

@@ -59,6 +59,8 @@ RESUMABLE_FIELDS = (
     "checkpoint.max_to_keep",
     "checkpoint.restore_from",
     "allow_config_change",
+    # Computation only (the same values): unrolling a model's scans trades compile time for speed.
+    "task_config.model.scan_unroll",
 )
 
 
