@@ -23,6 +23,7 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
@@ -63,6 +64,27 @@ def memory_of(compiled) -> dict:
     return {n: int(getattr(m, n)) for n in names if m is not None and hasattr(m, n)}
 
 
+def compile_train_step(task, config, *, devices=None, start_step: int = 0, num_batches: int = 8):
+    """The train step exactly as training builds it, compiled on ``num_batches`` of the task's own batches from
+    ``start_step`` (the state's step set to it, so step-dependent schedules are as in training), sharded over
+    ``devices`` (default: all). Returns ``(compiled, state, batches, compile_seconds)``."""
+    optimizers, schedules = make_optimizers(config.optimizers)
+    mesh = mesh_lib.make_data_mesh(devices)
+    batches = task.train_batches(
+        seed=0, start_step=start_step, global_batch_size=config.global_batch_size, process_index=0, process_count=1
+    )
+    local = [mesh_lib.shard_batch(next(batches), mesh) for _ in range(num_batches)]
+    state = init_train_state(task, optimizers, 0, jax.device_get(local[0]), mesh)
+    state = state.replace(step=jnp.full_like(state.step, start_step))
+    t = time.perf_counter()
+    compiled = (
+        make_train_step(task, optimizers, mesh=mesh, schedules=schedules)
+        .lower(state, local[0], jax.random.PRNGKey(0))
+        .compile()
+    )
+    return compiled, state, local, time.perf_counter() - t
+
+
 def measure(config, steps: int, repeats: int = 5, *, devices=None, num_batches: int = 8) -> dict:
     """Steps/s of the AIR train step of ``config`` on synthetic digits, its batch sharded over ``devices`` (default:
     all), cycling through ``num_batches`` distinct batches; also compile time, XLA FLOPs and buffer sizes."""
@@ -70,20 +92,7 @@ def measure(config, steps: int, repeats: int = 5, *, devices=None, num_batches: 
         synthetic_digits=True, num_train=max(4096, config.global_batch_size * num_batches), num_test=64
     )
     task = AIRTask(config.task_config)
-    optimizers, schedules = make_optimizers(config.optimizers)
-    mesh = mesh_lib.make_data_mesh(devices)
-    batches = task.train_batches(
-        seed=0, start_step=0, global_batch_size=config.global_batch_size, process_index=0, process_count=1
-    )
-    local = [mesh_lib.shard_batch(next(batches), mesh) for _ in range(num_batches)]
-    state = init_train_state(task, optimizers, 0, jax.device_get(local[0]), mesh)
-    t = time.perf_counter()
-    compiled = (
-        make_train_step(task, optimizers, mesh=mesh, schedules=schedules)
-        .lower(state, local[0], jax.random.PRNGKey(0))
-        .compile()
-    )
-    compile_s = time.perf_counter() - t
+    compiled, state, local, compile_s = compile_train_step(task, config, devices=devices, num_batches=num_batches)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", float("nan")))
@@ -109,7 +118,7 @@ def measure(config, steps: int, repeats: int = 5, *, devices=None, num_batches: 
         compile_s=compile_s,
         flops_per_step=flops,
         flop_per_s=flops / dt,
-        devices=int(mesh.size),
+        devices=int(mesh_lib.make_data_mesh(devices).size),
         memory=memory_of(compiled),
     )
 

@@ -25,17 +25,20 @@ import glob
 import json
 import os
 import re
+import sys
 import tempfile
 import time
 
 import jax
 from absl import app, flags
 
-from ocr_jax import cli, configs
-from ocr_jax.training import mesh as mesh_lib
-from ocr_jax.training import tasks
-from ocr_jax.training.optimizers import make_optimizers
-from ocr_jax.training.train_step import init_train_state, make_train_step
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.append(REPO)  # benchmarks/ from the checkout when run as a script
+
+from benchmarks.air_throughput import compile_train_step  # noqa: E402
+from ocr_jax import cli, configs  # noqa: E402
+from ocr_jax.training import tasks  # noqa: E402
 
 _WRAPPER = re.compile(r"^(jit|jvp|transpose|vmap|pjit|remat|checkpoint|custom_jvp_call|custom_vjp_call)\((.*)\)$")
 # Loop and conditional plumbing in op_name paths; the first component (the jitted step) is dropped as well.
@@ -102,19 +105,8 @@ def self_times(xplane_path: str) -> tuple[collections.Counter, collections.Count
 
 def profile(config, steps: int, start_step: int = 0) -> dict:
     """Traces ``steps`` compiled train steps of ``config``; returns the per-step breakdown."""
-    task = tasks.make_task(config)
-    optimizers, schedules = make_optimizers(config.optimizers)
-    mesh = mesh_lib.make_data_mesh()
-    batches = task.train_batches(
-        seed=0, start_step=start_step, global_batch_size=config.global_batch_size, process_index=0, process_count=1
-    )
-    local = [mesh_lib.shard_batch(next(batches), mesh) for _ in range(4)]
-    state = init_train_state(task, optimizers, 0, jax.device_get(local[0]), mesh)
-    state = state.replace(step=jax.numpy.full_like(state.step, start_step))  # step-dependent schedules as in training
-    compiled = (
-        make_train_step(task, optimizers, mesh=mesh, schedules=schedules)
-        .lower(state, local[0], jax.random.PRNGKey(0))
-        .compile()
+    compiled, state, local, _ = compile_train_step(
+        tasks.make_task(config), config, start_step=start_step, num_batches=4
     )
     metadata = hlo_metadata(compiled.as_text())
     for i in range(3):  # warm-up

@@ -116,6 +116,16 @@ def _to_index(coord: jax.Array, n: int) -> jax.Array:
     return ((coord + 1.0) * n - 1.0) / 2.0
 
 
+def _paste_positions(z_where, canvas_hw: tuple[int, int], glimpse_hw: tuple[int, int], dtype):
+    """Continuous glimpse pixel indices of the canvas pixel centres under the inverse of ``z_where``:
+    ``(rows [..., H], cols [..., W])``."""
+    (H, W), (h, w) = canvas_hw, glimpse_hw
+    sx, sy, tx, ty = split_z_where(z_where)
+    rows = _to_index((_centres(H, dtype) - ty[..., None]) / sy[..., None], h)
+    cols = _to_index((_centres(W, dtype) - tx[..., None]) / sx[..., None], w)
+    return rows, cols
+
+
 def _prepare(name: str, array, z_where, shape_name: str, out_hw):
     array = jnp.asarray(array)
     z_where = jnp.asarray(z_where)
@@ -173,9 +183,7 @@ def paste_glimpse(glimpse: jax.Array, z_where: jax.Array, canvas_shape: Sequence
     """
     glimpse, z_where, (H, W), lead, dtype = _prepare("glimpse", glimpse, z_where, "canvas_shape", canvas_shape)
     h, w = glimpse.shape[-2:]
-    sx, sy, tx, ty = split_z_where(z_where)
-    vs = _to_index((_centres(H, dtype) - ty[..., None]) / sy[..., None], h)  # [..., H]
-    us = _to_index((_centres(W, dtype) - tx[..., None]) / sx[..., None], w)  # [..., W]
+    vs, us = _paste_positions(z_where, (H, W), (h, w), dtype)  # [..., H], [..., W]
     b_y = _interp_matrix(vs, h)  # [..., H, h]
     b_x_t = _interp_matrix(us, w, True)  # [..., w, W]
     out = jnp.matmul(jnp.matmul(b_y, glimpse), b_x_t)
@@ -220,9 +228,7 @@ def composite_glimpses(
     lead = _leading_shape("glimpses", glimpses.shape[:-3], z_where.shape[:-2])
     lead = _leading_shape("weights", weights.shape[:-1], lead)
     h, w = glimpses.shape[-2:]
-    sx, sy, tx, ty = split_z_where(z_where)
-    vs = _to_index((_centres(H, dtype) - ty[..., None]) / sy[..., None], h)  # [..., N, H]
-    us = _to_index((_centres(W, dtype) - tx[..., None]) / sx[..., None], w)  # [..., N, W]
+    vs, us = _paste_positions(z_where, (H, W), (h, w), dtype)  # [..., N, H], [..., N, W]
     # Canvas row y, object n, glimpse row i; rows of all objects side by side, so the sum over objects is one
     # product over (n, i): Σ_{n,i} B_y[y, (n, i)] C[(n, i), x] with C^n = (w_n G^n) (B_x^n)^T.
     b_y = _interp_matrix(jnp.swapaxes(vs, -1, -2), h)  # [..., H, N, h]

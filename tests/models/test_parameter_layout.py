@@ -49,8 +49,8 @@ def _unflatten(flat):
 
 # Float32 rounding: XLA's CPU kernels (vectorised erf_inv, exp, dot) round differently on different processors, so a
 # fixture recorded on one machine is matched to within a few units in the last place on another (measured on the CI
-# machine: 3e-8 in an initial weight, 6e-7 in a canvas). Any change of layout or computation moves values by O(0.01)
-# or more.
+# machine: 3e-8 in an initial weight, 6e-7 in a canvas); a wrong parameter, layout or formula moves them by far
+# more than 1e-5.
 RTOL, ATOL = 1e-5, 1e-5
 
 
