@@ -5,7 +5,8 @@ r"""Trains any registered task from a config: ``ocr-jax-train`` (installed with 
       [--config.num_steps=1000 --config.optimizers.generative.learning_rate=3e-4 ...]
 
 --config is a packaged config NAME[:VARIANT] (the list is under --config below) or the path of a config file
-FILE.py[:VARIANT]. Rerunning the same command resumes from the latest checkpoint in <workdir>/checkpoints.
+FILE.py[:VARIANT]. Rerunning the same command resumes from the latest checkpoint in <workdir>/checkpoints; compiled
+train steps are kept in a persistent cache (--compilation_cache), so the resumed run does not compile them again.
 TensorBoard logs go to <workdir>/tensorboard (view them with `tensorboard --logdir <workdir>/tensorboard`, from
 `pip install 'ocr_jax[tensorboard]'`).
 
@@ -23,6 +24,13 @@ from ocr_jax import configs
 _CONFIG = configs.define_config_flag("config", None, "Config to train", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and TensorBoard logs.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() with cluster auto-detection.")
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache",
+    None,
+    "Directory of the persistent XLA compilation cache (a resumed run or another seed of the same config loads its "
+    "compiled steps instead of compiling them again); '' or 'none' turns it off. Default: $JAX_COMPILATION_CACHE_DIR "
+    "if set, else ~/.cache/ocr_jax/xla (ocr_jax/training/compile_cache.py).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -37,7 +45,10 @@ def main(argv):
 
     import jax
 
-    from ocr_jax.training import train
+    from ocr_jax.training import compile_cache, train
+
+    cache_dir = compile_cache.enable_for_cli(_COMPILATION_CACHE.value)
+    logging.info("compilation cache: %s", cache_dir or "off")
 
     logging.info(
         "process %d/%d, %d local / %d global devices (%s)",
@@ -64,7 +75,7 @@ def run(argv=None) -> None:
     run, which here are neither this module's (a console-script stub or experiments/main.py runs it), so both are
     handed over first."""
     sys.modules["__main__"].__doc__ = __doc__
-    for name in ("config", "workdir", "multihost"):
+    for name in ("config", "workdir", "multihost", "compilation_cache"):
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
     app.run(main, argv=argv)
 
