@@ -367,6 +367,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, checkpo
     next_key = jax.jit(step_key, out_shardings=mesh_lib.replicated(mesh))
     jitted_step = make_train_step(task, optimizers, mesh=mesh, schedules=schedules)
     compiled_steps: dict[Any, Any] = {}
+    # Seconds of compilation, evaluation and checkpointing since the last log: not training, so kept out of the
+    # logged steps_per_sec (compile time is logged on its own as compile_seconds).
+    paused = [0.0]
 
     def train_step(state, sharded_batch, key):
         """The compiled step for this batch's shapes (compiled and its time logged the first time they are seen)."""
@@ -374,8 +377,19 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, checkpo
         if shapes not in compiled_steps:
             t0 = time.perf_counter()
             compiled_steps[shapes] = jitted_step.lower(state, sharded_batch, key).compile()
-            writer.write_scalars(int(to_host(state.step)), {"compile_seconds": time.perf_counter() - t0})
+            seconds = time.perf_counter() - t0
+            paused[0] += seconds
+            writer.write_scalars(int(to_host(state.step)), {"compile_seconds": seconds})
         return compiled_steps[shapes](state, sharded_batch, key)
+
+    def outside_training(fn, *args):
+        """``fn(*args)`` with its time (after the pending steps finish) kept out of steps_per_sec."""
+        jax.block_until_ready(state.params)
+        t0 = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            paused[0] += time.perf_counter() - t0
 
     # ---- Writers: metrics.jsonl + TensorBoard on process 0, progress bar. ---------------------------------------
     writer = MetricWriter(workdir)  # also used by train_step above, which first runs in the loop below
@@ -440,18 +454,18 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, checkpo
                 if step % config.log_every == 0 or step == config.num_steps:
                     host = to_host(metrics)
                     now = time.perf_counter()
-                    host["steps_per_sec"] = (step - last_log_step) / max(now - last_log_time, 1e-9)
-                    last_log_time, last_log_step = now, step
+                    host["steps_per_sec"] = (step - last_log_step) / max(now - last_log_time - paused[0], 1e-9)
+                    last_log_time, last_log_step, paused[0] = now, step, 0.0
                     writer.write_scalars(step, {k: v for k, v in host.items() if k != "finite"})
                     if headline in host:
                         progress.set_postfix({headline: f"{float(host[headline]):.4g}"})
                 if config.eval_every and (step % config.eval_every == 0 or step == config.num_steps):
-                    if run_eval(step):
+                    if outside_training(run_eval, step):
                         logging.info("step %d: %s >= %s, stopping early", step, stop_when.metric, stop_when.at_least)
                         writer.write_scalars(step, {"stopped_early": 1.0})
                         break
                 if step % ckpt_cfg.every == 0:
-                    checkpointer.save(state)
+                    outside_training(checkpointer.save, state)
                 if time_budget and time.perf_counter() - loop_start >= time_budget:
                     logging.info(
                         "step %d: stop_after_seconds=%s reached; saving a checkpoint (rerun to continue)",

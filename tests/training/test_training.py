@@ -246,6 +246,34 @@ def test_stop_when_stops_at_first_evaluation_meeting_the_threshold(tmp_path):
     assert sorted(os.listdir(tmp_path / "bad" / "checkpoints")) == ["2"]  # the state before the error was saved
 
 
+def test_steps_per_sec_leaves_out_evaluation_and_checkpoint_time(tmp_path, monkeypatch):
+    """The logged training rate counts only training: a fake clock that moves only while the task evaluates or a
+    checkpoint is written (1000 s each) must leave every logged steps_per_sec unaffected (air_seeds sums the rates'
+    intervals as training time). Before the fix an interval holding an evaluation read ≈ 2 / 1000 steps/s."""
+    from ocr_jax.training import checkpoint as checkpoint_lib
+    from ocr_jax.training import train as train_lib
+
+    clock = [0.0]
+    monkeypatch.setattr(train_lib.time, "perf_counter", lambda: clock[0])
+
+    def slowly(fn):
+        def wrapped(*args, **kwargs):
+            clock[0] += 1000.0
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(toy_vae.ToyVAETask, "evaluate", slowly(toy_vae.ToyVAETask.evaluate))
+    monkeypatch.setattr(checkpoint_lib.Checkpointer, "save", slowly(checkpoint_lib.Checkpointer.save))
+    config = small_config(num_steps=8)
+    config.eval_every, config.checkpoint.every = 3, 3  # inside the logging intervals (log_every = 2)
+    train_and_evaluate(config, str(tmp_path))
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    rates = [r["steps_per_sec"] for r in rows if "steps_per_sec" in r]
+    assert len(rates) == 4 and any("eval/elbo" in r for r in rows)
+    assert min(rates) > 1.0  # 2 steps over ≈ 0 s of (fake) training time, not over 1000 s
+
+
 # ---- CLI as a new user runs it --------------------------------------------------------------------------------------
 def run_cli(workdir, cache_dir, *overrides):
     cmd = [
