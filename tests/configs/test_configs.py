@@ -197,7 +197,7 @@ def test_gradient_clipping_can_be_set_from_the_command_line(monkeypatch, spec):
     assert all(values.config.optimizers[g].clip_global_norm == 1000.0 for g in groups)
 
 
-def test_air_fast_is_piwae_with_a_vimco_start_and_the_count_prior_at_its_end_value():
+def test_air_fast_is_piwae_with_a_vimco_start_and_a_constant_count_prior_of_1e_4():
     config = configs.get_config("air_multi_mnist:fast")
     tc = config.task_config
     assert tc.estimator == "switch" and config.num_steps == 5000
@@ -209,7 +209,7 @@ def test_air_fast_is_piwae_with_a_vimco_start_and_the_count_prior_at_its_end_val
     p = tc.count_prior
     for step in (0, 1000, 20_000):
         rho = float(continue_prob_schedule(step, start=p.start, end=p.end, duration=p.duration, kind=p.kind))
-        assert rho == pytest.approx(0.001)
+        assert rho == pytest.approx(1e-4)
     plain = configs.get_config("air_multi_mnist:piwae+vimco_start")
-    plain.task_config.count_prior.start, plain.num_steps = 0.001, 5000
+    plain.task_config.count_prior.start, plain.task_config.count_prior.end, plain.num_steps = 1e-4, 1e-4, 5000
     assert config.to_json_best_effort() == plain.to_json_best_effort()
