@@ -58,6 +58,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # filters, a mirrored transposed CNN ψ^dec, H = J = 256, L = 1
         config.task_config.model.arch = "conv"
         config.task_config.model.num_layers = 1
+        # the particle filter unrolled over the 10 frames: XLA:CPU runs the convolutions' gradients inside a rolled loop
+        # many times slower (batch 4: 9.0 -> 2.6 s per step, 1.1 with model.deconv="phases"; benchmarks/vrnn_step.py)
+        config.task_config.filter_unroll = 10
     if "cpu" in variants:
         config.num_steps = 20_000
         for group in ("generative", "inference"):

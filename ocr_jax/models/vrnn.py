@@ -74,6 +74,7 @@ __all__ = [
 THESIS_PARAMETERS = {"mlp": 2.1e6, "conv": 2.6e6}
 
 ARCHS = ("mlp", "conv")
+DECONVS = ("phases", "lax")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +93,10 @@ class VRNNConfig:
     encoded_latent_dim: int = 165  # output of ψ^z
     conv_channels: tuple[int, ...] = (32, 32, 32, 64, 64, 64)  # ψ^x's CNN ("conv"); ψ^dec mirrors it
     conv_strides: tuple[int, ...] = (1, 2, 1, 2, 1, 2)
+    # how ψ^dec's transposed convolutions are computed (the same function and parameters either way): "phases" (one
+    # stride-1 convolution per output phase, modules.conv_transpose_phases) or "lax" (flax's ConvTranspose: an
+    # input-dilated convolution, whose gradients are 5-10x slower on XLA:CPU; benchmarks/vrnn_step.py)
+    deconv: str = "phases"
     obs_std: float = 0.3
     residual_posterior: bool = True
     initial_scale: float = 0.8259394  # softplus(0.25): the FIVO code's raw_sigma_bias
@@ -107,6 +112,7 @@ class VRNNConfig:
         check.positive("obs_std", "initial_scale", "min_scale")
         check.finite("decoder_output_bias")
         check.require(self.arch in ARCHS, f"arch must be one of {ARCHS}; got {self.arch!r}")
+        check.require(self.deconv in DECONVS, f"deconv must be one of {DECONVS}; got {self.deconv!r}")
         check.require(
             len(self.image_shape) == 2 and all(int(s) >= 1 for s in self.image_shape),
             f"image_shape must be (height, width) >= 1; got {self.image_shape!r}",
@@ -172,6 +178,7 @@ class TransposedConvDecoder(nn.Module):
     channels: Sequence[int]
     strides: Sequence[int]
     output_bias: float = 0.0
+    deconv: str = "phases"  # VRNNConfig.deconv
 
     @nn.compact
     def __call__(self, features: Array) -> Array:
@@ -187,9 +194,8 @@ class TransposedConvDecoder(nn.Module):
                 total = self.sizes[i][axis] - (self.sizes[i + 1][axis] - 1) * s + 1  # = lo + hi for kernel 3
                 pads.append((1, total - 1))
             binit = nn.initializers.constant(self.output_bias) if i == 0 else nn.initializers.zeros
-            y = nn.ConvTranspose(out, (3, 3), strides=(s, s), padding=tuple(pads), bias_init=binit, name=f"deconv_{j}")(
-                y
-            )
+            layer = modules.PhaseConvTranspose if self.deconv == "phases" else nn.ConvTranspose
+            y = layer(out, (3, 3), strides=(s, s), padding=tuple(pads), bias_init=binit, name=f"deconv_{j}")(y)
             if i > 0:
                 y = nn.elu(y)
         return y.reshape(lead + tuple(self.sizes[0]))
@@ -213,6 +219,7 @@ class VRNNGenerative(nn.Module):
                 tuple(c.conv_sizes()),
                 tuple(c.conv_channels),
                 tuple(c.conv_strides),
+                deconv=c.deconv,
                 name="decoder_cnn",
             )
         self.latent_encoder = _mlp(c.hidden, c.num_layers, c.encoded_latent_dim, "latent_encoder")

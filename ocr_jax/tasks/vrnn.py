@@ -92,6 +92,9 @@ def default_task_config() -> ml_collections.ConfigDict:
             estimator="fivo",
             estimator_args=dict(),
             num_particles=5,
+            # the particle filter's lax.scan unroll over frames (same values): 1 keeps the loop; ≥ num_frames unrolls
+            # it, which lets XLA's cost analysis count every frame (benchmarks/vrnn_step.py)
+            filter_unroll=1,
             # the same data as SQAIR (ocr_jax.tasks.sqair.sequence_defaults, load_sequences), its optional curriculum
             # (start_length = num_frames: none) and evaluation fields
             **sequence_defaults(
@@ -142,6 +145,8 @@ class VRNNTask(SequenceTask):
 
     def __init__(self, config: ml_collections.ConfigDict | None = None, *, train_frames: np.ndarray | None = None):
         super().__init__(config, train_frames=train_frames)
+        if int(self.config.filter_unroll) < 1:
+            raise ValueError(f"filter_unroll must be an integer >= 1; got {self.config.filter_unroll!r}")
         if self.estimator.trains_baseline:
             raise ValueError(f"estimator {self.config.estimator!r} trains a baseline, which VRNN has no use for")
         # FIVO resamples as configured; every other estimator needs independent particles
@@ -179,6 +184,7 @@ class VRNNTask(SequenceTask):
             num_particles,
             resampling=settings.resampling,
             ess_threshold=settings.ess_threshold,
+            unroll=int(self.config.filter_unroll),
         )
 
     def log_weight_terms(self, result: fivo.FilterResult) -> estimators.LogWeightTerms:

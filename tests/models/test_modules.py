@@ -115,3 +115,50 @@ def test_logit_head_starts_at_its_bias():
     np.testing.assert_array_equal(params["MLP_0"]["dense_1"]["kernel"], 0.0)  # kernel_scale 0: the bias alone
     out = head.apply({"params": params}, jax.random.normal(jax.random.key(1), (3, 6)))
     np.testing.assert_array_equal(out, np.full((3,), 1.5, np.float32))
+
+
+@pytest.mark.parametrize(
+    "size, strides, padding, kernel",
+    [
+        ((7, 7), (2, 2), ((1, 1), (1, 1)), (3, 3)),  # CONV-VRNN's 7 -> 13
+        ((25, 25), (2, 2), ((1, 2), (1, 2)), (3, 3)),  # 25 -> 50
+        ((13, 13), (1, 1), ((1, 1), (1, 1)), (3, 3)),  # stride 1
+        ((5, 6), (3, 2), ((0, 2), (2, 0)), (3, 3)),  # stride 3 (a phase with one tap), uneven padding
+        ((4, 5), (2, 3), ((1, 1), (0, 3)), (2, 4)),  # even and wide kernels
+        ((3, 4), (4, 1), ((0, 0), (1, 1)), (3, 3)),  # stride > kernel: a phase no tap reaches is zero
+    ],
+)
+def test_conv_transpose_phases_equals_lax_conv_transpose_in_value_and_gradient(size, strides, padding, kernel):
+    from jax import lax
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, *size, 3)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(*kernel, 3, 4)), jnp.float32)
+    cotangent = None
+
+    def both(fn):
+        y = fn(x, k, strides, padding)
+        nonlocal cotangent
+        cotangent = jnp.asarray(rng.normal(size=y.shape), jnp.float32) if cotangent is None else cotangent
+        return y, jax.grad(lambda x, k: jnp.sum(fn(x, k, strides, padding) * cotangent), argnums=(0, 1))(x, k)
+
+    want, want_grads = both(
+        lambda x, k, s, p: lax.conv_transpose(x, k, s, p, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    )
+    got, got_grads = both(modules.conv_transpose_phases)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_phase_conv_transpose_has_flax_conv_transpose_parameters_and_outputs():
+    kwargs = dict(features=5, kernel_size=(3, 3), strides=(2, 2), padding=((1, 2), (1, 2)))
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 3, 7, 7, 4)), jnp.float32)  # two leading axes
+    ours = modules.PhaseConvTranspose(**kwargs, bias_init=nn.initializers.constant(0.5))
+    flax_layer = nn.ConvTranspose(**kwargs, bias_init=nn.initializers.constant(0.5))
+    params = ours.init(jax.random.key(3), x)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, flax_layer.init(jax.random.key(3), x))
+    np.testing.assert_array_equal(params["params"]["kernel"], flax_layer.init(jax.random.key(3), x)["params"]["kernel"])
+    np.testing.assert_allclose(ours.apply(params, x), flax_layer.apply(params, x), rtol=1e-5, atol=1e-5)
+    assert ours.apply(params, x).shape == (2, 3, 14, 14, 5)

@@ -97,6 +97,21 @@ def test_conv_decoder_mirrors_the_encoder_to_the_frame_size():
         VRNNConfig(obs_std=0.0)
 
 
+def test_conv_decoder_by_phases_equals_flax_conv_transpose_with_the_same_parameters():
+    """VRNNConfig.deconv changes how ψ^dec is computed, not what: one parameter tree, the same frames and gradients."""
+    config = VRNNConfig(arch="conv", conv_channels=(4, 4, 8, 8), conv_strides=(1, 2, 1, 2), image_shape=(25, 23))
+    args = (tuple(config.conv_sizes()), config.conv_channels, config.conv_strides)
+    by_phases, by_lax = TransposedConvDecoder(*args, deconv="phases"), TransposedConvDecoder(*args, deconv="lax")
+    features = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 6)), jnp.float32)
+    params = by_phases.init(jax.random.key(0), features)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, by_lax.init(jax.random.key(0), features))
+    np.testing.assert_allclose(by_phases.apply(params, features), by_lax.apply(params, features), rtol=1e-5, atol=1e-5)
+    grad = lambda d: jax.grad(lambda p: jnp.sum(jnp.sin(d.apply(p, features))))(params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grad(by_phases), grad(by_lax))
+    with pytest.raises(ValueError, match="deconv must be one of"):
+        VRNNConfig(deconv="fft")
+
+
 def test_task_config_names_model_options_under_model_and_refuses_unknown_ones():
     """The model's options live under ``task_config.model`` (as SQAIR's: every VRNNConfig field but image_shape); a
     model option at the top level (the layout before) or a misspelt one is an error that says where it belongs."""
