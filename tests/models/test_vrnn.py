@@ -178,6 +178,19 @@ def test_log_weights_are_the_model_densities_and_steps_are_causal(task_and_param
     assert np.all(np.abs(np.asarray(r2.log_alpha[2] - r.log_alpha[2])) > 1.0)
 
 
+def test_unrolled_filter_gives_the_same_bound_and_bad_unroll_is_refused(task_and_params):
+    """task_config.filter_unroll changes how the filter's scan is compiled, not what it computes."""
+    task, params = task_and_params
+    unrolled = quick_task(filter_unroll=3)
+    frames = task.test_data["frames"][:2]
+    bound = lambda t: jax.jit(lambda f: t.run_filter(params, f, jax.random.key(4), 3).log_p_hat)(frames)
+    np.testing.assert_allclose(bound(unrolled), bound(task), rtol=1e-5)
+    with pytest.raises(ValueError, match="filter_unroll must be an integer >= 1"):
+        quick_task(filter_unroll=0)
+    assert configs.get_config("vrnn_mnist:conv").task_config.filter_unroll == 10
+    assert configs.get_config("vrnn_mnist").task_config.filter_unroll == 1
+
+
 def test_task_trains_through_the_estimator_interface(task_and_params):
     """FIVO: the surrogate is −mean log p̂ per frame, the same for θ and φ (its gradient: the slow tests below);
     other estimators run the filter without resampling; VIMCO, DReG and K = 1 FIVO are refused."""
