@@ -81,6 +81,17 @@ def flops_of(compiled) -> float:
     return float(cost.get("flops", float("nan")))
 
 
+def seconds_per_step(compiled, state, batch, steps: int) -> float:
+    """Mean wall-clock seconds of ``steps`` calls of a compiled train step from the same state, after one warm-up."""
+    _, metrics = compiled(state, batch, jax.random.PRNGKey(0))
+    jax.block_until_ready(metrics)
+    t = time.perf_counter()
+    for i in range(steps):
+        _, metrics = compiled(state, batch, jax.random.PRNGKey(i + 1))
+    jax.block_until_ready(metrics)
+    return (time.perf_counter() - t) / steps
+
+
 def measure(hidden: int, length: int, variant: str, frames: np.ndarray, steps: int, count_flops: bool) -> dict:
     sliced = frames if variant == "old" else frames[:, :length]
     task, config = make_task(hidden, unroll=variant == "new_unrolled")
@@ -95,13 +106,7 @@ def measure(hidden: int, length: int, variant: str, frames: np.ndarray, steps: i
         if variant == "old":
             utask = PerGroupSurrogates(utask)
         flops = flops_of(compile_step(utask, config, sliced)[0])
-    s, m = compiled(state, batch, jax.random.PRNGKey(0))  # warm-up
-    jax.block_until_ready(m)
-    t = time.perf_counter()
-    for i in range(steps):
-        _, m = compiled(state, batch, jax.random.PRNGKey(i + 1))
-    jax.block_until_ready(m)
-    dt = (time.perf_counter() - t) / steps
+    dt = seconds_per_step(compiled, state, batch, steps)
     return dict(
         hidden=hidden,
         length=length,

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import jax
 from absl import app, flags
 
 from benchmarks.air_throughput import matmul_peak
-from benchmarks.sqair_step import compile_step, flops_of
+from benchmarks.sqair_step import compile_step, flops_of, seconds_per_step
 from ocr_jax import cli, configs
 from ocr_jax.training import tasks
 
@@ -51,13 +50,7 @@ def measure(arch: str, deconv: str, unroll: bool, frames, steps: int) -> dict:
     else:
         utask, _ = make_task(arch, deconv, unroll=True)
         flops = flops_of(compile_step(utask, config, frames)[0])
-    _, m = compiled(state, batch, jax.random.PRNGKey(0))  # warm-up
-    jax.block_until_ready(m)
-    t = time.perf_counter()
-    for i in range(steps):
-        _, m = compiled(state, batch, jax.random.PRNGKey(i + 1))
-    jax.block_until_ready(m)
-    dt = (time.perf_counter() - t) / steps
+    dt = seconds_per_step(compiled, state, batch, steps)
     return dict(
         arch=arch,
         deconv=deconv,
