@@ -17,6 +17,10 @@ Quick smoke run on synthetic blob digits (no download; a tiny VRNN on 24×24 can
 
   ocr-jax-train --config=vrnn_mnist:quick --workdir=/tmp/vrnn_quick
 
+``conv`` also unrolls the particle filter over the 10 frames (``task_config.filter_unroll``) and computes ψ^dec's
+strided transposed convolutions by output phase (``model.deconv="phases"``, the default): 8.3x faster per step on
+XLA:CPU than rolled with flax's ConvTranspose (``python -m benchmarks.vrnn_step``, docs/vrnn.md).
+
 ``iwae``: train with IWAE over whole sequences instead of FIVO (the filter never resamples; the same K). Variants
 combine with '+', e.g. ``vrnn_mnist:conv+cpu``. Report: ``python -m experiments.vrnn_report --workdir=DIR``.
 """
