@@ -184,8 +184,8 @@ def conv_transpose_phases(
     Computes exactly ``lax.conv_transpose(x, kernel, strides, padding)`` (= ``conv_general_dilated`` of ``x`` dilated
     by the strides, no kernel flip; what ``flax.linen.ConvTranspose`` computes): the output at o = s·m + r only sees
     the taps j with (r + j − lo) ≡ 0 (mod s), i.e. the sub-kernel ``kernel[j0::s]`` slid over the *undilated* input.
-    Same values and gradients with a quarter of the multiply-adds at stride 2 — and no input-dilated convolution,
-    whose gradients XLA:CPU runs 5–10× slower than plain ones (python -m benchmarks.vrnn_step).
+    Same values and gradients without an input-dilated convolution, whose gradients XLA:CPU runs 5–7× slower than
+    plain ones (CONV-VRNN's three strided layers at 200 frames; docs/vrnn.md, python -m benchmarks.vrnn_step).
 
     x: ``[N, H, W, C_in]``; kernel: ``[k_h, k_w, C_in, C_out]``; padding: explicit ``((lo, hi), (lo, hi))`` of the
     dilated input. Returns ``[N, H_out, W_out, C_out]``, H_out = (H − 1)·s + 1 + lo + hi − k_h + 1.

@@ -95,7 +95,7 @@ class VRNNConfig:
     conv_strides: tuple[int, ...] = (1, 2, 1, 2, 1, 2)
     # how ψ^dec's transposed convolutions are computed (the same function and parameters either way): "phases" (one
     # stride-1 convolution per output phase, modules.conv_transpose_phases) or "lax" (flax's ConvTranspose: an
-    # input-dilated convolution, whose gradients are 5-10x slower on XLA:CPU; benchmarks/vrnn_step.py)
+    # input-dilated convolution, whose gradients are 5-7x slower on XLA:CPU; python -m benchmarks.vrnn_step)
     deconv: str = "phases"
     obs_std: float = 0.3
     residual_posterior: bool = True
