@@ -4,7 +4,8 @@ test), for the four combinations of
     by output phases (``deconv="phases"``: ``ocr_jax.models.modules.conv_transpose_phases``), and
   * the particle filter's scan over frames rolled (``filter_unroll=1``) or unrolled (``filter_unroll=10``): XLA:CPU
     runs the convolutions' gradients inside a rolled loop many times slower than the same ones unrolled.
-The first row (lax, rolled) is the step before this benchmark existed; the ratios are against the first row measured.
+The first row (lax, rolled) is the step before this benchmark existed; the ratios are against the first row measured
+(``--variants`` picks rows; each row is printed as soon as it is measured).
 
   python -m benchmarks.vrnn_step [--batch=4] [--steps=3] [--arch=conv] [--variants=phases:unrolled,...]
       [--out=runs/bench/vrnn_step.json]
@@ -33,6 +34,21 @@ NUM_FRAMES = 10
 
 
 VARIANTS = (("lax", False), ("phases", False), ("lax", True), ("phases", True))  # (deconv, filter unrolled)
+
+
+def selected_variants(arch: str, names: list[str]) -> list[tuple[str, bool]]:
+    """The (deconv, filter unrolled) pairs to measure, in VARIANTS' order: ``names`` as "lax:rolled", ... (all when
+    empty); the MLP-VRNN has no ψ^dec CNN, so only "phases" (its decoder ignores ``deconv``)."""
+    by_name = {f"{d}:{'unrolled' if u else 'rolled'}": (d, u) for d, u in VARIANTS}
+    unknown = sorted(set(names) - set(by_name))
+    if unknown:
+        raise ValueError(f"--variants: unknown {unknown}; choose from {sorted(by_name)}")
+    chosen = [v for name, v in by_name.items() if not names or name in names]
+    if arch != "conv":
+        chosen = [(d, u) for d, u in chosen if d == "phases"]
+    if not chosen:
+        raise ValueError(f"--variants={','.join(names)} leaves nothing to measure for --arch={arch}")
+    return chosen
 
 
 def make_task(arch: str, deconv: str, unroll: bool):
@@ -72,13 +88,12 @@ def main(argv):
     )["frames"]
     assert frames.shape[1] == NUM_FRAMES, frames.shape
     peak_before = matmul_peak()
-    variants = (
-        VARIANTS if _ARCH.value == "conv" else [(d, u) for d, u in VARIANTS if d == "phases"]
-    )  # MLP: no ψ^dec CNN
-    rows = [measure(_ARCH.value, d, u, frames, _STEPS.value) for d, u in variants]
+    variants = selected_variants(_ARCH.value, _VARIANTS.value)
+    rows = []
+    for deconv, unroll in variants:  # each row printed as it is measured: the slow ones take minutes at batch >= 8
+        rows.append(measure(_ARCH.value, deconv, unroll, frames, _STEPS.value))
+        print(json.dumps(rows[-1]), flush=True)
     peak_after = matmul_peak()
-    for r in rows:
-        print(json.dumps(r), flush=True)
     old = rows[0]
     peak = max(peak_before, peak_after)
     print(f"\n{_ARCH.value.upper()}-VRNN, batch {old['batch']}, K = 5, {NUM_FRAMES} frames of 50x50:")
