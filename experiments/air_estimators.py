@@ -1,11 +1,12 @@
 r"""AIR trained by VIMCO and by reweighted wake-wake for several particle counts K (thesis §8.4.2, Fig. 8.4.3).
 
   python -m experiments.air_estimators --config=air_multi_mnist:bernoulli \
-      --workdir=runs/air_estimators [--estimators=vimco,ww] [--particles=2,5,10,20] [--config.num_steps=3000]
+      --workdir=runs/air_estimators [--estimators=vimco,ww] [--particles=2,5,10,20] [--config.num_steps=3000] \
+      [--results_dir=docs/data/air_estimators]
 
 As in §8.4.2: Bernoulli likelihood on stochastically binarised multi-MNIST (the ``bernoulli`` variant), at most
-three steps. One run per (estimator, K) in ``<workdir>/<estimator>_K<K>`` (each resumes if interrupted; finished
-runs are not retrained). Every run is then evaluated on the test split:
+three steps. One run per (estimator, K) in ``<workdir>/<estimator>_K<K>`` (each resumes if interrupted), K by K
+(both estimators at one K before the next K). Every run is then evaluated on the test split:
 
 * ``count_accuracy`` on ``--count_images`` test images (one posterior sample each);
 * ``log_marginal`` = mean over the first ``--log_marginal_images`` test images of log p̂(x), a one-sample
@@ -13,10 +14,17 @@ runs are not retrained). Every run is then evaluated on the test split:
 * ``kl`` = KL(q_φ(z|x) ‖ p_θ(z|x)) ≈ log p̂(x) − E_q[log w], the KL from the inference network to the posterior
   under the *current* model (§8.4.2; a proxy for the KL to the true posterior). E_q[log w] is estimated by one
   single-particle log-weight per image, averaged over the same images (the thesis averages 5000 per image; the
-  mean over images is the same expectation).
+  mean over images is the same expectation);
+* ``config_fingerprint``: a hash of the run's config; results of another config in the same file are refused;
+* ``train_curve``: the training IWAE-K bound of every logged step ``[[step, bound], ...]`` (from the run's
+  ``metrics.jsonl``), and ``curve_noise``, the spread of that curve about its own running mean over the second half
+  of training (:func:`curve_noise`) — Fig. 8.4.3 (left): "training with VIMCO leads to larger variance".
 
-Writes ``<workdir>/results.json``, a markdown table on stdout and ``<workdir>/air_estimators.png`` (log p̂ and KL
-against K per estimator).
+Each evaluated run is added to ``<results_dir>/results.json`` (default: the workdir) as soon as it is done, and a
+run already there at the configured number of steps is neither retrained nor re-evaluated; so a results directory
+kept in the repository carries a study that is longer than one session across fresh checkouts, where the
+checkpoints in the workdir are lost. Writes ``<results_dir>/air_estimators.png`` (training curves; log p̂, KL and
+count accuracy against K per estimator) and a markdown table on stdout.
 """
 
 from __future__ import annotations
@@ -73,21 +81,103 @@ def evaluate_run(
     )
 
 
+def config_fingerprint(config) -> str:
+    """A short hash of a run's whole config: a stored result is reused only for the config it was computed with."""
+    import hashlib
+
+    return hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_train_curve(run_dir: str, metric: str = "bound") -> list[list[float]]:
+    """``[[step, value], ...]`` of a training metric from ``<run_dir>/metrics.jsonl``, in step order; a step logged
+    twice (a run resumed from a checkpoint before it) keeps its last value."""
+    curve = {}
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                row = json.loads(line)
+                if isinstance(row.get(metric), (int, float)):
+                    curve[int(row["step"])] = float(row[metric])
+    return [[step, curve[step]] for step in sorted(curve)]
+
+
+def curve_noise(curve, window: int = 10) -> float:
+    """Standard deviation of a training curve about its centred running mean over ``window`` logged points, over the
+    second half of the curve: the step-to-step variability of training, with the slow trend removed.
+
+    ``curve``: ``[[step, value], ...]`` (:func:`read_train_curve`). NaN when the second half has fewer than
+    ``window`` points."""
+    import numpy as np
+
+    values = np.asarray([v for _, v in curve], dtype=np.float64)[len(curve) // 2 :]
+    if len(values) < window:
+        return float("nan")
+    trend = np.convolve(values, np.ones(window) / window, mode="valid")
+    lo = (window - 1) // 2
+    return float(np.std(values[lo : lo + len(trend)] - trend))
+
+
+def load_results(results_dir: str) -> dict:
+    """The study's ``results.json`` in ``results_dir`` (``{}`` if there is none)."""
+    path = os.path.join(results_dir, "results.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def save_results(results: dict, results_dir: str) -> None:
+    """Writes ``results.json`` atomically (a study interrupted while writing keeps its previous file)."""
+    os.makedirs(results_dir, exist_ok=True)
+    path = os.path.join(results_dir, "results.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
 def plot(results: dict, path: str) -> str:
+    """Fig. 8.4.3 with a fourth panel: training IWAE-K bound against step for every run (colour: estimator, line
+    style: K), then log p̂(x), KL(q‖p_θ(z|x)) and count accuracy against K per estimator."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     from ocr_jax import plotting
 
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    estimators = sorted({r["estimator"] for r in results.values()})
+    ks = sorted({r["num_particles"] for r in results.values()})
+    styles = dict(zip(ks, ("-", "--", ":", "-.") * len(ks)))
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
+    tails = []
+    for r in results.values():
+        curve = np.asarray(r.get("train_curve") or np.zeros((0, 2)))
+        if len(curve):
+            color = plotting.color_for(estimators.index(r["estimator"]))
+            axes[0].plot(
+                curve[:, 0],
+                curve[:, 1],
+                styles[r["num_particles"]],
+                color=color,
+                lw=0.8,
+                label=f"{r['estimator']} K={r['num_particles']}",
+            )
+            tails.append(curve[len(curve) // 2 :, 1])
+    if tails:  # the second half sets the scale: the first steps' bounds are hundreds of nats lower
+        tail = np.concatenate(tails)
+        spread = np.ptp(tail)
+        axes[0].set_ylim(tail.min() - 0.5 * spread, tail.max() + 0.1 * spread)
+        axes[0].legend(fontsize=6, ncol=2)
+    axes[0].set_xlabel("training step")
+    axes[0].set_ylabel("training IWAE-K bound")
     for name, ylabel, ax in (
-        ("log_marginal", "test log p̂(x)", axes[0]),
-        ("kl", "KL(q ‖ p_θ(z|x))", axes[1]),
-        ("count_accuracy", "count accuracy", axes[2]),
+        ("log_marginal", "test log p̂(x)", axes[1]),
+        ("kl", "KL(q ‖ p_θ(z|x))", axes[2]),
+        ("count_accuracy", "count accuracy", axes[3]),
     ):
-        for i, est in enumerate(sorted({r["estimator"] for r in results.values()})):
+        for i, est in enumerate(estimators):
             rows = sorted((r for r in results.values() if r["estimator"] == est), key=lambda r: r["num_particles"])
             ax.plot(
                 [r["num_particles"] for r in rows],
@@ -96,14 +186,13 @@ def plot(results: dict, path: str) -> str:
                 color=plotting.color_for(i),
                 label=est,
             )
-        ks = sorted({r["num_particles"] for r in results.values()})
         ax.set_xscale("log")
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.minorticks_off()
         ax.set_xlabel("particles K")
         ax.set_ylabel(ylabel)
-    axes[0].legend()
-    fig.suptitle("AIR, Bernoulli multi-MNIST: VIMCO vs wake-wake (thesis §8.4.2)")
+    axes[1].legend()
+    fig.suptitle("AIR, Bernoulli multi-MNIST: VIMCO vs wake-wake (thesis §8.4.2, Fig. 8.4.3)")
     fig.tight_layout()
     out = str(plotting.save_figure(fig, path))
     plt.close(fig)
@@ -119,18 +208,32 @@ def run_study(
     count_images: int,
     log_marginal_images: int,
     log_marginal_particles: int,
+    results_dir: str | None = None,
 ) -> dict:
-    """Trains (or resumes) and evaluates one run per (estimator, K); writes results.json and the plot."""
+    """Trains (or resumes) and evaluates one run per (estimator, K), K by K; adds each to results.json as it is done
+    and redraws the plot. A run already in ``<results_dir>/results.json`` at ``base.num_steps`` steps is skipped."""
     from ocr_jax.training import train
 
-    results = {}
-    for estimator in estimators:
-        for num_particles in (int(k) for k in particles):
+    results_dir = results_dir or workdir
+    results = load_results(results_dir)
+    for num_particles in (int(k) for k in particles):
+        for estimator in estimators:
             name = run_name(estimator, num_particles)
             run_dir = os.path.join(workdir, name)
             config = study_config(base, estimator, num_particles)
+            fingerprint = config_fingerprint(config)
+            if name in results:
+                if results[name].get("config_fingerprint") != fingerprint:
+                    raise ValueError(
+                        f"{results_dir}/results.json holds a run {name} of another config; choose another "
+                        "--results_dir (or move that file) so that neither study's results are lost"
+                    )
+                if results[name]["step"] == config.num_steps:
+                    print(f"[air_estimators] {name}: in {results_dir}/results.json, skipped", flush=True)
+                    continue
             print(f"[air_estimators] {name} ({config.num_steps} steps) -> {run_dir}", flush=True)
             train.train_and_evaluate(config, run_dir)  # resumes; returns at once if finished
+            curve = read_train_curve(run_dir)
             results[name] = dict(
                 estimator=estimator,
                 num_particles=num_particles,
@@ -141,14 +244,16 @@ def run_study(
                     log_marginal_images=log_marginal_images,
                     log_marginal_particles=log_marginal_particles,
                 ),
+                curve_noise=curve_noise(curve),
+                train_curve=curve,
+                config_fingerprint=fingerprint,
             )
-            print(
-                f"[air_estimators] {name}: " + json.dumps({k: v for k, v in results[name].items() if k != "confusion"}),
-                flush=True,
-            )
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    plot(results, os.path.join(workdir, "air_estimators.png"))
+            summary = {
+                k: v for k, v in results[name].items() if k not in ("confusion", "train_curve", "config_fingerprint")
+            }
+            print(f"[air_estimators] {name}: " + json.dumps(summary), flush=True)
+            save_results(results, results_dir)
+            plot(results, os.path.join(results_dir, "air_estimators.png"))
     return results
 
 
@@ -161,15 +266,17 @@ def main(flag_values) -> None:
         count_images=flag_values.count_images,
         log_marginal_images=flag_values.log_marginal_images,
         log_marginal_particles=flag_values.log_marginal_particles,
+        results_dir=flag_values.results_dir,
     )
-    print("| estimator | K | steps | count accuracy | log p̂(x) | KL(q‖p_θ(z|x)) |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| estimator | K | steps | count accuracy | log p̂(x) | KL(q‖p_θ(z|x)) | training-curve noise |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in results.values():
         print(
             f"| {r['estimator']} | {r['num_particles']} | {r['step']} | {r['count_accuracy']:.4f} | "
-            f"{r['log_marginal']:.2f} | {r['kl']:.2f} |"
+            f"{r['log_marginal']:.2f} | {r['kl']:.2f} | {r.get('curve_noise', float('nan')):.2f} |"
         )
-    print(f"wrote {flag_values.workdir}/results.json and {flag_values.workdir}/air_estimators.png")
+    out = flag_values.results_dir or flag_values.workdir
+    print(f"wrote {out}/results.json and {out}/air_estimators.png")
 
 
 if __name__ == "__main__":
@@ -181,5 +288,6 @@ if __name__ == "__main__":
     flags.DEFINE_integer("count_images", 10_000, "Test images for count accuracy.")
     flags.DEFINE_integer("log_marginal_images", 100, "Test images for log p̂(x) and KL.")
     flags.DEFINE_integer("log_marginal_particles", 5000, "Particles of the log p̂(x) estimate.")
+    flags.DEFINE_string("results_dir", None, "Where results.json and the plot are kept (default: the workdir).")
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(lambda argv: main(flags.FLAGS))

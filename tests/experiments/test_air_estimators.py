@@ -1,6 +1,7 @@
 """experiments/air_estimators.py (thesis §8.4.2 study driver) on the tiny synthetic config."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -18,25 +19,62 @@ def test_study_config_sets_estimator_and_particles_only():
     assert c.to_dict() == base.to_dict()
 
 
+def test_read_train_curve_keeps_the_last_value_of_a_step_logged_twice(tmp_path):
+    rows = [
+        {"step": 100, "bound": -50.0},
+        {"step": 100, "compile_seconds": 3.0},
+        {"step": 200, "bound": -40.0},
+        {"step": 100, "bound": -45.0},  # resumed from a checkpoint at step 0: step 100 logged again
+        {"step": 300, "bound": "nan"},  # a non-finite value is stored as a string and skipped
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert air_estimators.read_train_curve(str(tmp_path)) == [[100, -45.0], [200, -40.0]]
+    assert air_estimators.read_train_curve(str(tmp_path / "missing")) == []
+
+
+def test_curve_noise_is_the_spread_about_the_trend_of_the_second_half():
+    steps = np.arange(400)
+    trend = np.linspace(-100.0, -50.0, 400)
+    quiet = air_estimators.curve_noise(np.stack([steps, trend], 1).tolist())
+    assert quiet < 1e-9  # a straight line has no spread about its running mean
+    alternating = np.where(steps % 2 == 0, 1.0, -1.0) * 3.0
+    noisy = air_estimators.curve_noise(np.stack([steps, trend + alternating], 1).tolist())
+    np.testing.assert_allclose(noisy, 3.0, rtol=0.02)  # ±3 alternating: std 3 about a 10-point mean (±0.3)
+    first_half_noise = np.where(steps < 200, alternating, 0.0)
+    assert air_estimators.curve_noise(np.stack([steps, trend + first_half_noise], 1).tolist()) < 1e-9
+    assert np.isnan(air_estimators.curve_noise([[0, 1.0]] * 10))
+
+
 # Experiment-level (the study driver end to end, ~45 s): bash scripts/test.sh -m slow
 @pytest.mark.slow
 def test_driver_trains_evaluates_and_writes_table(tmp_path):
     config = air_multi_mnist.get_config("bernoulli+quick")
-    config.num_steps, config.eval_every, config.progress_bar = 4, 0, False
+    config.num_steps, config.eval_every, config.log_every, config.progress_bar = 4, 0, 1, False
+    study = dict(estimators=["vimco", "ww"], particles=["2"], count_images=64, log_marginal_images=8)
+    study["log_marginal_particles"] = 16
     air_estimators.run_study(
         config,
         str(tmp_path),
-        estimators=["vimco", "ww"],
-        particles=["2"],
-        count_images=64,
-        log_marginal_images=8,
-        log_marginal_particles=16,
+        **study,
+        results_dir=str(tmp_path / "kept"),
     )
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = json.loads((tmp_path / "kept" / "results.json").read_text())
     assert sorted(results) == ["vimco_K2", "ww_K2"]
     for r in results.values():
         assert r["step"] == 4 and r["count_images"] == 64 and r["log_marginal_images"] == 8
         assert 0.0 <= r["count_accuracy"] <= 1.0 and np.isfinite(r["log_marginal"])
         assert np.isclose(r["kl"], r["log_marginal"] - r["elbo"])
         assert np.sum(r["confusion"]) == 64
-    assert (tmp_path / "air_estimators.png").stat().st_size > 1000
+        assert [step for step, _ in r["train_curve"]] == [1, 2, 3, 4] and np.isnan(r["curve_noise"])
+    assert (tmp_path / "kept" / "air_estimators.png").stat().st_size > 1000
+
+    # The checkpoints are lost (a fresh checkout), the results directory is kept: nothing is retrained.
+    for name in results:
+        shutil.rmtree(tmp_path / name)
+    again = air_estimators.run_study(config, str(tmp_path), results_dir=str(tmp_path / "kept"), **study)
+    assert again == results and not (tmp_path / "vimco_K2").exists()
+    # Another config's study is refused rather than mixed into (or overwriting) the kept results.
+    other = config.copy_and_resolve_references()
+    other.seed = 1
+    with pytest.raises(ValueError, match="another config"):
+        air_estimators.run_study(other, str(tmp_path), results_dir=str(tmp_path / "kept"), **study)
