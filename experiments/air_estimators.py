@@ -18,7 +18,9 @@ three steps. One run per (estimator, K) in ``<workdir>/<estimator>_K<K>`` (each 
 * ``config_fingerprint``: a hash of the run's config; results of another config in the same file are refused;
 * ``train_curve``: the training IWAE-K bound of every logged step ``[[step, bound], ...]`` (from the run's
   ``metrics.jsonl``), and ``curve_noise``, the spread of that curve about its own running mean over the second half
-  of training (:func:`curve_noise`) — Fig. 8.4.3 (left): "training with VIMCO leads to larger variance".
+  of training (:func:`curve_noise`) — Fig. 8.4.3 (left): "training with VIMCO leads to larger variance". Each
+  logged value is one batch's bound, so the spread holds the batches' own variety (how many digits, which) as well
+  as the estimator's; runs of one seed draw the same batches, so at equal K the difference is the estimator's.
 
 Each evaluated run is added to ``<results_dir>/results.json`` (default: the workdir) as soon as it is done, and a
 run already there at the configured number of steps is neither retrained nor re-evaluated; so a results directory
@@ -137,8 +139,8 @@ def save_results(results: dict, results_dir: str) -> None:
 
 
 def plot(results: dict, path: str) -> str:
-    """Fig. 8.4.3 with a fourth panel: training IWAE-K bound against step for every run (colour: estimator, line
-    style: K), then log p̂(x), KL(q‖p_θ(z|x)) and count accuracy against K per estimator."""
+    """Fig. 8.4.3 and more: the training IWAE-K bound and the periodic count accuracy against step for every run
+    (colour: estimator, line style: K), then log p̂(x), KL(q‖p_θ(z|x)) and count accuracy against K per estimator."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -150,7 +152,7 @@ def plot(results: dict, path: str) -> str:
     estimators = sorted({r["estimator"] for r in results.values()})
     ks = sorted({r["num_particles"] for r in results.values()})
     styles = dict(zip(ks, ("-", "--", ":", "-.") * len(ks)))
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
+    fig, axes = plt.subplots(1, 5, figsize=(19, 3.4))
     tails = []
     for r in results.values():
         curve = np.asarray(r.get("train_curve") or np.zeros((0, 2)))
@@ -172,10 +174,17 @@ def plot(results: dict, path: str) -> str:
         axes[0].legend(fontsize=6, ncol=2)
     axes[0].set_xlabel("training step")
     axes[0].set_ylabel("training IWAE-K bound")
+    for r in results.values():
+        curve = np.asarray(r.get("count_curve") or np.zeros((0, 2)))
+        if len(curve):
+            color = plotting.color_for(estimators.index(r["estimator"]))
+            axes[1].plot(curve[:, 0], curve[:, 1], styles[r["num_particles"]] + "o", color=color, ms=3)
+    axes[1].set_xlabel("training step")
+    axes[1].set_ylabel("count accuracy (periodic evaluation)")
     for name, ylabel, ax in (
-        ("log_marginal", "test log p̂(x)", axes[1]),
-        ("kl", "KL(q ‖ p_θ(z|x))", axes[2]),
-        ("count_accuracy", "count accuracy", axes[3]),
+        ("log_marginal", "test log p̂(x)", axes[2]),
+        ("kl", "KL(q ‖ p_θ(z|x))", axes[3]),
+        ("count_accuracy", "count accuracy (end, all test images)", axes[4]),
     ):
         for i, est in enumerate(estimators):
             rows = sorted((r for r in results.values() if r["estimator"] == est), key=lambda r: r["num_particles"])
@@ -191,7 +200,7 @@ def plot(results: dict, path: str) -> str:
         ax.minorticks_off()
         ax.set_xlabel("particles K")
         ax.set_ylabel(ylabel)
-    axes[1].legend()
+    axes[2].legend()
     fig.suptitle("AIR, Bernoulli multi-MNIST: VIMCO vs wake-wake (thesis §8.4.2, Fig. 8.4.3)")
     fig.tight_layout()
     out = str(plotting.save_figure(fig, path))
@@ -246,10 +255,13 @@ def run_study(
                 ),
                 curve_noise=curve_noise(curve),
                 train_curve=curve,
+                count_curve=read_train_curve(run_dir, "eval/count_accuracy"),
                 config_fingerprint=fingerprint,
             )
             summary = {
-                k: v for k, v in results[name].items() if k not in ("confusion", "train_curve", "config_fingerprint")
+                k: v
+                for k, v in results[name].items()
+                if k not in ("confusion", "train_curve", "count_curve", "config_fingerprint")
             }
             print(f"[air_estimators] {name}: " + json.dumps(summary), flush=True)
             save_results(results, results_dir)

@@ -49,7 +49,7 @@ def test_curve_noise_is_the_spread_about_the_trend_of_the_second_half():
 @pytest.mark.slow
 def test_driver_trains_evaluates_and_writes_table(tmp_path):
     config = air_multi_mnist.get_config("bernoulli+quick")
-    config.num_steps, config.eval_every, config.log_every, config.progress_bar = 4, 0, 1, False
+    config.num_steps, config.eval_every, config.log_every, config.progress_bar = 4, 2, 1, False
     study = dict(estimators=["vimco", "ww"], particles=["2"], count_images=64, log_marginal_images=8)
     study["log_marginal_particles"] = 16
     air_estimators.run_study(
@@ -66,6 +66,8 @@ def test_driver_trains_evaluates_and_writes_table(tmp_path):
         assert np.isclose(r["kl"], r["log_marginal"] - r["elbo"])
         assert np.sum(r["confusion"]) == 64
         assert [step for step, _ in r["train_curve"]] == [1, 2, 3, 4] and np.isnan(r["curve_noise"])
+        assert [step for step, _ in r["count_curve"]] == [2, 4]  # the periodic evaluations (eval_every = 2)
+        assert all(0.0 <= accuracy <= 1.0 for _, accuracy in r["count_curve"])
     assert (tmp_path / "kept" / "air_estimators.png").stat().st_size > 1000
 
     # The checkpoints are lost (a fresh checkout), the results directory is kept: nothing is retrained.
