@@ -154,26 +154,24 @@ def plot(results: dict, path: str) -> str:
     styles = dict(zip(ks, ("-", "--", ":", "-.") * len(ks)))
     fig, axes = plt.subplots(1, 5, figsize=(19, 3.4))
     tails = []
+    window = 10  # the running mean of curve_noise: the trend drawn, the raw batches faint behind it
     for r in results.values():
         curve = np.asarray(r.get("train_curve") or np.zeros((0, 2)))
-        if len(curve):
+        if len(curve) >= window:
             color = plotting.color_for(estimators.index(r["estimator"]))
-            axes[0].plot(
-                curve[:, 0],
-                curve[:, 1],
-                styles[r["num_particles"]],
-                color=color,
-                lw=0.8,
-                label=f"{r['estimator']} K={r['num_particles']}",
-            )
-            tails.append(curve[len(curve) // 2 :, 1])
-    if tails:  # the second half sets the scale: the first steps' bounds are hundreds of nats lower
+            style = styles[r["num_particles"]]
+            axes[0].plot(curve[:, 0], curve[:, 1], style, color=color, lw=0.5, alpha=0.25)
+            trend = np.convolve(curve[:, 1], np.ones(window) / window, mode="valid")
+            steps = curve[(window - 1) // 2 :][: len(trend), 0]
+            axes[0].plot(steps, trend, style, color=color, lw=1.2, label=f"{r['estimator']} K={r['num_particles']}")
+            tails.append(trend[len(trend) // 2 :])
+    if tails:  # the trends' second half sets the scale: the first steps' bounds are hundreds of nats lower
         tail = np.concatenate(tails)
-        spread = np.ptp(tail)
-        axes[0].set_ylim(tail.min() - 0.5 * spread, tail.max() + 0.1 * spread)
+        spread = max(np.ptp(tail), 1.0)
+        axes[0].set_ylim(tail.min() - 1.5 * spread, tail.max() + 1.0 * spread)
         axes[0].legend(fontsize=6, ncol=2)
     axes[0].set_xlabel("training step")
-    axes[0].set_ylabel("training IWAE-K bound")
+    axes[0].set_ylabel(f"training IWAE-K bound ({window}-log running mean)")
     for r in results.values():
         curve = np.asarray(r.get("count_curve") or np.zeros((0, 2)))
         if len(curve):
