@@ -83,11 +83,17 @@ def evaluate_run(
     )
 
 
+# Config fields that change how a run is shown or saved, not what it computes: left out of the fingerprint.
+PRESENTATION_FIELDS = ("progress_bar", "checkpoint")
+
+
 def config_fingerprint(config) -> str:
-    """A short hash of a run's whole config: a stored result is reused only for the config it was computed with."""
+    """A short hash of a run's config without :data:`PRESENTATION_FIELDS`: a stored result is reused only for the
+    config it was computed with."""
     import hashlib
 
-    return hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:16]
+    fields = {k: v for k, v in config.to_dict().items() if k not in PRESENTATION_FIELDS}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def read_train_curve(run_dir: str, metric: str = "bound") -> list[list[float]]:

@@ -45,6 +45,16 @@ def test_curve_noise_is_the_spread_about_the_trend_of_the_second_half():
     assert np.isnan(air_estimators.curve_noise([[0, 1.0]] * 10))
 
 
+def test_config_fingerprint_ignores_presentation_only():
+    base = air_multi_mnist.get_config("bernoulli+quick")
+    shown = base.copy_and_resolve_references()
+    shown.progress_bar, shown.checkpoint.every = not base.progress_bar, 7
+    assert air_estimators.config_fingerprint(shown) == air_estimators.config_fingerprint(base)
+    other = base.copy_and_resolve_references()
+    other.task_config.count_prior.end = 0.5
+    assert air_estimators.config_fingerprint(other) != air_estimators.config_fingerprint(base)
+
+
 # Experiment-level (the study driver end to end, ~45 s): bash scripts/test.sh -m slow
 @pytest.mark.slow
 def test_driver_trains_evaluates_and_writes_table(tmp_path):
