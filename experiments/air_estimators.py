@@ -83,8 +83,9 @@ def evaluate_run(
     )
 
 
-# Config fields that change how a run is shown or saved, not what it computes: left out of the fingerprint.
-PRESENTATION_FIELDS = ("progress_bar", "checkpoint")
+# Config fields that change how a run is shown, saved or scheduled, not what it computes (a run stopped early by
+# ``stop_after_seconds`` is stored at fewer steps and trained on by the next call): left out of the fingerprint.
+PRESENTATION_FIELDS = ("progress_bar", "checkpoint", *configs.RUN_CONTROL_DEFAULTS)
 
 
 def config_fingerprint(config) -> str:
@@ -292,7 +293,7 @@ def main(flag_values) -> None:
             f"{r['log_marginal']:.2f} | {r['kl']:.2f} | {r.get('curve_noise', float('nan')):.2f} |"
         )
     out = flag_values.results_dir or flag_values.workdir
-    print(f"wrote {out}/results.json and {out}/air_estimators.png")
+    print(f"results: {out}/results.json, figure: {out}/air_estimators.png")
 
 
 if __name__ == "__main__":

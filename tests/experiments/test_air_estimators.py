@@ -49,6 +49,7 @@ def test_config_fingerprint_ignores_presentation_only():
     base = air_multi_mnist.get_config("bernoulli+quick")
     shown = base.copy_and_resolve_references()
     shown.progress_bar, shown.checkpoint.every = not base.progress_bar, 7
+    shown.stop_after_seconds = 540.0  # as the command line adds run-control fields to every config
     assert air_estimators.config_fingerprint(shown) == air_estimators.config_fingerprint(base)
     other = base.copy_and_resolve_references()
     other.task_config.count_prior.end = 0.5
