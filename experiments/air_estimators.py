@@ -136,15 +136,6 @@ def load_results(results_dir: str) -> dict:
         return json.load(f)
 
 
-def save_results(results: dict, results_dir: str) -> None:
-    """Writes ``results.json`` atomically (a study interrupted while writing keeps its previous file)."""
-    os.makedirs(results_dir, exist_ok=True)
-    path = os.path.join(results_dir, "results.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(path + ".tmp", path)
-
-
 def plot(results: dict, path: str) -> str:
     """Fig. 8.4.3 and more: the training IWAE-K bound and the periodic count accuracy against step for every run
     (colour: estimator, line style: K), then log p̂(x), KL(q‖p_θ(z|x)) and count accuracy against K per estimator."""
@@ -226,6 +217,7 @@ def run_study(
 ) -> dict:
     """Trains (or resumes) and evaluates one run per (estimator, K), K by K; adds each to results.json as it is done
     and redraws the plot. A run already in ``<results_dir>/results.json`` at ``base.num_steps`` steps is skipped."""
+    from experiments.study_results import write_results
     from ocr_jax.training import train
 
     results_dir = results_dir or workdir
@@ -269,7 +261,7 @@ def run_study(
                 if k not in ("confusion", "train_curve", "count_curve", "config_fingerprint")
             }
             print(f"[air_estimators] {name}: " + json.dumps(summary), flush=True)
-            save_results(results, results_dir)
+            write_results(results, results_dir)
             plot(results, os.path.join(results_dir, "air_estimators.png"))
     return results
 

@@ -10,10 +10,13 @@ from typing import Callable
 
 
 def write_results(results: dict, workdir: str) -> str:
-    """Writes ``results`` (JSON-able) to ``<workdir>/results.json``; returns its path."""
+    """Writes ``results`` (JSON-able) to ``<workdir>/results.json`` atomically (a study interrupted while writing
+    keeps its previous file); returns its path."""
+    os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "results.json")
-    with open(path, "w") as f:
+    with open(path + ".tmp", "w") as f:
         json.dump(results, f, indent=1)
+    os.replace(path + ".tmp", path)
     return path
 
 
