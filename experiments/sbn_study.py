@@ -308,12 +308,15 @@ def run_key(method, k, seed):
 
 
 def summarise(results, cfg):
-    """Per (method, K): mean and std (ddof 1 when ≥ 2 seeds) over seeds of the final log p̂ and KL, the mean test
-    curve ``[[step, log p̂, KL]]`` and mean training curve ``[[step, bound]]`` over seeds."""
+    """Per (method, K): mean and std (ddof 1 when ≥ 2 seeds) over the finished seeds of the final log p̂ and KL, the
+    mean test curve ``[[step, log p̂, KL]]`` and mean training curve ``[[step, bound]]`` over them, and ``seeds``
+    (how many). A (method, K) with no finished seed has no row."""
     table = {}
     for method in cfg.methods:
         for k in cfg.num_particles:
-            runs = [results["runs"][run_key(method, k, s)] for s in cfg.seeds]
+            runs = [results["runs"][key] for s in cfg.seeds if (key := run_key(method, k, s)) in results["runs"]]
+            if not runs:
+                continue
             row = {"seeds": len(runs)}
             for name in ("log_p_hat", "kl", "seconds_per_step"):
                 v = np.array([r[name] for r in runs])
@@ -325,37 +328,51 @@ def summarise(results, cfg):
 
 
 def table_markdown(summary, cfg):
-    """Fig. 8.D.1 (middle, right) as a table: per K, each method's final log p̂ and KL (mean ± std over seeds)."""
+    """Fig. 8.D.1 (middle, right) as a table: per K, each method's final log p̂ and KL (mean ± std over seeds; a
+    cell over fewer seeds than ``cfg.seeds`` says how many, a method with none is "—")."""
     head = [f"{NAMES[m]} log p̂" for m in cfg.methods] + [f"{NAMES[m]} KL" for m in cfg.methods]
     lines = ["| K | " + " | ".join(head) + " |", "| --- |" + " --- |" * len(head)]
+
+    def cell(row, name):
+        if row is None:
+            return "—"
+        text = f"{row[name]['mean']:.2f} ± {row[name]['std']:.2f}"
+        return text if row["seeds"] == len(cfg.seeds) else f"{text} ({row['seeds']} of {len(cfg.seeds)} seeds)"
+
     for k in cfg.num_particles:
-        cells = [summary[f"{m}/K{k}"][name] for name in ("log_p_hat", "kl") for m in cfg.methods]
-        lines.append(f"| {k} | " + " | ".join(f"{c['mean']:.2f} ± {c['std']:.2f}" for c in cells) + " |")
+        rows = [summary.get(f"{m}/K{k}") for m in cfg.methods]
+        if any(rows):
+            cells = [cell(row, name) for name in ("log_p_hat", "kl") for row in rows]
+            lines.append(f"| {k} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def run(cfg, workdir, data=None):
+def run(cfg, workdir, data=None, train=True):
     """Trains every (method, K, seed) not yet in ``<workdir>/results.json`` (resumable), then summarises and plots.
     ``data``: (x_train ``[N, D]`` in [0, 1], x_test ``[M, D]`` binary) as ``mnist_bounds.load_data`` returns them
-    (default: MNIST, the first ``cfg.num_test`` test images)."""
+    (default: MNIST, the first ``cfg.num_test`` test images). ``train=False`` (the script's ``--report``) trains
+    nothing: it summarises and plots the runs already in the file, each row over the seeds that have finished."""
     os.makedirs(workdir, exist_ok=True)
     t_start = time.time()
-    x_train, x_test = load_data(cfg) if data is None else data
-    check_config(cfg, x_test.shape[0])
     results = load_resumable_results(cfg, workdir, RUN_SELECTORS)
-    evaluators = (make_evaluate(cfg, cfg.curve_particles), make_evaluate(cfg, cfg.log_marginal_particles))
-    for method in cfg.methods:
-        for k in cfg.num_particles:
-            todo = [s for s in cfg.seeds if run_key(method, k, s) not in results["runs"]]
-            if not todo:
-                continue
-            block = make_train_block(cfg, method, k)  # one compile for all seeds of this (method, K)
-            for seed in todo:
-                results["runs"][run_key(method, k, seed)] = train_run(
-                    cfg, method, k, seed, block, evaluators, x_train, x_test
-                )
-                write_results(results, workdir)
+    if train:
+        x_train, x_test = load_data(cfg) if data is None else data
+        check_config(cfg, x_test.shape[0])
+        evaluators = (make_evaluate(cfg, cfg.curve_particles), make_evaluate(cfg, cfg.log_marginal_particles))
+        for method in cfg.methods:
+            for k in cfg.num_particles:
+                todo = [s for s in cfg.seeds if run_key(method, k, s) not in results["runs"]]
+                if not todo:
+                    continue
+                block = make_train_block(cfg, method, k)  # one compile for all seeds of this (method, K)
+                for seed in todo:
+                    results["runs"][run_key(method, k, seed)] = train_run(
+                        cfg, method, k, seed, block, evaluators, x_train, x_test
+                    )
+                    write_results(results, workdir)
     results["summary"] = summarise(results, cfg)
+    if not results["summary"]:
+        raise ValueError(f"{workdir}/results.json has none of the runs this config selects; nothing to report")
     results["table_markdown"] = table_markdown(results["summary"], cfg)
     print(results["table_markdown"])
     return finish_study(results, cfg, workdir, plot, t_start)
@@ -387,13 +404,14 @@ def plot(results, cfg, workdir):
     summary, colors, ks = results["summary"], _method_colors(cfg), list(cfg.num_particles)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for m in cfg.methods:
-        for k in ks:
+        done = [k for k in ks if f"{m}/K{k}" in summary]  # a report may hold only some of them
+        for k in done:
             curve = np.array(summary[f"{m}/K{k}"]["test_curve"])
             axes[0].plot(curve[:, 0], curve[:, 1], color=colors[m, k], label=f"{NAMES[m]} K={k}")
         for ax, name in zip(axes[1:], ("log_p_hat", "kl"), strict=True):
-            mean = [summary[f"{m}/K{k}"][name]["mean"] for k in ks]
-            std = [summary[f"{m}/K{k}"][name]["std"] for k in ks]
-            ax.errorbar(ks, mean, yerr=std, color=colors[m, ks[-1]], marker="o", capsize=3, label=NAMES[m])
+            mean = [summary[f"{m}/K{k}"][name]["mean"] for k in done]
+            std = [summary[f"{m}/K{k}"][name]["std"] for k in done]
+            ax.errorbar(done, mean, yerr=std, color=colors[m, ks[-1]], marker="o", capsize=3, label=NAMES[m])
     axes[0].set(
         xlabel="iteration",
         ylabel=f"test log p̂(x), {cfg.curve_particles} particles",
@@ -410,7 +428,7 @@ def plot(results, cfg, workdir):
     paths = [save_study_figure(fig, workdir, "sbn_fig_8D1.png")]
     fig, axes = plt.subplots(1, len(ks), figsize=(3.6 * len(ks), 3.4), squeeze=False)
     for ax, k in zip(axes[0], ks, strict=True):
-        for m in cfg.methods:
+        for m in (m for m in cfg.methods if f"{m}/K{k}" in summary):
             curve = np.array(summary[f"{m}/K{k}"]["train_curve"])
             ax.plot(curve[:, 0], curve[:, 1], color=colors[m, ks[-1]], label=NAMES[m])
         ax.set(title=f"K = {k}", xlabel="iteration", ylabel=f"training IWAE bound (mean of {cfg.log_every} steps)")
@@ -422,4 +440,5 @@ if __name__ == "__main__":
     # Flags are defined only when run as a script, so the module can be imported (tests) next to the others.
     _CONFIG = configs.define_config_flag("config", "sbn")
     _WORKDIR = flags.DEFINE_string("workdir", "runs/sbn", "output directory")
-    app.run(lambda argv: run(_CONFIG.value, _WORKDIR.value) and None)
+    _REPORT = flags.DEFINE_bool("report", False, "summarise and plot the runs in <workdir>/results.json, train none")
+    app.run(lambda argv: run(_CONFIG.value, _WORKDIR.value, train=not _REPORT.value) and None)

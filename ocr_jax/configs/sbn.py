@@ -18,7 +18,10 @@ The step times in the comments below (a short run on 50 test images; the fields 
       --workdir=runs/sbn_timing_5000
 (``seconds_per_step`` in results.json: blocks after the first, which includes compiling.)
 A workdir resumes: finished runs are kept, and adding K or seeds to the lists trains only the new runs (any other
-changed field is refused).
+changed field is refused). `--report` trains nothing: it summarises and plots the runs already in the workdir (each
+row over the seeds that have finished), e.g. while the rest of a grown study is still to be trained:
+  python -m experiments.sbn_study --config=sbn --config.num_particles='(2, 5, 10, 50, 500)' \\
+      --config.seeds='(0, 1)' --workdir=docs/data/sbn --report
 """
 
 import ml_collections

@@ -160,6 +160,18 @@ def test_study_runs_every_method_k_and_seed_resumes_and_plots(tmp_path):
     grown = sbn_study.run(cfg, workdir, data)
     assert set(grown["runs"]) == expected | {"ww/K3/seed0", "vimco/K3/seed0"}
     assert grown["runs"]["vimco/K2/seed0"] == results["runs"]["vimco/K2/seed0"]
+    # report: nothing trained, each row over the seeds that finished (K = 3 has seed 0 only), a cell says so
+    cfg.seeds = (0, 1)
+    report = sbn_study.run(cfg, workdir, train=False)
+    assert report["runs"] == grown["runs"]
+    assert report["summary"]["ww/K2"]["seeds"] == 2 and report["summary"]["ww/K3"]["seeds"] == 1
+    k3 = report["table_markdown"].splitlines()[-1]
+    assert k3.startswith("| 3 |") and k3.count("(1 of 2 seeds)") == 4
+    assert "seeds)" not in report["table_markdown"].splitlines()[-2]
+    assert report["summary"]["vimco/K3"]["kl"]["mean"] == grown["runs"]["vimco/K3/seed0"]["kl"]
+    cfg.num_particles = (7,)
+    with pytest.raises(ValueError, match="nothing to report"):
+        sbn_study.run(cfg, workdir, train=False)
     cfg.learning_rate = 3e-4
     with pytest.raises(ValueError, match="another config"):
         sbn_study.run(cfg, workdir, data)
