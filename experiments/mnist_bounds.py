@@ -280,7 +280,6 @@ def run(cfg, workdir, data=None):
     ``data``: (x_train, x_test) as :func:`load_data` returns them; default MNIST."""
     os.makedirs(workdir, exist_ok=True)
     x_train, x_test = load_data(cfg) if data is None else data
-    path = os.path.join(workdir, "results.json")
     results = load_resumable_results(cfg, workdir, RUN_SELECTORS)
     for seed in cfg.seeds:
         for name in cfg.run_methods:
@@ -290,7 +289,7 @@ def run(cfg, workdir, data=None):
             write_results(results, workdir)
     results["table"] = summarise(results, list(cfg.run_methods), list(cfg.seeds))
     results["table_markdown"] = table_markdown(results["table"])
-    write_results(results, workdir)
+    path = write_results(results, workdir)
     print(results["table_markdown"])
     results["plots"] = plot(results, cfg, workdir)
     print(f"wrote {path} and {results['plots']}")
