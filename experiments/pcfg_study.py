@@ -14,7 +14,9 @@ p_θ(·|nt)) and the inference error −mean log q_φ(z | x) over ``num_eval`` f
 sleep-φ loss: E_p(x) KL(p(z|x) ‖ q_φ(z|x)) plus the constant E_p(x) H(p(z|x))). After training, the rate at which
 q_φ's samples for the test sentence reproduce it exactly (s(z) = x, thesis Fig. 8.4.2 / 8.A.2).
 
-Runs are vmapped (one jitted program per method and K). Writes ``results.json`` and ``pcfg_*.png`` into the workdir.
+Runs are vmapped (one jitted program per method group and K). Writes ``results.json`` and ``pcfg_*.png`` into the
+workdir; ``results.json`` after every (group, K), and a rerun with the same workdir trains only the (group, K) not
+yet in it (a study resumes across interruptions and fresh checkouts; adding K trains only the new ones).
 Usage: see ocr_jax/configs/pcfg.py.
 """
 
@@ -29,13 +31,16 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from experiments.study_results import finish_study, save_study_figure, write_results
+from experiments.study_results import finish_study, load_resumable_results, save_study_figure, write_results
 from ocr_jax import configs, estimators
 from ocr_jax.models import pcfg
 
 # The terms this model gives the estimators: a score-function latent (the derivation) and sleep-phase log q.
 PROVIDED_TERMS = frozenset({"log_p", "log_q_score", "log_q_sleep"})
 GRAMMARS = {"astronomers": pcfg.ASTRONOMERS}
+# Config fields that choose which groups run; every other field (the methods too: they decide the compiled groups,
+# and a group's trajectories depend on them) must match a workdir's saved config to resume it.
+RUN_SELECTORS = ("num_particles",)
 NP, VP = pcfg.ASTRONOMERS.non_terminals.index("NP"), pcfg.ASTRONOMERS.non_terminals.index("VP")  # reported probs
 
 
@@ -245,16 +250,17 @@ def run(cfg, workdir):
     keys = jax.random.split(jax.random.PRNGKey(cfg.seed), cfg.num_runs)
     iters = list(range(0, cfg.num_iterations + 1, cfg.eval_every))
     grammar = grammar_of(cfg)
-    results = {
-        "config": cfg.to_dict(),
-        "iterations": iters,
-        "true_np_probs": list(grammar.probabilities[grammar.non_terminals.index("NP")]),
-        "true_vp_probs": list(grammar.probabilities[grammar.non_terminals.index("VP")]),
-        "runs": {},
-    }
+    results = load_resumable_results(cfg, workdir, RUN_SELECTORS)
+    results.update(
+        iterations=iters,
+        true_np_probs=list(grammar.probabilities[grammar.non_terminals.index("NP")]),
+        true_vp_probs=list(grammar.probabilities[grammar.non_terminals.index("VP")]),
+    )
     metrics, match_rate = make_metrics(cfg), make_match_rate(cfg)
     for k in cfg.num_particles:
         for methods in method_groups(cfg):
+            if all(f"{method}/K{k}" in results["runs"] for method in methods):
+                continue  # trained by an earlier call (the same compiled group, so the same trajectories)
             outs, params, t_compile, t_run = train(cfg, methods, k, keys, metrics)
             for j, method in enumerate(methods):
                 out = outs[method]

@@ -1,7 +1,8 @@
 """Config for the PCFG study (thesis §8.4.1, Fig. 8.4.1; appendix 8.A): WS, WW, VIMCO, REINFORCE, K ∈ {2, 5, 10, 20}.
 
 Run (the paper's budget: 2000 iterations, as the public plotting code; see docs/pcfg.md for its estimated cost here):
-  python -m experiments.pcfg_study --config=pcfg --workdir=runs/pcfg
+  python -m experiments.pcfg_study --config=pcfg --workdir=docs/data/pcfg
+(resumable: results.json is written after every (method group, K), and a rerun trains only those not in it yet)
 Reduced run (what 2 shared CPU cores afford in under 10 minutes; the budget measured in docs/pcfg.md):
   python -m experiments.pcfg_study --config=pcfg:reduced --workdir=runs/pcfg_reduced
 Quick smoke run:

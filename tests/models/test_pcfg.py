@@ -244,3 +244,9 @@ def test_quick_study_writes_results_and_figures(tmp_path):
         assert len(med) == cfg.num_iterations // cfg.eval_every + 1 and np.all(np.array(lo) <= np.array(hi))
         assert np.all(np.isfinite(entry["final_p_error"])) and len(entry["test_sentence_match_rate"]) == cfg.num_runs
     assert all(os.path.exists(p) for p in results["plots"])
+    # resume: a rerun trains nothing (the stored runs come back unchanged); another config is refused
+    again = pcfg_study.run(cfg, str(tmp_path))
+    assert again["runs"] == saved["runs"] and again["seconds"] < results["seconds"]
+    cfg.learning_rate = 3e-4
+    with pytest.raises(ValueError, match="another config"):
+        pcfg_study.run(cfg, str(tmp_path))
