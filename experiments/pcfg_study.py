@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tqdm
 from absl import app, flags
 
 from experiments.study_results import finish_study, load_resumable_results, save_study_figure, write_results
@@ -213,7 +214,11 @@ def train(cfg, methods, num_particles, keys, metrics=None):
 
     evaluate(carry[0])  # outside the timing: the first call may compile `metrics`
     t0 = time.time()
-    for e in range(cfg.num_iterations // cfg.eval_every):
+    # A bar in a terminal only (disable=None): logs keep the one line per group that `run` prints.
+    chunks = tqdm.trange(
+        cfg.num_iterations // cfg.eval_every, desc=f"{'+'.join(methods)} K={num_particles}", unit="chunk", disable=None
+    )
+    for e in chunks:
         carry, (bound, capped) = chunk(carry, jax.vmap(jax.random.fold_in, in_axes=(0, None))(k_run, e))
         for j, m in enumerate(methods):
             history[m]["log_evidence_bound"].append(np.asarray(bound[:, j]))
