@@ -193,7 +193,7 @@ def make_chunk(cfg, methods, num_particles):
     return jax.jit(jax.vmap(chunk))
 
 
-def train(cfg, methods, num_particles, keys, metrics=None):
+def train_group(cfg, methods, num_particles, keys, metrics=None):
     """Trains the ``methods`` of one group on ``len(keys)`` runs (vmapped) for ``num_iterations``; returns
     ({method: {metric: [runs, evals]}} as numpy, final params [runs, methods], seconds compiling the chunk, seconds
     training). ``metrics``: :func:`make_metrics`, shared across calls."""
@@ -247,7 +247,39 @@ def quartiles(a) -> list:
     return np.percentile(np.asarray(a), [25, 50, 75], axis=0).tolist()
 
 
-def run(cfg, workdir):
+def table_markdown(results, cfg) -> str:
+    """Fig. 8.4.1's end points as a table: per (method, K) in ``results["runs"]``, the final generative and inference
+    errors, median [25 %, 75 %] over runs, and the test sentence's exact-match rate of q (median over runs, and how
+    many runs reproduce it at all); the first row gives the errors at iteration 0 (shared by every method)."""
+    runs = results["runs"]
+    lines = [
+        "| method | K | generative error, KL | inference error, −E log q | test sentence: median rate (runs > 0) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+
+    def cell(quartiles, digits):
+        lo, med, hi = (q[-1] for q in quartiles)
+        return f"{med:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+    present = [(m, k) for k in cfg.num_particles for m in cfg.methods if f"{m}/K{k}" in runs]
+    if present:
+        first = runs[f"{present[0][0]}/K{present[0][1]}"]
+        start = {name: [q[:1] for q in first[name]] for name in LABELS}
+        p0, q0 = cell(start["p_error_quartiles"], 4), cell(start["q_error_quartiles"], 2)
+        lines.append(f"| start | — | {p0} | {q0} | — |")
+    for m, k in present:
+        r = runs[f"{m}/K{k}"]
+        match = np.asarray(r["test_sentence_match_rate"])
+        lines.append(
+            f"| {NAMES[m]} | {k} | {cell(r['p_error_quartiles'], 4)} | {cell(r['q_error_quartiles'], 2)} | "
+            f"{100 * np.median(match):.1f} % ({int(np.sum(match > 0))} of {match.size}) |"
+        )
+    return "\n".join(lines)
+
+
+def run(cfg, workdir, train=True):
+    """Trains every (method group, K) not yet in ``<workdir>/results.json`` (resumable), then tabulates and plots.
+    ``train=False`` (the script's ``--report``) trains nothing: it tabulates and plots the runs the file holds."""
     if cfg.num_iterations % cfg.eval_every:
         raise ValueError(f"num_iterations ({cfg.num_iterations}) must be a multiple of eval_every ({cfg.eval_every})")
     os.makedirs(workdir, exist_ok=True)
@@ -262,11 +294,11 @@ def run(cfg, workdir):
         true_vp_probs=list(grammar.probabilities[grammar.non_terminals.index("VP")]),
     )
     metrics, match_rate = make_metrics(cfg), make_match_rate(cfg)
-    for k in cfg.num_particles:
+    for k in cfg.num_particles if train else ():
         for methods in method_groups(cfg):
             if all(f"{method}/K{k}" in results["runs"] for method in methods):
                 continue  # trained by an earlier call (the same compiled group, so the same trajectories)
-            outs, params, t_compile, t_run = train(cfg, methods, k, keys, metrics)
+            outs, params, t_compile, t_run = train_group(cfg, methods, k, keys, metrics)
             for j, method in enumerate(methods):
                 out = outs[method]
                 phi = jax.tree.map(lambda a, j=j: a[:, j], params["inference"])
@@ -300,6 +332,10 @@ def run(cfg, workdir):
             )
             results["seconds"] = time.time() - t_start
             write_results(results, workdir)  # after every group: a partial run is kept
+    if not any(f"{m}/K{k}" in results["runs"] for m in cfg.methods for k in cfg.num_particles):
+        raise ValueError(f"{workdir}/results.json has none of the runs this config selects; nothing to report")
+    results["table_markdown"] = table_markdown(results, cfg)
+    print(results["table_markdown"])
     return finish_study(results, cfg, workdir, plot, t_start)
 
 
@@ -324,7 +360,7 @@ def plot(results, cfg, workdir):
     for j, k in enumerate(ks):
         for row, metric in enumerate(LABELS):
             ax = axes[row, j]
-            for method in cfg.methods:
+            for method in (m for m in cfg.methods if f"{m}/K{k}" in results["runs"]):  # a report may lack some
                 lo, med, hi = results["runs"][f"{method}/K{k}"][metric]
                 ax.plot(iters, med, color=COLORS[method], label=NAMES[method])
                 ax.fill_between(iters, lo, hi, color=COLORS[method], alpha=0.2)
@@ -335,9 +371,12 @@ def plot(results, cfg, workdir):
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for ax, metric in zip(axes, LABELS, strict=True):
         for method in cfg.methods:
-            qs = np.array([[results["runs"][f"{method}/K{k}"][metric][r][-1] for r in range(3)] for k in ks])
+            done = [k for k in ks if f"{method}/K{k}" in results["runs"]]
+            if not done:
+                continue
+            qs = np.array([[results["runs"][f"{method}/K{k}"][metric][r][-1] for r in range(3)] for k in done])
             ax.errorbar(
-                ks,
+                done,
                 qs[:, 1],
                 yerr=[qs[:, 1] - qs[:, 0], qs[:, 2] - qs[:, 1]],
                 color=COLORS[method],
@@ -357,4 +396,5 @@ if __name__ == "__main__":
     # Flags are defined only when run as a script, so the module can be imported (tests) next to the others.
     _CONFIG = configs.define_config_flag("config", "pcfg")
     _WORKDIR = flags.DEFINE_string("workdir", "runs/pcfg", "output directory")
-    app.run(lambda argv: run(_CONFIG.value, _WORKDIR.value) and None)
+    _REPORT = flags.DEFINE_bool("report", False, "tabulate and plot the runs in <workdir>/results.json, train none")
+    app.run(lambda argv: run(_CONFIG.value, _WORKDIR.value, train=not _REPORT.value) and None)
