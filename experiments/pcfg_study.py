@@ -389,6 +389,23 @@ def plot(results, cfg, workdir):
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     axes[0].legend(fontsize=8)
     paths.append(save_study_figure(fig, workdir, "pcfg_final_vs_K.png"))
+    # Thesis Fig. 8.A.3: NP's learned production probabilities (median over runs) at the largest K trained.
+    k = max((k for k in ks if any(f"{m}/K{k}" in results["runs"] for m in cfg.methods)), default=None)
+    if k is not None:
+        rules = [" ".join(rhs) for rhs in grammar_of(cfg).productions[NP]]
+        bars = [("true", "black", results["true_np_probs"])] + [
+            (NAMES[m], COLORS[m], results["runs"][f"{m}/K{k}"]["final_np_probs_median"])
+            for m in cfg.methods
+            if f"{m}/K{k}" in results["runs"]
+        ]
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        width = 0.8 / len(bars)
+        for i, (name, color, probs) in enumerate(bars):
+            ax.bar(np.arange(len(rules)) + (i - (len(bars) - 1) / 2) * width, probs, width, color=color, label=name)
+        ax.set_xticks(np.arange(len(rules)), [f"NP → {r}" for r in rules], fontsize=8)
+        ax.set(ylabel="production probability", title=f"NP's productions after training, K = {k} (median over runs)")
+        ax.legend(fontsize=8)
+        paths.append(save_study_figure(fig, workdir, "pcfg_np_probabilities.png"))
     return paths
 
 

@@ -243,7 +243,7 @@ def test_quick_study_writes_results_and_figures(tmp_path):
         lo, med, hi = entry["q_error_quartiles"]
         assert len(med) == cfg.num_iterations // cfg.eval_every + 1 and np.all(np.array(lo) <= np.array(hi))
         assert np.all(np.isfinite(entry["final_p_error"])) and len(entry["test_sentence_match_rate"]) == cfg.num_runs
-    assert all(os.path.exists(p) for p in results["plots"])
+    assert len(results["plots"]) == 3 and all(os.path.exists(p) for p in results["plots"])  # Fig. 8.4.1 ×2, 8.A.3
     # resume: a rerun trains nothing (the stored runs come back unchanged); another config is refused
     again = pcfg_study.run(cfg, str(tmp_path))
     assert again["runs"] == saved["runs"] and again["seconds"] < results["seconds"]
