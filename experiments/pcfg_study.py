@@ -336,7 +336,7 @@ def run(cfg, workdir, train=True):
         raise ValueError(f"{workdir}/results.json has none of the runs this config selects; nothing to report")
     results["table_markdown"] = table_markdown(results, cfg)
     print(results["table_markdown"])
-    return finish_study(results, cfg, workdir, plot, t_start)
+    return finish_study(results, cfg, workdir, plot, t_start, trained=train)
 
 
 COLORS = {"ws": "tab:blue", "ww": "tab:orange", "vimco": "tab:red", "reinforce": "tab:purple"}

@@ -375,7 +375,7 @@ def run(cfg, workdir, data=None, train=True):
         raise ValueError(f"{workdir}/results.json has none of the runs this config selects; nothing to report")
     results["table_markdown"] = table_markdown(results["summary"], cfg)
     print(results["table_markdown"])
-    return finish_study(results, cfg, workdir, plot, t_start)
+    return finish_study(results, cfg, workdir, plot, t_start, trained=train)
 
 
 # ----------------------------------------------------------------------------------------------------------------

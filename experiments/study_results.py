@@ -21,15 +21,17 @@ def write_results(results: dict, workdir: str) -> str:
 
 
 def finish_study(
-    results: dict, cfg, workdir: str, plot: Callable[[dict, object, str], list], start_time: float
+    results: dict, cfg, workdir: str, plot: Callable[[dict, object, str], list], start_time: float, trained: bool = True
 ) -> dict:
-    """Records the seconds since ``start_time`` in ``results["seconds"]``, writes results.json, draws the plots
-    (``plot(results, cfg, workdir)`` -> their paths, kept in ``results["plots"]`` but not in the file), prints where
-    everything went and returns ``results``."""
-    results["seconds"] = time.time() - start_time
+    """Records the seconds since ``start_time`` in ``results["seconds"]`` (unless ``trained`` is False: a report
+    keeps the seconds of the call that trained), writes results.json, draws the plots (``plot(results, cfg,
+    workdir)`` -> their paths, kept in ``results["plots"]`` but not in the file), prints where everything went and
+    returns ``results``."""
+    if trained:
+        results["seconds"] = time.time() - start_time
     path = write_results(results, workdir)
     results["plots"] = plot(results, cfg, workdir)
-    print(f"done in {results['seconds']:.0f}s; wrote {path} and {results['plots']}")
+    print(f"done in {time.time() - start_time:.0f}s; wrote {path} and {results['plots']}")
     return results
 
 

@@ -249,7 +249,7 @@ def test_quick_study_writes_results_and_figures(tmp_path):
     assert again["runs"] == saved["runs"] and again["seconds"] < results["seconds"]
     # report (the script's --report): tabulates the stored runs' final medians, trains nothing
     report = pcfg_study.run(cfg, str(tmp_path), train=False)
-    assert report["runs"] == saved["runs"]
+    assert report["runs"] == saved["runs"] and report["seconds"] == again["seconds"]  # the training call's time
     ws_q = saved["runs"]["ws/K2"]["q_error_quartiles"][1][-1]
     assert f"| WS | 2 | {saved['runs']['ws/K2']['p_error_quartiles'][1][-1]:.4f} [" in report["table_markdown"]
     assert f"| {ws_q:.2f} [" in report["table_markdown"] and "| VIMCO | 2 |" in report["table_markdown"]
