@@ -1,9 +1,9 @@
 """Config for the PCFG study (thesis §8.4.1, Fig. 8.4.1; appendix 8.A): WS, WW, VIMCO, REINFORCE, K ∈ {2, 5, 10, 20}.
 
-Run (the paper's budget: 2000 iterations, as the public plotting code; see docs/pcfg.md for its estimated cost here):
-  python -m experiments.pcfg_study --config=pcfg --workdir=docs/data/pcfg
+Run (the paper's budget: 2000 iterations, as the public plotting code; 88 min on 2 CPU cores, docs/pcfg.md):
+  python -m experiments.pcfg_study --config=pcfg --workdir=docs/data/pcfg [--report: table and figures, no training]
 (resumable: results.json is written after every (method group, K), and a rerun trains only those not in it yet)
-Reduced run (what 2 shared CPU cores afford in under 10 minutes; the budget measured in docs/pcfg.md):
+Reduced run (what 2 shared CPU cores afford in under 10 minutes):
   python -m experiments.pcfg_study --config=pcfg:reduced --workdir=runs/pcfg_reduced
 Quick smoke run:
   python -m experiments.pcfg_study --config=pcfg:quick --workdir=runs/pcfg_quick
