@@ -1,12 +1,13 @@
 """experiments/air_estimators.py (thesis §8.4.2 study driver) on the tiny synthetic config."""
 
 import json
+import os
 import shutil
 
 import numpy as np
 import pytest
 
-from experiments import air_estimators
+from experiments import air_estimators, air_estimators_seeds
 from ocr_jax.configs import air_multi_mnist
 
 
@@ -91,3 +92,26 @@ def test_driver_trains_evaluates_and_writes_table(tmp_path):
     other.seed = 1
     with pytest.raises(ValueError, match="another config"):
         air_estimators.run_study(other, str(tmp_path), results_dir=str(tmp_path / "kept"), **study)
+
+
+def test_seeds_are_combined_per_estimator_and_k_with_missing_runs_marked(tmp_path):
+
+    def study(values, step=100):  # {(estimator, K): (count, log p̂, KL)} -> a results.json's contents
+        return {
+            air_estimators.run_name(e, k): dict(
+                estimator=e, num_particles=k, step=step, count_accuracy=c, log_marginal=lp, kl=kl
+            )
+            for (e, k), (c, lp, kl) in values.items()
+        }
+
+    seed0 = study({("vimco", 2): (0.9, -130.0, 20.0), ("ww", 2): (0.8, -135.0, 22.0), ("ww", 5): (0.7, -133.0, 25.0)})
+    seed1 = study({("vimco", 2): (0.7, -128.0, 18.0), ("ww", 2): (0.9, -131.0, 21.0)})
+    combined = air_estimators_seeds.combine_seeds([seed0, seed1])
+    assert list(combined) == [("vimco", 2), ("ww", 2), ("ww", 5)]
+    assert combined["ww", 5]["kl"] == [25.0, None]
+    table = air_estimators_seeds.seeds_table_markdown(combined)
+    assert "| vimco | 2 | 0.8000 (0.9000, 0.7000) | -129.00 (-130.00, -128.00) | 19.00 (20.00, 18.00) |" in table
+    assert "| ww | 5 | 0.7000 (0.7000, —) | -133.00 (-133.00, —) | 25.00 (25.00, —) |" in table
+    assert os.path.getsize(air_estimators_seeds.plot_seeds(combined, str(tmp_path / "seeds.png"))) > 1000
+    with pytest.raises(ValueError, match="different lengths"):
+        air_estimators_seeds.combine_seeds([seed0, study({("ww", 2): (0.9, -131.0, 21.0)}, step=200)])
