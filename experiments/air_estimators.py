@@ -191,13 +191,27 @@ def plot(results: dict, path: str) -> str:
                 color=plotting.color_for(i),
                 label=est,
             )
-        ax.set_xscale("log")
-        ax.set_xticks(ks, [str(k) for k in ks])
-        ax.minorticks_off()
-        ax.set_xlabel("particles K")
+        particles_axis(ax, ks)
         ax.set_ylabel(ylabel)
     axes[2].legend()
-    fig.suptitle("AIR, Bernoulli multi-MNIST: VIMCO vs wake-wake (thesis §8.4.2, Fig. 8.4.3)")
+    return finish_figure(fig, "AIR, Bernoulli multi-MNIST: VIMCO vs wake-wake (thesis §8.4.2, Fig. 8.4.3)", path)
+
+
+def particles_axis(ax, ks) -> None:
+    """A log-scale x axis labelled with the particle counts ``ks`` themselves."""
+    ax.set_xscale("log")
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.minorticks_off()
+    ax.set_xlabel("particles K")
+
+
+def finish_figure(fig, title: str, path: str) -> str:
+    """Titles and lays out ``fig``, writes it as PNG to ``path``, closes it and returns the path."""
+    import matplotlib.pyplot as plt
+
+    from ocr_jax import plotting
+
+    fig.suptitle(title)
     fig.tight_layout()
     out = str(plotting.save_figure(fig, path))
     plt.close(fig)

@@ -18,7 +18,7 @@ import os
 import numpy as np
 from absl import app, flags
 
-from experiments.air_estimators import load_results, run_name
+from experiments.air_estimators import finish_figure, load_results, particles_axis, run_name
 
 METRICS = (("count_accuracy", "count accuracy", 4), ("log_marginal", "log p̂(x)", 2), ("kl", "KL(q‖p_θ(z|x))", 2))
 
@@ -76,16 +76,11 @@ def plot_seeds(combined: dict, path: str) -> str:
             for k, values in rows:
                 present = [v for v in values if v is not None]
                 ax.plot([k] * len(present), present, "o", color=color, ms=4, alpha=0.6)
-        ax.set_xscale("log")
-        ax.set_xticks(ks, [str(k) for k in ks])
-        ax.minorticks_off()
-        ax.set(xlabel="particles K", ylabel=label)
+        particles_axis(ax, ks)
+        ax.set_ylabel(label)
     axes[0].legend()
-    fig.suptitle("AIR, Bernoulli multi-MNIST: VIMCO vs wake-wake per seed (points) and their mean (thesis Fig. 8.4.3)")
-    fig.tight_layout()
-    out = str(plotting.save_figure(fig, path))
-    plt.close(fig)
-    return out
+    title = "AIR, Bernoulli multi-MNIST: VIMCO vs wake-wake per seed (points) and their mean (thesis Fig. 8.4.3)"
+    return finish_figure(fig, title, path)
 
 
 def main(argv) -> None:
