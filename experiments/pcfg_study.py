@@ -293,7 +293,7 @@ def run(cfg, workdir, train=True):
         true_np_probs=list(grammar.probabilities[grammar.non_terminals.index("NP")]),
         true_vp_probs=list(grammar.probabilities[grammar.non_terminals.index("VP")]),
     )
-    metrics, match_rate = make_metrics(cfg), make_match_rate(cfg)
+    metrics, match_rate = (make_metrics(cfg), make_match_rate(cfg)) if train else (None, None)  # built for training
     for k in cfg.num_particles if train else ():
         for methods in method_groups(cfg):
             if all(f"{method}/K{k}" in results["runs"] for method in methods):
