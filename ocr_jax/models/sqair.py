@@ -31,7 +31,8 @@ Log-densities (per particle, per time step; thesis Eq. 5.3-5.4): ``log_likelihoo
 
 Choices the thesis leaves open, and how they are made here:
 - z_where is 4-D: a Gaussian latent ``z_where_raw`` in an unconstrained space, mapped to the spatial transformer's
-  ``z_where = (s_x, s_y, t_x, t_y)`` by ``s = s_min + (1 - s_min) sigmoid(raw_s)`` and, with
+  ``z_where = (s_x, s_y, t_x, t_y)`` by ``s = s_min + (s_max - s_min) sigmoid(raw_s)`` (``s_max =
+  max_glimpse_scale``, 1 in the official code) and, with
   ``where_map="sigmoid_tanh"`` (the official code, ``modules.py:220-227``), ``t = tanh(raw_t)``, so a glimpse's centre
   never leaves the canvas; ``shift_bound = b > 1`` makes it ``t = b·tanh(raw_t / b)`` (the same near the centre; not
   AIR's ``shift_range·tanh``), so that a glimpse can follow its digit off the canvas (``"sigmoid_linear"``: ``t =
@@ -144,6 +145,11 @@ class SQAIRConfig:
     # digit off the canvas; an object there draws nothing, and the visible count reads it as out of view
     # (ocr_jax.evaluation.sqair.visible_objects).
     shift_bound: float = 1.0
+    # The largest glimpse scale s_max (fraction of the canvas side): s = s_min + (s_max − s_min)·sigmoid(raw_s). 1 is
+    # the official map. Below 1 it bounds the window, e.g. 0.5 (25 px of 50, a 20-px tight-cropped digit with a
+    # margin): a window that large holds two digits only where they overlap or are both narrow, so DISC cannot settle
+    # on one object that paints two digits (AIR's merged-object mode; measured in docs/results.md, issue #13).
+    max_glimpse_scale: float = 1.0
     std_floor: float = 1e-2
     disc_head_kernel_scale: float = 0.1
     # Initial DISC glimpse scale (fraction of the canvas side): 0.4 = 20 px of 50, a tight-cropped MNIST digit.
@@ -215,8 +221,16 @@ class SQAIRConfig:
         check.number(
             "first_frame_continue_prob", lambda v: 0.0 <= v < 1.0, "in [0, 1) (0: the learned discovery-count table)"
         )
+        check.number(
+            "max_glimpse_scale", lambda v: _MIN_SCALE < v <= 1.0, f"in ({_MIN_SCALE}, 1] (1: the official map)"
+        )
         if self.disc_init_scale is not None:
-            check.number("disc_init_scale", lambda v: _MIN_SCALE < v < 1.0, f"in ({_MIN_SCALE}, 1) or None")
+            s_max = self.max_glimpse_scale
+            check.number(
+                "disc_init_scale",
+                lambda v: _MIN_SCALE < v < s_max,
+                f"in ({_MIN_SCALE}, max_glimpse_scale = {s_max}) or None",
+            )
         check.require(
             isinstance(self.presence_after_what, bool),
             f"presence_after_what must be a bool; got {self.presence_after_what!r}",
@@ -255,15 +269,20 @@ def conv_sqair_config(hidden: int = 128, **overrides) -> SQAIRConfig:
 WHERE_MAPS = ("sigmoid_tanh", "sigmoid_linear")
 
 
-def where_to_transform(z_where_raw: jax.Array, where_map: str = "sigmoid_tanh", shift_bound: float = 1.0) -> jax.Array:
+def where_to_transform(
+    z_where_raw: jax.Array, where_map: str = "sigmoid_tanh", shift_bound: float = 1.0, max_scale: float = 1.0
+) -> jax.Array:
     """The unconstrained Gaussian latent ``z_where_raw [..., 4]`` -> the spatial-transformer ``z_where`` ``(s_x, s_y,
-    t_x, t_y) [..., 4]``: ``s = s_min + (1 - s_min) sigmoid(raw_s)``; ``t = b·tanh(raw_t / b)`` with ``b =
-    shift_bound`` (``"sigmoid_tanh"``; b = 1 the official ``tanh(raw_t)``) or ``raw_t`` (``"sigmoid_linear"``)."""
+    t_x, t_y) [..., 4]``: ``s = s_min + (s_max - s_min) sigmoid(raw_s)`` with ``s_max = max_scale`` (1 the official
+    map); ``t = b·tanh(raw_t / b)`` with ``b = shift_bound`` (``"sigmoid_tanh"``; b = 1 the official ``tanh(raw_t)``)
+    or ``raw_t`` (``"sigmoid_linear"``)."""
     if where_map not in WHERE_MAPS:
         raise ValueError(f"where_map must be one of {WHERE_MAPS}; got {where_map!r}")
     if not shift_bound > 0:
         raise ValueError(f"shift_bound must be positive; got {shift_bound!r}")
-    scale = _MIN_SCALE + (1.0 - _MIN_SCALE) * jax.nn.sigmoid(z_where_raw[..., :2])
+    if not _MIN_SCALE < max_scale <= 1.0:
+        raise ValueError(f"max_scale must be in ({_MIN_SCALE}, 1]; got {max_scale!r}")
+    scale = _MIN_SCALE + (max_scale - _MIN_SCALE) * jax.nn.sigmoid(z_where_raw[..., :2])
     raw_shift = z_where_raw[..., 2:]
     # b = 1: the official tanh bit for bit (dividing and multiplying by 1 are exact)
     shift = raw_shift if where_map == "sigmoid_linear" else shift_bound * jnp.tanh(raw_shift / shift_bound)
@@ -526,7 +545,8 @@ class SQAIRInference(nn.Module):
         self.disc_rnn = DiscoveryRNN(H)
         ks = c.disc_head_kernel_scale**2  # the output kernel's std scales by disc_head_kernel_scale
         self.disc_pres = _logit_head(c, c.disc_presence_logit_init, ks)
-        scale_logit = 0.0 if c.disc_init_scale is None else _logit((c.disc_init_scale - _MIN_SCALE) / (1 - _MIN_SCALE))
+        span = c.max_glimpse_scale - _MIN_SCALE
+        scale_logit = 0.0 if c.disc_init_scale is None else _logit((c.disc_init_scale - _MIN_SCALE) / span)
         self.disc_where = _gaussian_head(
             c, 4, c.where_posterior_scale_bias, kernel_scale=ks, loc_bias=(scale_logit, scale_logit, 0.0, 0.0)
         )
@@ -801,7 +821,8 @@ class SQAIR:
     def to_transform(self, z_where_raw):
         """The Gaussian latent ``z_where_raw [..., 4]`` -> the spatial-transformer ``z_where [..., 4]`` (s_x, s_y, t_x,
         t_y) under this model's ``where_map``."""
-        return where_to_transform(z_where_raw, self.config.where_map, self.config.shift_bound)
+        c = self.config
+        return where_to_transform(z_where_raw, c.where_map, c.shift_bound, c.max_glimpse_scale)
 
     def _typed(self, cls, out: dict, **extra):
         """The typed output ``cls(**out, **extra)`` of an internal dict whose ``z_where`` is the Gaussian latent (as

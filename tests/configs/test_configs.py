@@ -176,6 +176,16 @@ def test_sqair_offcanvas_is_the_shift_bound_and_the_inference_clip_only():
     assert config.to_json_best_effort() == plain.to_json_best_effort()
 
 
+def test_sqair_maxscale_is_the_window_bound_and_the_centred_where_prior_only():
+    plain = configs.get_config("sqair_mnist:cpu+piwae+anneal+f1bound+offcanvas")
+    config = configs.get_config("sqair_mnist:cpu+piwae+anneal+f1bound+offcanvas+maxscale")
+    assert (plain.task_config.model.max_glimpse_scale, config.task_config.model.max_glimpse_scale) == (1.0, 0.5)
+    assert tuple(config.task_config.model.where_prior_loc) == (0.0, 0.0, 0.0, 0.0)
+    config.task_config.model.max_glimpse_scale = 1.0
+    config.task_config.model.where_prior_loc = plain.task_config.model.where_prior_loc
+    assert config.to_json_best_effort() == plain.to_json_best_effort()
+
+
 @pytest.mark.parametrize("spec", ["air_multi_mnist", "air_multi_mnist:piwae", "sqair_mnist:cpu", "vrnn_mnist:cpu"])
 def test_gradient_clipping_can_be_set_from_the_command_line(monkeypatch, spec):
     """Every optimiser group's ``clip_global_norm`` is unset (None: no clipping) by default and takes a float from

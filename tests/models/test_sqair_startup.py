@@ -135,6 +135,24 @@ def test_shift_bound_lets_a_glimpse_centre_leave_the_canvas():
         _config(shift_bound=-1.0)
 
 
+def test_max_glimpse_scale_bounds_the_window_and_nothing_else():
+    """``max_glimpse_scale = m``: s = s_min + (m − s_min)·sigmoid(raw_s) in [s_min, m]; shifts unchanged; m = 1 is the
+    default map bit for bit; the model applies its configured bound; out-of-range bounds are refused."""
+    raw = jnp.asarray([[3.0, -2.0, 0.5, -1.0], [0.0, 40.0, 3.0, -0.7], [-60.0, 1.5, 1e4, 2.0]])
+    r = np.asarray(raw, np.float64)
+    np.testing.assert_array_equal(where_to_transform(raw, "sigmoid_tanh", 1.0, 1.0), where_to_transform(raw))
+    bounded = np.asarray(where_to_transform(raw, "sigmoid_tanh", 2.0, 0.5))
+    np.testing.assert_allclose(bounded[:, :2], S_MIN + (0.5 - S_MIN) / (1 + np.exp(-r[:, :2])), rtol=1e-6)
+    assert np.all(bounded[:, :2] <= 0.5) and np.all(bounded[:, :2] >= S_MIN)
+    np.testing.assert_array_equal(bounded[:, 2:], where_to_transform(raw, "sigmoid_tanh", 2.0)[:, 2:])
+    np.testing.assert_array_equal(SQAIR(_config(max_glimpse_scale=0.5, shift_bound=2.0)).to_transform(raw), bounded)
+    for bad in (0.0, S_MIN, 1.2):
+        with pytest.raises(ValueError, match="max_scale"):
+            where_to_transform(raw, "sigmoid_tanh", 1.0, bad)
+        with pytest.raises(ValueError, match="max_glimpse_scale"):
+            _config(max_glimpse_scale=bad)
+
+
 # --- 2. std_floor ----------------------------------------------------------------------------------------------------
 
 
@@ -181,9 +199,12 @@ def test_disc_head_kernel_scale_shrinks_only_discs_output_kernels():
 # --- 4. disc_init_scale ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("init_scale, expected", [(0.4, 0.4), (0.25, 0.25), (None, S_MIN + (1 - S_MIN) * 0.5)])
-def test_disc_init_scale_sets_the_initial_glimpse_scale(init_scale, expected):
-    model = SQAIR(_config(disc_init_scale=init_scale))
+@pytest.mark.parametrize(
+    "init_scale, max_scale, expected",
+    [(0.4, 1.0, 0.4), (0.25, 1.0, 0.25), (None, 1.0, S_MIN + (1 - S_MIN) * 0.5), (0.4, 0.5, 0.4)],
+)
+def test_disc_init_scale_sets_the_initial_glimpse_scale(init_scale, max_scale, expected):
+    model = SQAIR(_config(disc_init_scale=init_scale, max_glimpse_scale=max_scale))
     loc, _ = _apply(model, "disc_where", _init_one(model, "disc_where"), jnp.zeros((2, H)))
     transform = np.asarray(model.to_transform(loc))
     np.testing.assert_allclose(transform[:, :2], np.full((2, 2), expected), rtol=1e-5)
@@ -197,6 +218,9 @@ def test_disc_init_scale_sets_the_initial_glimpse_scale(init_scale, expected):
 def test_disc_init_scale_out_of_range_raises(bad):
     with pytest.raises(ValueError, match="disc_init_scale"):
         _config(disc_init_scale=bad)
+    # It must also lie below the largest glimpse scale.
+    with pytest.raises(ValueError, match="disc_init_scale"):
+        _config(disc_init_scale=0.4, max_glimpse_scale=0.3)
 
 
 # --- 5. disc_presence_logit_init -------------------------------------------------------------------------------------
