@@ -31,6 +31,8 @@ CLEAR-MOT). Counted per sequence, then summed over sequences:
     ``exchanges``: the identity it left is matched to another true object in the same frame (two tracks traded
     objects, e.g. where two digits cross); and ``swaps_near_overlap``: the true object's box overlapped another
     true object's in this frame or one of the ``OVERLAP_WINDOW`` frames before it (a swap where objects cross);
+* ``merged_misses``: misses whose true box lies at least ``MERGE_COVERAGE`` inside the window of an inferred object
+  matched to another true object in that frame — one object that paints two digits (AIR's merged-object mode);
 * ``redetections_at_t2`` / ``continuations_at_t2``: the same at frame index 1 (the "re-detected in the second frame"
   failure mode), ``redetections_late`` / ``continuations_late`` at frame indices ≥ 2.
 
@@ -63,7 +65,9 @@ from ocr_jax.diagnostics import log_marginal_chunked
 __all__ = [
     "AdditionMLP",
     "COUNT_KEYS",
+    "FAILURE_MODES",
     "FAILURE_THRESHOLDS",
+    "MERGE_COVERAGE",
     "PERIODIC_TRACKING_KEYS",
     "add_counts",
     "addition_experiment",
@@ -107,6 +111,7 @@ COUNT_KEYS = (
     "matched_tracks",
     "matches",
     "misses",
+    "merged_misses",
     "false_positives",
     "continuations",
     "switches",
@@ -132,6 +137,7 @@ PERIODIC_TRACKING_KEYS = (
     "switch_rate",
     "redetection_rate",
     "redetection_rate_at_t2",
+    "merged_miss_rate",
     "mota",
     "failure_mode",
 )
@@ -667,6 +673,10 @@ def tracking_counts(
             s = assign[j]
             if s < 0:
                 c["misses"] += 1
+                held = [
+                    box_coverage(true_boxes[t, j], boxes[t, assign[k]]) for k in range(D) if k != j and assign[k] >= 0
+                ]
+                c["merged_misses"] += int(any(h >= MERGE_COVERAGE for h in held))
                 continue
             c["matches"] += 1
             c["iou_sum"] += float(iou[t, j, s])
@@ -711,7 +721,8 @@ def summarise_tracking(counts: dict) -> dict[str, Any]:
     ``switches_per_track``, ``swaps_per_track``, ``redetections_per_track`` (per matched ground-truth track);
     ``exchange_rate`` (exchanges per continuation); ``swaps_near_overlap_fraction`` (of the swaps);
     ``switch_rate``, ``swap_rate``, ``redetection_rate`` (per continuation); ``redetection_rate_at_t2``
-    (= redetections_at_t2 / continuations_at_t2), ``redetection_rate_late`` (frames ≥ 2);
+    (= redetections_at_t2 / continuations_at_t2), ``redetection_rate_late`` (frames ≥ 2); ``merged_miss_rate``
+    (merged misses per true object-frame);
     ``recall`` = matches / num_true, ``precision`` = matches / num_inferred, ``mota`` = 1 − (misses +
     false_positives + switches) / num_true, ``motp`` = mean IoU of the matches; and ``failure_mode``
     (:func:`classify_failure_mode`).
@@ -730,6 +741,7 @@ def summarise_tracking(counts: dict) -> dict[str, Any]:
         redetection_rate=_ratio(c["redetections"], cont),
         redetection_rate_at_t2=_ratio(c["redetections_at_t2"], c["continuations_at_t2"]),
         redetection_rate_late=_ratio(c["redetections_late"], c["continuations_late"]),
+        merged_miss_rate=_ratio(c["merged_misses"], c["num_true"]),
         recall=_ratio(c["matches"], c["num_true"]),
         precision=_ratio(c["matches"], c["num_inferred"]),
         mota=(1.0 - (c["misses"] + c["false_positives"] + c["switches"]) / c["num_true"]) if c["num_true"] else None,
@@ -776,8 +788,12 @@ def tracking_match_options(eval_config) -> dict[str, Any]:
     return dict(iou_threshold=float(eval_config.tracking_iou_threshold), coverage_threshold=coverage)
 
 
-# Thresholds of classify_failure_mode (fractions of the relevant continuations).
-FAILURE_THRESHOLDS = dict(disc_only=0.5, redetects_at_t2=0.5, switches=0.1)
+# Thresholds of classify_failure_mode (fractions of the relevant continuations; merges: of the true object-frames).
+FAILURE_THRESHOLDS = dict(disc_only=0.5, redetects_at_t2=0.5, merges=0.1, switches=0.1)
+# Every label classify_failure_mode gives, in the order its rules are tried.
+FAILURE_MODES = ("no_matches", "disc_only", "redetects_at_t2", "merges", "switches", "tracks")
+# A missed true object this much inside the window of an object matched to another true object is a merged miss.
+MERGE_COVERAGE = 0.5
 
 
 def classify_failure_mode(summary: dict) -> str:
@@ -788,6 +804,8 @@ def classify_failure_mode(summary: dict) -> str:
       sequences have only 2): the objects are re-discovered in most frames instead of propagated;
     * ``"redetects_at_t2"``: at least half of the objects matched in frames 0 and 1 are re-detected at frame 1 (the
       §5.G failure mode: the first frame's discoveries are dropped and re-discovered once);
+    * ``"merges"``: at least 10% of the true object-frames are merged misses (one window holds two digits and
+      counts one: the second digit is never kept apart);
     * ``"switches"``: identity switches (swaps or re-detections) in at least 10% of the continuations;
     * ``"tracks"``: otherwise.
     """
@@ -804,6 +822,8 @@ def classify_failure_mode(summary: dict) -> str:
         summary["redetections_at_t2"] / summary["continuations_at_t2"] >= th["redetects_at_t2"]
     ):
         return "redetects_at_t2"
+    if summary["num_true"] and summary["merged_misses"] / summary["num_true"] >= th["merges"]:
+        return "merges"
     if summary["switches"] / summary["continuations"] >= th["switches"]:
         return "switches"
     return "tracks"
