@@ -12,6 +12,13 @@ object (the one worth least) when they hold more objects than digits; and how sa
 frame 1's presence path). This is how the spare-object failure mode was traced.
 
     python -m experiments.sqair_diagnose --workdir=runs/sqair_discpen --frames=5 --sequences=40 --particles=10 --worth
+
+With ``--merges``: on the first ``--sequences`` test sequences (``--frames`` frames), the first frames with two
+digits — how many objects the best particle reads, how often a lone object's window holds at least half of both
+digits, the median window height — and the tracking summary's merged misses and failure-mode label. This is how
+seed 2's `merges` mode was traced (docs/results.md, issue #13).
+
+    python -m experiments.sqair_diagnose --workdir=runs/sqair_offcanvas_seed2 --sequences=200 --frames=3 --merges
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from absl import app, flags
 
 from ocr_jax import api, cli
 from ocr_jax.data import to_unit_float
+from ocr_jax.evaluation import sqair as sqair_eval
 from ocr_jax.tasks.sqair import load_sequences
 
 
@@ -92,10 +100,57 @@ def spare_summary(result: dict[str, np.ndarray], num_digits: int) -> dict:
     return summary
 
 
-def diagnose(workdir: str, *, frames: int = 2, sequences: int = 64, particles: int = 5, worth: bool = False) -> dict:
+def merged_windows(run: api.Run, *, sequences: int = 200, frames: int = 10, particles: int = 5) -> dict:
+    """The merged-object anatomy of a run on its first ``sequences`` test sequences cut to ``frames`` frames (best of
+    ``particles``, chosen on those frames): for the
+    first frames with two digits, ``objects_read`` (how many of them are read as 0, 1, 2, 3+ objects),
+    ``lone_window_holds_both`` (of the frames read as one object, the fraction whose window holds at least
+    ``MERGE_COVERAGE`` of both digits' tight boxes), ``window_height_median_px`` (over present objects); and the
+    tracking summary's ``merged_misses``, ``misses``, ``num_true``, ``merged_miss_rate`` and ``failure_mode``."""
+    data = run.task.test_data
+    n = min(sequences, len(data["frames"]))
+    out = api.infer_sequences(run, data["frames"][:n, :frames], key=0, num_particles=particles)
+    true_boxes, true_presence = data["boxes"][:n, :frames], data["presence"][:n, :frames] > 0
+    two = true_presence[:, 0].sum(-1) == 2
+    boxes, presence = out["boxes"][two, 0], out["presence"][two, 0]  # [m, slots, ...]
+    counts = presence.sum(-1)
+    cover = sqair_eval.box_coverage(true_boxes[two, 0][:, :, None], boxes[:, None])  # [m, true, slots]
+    holds_both = ((cover >= sqair_eval.MERGE_COVERAGE) & presence[:, None]).all(1).any(-1)
+    heights = (boxes[..., 2] - boxes[..., 0])[presence]
+    tracking = sqair_eval.tracking_errors(
+        true_boxes,
+        true_presence,
+        out["boxes"],
+        out["presence"],
+        out["ids"],
+        **sqair_eval.tracking_match_options(run.task.config.eval),
+    )
+    return dict(
+        step=run.step,
+        two_digit_first_frames=int(two.sum()),
+        objects_read=np.bincount(np.minimum(counts, 3), minlength=4).tolist(),
+        lone_window_holds_both=float(holds_both[counts == 1].mean()) if (counts == 1).any() else None,
+        window_height_median_px=float(np.median(heights)) if heights.size else None,
+        **{k: tracking[k] for k in ("merged_misses", "misses", "num_true", "merged_miss_rate", "failure_mode")},
+    )
+
+
+def diagnose(
+    workdir: str,
+    *,
+    frames: int = 2,
+    sequences: int = 64,
+    particles: int = 5,
+    worth: bool = False,
+    merges: bool = False,
+    step: int | None = None,
+) -> dict:
     """What the command line prints, as a dict: :func:`frame_terms` (with the true counts) on the first ``sequences``
-    test sequences cut to ``frames`` frames, or with ``worth`` :func:`spare_summary` on one- and two-digit ones."""
-    run = api.load_run(workdir)
+    test sequences cut to ``frames`` frames, with ``worth`` :func:`spare_summary` on one- and two-digit ones, or with
+    ``merges`` :func:`merged_windows`; at checkpoint ``step`` (the latest if None)."""
+    run = api.load_run(workdir, step=step)
+    if merges:
+        return merged_windows(run, sequences=sequences, frames=frames, particles=particles)
     cfg = run.task.config
     if worth:
         data = run.task.test_data
@@ -122,6 +177,8 @@ def main(argv):
         sequences=_SEQUENCES.value,
         particles=_PARTICLES.value,
         worth=_WORTH.value,
+        merges=_MERGES.value,
+        step=_STEP.value,
     )
     print(json.dumps(result, indent=1))
 
@@ -133,4 +190,6 @@ if __name__ == "__main__":
     _SEQUENCES = flags.DEFINE_integer("sequences", 64, "test sequences (with --worth: of each digit count)")
     _PARTICLES = flags.DEFINE_integer("particles", 5, "particles per sequence")
     _WORTH = flags.DEFINE_bool("worth", False, "what each object found in frame 1 is worth (see above)")
+    _MERGES = flags.DEFINE_bool("merges", False, "one window over two digits: the merged-object anatomy (see above)")
+    _STEP = flags.DEFINE_integer("step", None, "checkpoint to load (default: the latest)")
     app.run(main)
