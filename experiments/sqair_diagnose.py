@@ -102,22 +102,21 @@ def spare_summary(result: dict[str, np.ndarray], num_digits: int) -> dict:
 
 def merged_windows(run: api.Run, *, sequences: int = 200, frames: int = 10, particles: int = 5) -> dict:
     """The merged-object anatomy of a run on its first ``sequences`` test sequences cut to ``frames`` frames (best of
-    ``particles``, chosen on those frames): for the
-    first frames with two digits, ``objects_read`` (how many of them are read as 0, 1, 2, 3+ objects in view),
-    ``lone_window_holds_both`` (of the frames read as one object, the fraction whose window holds at least
-    ``MERGE_COVERAGE`` of both digits' tight boxes), ``window_height_median_px`` (over present objects); and the
-    tracking summary's ``merged_misses``, ``misses``, ``num_true``, ``merged_miss_rate`` and ``failure_mode``."""
+    ``particles``, chosen on those frames). For the first frames with two digits, counting objects in view as the
+    visible count does: ``objects_read`` (how many frames are read as 0, 1, 2, 3+ objects), ``lone_window_holds_both``
+    (of the frames read as one object, the fraction whose window holds at least ``MERGE_COVERAGE`` of both digits'
+    tight boxes), ``window_height_median_px`` (over those objects); and over all frames the tracking summary's
+    ``merged_misses``, ``misses``, ``num_true``, ``merged_miss_rate`` and ``failure_mode``."""
     data = run.task.test_data
     n = min(sequences, len(data["frames"]))
     out = api.infer_sequences(run, data["frames"][:n, :frames], key=0, num_particles=particles)
     true_boxes, true_presence = data["boxes"][:n, :frames], data["presence"][:n, :frames] > 0
     two = true_presence[:, 0].sum(-1) == 2
-    # objects in view, as the visible count reads them
-    boxes, presence = out["boxes"][two, 0], out["visible"][two, 0]  # [m, slots, ...]
-    counts = presence.sum(-1)
+    boxes, in_view = out["boxes"][two, 0], out["visible"][two, 0]  # [m, slots, ...]
+    counts = in_view.sum(-1)
     cover = sqair_eval.box_coverage(true_boxes[two, 0][:, :, None], boxes[:, None])  # [m, true, slots]
-    holds_both = ((cover >= sqair_eval.MERGE_COVERAGE) & presence[:, None]).all(1).any(-1)
-    heights = (boxes[..., 2] - boxes[..., 0])[presence]
+    holds_both = ((cover >= sqair_eval.MERGE_COVERAGE) & in_view[:, None]).all(1).any(-1)
+    heights = (boxes[..., 2] - boxes[..., 0])[in_view]
     tracking = sqair_eval.tracking_errors(
         true_boxes,
         true_presence,
