@@ -262,8 +262,8 @@ def infer_sequences(
         (not tight boxes; module docstring);
       ``ids [B, T, N]`` int32: object identities, stable across frames while an object is tracked, −1 where absent;
       ``presence [B, T, N]`` bool; ``visible [B, T, N]`` bool: present and in view
-        (``ocr_jax.evaluation.sqair.visible_objects``, the run's ``eval.visible_min_fraction`` of the glimpse window
-        on the canvas);
+        (``ocr_jax.evaluation.sqair.visible_objects``: the run's ``eval.visible_min_fraction`` of the glimpse window
+        on the canvas and, where ``eval.visible_min_ink`` > 0, a brightest drawn pixel on it of at least that);
       ``z_what [B, T, N, D]``; ``z_where [B, T, N, 4]`` (spatial-transformer parameters (s_x, s_y, t_x, t_y),
         ocr_jax.spatial_transformer convention; boxes are ``z_where_to_box`` of it); ``z_where_raw [B, T, N, 4]``: the
         Gaussian latent ẑ_where, ``z_where = model.to_transform(z_where_raw)``: the latents, meaningful where present;
@@ -299,7 +299,7 @@ def infer_sequences(
     z_where = np.asarray(run.model.to_transform(jnp.asarray(out["z_where_raw"])))
     task = _task_of(run)
     boxes = np.asarray(sqair_eval.boxes_of(task, z_where), np.float32)
-    visible = sqair_eval.task_visible_objects(task, boxes, presence)
+    visible = sqair_eval.task_visible_objects(task, run.params, out["z_what"], out["z_where_raw"], presence)
     return dict(
         counts=visible.sum(-1).astype(np.int32),
         present_counts=presence.sum(-1).astype(np.int32),

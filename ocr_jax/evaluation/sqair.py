@@ -151,7 +151,8 @@ def eval_functions(task) -> tuple[Callable, Callable]:
     """Jitted ``infer(params, frames, key, disc_later_presence_bias, posterior_means=False)`` with
     ``eval.num_particles`` particles (``posterior_means`` static: ``SQAIR.infer``'s) and
     ``log_marginal(params, frames, key)`` (IWAE with ``eval.log_marginal_particles``, chunked) for ``task.model``;
-    frames uint8 (``to_unit_float``) or float. Built once per task."""
+    frames uint8 (``to_unit_float``) or float; and ``object_ink(params, z_what, z_where)`` (``SQAIR.object_ink``).
+    Built once per task."""
     if task not in _EVAL_FUNCTIONS:
         model, ev = task.model, task.config.eval
 
@@ -169,7 +170,7 @@ def eval_functions(task) -> tuple[Callable, Callable]:
 
             return log_marginal_chunked(log_weight_fn, k, ev.log_marginal_particles, ev.log_marginal_chunk)
 
-        _EVAL_FUNCTIONS[task] = (infer, log_marginal)
+        _EVAL_FUNCTIONS[task] = (infer, log_marginal, jax.jit(model.object_ink))
     return _EVAL_FUNCTIONS[task]
 
 
@@ -196,31 +197,72 @@ def boxes_of_raw(task, z_where_raw) -> np.ndarray:
 # (``shift_bound = 1``) a glimpse's centre never leaves the canvas, so at least a quarter of every window is on it
 # and every present object is in view.
 VISIBLE_MIN_FRACTION = 0.1
+# ... and (eval config ``visible_min_ink``) when the brightest pixel it draws on the canvas (``SQAIR.object_ink``) is at
+# least this; 0 (the default, and that of runs saved before the field) leaves the window rule alone.
+VISIBLE_MIN_INK = 0.0
 
 
 def visible_objects(
-    boxes: np.ndarray, presence: np.ndarray, image_shape: Sequence[int], min_fraction: float = VISIBLE_MIN_FRACTION
+    boxes: np.ndarray,
+    presence: np.ndarray,
+    image_shape: Sequence[int],
+    min_fraction: float = VISIBLE_MIN_FRACTION,
+    *,
+    ink: np.ndarray | None = None,
+    min_ink: float = VISIBLE_MIN_INK,
 ) -> np.ndarray:
-    """``[..., slots]`` bool: the present objects in view — ``presence [..., slots]`` and at least ``min_fraction``
-    of the glimpse window ``boxes [..., slots, 4]`` (pixel edges) on the ``image_shape = (H, W)`` canvas.
+    """``[..., slots]`` bool: the present objects in view — ``presence [..., slots]``, at least ``min_fraction``
+    of the glimpse window ``boxes [..., slots, 4]`` (pixel edges) on the ``(H, W) = image_shape`` canvas, and, when
+    ``min_ink > 0``, a brightest drawn pixel ``ink [..., slots]`` (``SQAIR.object_ink``) of at least ``min_ink``.
 
     The visible count of a frame is the number of these; the number of present objects (in view or not) is what the
     official per-sequence label counts: a model may hold an object whose digit has left the frame wholly
-    (``shift_bound > 1``) and draw it again when the digit comes back."""
+    (``shift_bound > 1``) and draw it again when the digit comes back. Held at the edge, such an object can keep a
+    good part of its window on the canvas while drawing nothing there: the ink tells the two apart."""
     if not 0.0 <= min_fraction <= 1.0:
         raise ValueError(f"min_fraction must be in [0, 1]; got {min_fraction!r}")
+    if not 0.0 <= min_ink <= 1.0:
+        raise ValueError(f"min_ink must be in [0, 1] (the decoder draws intensities in (0, 1)); got {min_ink!r}")
     boxes = np.asarray(boxes, np.float64)
     presence = np.asarray(presence).astype(bool)
     if boxes.shape != (*presence.shape, 4):
         raise ValueError(f"boxes {boxes.shape} must be presence's shape {presence.shape} plus (4,)")
-    return presence & (window_fraction_on_canvas(boxes, image_shape) >= min_fraction)
+    visible = presence & (window_fraction_on_canvas(boxes, image_shape) >= min_fraction)
+    if min_ink > 0.0:
+        if ink is None:
+            raise ValueError(f"min_ink = {min_ink} needs the objects' ink (SQAIR.object_ink); got ink=None")
+        ink = np.asarray(ink)
+        if ink.shape != presence.shape:
+            raise ValueError(f"ink {ink.shape} must have presence's shape {presence.shape}")
+        visible &= ink >= min_ink
+    return visible
 
 
-def task_visible_objects(task, boxes: np.ndarray, presence: np.ndarray) -> np.ndarray:
-    """:func:`visible_objects` with ``task``'s canvas and ``eval.visible_min_fraction`` (runs saved before the field
-    existed: :data:`VISIBLE_MIN_FRACTION`)."""
-    min_fraction = task.config.eval.get("visible_min_fraction", VISIBLE_MIN_FRACTION)
-    return visible_objects(boxes, presence, task.model.config.image_shape, min_fraction)
+# Sequences per call of the jitted ink: its [chunk, T, slots, H, W] pasted glimpses stay below ~50 MB.
+_INK_CHUNK = 64
+
+
+def task_visible_objects(task, params, z_what: np.ndarray, z_where_raw: np.ndarray, presence: np.ndarray) -> np.ndarray:
+    """:func:`visible_objects` of a SQAIR task's outputs — ``z_what [..., slots, D]``, ``z_where_raw [..., slots, 4]``
+    (the Gaussian latent) and ``presence [..., slots]`` — with its canvas and its ``eval.visible_min_fraction`` and
+    ``eval.visible_min_ink`` (runs saved before these fields: :data:`VISIBLE_MIN_FRACTION`, :data:`VISIBLE_MIN_INK`).
+    The ink (``SQAIR.object_ink`` with ``params``) is computed only when the rule reads it, in chunks along the first
+    axis."""
+    ev = task.config.eval
+    min_fraction = ev.get("visible_min_fraction", VISIBLE_MIN_FRACTION)
+    min_ink = ev.get("visible_min_ink", VISIBLE_MIN_INK)
+    boxes = boxes_of_raw(task, z_where_raw)
+    ink = None
+    if min_ink > 0.0:
+        object_ink = eval_functions(task)[2]
+        z_where = task.model.to_transform(jnp.asarray(z_where_raw))
+        ink = np.concatenate(
+            [
+                np.asarray(object_ink(params, jnp.asarray(z_what[s : s + _INK_CHUNK]), z_where[s : s + _INK_CHUNK]))
+                for s in range(0, max(len(z_what), 1), _INK_CHUNK)
+            ]
+        ).reshape(np.shape(presence))
+    return visible_objects(boxes, presence, task.model.config.image_shape, min_fraction, ink=ink, min_ink=min_ink)
 
 
 def window_fraction_on_canvas(boxes: np.ndarray, image_shape: Sequence[int]) -> np.ndarray:
@@ -394,7 +436,7 @@ def evaluate_sqair(
         num = len(log_w)
         present = pick(out["z_pres"]) > 0.5  # [B, T, N]
         boxes = boxes_of_raw(task, pick(out["z_where_raw"]))
-        visible = task_visible_objects(task, boxes, present)
+        visible = task_visible_objects(task, params, pick(out["z_what"]), pick(out["z_where_raw"]), present)
         counts = visible.sum(-1).astype(np.int64)  # [B, T]: objects in view, against the visible digits
         true = np.minimum(data["counts"][start : start + num], max_count)
         np.add.at(confusion, (true.ravel(), counts.ravel()), 1)
@@ -1110,7 +1152,9 @@ def best_particle_outputs(
     parts = {k: [] for k in ("z_what", "z_pres", "ids", "boxes")}
     for _, out, pick in inference_batches(task, params, frames, key, posterior_means):
         boxes = boxes_of_raw(task, pick(out["z_where_raw"]))
-        visible = task_visible_objects(task, boxes, pick(out["z_pres"]) > 0.5)
+        visible = task_visible_objects(
+            task, params, pick(out["z_what"]), pick(out["z_where_raw"]), pick(out["z_pres"]) > 0.5
+        )
         parts["z_what"].append(pick(out["z_what"]))
         parts["z_pres"].append(visible.astype(np.float32))
         parts["ids"].append(pick(out["ids"]).astype(np.int64))

@@ -83,7 +83,7 @@ import numpy as np
 from ocr_jax import validation
 from ocr_jax.distributions import diag_normal_log_prob, truncated_categorical
 from ocr_jax.models import modules
-from ocr_jax.spatial_transformer import composite_glimpses, extract_glimpse
+from ocr_jax.spatial_transformer import composite_glimpses, extract_glimpse, paste_glimpse
 
 __all__ = [
     "SQAIRConfig",
@@ -817,6 +817,18 @@ class SQAIR:
         outputs' ``z_where_raw``)."""
         glimpses = self._generative(params, SQAIRGenerative.decode, z_what)
         return composite_glimpses(glimpses, self.to_transform(z_where), z_pres, self.config.image_shape)
+
+    def object_ink(self, params, z_what, z_where):
+        """The brightest pixel each object draws on the canvas: ``[...] = max_{y,x} ST^{-1}(f^dec(z_what),
+        z_where)[y, x]`` for ``z_what [..., D]`` and the spatial-transformer ``z_where [..., 4]`` (the outputs'
+        ``z_where``, not ``z_where_raw``), in [0, 1); presence is not applied.
+
+        One term of Algorithm 1's canvas sum on its own. An object whose window the model holds at the canvas edge
+        while its digit is outside (``shift_bound > 1``) may keep part of the window on the canvas yet draw nothing
+        there; this is what tells it from an object whose digit shows a sliver (``eval.visible_min_ink``,
+        ``ocr_jax.evaluation.sqair.visible_objects``)."""
+        glimpses = self._generative(params, SQAIRGenerative.decode, z_what)
+        return jnp.max(paste_glimpse(glimpses, z_where, self.config.image_shape), axis=(-2, -1))
 
     def to_transform(self, z_where_raw):
         """The Gaussian latent ``z_where_raw [..., 4]`` -> the spatial-transformer ``z_where [..., 4]`` (s_x, s_y, t_x,

@@ -102,6 +102,9 @@ def default_task_config() -> ml_collections.ConfigDict:
                     # a present object counts as visible when this fraction of its glimpse window is on the canvas
                     # (ocr_jax.evaluation.sqair.visible_objects); the official label counts every present object
                     visible_min_fraction=0.1,
+                    # ... and, when > 0, when the brightest pixel it draws on the canvas is at least this
+                    # (SQAIR.object_ink): an object held at the edge while its digit is outside draws nothing there
+                    visible_min_ink=0.0,
                     # during training: tracking on the periodic_sequences as well
                     periodic_tracking=True,
                     # tracking (periodic and experiments/sqair_report.py): an inferred glimpse window and a true

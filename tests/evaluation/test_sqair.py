@@ -319,6 +319,58 @@ def test_visible_objects_counts_present_windows_on_the_canvas():
         se.visible_objects(boxes[:4], presence, (10, 10))
 
 
+def test_visible_objects_with_an_ink_rule_drops_windows_that_draw_nothing_on_the_canvas():
+    """The window rule and the ink rule together: an object is in view only if both hold; min_ink = 0 ignores the
+    ink (and needs none)."""
+    boxes = np.array([[0.0, 0.0, 10.0, 10.0], [8.0, 0.0, 18.0, 10.0], [8.0, 0.0, 18.0, 10.0], [9.5, 0.0, 19.5, 10.0]])
+    presence = np.ones(4, bool)
+    ink = np.array([0.9, 0.02, 0.6, 0.9])  # a digit; a window held at the edge; a sliver; a 5 % window
+    np.testing.assert_array_equal(se.visible_objects(boxes, presence, (10, 10), ink=ink, min_ink=0.0), [1, 1, 1, 0])
+    np.testing.assert_array_equal(se.visible_objects(boxes, presence, (10, 10)), [1, 1, 1, 0])
+    np.testing.assert_array_equal(se.visible_objects(boxes, presence, (10, 10), ink=ink, min_ink=0.1), [1, 0, 1, 0])
+    np.testing.assert_array_equal(
+        se.visible_objects(boxes, np.array([1, 1, 0, 1], bool), (10, 10), 0.0, ink=ink, min_ink=0.5), [1, 0, 0, 1]
+    )
+    with pytest.raises(ValueError, match="needs the objects' ink"):
+        se.visible_objects(boxes, presence, (10, 10), min_ink=0.1)
+    with pytest.raises(ValueError, match="min_ink"):
+        se.visible_objects(boxes, presence, (10, 10), ink=ink, min_ink=1.5)
+    with pytest.raises(ValueError, match="ink"):
+        se.visible_objects(boxes, presence, (10, 10), ink=ink[:3], min_ink=0.1)
+
+
+def test_task_visible_objects_reads_the_ink_rule_of_the_eval_config():
+    """On an untrained quick SQAIR: with eval.visible_min_ink = 0 the visible objects are the window rule's; with a
+    threshold they are those whose SQAIR.object_ink (checked here against one object's pasted glimpse) reaches it."""
+    from ocr_jax import spatial_transformer as st
+    from ocr_jax.configs import sqair_mnist
+    from ocr_jax.models.sqair import SQAIRGenerative
+    from ocr_jax.tasks import sqair as sqair_task
+
+    config = sqair_mnist.get_config("quick")
+    task = sqair_task.SQAIRTask(config.task_config)
+    model = task.model
+    params = jax.jit(model.init)(jax.random.key(0))
+    rng = np.random.default_rng(0)
+    n, T, N, D = 3, 2, model.config.max_objects, model.config.z_what_dim
+    z_what = rng.normal(size=(n, T, N, D)).astype(np.float32)
+    z_where_raw = rng.normal(0.0, 2.0, size=(n, T, N, 4)).astype(np.float32)
+    presence = rng.random((n, T, N)) < 0.8
+    window_rule = se.visible_objects(se.boxes_of_raw(task, z_where_raw), presence, model.config.image_shape)
+    np.testing.assert_array_equal(se.task_visible_objects(task, params, z_what, z_where_raw, presence), window_rule)
+
+    ink = np.asarray(model.object_ink(params, z_what, model.to_transform(z_where_raw)))
+    glimpse = model._generative(params, SQAIRGenerative.decode, z_what[1, 0, N - 1])
+    pasted = st.paste_glimpse(glimpse, model.to_transform(z_where_raw[1, 0, N - 1]), model.config.image_shape)
+    np.testing.assert_allclose(ink[1, 0, N - 1], np.max(np.asarray(pasted)), rtol=1e-5)
+    assert ink.shape == (n, T, N) and np.all((ink >= 0) & (ink < 1))
+    threshold = float(np.median(ink))
+    task.config.eval.visible_min_ink = threshold
+    np.testing.assert_array_equal(
+        se.task_visible_objects(task, params, z_what, z_where_raw, presence), window_rule & (ink >= threshold)
+    )
+
+
 def test_under_the_official_shift_map_every_present_object_is_in_view():
     """shift_bound = 1: a glimpse's centre stays on the canvas, so the visible count is the present count (the
     readout changes nothing for such models), whatever the raw shift; with shift_bound = 3 a large shift is out."""
