@@ -19,6 +19,15 @@ digits, the median window height — and the tracking summary's merged misses an
 seed 2's `merges` mode was traced (docs/results.md, issue #13).
 
     python -m experiments.sqair_diagnose --workdir=runs/sqair_offcanvas_seed2 --sequences=200 --frames=3 --merges
+
+With ``--edges``: the visible count by how much of the frame's least visible digit is on the canvas (``EDGE_CLASSES``:
+one wholly outside, a sliver of less than a quarter of it in view, partly in view, all in view), under the run's own
+rule of what is in view and under the window rule with ink thresholds (``eval.visible_min_ink``,
+``SQAIR.object_ink``), and the ink of the present objects in each class. ``--split=train --data_seed=S`` reads new
+sequences of training digits, so that a threshold is chosen without the test split.
+
+    python -m experiments.sqair_diagnose --workdir=runs/sqair_maxscale_seed0 --sequences=200 --frames=10 --edges \
+        --split=train --data_seed=12345
 """
 
 from __future__ import annotations
@@ -135,6 +144,86 @@ def merged_windows(run: api.Run, *, sequences: int = 200, frames: int = 10, part
     )
 
 
+# The classes of --edges, by the frame's least visible digit: one wholly outside (the visible count is below the
+# sequence's), one with less than EDGE_SLIVER of its tight box in view, one partly in view, every digit wholly in view.
+EDGE_CLASSES = ("wholly_outside", "sliver", "partly_in_view", "all_in_view")
+EDGE_SLIVER = 0.25
+EDGE_INK_THRESHOLDS = (0.1, 0.2, 0.3, 0.5)
+_PER_FRAME = ("frames", "counts", "presence", "boxes", "full_boxes")  # the data's [n, T, ...] fields --edges reads
+
+
+def edge_classes(data: dict[str, np.ndarray]) -> np.ndarray:
+    """``[n, T]`` int: the index in :data:`EDGE_CLASSES` of every frame of moving multi-MNIST ``data`` (``counts [n,
+    T]``, ``sequence_counts [n]``, ``presence [n, T, k]``, ``boxes`` (the visible part) and ``full_boxes [n, T, k,
+    4]``); a frame with no digit is ``all_in_view``."""
+    visible_area = sqair_eval.box_area(data["boxes"])
+    full_area = sqair_eval.box_area(data["full_boxes"])
+    shown = np.where(data["presence"] > 0, visible_area / np.maximum(full_area, 1e-9), 1.0)  # [n, T, k]
+    least = shown.min(-1)
+    classes = np.full(least.shape, 3)
+    classes[least < 1.0 - 1e-6] = 2
+    classes[least < EDGE_SLIVER] = 1
+    classes[data["counts"] < data["sequence_counts"][:, None]] = 0
+    return classes
+
+
+def edge_counts(
+    run: api.Run,
+    *,
+    sequences: int = 200,
+    frames: int = 10,
+    particles: int = 5,
+    split: str = "test",
+    data_seed: int | None = None,
+) -> dict:
+    """The visible count near the canvas edge (module docstring, ``--edges``) on ``sequences`` sequences cut to
+    ``frames`` frames: the run's test split (``split="test"``, ``data_seed`` None) or new ones of ``split``'s digits
+    with generator seed ``data_seed``. Returns per class of :func:`edge_classes` its ``frames`` and ``ink_quantiles``
+    (5/10/25/50/75/90 % of the present objects' ``SQAIR.object_ink``), and ``count_accuracy`` per class (``all``
+    too) under ``"run"`` (the run's own ``eval`` rule, as ``api.infer_sequences``) and ``"ink_<τ>"`` (window rule
+    and ink ≥ τ, for τ in :data:`EDGE_INK_THRESHOLDS`)."""
+    cfg = run.task.config
+    if data_seed is None:
+        if split != "test":
+            raise ValueError("--split=train needs --data_seed (a generator seed for new sequences)")
+        data = {k: v[:sequences] for k, v in run.task.test_data.items()}
+    else:
+        data = load_sequences(cfg, split, sequences, data_seed)
+    data = {k: (data[k][:, :frames] if k in _PER_FRAME else data[k]) for k in (*_PER_FRAME, "sequence_counts")}
+    out = api.infer_sequences(run, data["frames"], key=0, num_particles=particles)
+    object_ink = jax.jit(run.model.object_ink)
+    ink = np.concatenate(
+        [
+            np.asarray(object_ink(run.params, jnp.asarray(out["z_what"][s : s + 64]), out["z_where"][s : s + 64]))
+            for s in range(0, len(out["z_what"]), 64)
+        ]
+    )
+    classes = edge_classes(data)
+    window = sqair_eval.visible_objects(
+        out["boxes"], out["presence"], run.model.config.image_shape, cfg.eval.visible_min_fraction
+    )
+    rules = {"run": out["visible"], **{f"ink_{tau}": window & (ink >= tau) for tau in EDGE_INK_THRESHOLDS}}
+
+    def accuracy(visible):
+        right = visible.sum(-1) == data["counts"]
+        per_class = {
+            name: float(right[classes == i].mean()) if (classes == i).any() else None
+            for i, name in enumerate(EDGE_CLASSES)
+        }
+        return dict(all=float(right.mean()), **per_class)
+
+    quantiles = (5, 10, 25, 50, 75, 90)
+    result = dict(step=run.step, split=split, data_seed=data_seed, sequences=len(data["frames"]), frames=frames)
+    for i, name in enumerate(EDGE_CLASSES):
+        present_ink = ink[out["presence"] & (classes == i)[..., None]]
+        result[name] = dict(
+            frames=int((classes == i).sum()),
+            ink_quantiles=np.percentile(present_ink, quantiles).round(3).tolist() if present_ink.size else None,
+        )
+    result["count_accuracy"] = {rule: accuracy(visible) for rule, visible in rules.items()}
+    return result
+
+
 def diagnose(
     workdir: str,
     *,
@@ -143,14 +232,22 @@ def diagnose(
     particles: int = 5,
     worth: bool = False,
     merges: bool = False,
+    edges: bool = False,
+    split: str = "test",
+    data_seed: int | None = None,
     step: int | None = None,
 ) -> dict:
     """What the command line prints, as a dict: :func:`frame_terms` (with the true counts) on the first ``sequences``
-    test sequences cut to ``frames`` frames, with ``worth`` :func:`spare_summary` on one- and two-digit ones, or with
-    ``merges`` :func:`merged_windows`; at checkpoint ``step`` (the latest if None)."""
+    test sequences cut to ``frames`` frames, with ``worth`` :func:`spare_summary` on one- and two-digit ones, with
+    ``merges`` :func:`merged_windows`, or with ``edges`` :func:`edge_counts` (on ``split`` / ``data_seed``); at
+    checkpoint ``step`` (the latest if None)."""
     run = api.load_run(workdir, step=step)
     if merges:
         return merged_windows(run, sequences=sequences, frames=frames, particles=particles)
+    if edges:
+        return edge_counts(
+            run, sequences=sequences, frames=frames, particles=particles, split=split, data_seed=data_seed
+        )
     cfg = run.task.config
     if worth:
         data = run.task.test_data
@@ -178,6 +275,9 @@ def main(argv):
         particles=_PARTICLES.value,
         worth=_WORTH.value,
         merges=_MERGES.value,
+        edges=_EDGES.value,
+        split=_SPLIT.value,
+        data_seed=_DATA_SEED.value,
         step=_STEP.value,
     )
     print(json.dumps(result, indent=1))
@@ -191,5 +291,8 @@ if __name__ == "__main__":
     _PARTICLES = flags.DEFINE_integer("particles", 5, "particles per sequence")
     _WORTH = flags.DEFINE_bool("worth", False, "what each object found in frame 1 is worth (see above)")
     _MERGES = flags.DEFINE_bool("merges", False, "one window over two digits: the merged-object anatomy (see above)")
+    _EDGES = flags.DEFINE_bool("edges", False, "the visible count near the canvas edge, by rule (see above)")
+    _SPLIT = flags.DEFINE_enum("split", "test", ["test", "train"], "--edges: whose digits the sequences use")
+    _DATA_SEED = flags.DEFINE_integer("data_seed", None, "--edges: new sequences with this generator seed")
     _STEP = flags.DEFINE_integer("step", None, "checkpoint to load (default: the latest)")
     app.run(main)

@@ -40,3 +40,40 @@ def test_object_worth_is_the_likelihood_an_identity_adds():
     summary = spare_summary(result, num_digits=1)
     assert summary["particles_with_a_spare"] == 1.0 and summary["particles_with_3_objects_in_frame_1"] == 1.0
     assert len(summary["spare_worth_per_frame_median"]) == frames.shape[1]
+
+
+def test_edge_classes_name_each_frame_by_its_least_visible_digit():
+    """Four one-frame sequences of two 10x10 digits on a 50-px canvas: both inside; one with 4 of its 10 columns in
+    view; one with 2 (a sliver); one wholly outside (the visible count below the sequence's); and a one-digit frame."""
+    from experiments.sqair_diagnose import EDGE_CLASSES, edge_classes
+
+    full = np.array(
+        [
+            [[5, 5, 15, 15], [20, 20, 30, 30]],
+            [[5, 5, 15, 15], [20, 44, 30, 54]],
+            [[5, 5, 15, 15], [20, 48, 30, 58]],
+            [[5, 5, 15, 15], [20, 50, 30, 60]],
+            [[5, 5, 15, 15], [0, 0, 0, 0]],
+        ],
+        np.float32,
+    )[:, None]  # [n, T = 1, k = 2, 4]
+    visible = full.copy()
+    visible[..., 3] = np.minimum(visible[..., 3], 50)
+    presence = visible[..., 3] > visible[..., 1]
+    visible[~presence] = 0
+    data = dict(
+        boxes=visible,
+        full_boxes=full,
+        presence=presence,
+        counts=presence.sum(-1),
+        sequence_counts=np.array([2, 2, 2, 2, 1]),
+    )
+    classes = edge_classes(data)
+    assert classes.shape == (5, 1)
+    assert [EDGE_CLASSES[c] for c in classes[:, 0]] == [
+        "all_in_view",
+        "partly_in_view",
+        "sliver",
+        "wholly_outside",
+        "all_in_view",
+    ]
