@@ -191,13 +191,7 @@ def edge_counts(
         data = load_sequences(cfg, split, sequences, data_seed)
     data = {k: (data[k][:, :frames] if k in _PER_FRAME else data[k]) for k in (*_PER_FRAME, "sequence_counts")}
     out = api.infer_sequences(run, data["frames"], key=0, num_particles=particles)
-    object_ink = jax.jit(run.model.object_ink)
-    ink = np.concatenate(
-        [
-            np.asarray(object_ink(run.params, jnp.asarray(out["z_what"][s : s + 64]), out["z_where"][s : s + 64]))
-            for s in range(0, len(out["z_what"]), 64)
-        ]
-    )
+    ink = sqair_eval.task_object_ink(run.task, run.params, out["z_what"], out["z_where_raw"])
     classes = edge_classes(data)
     window = sqair_eval.visible_objects(
         out["boxes"], out["presence"], run.model.config.image_shape, cfg.eval.visible_min_fraction

@@ -96,6 +96,7 @@ __all__ = [
     "tracking_errors",
     "tracking_match_options",
     "train_addition_classifier",
+    "task_object_ink",
     "task_visible_objects",
     "two_digit_overlap",
     "visible_objects",
@@ -147,7 +148,7 @@ PERIODIC_TRACKING_KEYS = (
 _EVAL_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def eval_functions(task) -> tuple[Callable, Callable]:
+def eval_functions(task) -> tuple[Callable, Callable, Callable]:
     """Jitted ``infer(params, frames, key, disc_later_presence_bias, posterior_means=False)`` with
     ``eval.num_particles`` particles (``posterior_means`` static: ``SQAIR.infer``'s) and
     ``log_marginal(params, frames, key)`` (IWAE with ``eval.log_marginal_particles``, chunked) for ``task.model``;
@@ -242,26 +243,30 @@ def visible_objects(
 _INK_CHUNK = 64
 
 
+def task_object_ink(task, params, z_what: np.ndarray, z_where_raw: np.ndarray) -> np.ndarray:
+    """``[..., slots]``: ``SQAIR.object_ink`` of a SQAIR task's outputs ``z_what [..., slots, D]`` and ``z_where_raw
+    [..., slots, 4]`` (the Gaussian latent) on the host, jitted once per task (:func:`eval_functions`), in chunks
+    along the first axis."""
+    object_ink = eval_functions(task)[2]
+    z_what = np.asarray(z_what)
+    z_where = np.asarray(task.model.to_transform(jnp.asarray(z_where_raw)))
+    chunks = [
+        np.asarray(object_ink(params, z_what[s : s + _INK_CHUNK], z_where[s : s + _INK_CHUNK]))
+        for s in range(0, max(len(z_what), 1), _INK_CHUNK)
+    ]
+    return np.concatenate(chunks).reshape(z_what.shape[:-1])
+
+
 def task_visible_objects(task, params, z_what: np.ndarray, z_where_raw: np.ndarray, presence: np.ndarray) -> np.ndarray:
     """:func:`visible_objects` of a SQAIR task's outputs — ``z_what [..., slots, D]``, ``z_where_raw [..., slots, 4]``
     (the Gaussian latent) and ``presence [..., slots]`` — with its canvas and its ``eval.visible_min_fraction`` and
     ``eval.visible_min_ink`` (runs saved before these fields: :data:`VISIBLE_MIN_FRACTION`, :data:`VISIBLE_MIN_INK`).
-    The ink (``SQAIR.object_ink`` with ``params``) is computed only when the rule reads it, in chunks along the first
-    axis."""
+    The ink (:func:`task_object_ink` with ``params``) is computed only when the rule reads it."""
     ev = task.config.eval
     min_fraction = ev.get("visible_min_fraction", VISIBLE_MIN_FRACTION)
     min_ink = ev.get("visible_min_ink", VISIBLE_MIN_INK)
+    ink = task_object_ink(task, params, z_what, z_where_raw) if min_ink > 0.0 else None
     boxes = boxes_of_raw(task, z_where_raw)
-    ink = None
-    if min_ink > 0.0:
-        object_ink = eval_functions(task)[2]
-        z_where = task.model.to_transform(jnp.asarray(z_where_raw))
-        ink = np.concatenate(
-            [
-                np.asarray(object_ink(params, jnp.asarray(z_what[s : s + _INK_CHUNK]), z_where[s : s + _INK_CHUNK]))
-                for s in range(0, max(len(z_what), 1), _INK_CHUNK)
-            ]
-        ).reshape(np.shape(presence))
     return visible_objects(boxes, presence, task.model.config.image_shape, min_fraction, ink=ink, min_ink=min_ink)
 
 

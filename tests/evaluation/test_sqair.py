@@ -364,6 +364,7 @@ def test_task_visible_objects_reads_the_ink_rule_of_the_eval_config():
     pasted = st.paste_glimpse(glimpse, model.to_transform(z_where_raw[1, 0, N - 1]), model.config.image_shape)
     np.testing.assert_allclose(ink[1, 0, N - 1], np.max(np.asarray(pasted)), rtol=1e-5)
     assert ink.shape == (n, T, N) and np.all((ink >= 0) & (ink < 1))
+    np.testing.assert_allclose(se.task_object_ink(task, params, z_what, z_where_raw), ink, rtol=1e-5, atol=1e-7)
     threshold = float(np.median(ink))
     task.config.eval.visible_min_ink = threshold
     np.testing.assert_array_equal(
