@@ -16,11 +16,13 @@ from ocr_jax.configs import toy_vae as toy_vae_config
 def persistent_compilation_cache(tmp_path_factory):
     """The runs of a test module compile identical programs; share them through a (test-local) persistent cache.
     A test module uses it by importing it (pytest finds fixtures among a module's names)."""
+    before = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
     jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     compilation_cache.reset_cache()
     yield
-    jax.config.update("jax_compilation_cache_dir", None)
+    jax.config.update("jax_compilation_cache_dir", before[0])  # the session's cache (tests/conftest.py), if any
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
     compilation_cache.reset_cache()
 
 

@@ -1,12 +1,13 @@
 """docs/tutorial.ipynb: the executed tutorial notebook.
 
-`test_tutorial_executes` runs a copy of the notebook with a Jupyter kernel (nbclient) on this interpreter (a
-kernelspec written into a temporary JUPYTER_PATH whose argv is ``sys.executable``; checked from inside the kernel) and
-checks the numbers it prints: the trained AIR's count accuracy, the mixture weights learned with VIMCO / wake-wake /
-REINFORCE, the SNR table. `test_committed_notebook_is_executed` (cheap, no kernel) checks that the committed file is an
-executed notebook: every code cell run once, in order, no errors, the pictures present as PNG outputs, its outputs
-passing the same checks, and its code cells those it was executed with (their sha256 is stored in the notebook's
-metadata when it is written), so editing a code cell without re-executing fails.
+`test_tutorial_executes` (slow: `pytest -m slow tests/docs`) runs a copy of the notebook with a Jupyter kernel
+(nbclient) on this interpreter (a kernelspec written into a temporary JUPYTER_PATH whose argv is ``sys.executable``;
+checked from inside the kernel) and checks the numbers it prints: the trained AIR's count accuracy, the mixture
+weights learned with VIMCO / wake-wake / REINFORCE, the SNR table. `test_committed_notebook_is_executed` (cheap, no
+kernel, in the default suite) checks that the committed file is an executed notebook: every code cell run once, in
+order, no errors, the pictures present as PNG outputs, its outputs passing the same checks, and its code cells those
+it was executed with (their sha256 is stored in the notebook's metadata when it is written), so editing a code cell
+without re-executing fails.
 
 Regenerate the committed notebook after editing it (executes it and writes the outputs back in place):
 
@@ -25,6 +26,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "docs" / "tutorial.ipynb"
@@ -196,6 +199,7 @@ def execute(nb_path: Path = NOTEBOOK, *, timeout: int = CELL_TIMEOUT_S):
     return nb, seconds
 
 
+@pytest.mark.slow  # ≈ 95 s on 2 busy cores (a kernel runs the notebook); experiment-level, outside the default suite
 def test_tutorial_executes():
     nb, seconds = execute()
     print(f"docs/tutorial.ipynb executed in {seconds:.1f} s")

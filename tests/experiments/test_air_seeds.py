@@ -49,6 +49,7 @@ def test_resumed_run_does_not_double_count(tmp_path):
     assert air_seeds.training_curve(str(tmp_path))[0]["train_seconds"] == pytest.approx(4.0)
 
 
+@pytest.mark.slow  # ≈ 45 s on 2 busy cores; experiment-level, outside the default suite
 def test_cli_stops_each_seed_at_the_threshold_and_skips_reached_seeds(tmp_path):
     """The CLI as a user runs it (a locked config from config_flags): with a threshold of 0 the first evaluation
     (step 20) meets it, so the seed stops there; a rerun skips it."""

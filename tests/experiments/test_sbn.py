@@ -128,6 +128,7 @@ def test_minibatches_are_epochs_of_permutations_and_config_checks():
         sbn_study.check_config(cfg, 20)
 
 
+@pytest.mark.slow  # ≈ 90 s on 2 busy cores; experiment-level, outside the default suite
 def test_study_runs_every_method_k_and_seed_resumes_and_plots(tmp_path):
     cfg = sbn_config.get_config("quick")
     rng = np.random.default_rng(0)

@@ -47,6 +47,7 @@ def _tiny_gmm_config(starts):
     return cfg
 
 
+@pytest.mark.slow  # ≈ 50 s on 2 busy cores; experiment-level, outside the default suite
 def test_gmm_study_runs_both_starts_in_one_program_and_resumes(tmp_path):
     results = gmm_pruning.run(_tiny_gmm_config(["adverse", "equal"]), str(tmp_path / "both"))
     assert results["iterations"] == [0, 10, 20]
@@ -85,6 +86,7 @@ def test_mnist_schedule_and_model_shapes():
         assert np.isfinite(mnist_bounds.surrogates(kind, arg, lp, lq).theta), name
 
 
+@pytest.mark.slow  # ≈ 65 s on 2 busy cores; experiment-level, outside the default suite
 def test_mnist_study_runs_two_seeds_resumes_and_tests_significance(tmp_path):
     cfg = mnist_config.get_config("quick")
     cfg.hidden, cfg.latent, cfg.run_methods = 16, 4, ("PIWAE(8,8)", "VAE")

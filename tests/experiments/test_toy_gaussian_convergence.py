@@ -9,6 +9,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from experiments import toy_gaussian_convergence as conv
 from experiments import toy_gaussian_snr
@@ -74,6 +75,7 @@ def test_init_and_distances():
     np.testing.assert_allclose(d_phi, ref, rtol=1e-6)
 
 
+@pytest.mark.slow  # ≈ 45 s on 2 busy cores; experiment-level, outside the default suite
 def test_quick_run_from_the_command_line(tmp_path):
     """The quick variant as the config's docstring runs it: both studies, their figures, and what they measure."""
     workdir = tmp_path / "quick"

@@ -12,7 +12,7 @@ from ocr_jax.training import compile_cache
 
 @pytest.fixture
 def restore_cache_config():
-    """Leaves JAX's cache settings as they were (the rest of the suite runs without a persistent cache)."""
+    """Leaves JAX's cache settings as they were (the session's cache of tests/conftest.py, or none)."""
     before = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
     yield
     jax.config.update("jax_compilation_cache_dir", before[0])
