@@ -17,8 +17,8 @@ process, its workers and the commands tests start): XLA's own HLO passes (fusion
 still run, so the programs compute what users' programs compute, but compiling them takes about half the time, and
 these tests' arrays are too small for LLVM's vectorisation to matter. Measured on tests/tasks/test_air.py (one
 process, user CPU seconds, beside a training run): 301 without either, 250 with the cache, 175 with both; the whole
-default suite on a clean clone went from 1317 s to 615 s (README, with six experiment-level checks moved to slow). ``OCR_JAX_TEST_XLA_FLAGS`` replaces
-the added flags (empty: compile as users do).
+default suite on a clean clone went from 1317 s to 615 s (README, with six experiment-level checks moved to slow).
+``OCR_JAX_TEST_XLA_FLAGS`` replaces the added flags (empty: compile as users do).
 """
 
 import os
