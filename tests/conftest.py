@@ -16,8 +16,10 @@ Tests also compile with LLVM's optimisation off (``--xla_backend_optimization_le
 process, its workers and the commands tests start): XLA's own HLO passes (fusion, layout, algebraic simplification)
 still run, so the programs compute what users' programs compute, but compiling them takes about half the time, and
 these tests' arrays are too small for LLVM's vectorisation to matter. Measured on tests/tasks/test_air.py (one
-process, user CPU seconds, beside a training run): 301 without either, 250 with the cache, 175 with both; the whole
-default suite on a clean clone went from 1317 s to 615 s (README, with six experiment-level checks moved to slow).
+process, user CPU seconds of ``/usr/bin/time python -m pytest tests/tasks/test_air.py``, beside a training run): 301
+without either (``OCR_JAX_TEST_COMPILATION_CACHE=none OCR_JAX_TEST_XLA_FLAGS=``), 250 with the cache
+(``OCR_JAX_TEST_XLA_FLAGS=``), 175 with both (neither variable set); the whole default suite on a clean clone went
+from 1317 s to 615 s (README, with six experiment-level checks moved to slow).
 ``OCR_JAX_TEST_XLA_FLAGS`` replaces the added flags (empty: compile as users do).
 """
 
@@ -27,6 +29,8 @@ import tempfile
 
 import jax
 import pytest
+
+from ocr_jax.training import compile_cache
 
 CACHE_ENV = "OCR_JAX_TEST_COMPILATION_CACHE"
 XLA_FLAGS_ENV = "OCR_JAX_TEST_XLA_FLAGS"
@@ -38,16 +42,16 @@ _MADE_HERE = pytest.StashKey[str]()
 def pytest_configure(config):
     test_flags = os.environ.get(XLA_FLAGS_ENV, DEFAULT_TEST_XLA_FLAGS).split()
     user_flags = os.environ.get("XLA_FLAGS", "").split()
-    added = [f for f in test_flags if f.split("=")[0] not in {u.split("=")[0] for u in user_flags}]
+    user_names = {f.split("=")[0] for f in user_flags}
+    added = [f for f in test_flags if f.split("=")[0] not in user_names]
     os.environ["XLA_FLAGS"] = " ".join(user_flags + added)  # read when XLA's CPU backend starts: no test has run yet
     controller = os.environ.get("PYTEST_XDIST_WORKER") is None
     if controller and CACHE_ENV not in os.environ:
         os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="ocr_jax_test_xla_")
         config.stash[_MADE_HERE] = os.environ[CACHE_ENV]
-    path = os.environ[CACHE_ENV]
-    if path.strip().lower() in ("", "none"):
+    if os.environ[CACHE_ENV].strip().lower() in ("", "none"):
         return
-    jax.config.update("jax_compilation_cache_dir", path)
+    path = compile_cache.enable(os.environ[CACHE_ENV])  # the training command's cache, in a per-CPU subdirectory
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
     os.environ["JAX_COMPILATION_CACHE_DIR"] = path
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = str(MIN_COMPILE_SECONDS)
