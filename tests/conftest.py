@@ -12,15 +12,19 @@ command defers to), and removed at the end: a run of the suite never reads what 
 wall-clock is that of a clean clone. Set ``OCR_JAX_TEST_COMPILATION_CACHE`` yourself to keep a cache between runs,
 or to ``none`` to compile everything.
 
-Tests also compile with LLVM's optimisation off (``--xla_backend_optimization_level=0`` in ``XLA_FLAGS``, for this
+Tests can also compile with LLVM's optimisation off (``--xla_backend_optimization_level=0`` in ``XLA_FLAGS``, for this
 process, its workers and the commands tests start): XLA's own HLO passes (fusion, layout, algebraic simplification)
 still run, so the programs compute what users' programs compute, but compiling them takes about half the time, and
 these tests' arrays are too small for LLVM's vectorisation to matter. Measured on tests/tasks/test_air.py (one
 process, user CPU seconds of ``/usr/bin/time python -m pytest tests/tasks/test_air.py``, beside a training run): 301
-without either (``OCR_JAX_TEST_COMPILATION_CACHE=none OCR_JAX_TEST_XLA_FLAGS=``), 250 with the cache
-(``OCR_JAX_TEST_XLA_FLAGS=``), 175 with both (neither variable set); the whole default suite on a clean clone went
-from 1317 s to 615 s (README, with six experiment-level checks moved to slow).
-``OCR_JAX_TEST_XLA_FLAGS`` replaces the added flags (empty: compile as users do).
+without either (``OCR_JAX_TEST_COMPILATION_CACHE=none``), 250 with the cache (neither variable set), 175 with both
+(``OCR_JAX_TEST_XLA_FLAGS=--xla_backend_optimization_level=0``); with both, the whole default suite on a clean clone
+went from 1317 s to 615 s (README, with six experiment-level checks moved to slow).
+``OCR_JAX_TEST_XLA_FLAGS`` names the added flags; **off by default since 2026-12-06**: in one of three full runs with
+``-O0`` (the third, on a clean clone) two tests that compare eager and jitted results to the last float32 bit failed
+by one ulp (tests/data/test_iterators.py::test_to_unit_float..., tests/models/test_pcfg.py::test_hand_built...), and
+both pass alone with and without it — an order-dependent interaction not yet understood. The suite's time without
+``-O0`` (cache and slow marks only) is not measured yet.
 """
 
 import os
@@ -34,7 +38,7 @@ from ocr_jax.training import compile_cache
 
 CACHE_ENV = "OCR_JAX_TEST_COMPILATION_CACHE"
 XLA_FLAGS_ENV = "OCR_JAX_TEST_XLA_FLAGS"
-DEFAULT_TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+DEFAULT_TEST_XLA_FLAGS = ""  # opt in: OCR_JAX_TEST_XLA_FLAGS=--xla_backend_optimization_level=0 (see above)
 MIN_COMPILE_SECONDS = 0.2  # programs faster to compile than to read back are not stored
 _MADE_HERE = pytest.StashKey[str]()
 
