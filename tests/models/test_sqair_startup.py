@@ -253,12 +253,16 @@ def test_presence_after_what_feeds_z_what_to_discs_presence():
     assert params["disc_pres"]["MLP_0"]["Dense_0"]["kernel"].shape == (H + DW, H)
     a, b = presence(after, params, what), presence(after, params, what + 1.0)
     assert np.all(np.abs(np.asarray(a) - np.asarray(b)) > 1e-4)  # the logit depends on z_what
-    np.testing.assert_allclose(a, _apply(after, "disc_pres", params["disc_pres"], jnp.concatenate([w, what], -1)))
+    np.testing.assert_allclose(
+        a, _apply(after, "disc_pres", params["disc_pres"], jnp.concatenate([w, what], -1)), rtol=1e-6, atol=1e-7
+    )
     before = SQAIR(_config(presence_after_what=False))
     params = before.init(jax.random.key(0))["inference"]
     assert params["disc_pres"]["MLP_0"]["Dense_0"]["kernel"].shape == (H, H)  # its first layer takes h alone
     np.testing.assert_array_equal(presence(before, params, what), presence(before, params, what + 1.0))
-    np.testing.assert_array_equal(presence(before, params, what), _apply(before, "disc_pres", params["disc_pres"], w))
+    np.testing.assert_allclose(
+        presence(before, params, what), _apply(before, "disc_pres", params["disc_pres"], w), rtol=1e-6, atol=1e-7
+    )
 
 
 # --- 7-8. PROP: prop_update_scale and the gated z_what posterior -----------------------------------------------------
