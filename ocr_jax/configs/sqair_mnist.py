@@ -33,6 +33,8 @@ frame only, where the spare object of the nine-frame sequences comes from (docs/
 ``offcanvas`` lets a glimpse follow its digit off the canvas (``shift_bound = 2``) and clips the inference
 network's gradient to global norm 1000: ``cpu+piwae+anneal+f1bound+offcanvas`` is the measured CPU recipe.
 ``maxscale`` bounds the glimpse window to half the canvas side, so that one object cannot paint two digits.
+``velocity`` makes PROP's proposal, where posterior and where prior extrapolate each object's last displacement, so
+that tracks follow digits through a crossing instead of bouncing off each other (``SQAIRConfig.prop_velocity``).
 """
 
 import ml_collections
@@ -40,7 +42,20 @@ import ml_collections
 from ocr_jax import configs
 from ocr_jax.tasks import sqair as sqair_task
 
-VARIANTS = ("conv", "small", "cpu", "quick", "nvil", "ww", "piwae", "anneal", "f1bound", "offcanvas", "maxscale")
+VARIANTS = (
+    "conv",
+    "small",
+    "cpu",
+    "quick",
+    "nvil",
+    "ww",
+    "piwae",
+    "anneal",
+    "f1bound",
+    "offcanvas",
+    "maxscale",
+    "velocity",
+)
 COMBINABLE_VARIANTS = True
 
 
@@ -166,4 +181,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # official -2 would put the median at 3.4 px of the bounded range and charge a 20-px window 9.4 nats more.
         config.task_config.model.max_glimpse_scale = 0.5
         config.task_config.model.where_prior_loc = (0.0, 0.0, 0.0, 0.0)
+    if "velocity" in variants:
+        config.task_config.model.prop_velocity = True
     return config

@@ -40,7 +40,8 @@ Choices the thesis leaves open, and how they are made here:
   unconstrained values. The outputs name them as AIR's do: ``z_where`` the transform, ``z_where_raw`` the latent.
 - The propagation prior's and posterior's z_where means are residual: ``z_where_{t-1} + f(...)``; the posterior's
   update and PROP's proposal are scaled by ``prop_update_scale`` (0.1 in the official code, ``core.py:291, 322``),
-  so PROP starts as "stay put".
+  so PROP starts as "stay put". With ``prop_velocity`` all three start from the position extrapolated by the object's
+  last shift displacement instead (``z_where_{t-1} + v_{t-1}``, carried in the state as ``where_velocity``).
 
 Start-up (what decides whether training finds every object; each option is a config field, tested):
 - every posterior standard deviation is ``softplus(raw + bias) + std_floor`` (1e-2 as the official code);
@@ -157,6 +158,13 @@ class SQAIRConfig:
     disc_init_scale: float | None = 0.4
     presence_after_what: bool = True
     prop_update_scale: float = 0.1
+    # True: PROP's proposal, its where posterior mean and the propagation prior's where mean start from the object's
+    # position extrapolated by its last displacement, z_where_{t-1} + (z_where_{t-1} − z_where_{t-2}) in the shift
+    # coordinates (scales are not extrapolated; a new object's displacement is 0). The data's digits keep their
+    # velocity (SQAIR.md "Data"); without it a proposal starts where the object was, and where two digits cross each
+    # track takes the nearer digit after the crossing: the tracks bounce and exchange identities (docs/results.md).
+    # False: the official code's z_where_{t-1}.
+    prop_velocity: bool = False
     prop_what: str = "gated"
     # Added to DISC's posterior presence logit after the first frame (a fixed offset of q, like the prior's
     # no-new-objects logit): negative values make re-detecting an object that PROP holds unlikely at the start.
@@ -808,6 +816,7 @@ class SQAIR:
             ids=jnp.full((N,), -1, jnp.int32),
             h_temporal=jnp.zeros((N, H)),
             h_prior=jnp.zeros((N, H)),
+            where_velocity=jnp.zeros((N, 4)),
             next_id=jnp.zeros((), jnp.int32),
         )
 
@@ -869,9 +878,22 @@ class SQAIR:
             z_where, jnp.asarray(c.where_prior_loc), jnp.asarray(c.where_prior_scale)
         )
 
-    def _prop_prior(self, params, h_prior, z_what_prev, z_where_prev):
-        """One step of the per-object prior GRU and the parameters of p^P (Eq. 5.9-5.10)."""
-        return self._generative(params, SQAIRGenerative.propagation_prior, h_prior, z_what_prev, z_where_prev)
+    def _prop_prior(self, params, h_prior, z_what_prev, z_where_prev, where_velocity):
+        """One step of the per-object prior GRU and the parameters of p^P (Eq. 5.9-5.10); with ``prop_velocity`` the
+        where mean is extrapolated by ``where_velocity [4]`` (the object's last displacement)."""
+        h, logit, what, (r_loc, r_scale) = self._generative(
+            params, SQAIRGenerative.propagation_prior, h_prior, z_what_prev, z_where_prev
+        )
+        if self.config.prop_velocity:
+            r_loc = r_loc + where_velocity
+        return h, logit, what, (r_loc, r_scale)
+
+    def _displacement(self, z_where, z_where_prev):
+        """``[..., 4]``: the displacement that ``prop_velocity`` extrapolates — ``z_where − z_where_prev`` in the shift
+        coordinates, 0 in the scale ones; all 0 without ``prop_velocity``."""
+        if not self.config.prop_velocity:
+            return jnp.zeros_like(z_where)
+        return jnp.concatenate([jnp.zeros_like(z_where[..., :2]), z_where[..., 2:] - z_where_prev[..., 2:]], -1)
 
     @staticmethod
     def _compact(pres, arrays: dict):
@@ -922,10 +944,12 @@ class SQAIR:
 
         def step(carry, xs):
             h_rel, what_j, where_j = carry
-            what_prev, where_prev, alive, h_t_prev, h_p_prev, k = xs
+            what_prev, where_prev, alive, h_t_prev, h_p_prev, velocity, k = xs
             k_where, k_what, k_pres = jax.random.split(k, 3)
             # Alg. 2 lines 6-8: proposal location from (z_where_{t-1}, h^T_{t-1}), proposal glimpse, its encoding.
             proposal = self._inference(params, SQAIRInference.propagation_proposal, where_prev, h_t_prev)
+            if c.prop_velocity:
+                proposal = proposal + velocity
             e_hat = glimpse_code(proposal)
             # Line 9 / Eq. 5.14 (h^{R,j}: j = last object alive at t−1 before i).
             w_rel = self._inference(
@@ -943,6 +967,8 @@ class SQAIR:
             loc, scale = self._inference(
                 params, SQAIRInference.propagation_where, what_prev, where_prev, h_t_prev, w_rel
             )
+            if c.prop_velocity:
+                loc = loc + velocity
             where = _normal_sample(k_where, loc, scale, posterior_means)
             log_q_where = diag_normal_log_prob(where, loc, scale)
             # Lines 11-13 / Eq. 5.15.
@@ -961,7 +987,7 @@ class SQAIR:
             log_q_pres = alive * distrax.Bernoulli(logits=pres_logit).log_prob(pres)
             # Propagation prior, evaluated on the same object.
             h_p, prior_logit, (w_loc, w_scale), (r_loc, r_scale) = self._prop_prior(
-                params, h_p_prev, what_prev, where_prev
+                params, h_p_prev, what_prev, where_prev, velocity
             )
             log_p_pres = alive * distrax.Bernoulli(logits=prior_logit).log_prob(pres)
             log_p_cont = pres * (
@@ -976,6 +1002,7 @@ class SQAIR:
                 z_pres=pres,
                 h_temporal=w_temp,
                 h_prior=h_p,
+                where_velocity=self._displacement(where, where_prev),
                 log_q=log_q_pres + log_q_cont,
                 log_q_pres=log_q_pres,
                 log_p=log_p_pres + log_p_cont,
@@ -983,7 +1010,15 @@ class SQAIR:
             return new_carry, out
 
         init = (jnp.zeros((H,)), jnp.zeros((Dw,)), jnp.zeros((4,)))
-        xs = (state["z_what"], state["z_where"], state["z_pres"], state["h_temporal"], state["h_prior"], keys)
+        xs = (
+            state["z_what"],
+            state["z_where"],
+            state["z_pres"],
+            state["h_temporal"],
+            state["h_prior"],
+            state["where_velocity"],
+            keys,
+        )
         _, out = jax.lax.scan(step, init, xs, unroll=c.scan_unroll)
         return out
 
@@ -1060,6 +1095,7 @@ class SQAIR:
             z_pres=jnp.zeros((N,)),
             h_temporal=state["h_temporal"],
             h_prior=state["h_prior"],
+            where_velocity=state["where_velocity"],
             log_q=jnp.zeros((N,)),
             log_q_pres=jnp.zeros((N,)),
             log_p=jnp.zeros((N,)),
@@ -1093,6 +1129,7 @@ class SQAIR:
             ids=state["ids"],
             h_temporal=prop["h_temporal"],
             h_prior=prop["h_prior"],
+            where_velocity=prop["where_velocity"],
         )
         prop_state = self._compact(prop["z_pres"], prop_state)
         num_prop = jnp.sum(prop["z_pres"]).astype(jnp.int32)
@@ -1110,6 +1147,7 @@ class SQAIR:
             ids=jnp.full_like(state["ids"], -1),
             h_temporal=disc["h_temporal"],
             h_prior=prior_init,
+            where_velocity=jnp.zeros_like(disc["z_where"]),
         )
         new_state, frame = self._merge_and_render(params, prop_state, disc_state, num_prop, num_disc, state["next_id"])
         out = dict(
@@ -1276,9 +1314,9 @@ class SQAIR:
         normals = jax.random.normal(k_normal, (2, N, Dw + 4))
         uniforms = jax.random.uniform(k_uniform, (N + 1,))
         alive = state["z_pres"]
-        h_p, logit, (w_loc, w_scale), (r_loc, r_scale) = jax.vmap(lambda h, a, b: self._prop_prior(params, h, a, b))(
-            state["h_prior"], state["z_what"], state["z_where"]
-        )
+        h_p, logit, (w_loc, w_scale), (r_loc, r_scale) = jax.vmap(
+            lambda h, a, b, v: self._prop_prior(params, h, a, b, v)
+        )(state["h_prior"], state["z_what"], state["z_where"], state["where_velocity"])
         pres = (uniforms[:N] < jax.nn.sigmoid(logit)).astype(jnp.float32) * alive
         what = w_loc + w_scale * normals[0, :, :Dw]
         where = r_loc + r_scale * normals[0, :, Dw:]
@@ -1289,7 +1327,13 @@ class SQAIR:
         prop_state = self._compact(
             pres,
             dict(
-                z_what=what, z_where=where, z_pres=pres, ids=state["ids"], h_temporal=state["h_temporal"], h_prior=h_p
+                z_what=what,
+                z_where=where,
+                z_pres=pres,
+                ids=state["ids"],
+                h_temporal=state["h_temporal"],
+                h_prior=h_p,
+                where_velocity=jax.vmap(self._displacement)(where, state["z_where"]),
             ),
         )
         num_prop = jnp.sum(pres).astype(jnp.int32)
@@ -1310,6 +1354,7 @@ class SQAIR:
             h_prior=jnp.broadcast_to(
                 self._generative(params, SQAIRGenerative.prior_initial_state), state["h_prior"].shape
             ),
+            where_velocity=jnp.zeros_like(d_where),
         )
         log_p_disc = count_prior.log_prob(num_disc) + jnp.sum(d_pres * self._disc_prior_log_prob(d_what, d_where))
         new_state, frame = self._merge_and_render(params, prop_state, disc_state, num_prop, num_disc, state["next_id"])
@@ -1396,14 +1441,14 @@ class SQAIR:
         z_pres = z_pres.astype(jnp.float32)
 
         def step(carry, xs):
-            prev_what, prev_where, prev_pres, prev_ids, h_prior = carry
+            prev_what, prev_where, prev_pres, prev_ids, h_prior, prev_velocity = carry
             image, what, where, pres, cur_ids, t = xs
             match = ((cur_ids[:, None] == prev_ids[None, :]) & (pres[:, None] > 0) & (prev_pres[None, :] > 0)).astype(
                 jnp.float32
             )  # [current, previous]
             h_new, logit, (w_loc, w_scale), (r_loc, r_scale) = jax.vmap(
-                lambda h, a, b: self._prop_prior(params, h, a, b)
-            )(h_prior, prev_what, prev_where)
+                lambda h, a, b, v: self._prop_prior(params, h, a, b, v)
+            )(h_prior, prev_what, prev_where, prev_velocity)
             kept = jnp.sum(match, axis=0)  # [previous]
             log_p_prop = jnp.sum(prev_pres * distrax.Bernoulli(logits=logit).log_prob(kept))
             is_prop = jnp.sum(match, axis=1)  # [current]
@@ -1426,7 +1471,8 @@ class SQAIR:
             )
             canvas = self._render(params, what, where, pres)
             ll = self._log_likelihood(image, canvas)
-            return (what, where, pres, cur_ids, h_cur), dict(
+            velocity = is_prop[:, None] * self._displacement(where, gather(prev_where))
+            return (what, where, pres, cur_ids, h_cur, velocity), dict(
                 log_likelihood=ll, log_p_disc=log_p_disc, log_p_prop=log_p_prop
             )
 
@@ -1437,6 +1483,7 @@ class SQAIR:
             jnp.zeros((N,)),
             jnp.full((N,), -1, jnp.int32),
             jnp.zeros((N, c.hidden)),
+            jnp.zeros((N, 4)),
         )
         _, out = jax.lax.scan(step, init, (images, z_what, z_where_raw, z_pres, ids, jnp.arange(T)))
         return out

@@ -186,6 +186,14 @@ def test_sqair_maxscale_is_the_window_bound_and_the_centred_where_prior_only():
     assert config.to_json_best_effort() == plain.to_json_best_effort()
 
 
+def test_sqair_velocity_is_prop_velocity_only():
+    plain = configs.get_config("sqair_mnist:cpu+piwae+anneal+f1bound+offcanvas+maxscale")
+    config = configs.get_config("sqair_mnist:cpu+piwae+anneal+f1bound+offcanvas+maxscale+velocity")
+    assert (plain.task_config.model.prop_velocity, config.task_config.model.prop_velocity) == (False, True)
+    config.task_config.model.prop_velocity = False
+    assert config.to_json_best_effort() == plain.to_json_best_effort()
+
+
 @pytest.mark.parametrize("spec", ["air_multi_mnist", "air_multi_mnist:piwae", "sqair_mnist:cpu", "vrnn_mnist:cpu"])
 def test_gradient_clipping_can_be_set_from_the_command_line(monkeypatch, spec):
     """Every optimiser group's ``clip_global_norm`` is unset (None: no clipping) by default and takes a float from

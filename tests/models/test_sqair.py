@@ -112,6 +112,7 @@ def test_absent_object_cannot_be_propagated(setup):
         z_pres=jnp.asarray([1.0, 0.0, 1.0]),
         h_temporal=jnp.asarray(rng.normal(size=(N, H)), jnp.float32),
         h_prior=jnp.asarray(rng.normal(size=(N, H)), jnp.float32),
+        where_velocity=jnp.zeros((N, 4)),
     )
     prop = jax.jit(model._propagate)
     key = jax.random.key(3)

@@ -288,11 +288,14 @@ def prop_setup():
         z_pres=jnp.ones((N,)),
         h_temporal=jnp.asarray(rng.normal(size=(N, H)), jnp.float32),
         h_prior=jnp.asarray(rng.normal(size=(N, H)), jnp.float32),
+        # shift displacements only (scales are never extrapolated); used by the prop_velocity model alone
+        where_velocity=jnp.asarray(np.concatenate([np.zeros((N, 2)), rng.normal(size=(N, 2))], -1), jnp.float32),
     )
     image = _images()[1, 1]
     models = {}
-    for scale in (0.1, 1.0):
-        model = SQAIR(_config(std_floor=FLOOR, prop_update_scale=scale))
+    for scale in (0.1, 1.0, "velocity"):
+        velocity = scale == "velocity"
+        model = SQAIR(_config(std_floor=FLOOR, prop_update_scale=0.1 if velocity else scale, prop_velocity=velocity))
         seen = []
 
         def to_transform(z_where, model=model, seen=seen):
@@ -319,6 +322,57 @@ def test_prop_update_scale_scales_the_proposal_and_the_where_update(prop_setup, 
     # The posterior mean is z_where_{t-1} + scale · c; its std is the floor, so the sample is within 5 stds of it.
     np.testing.assert_allclose(out["z_where"], prev + scale * C_WHERE, atol=5 * FLOOR)
     np.testing.assert_array_equal(out["z_pres"], 1.0)
+    np.testing.assert_array_equal(out["where_velocity"], 0.0)  # prop_velocity off: nothing carried
+
+
+def test_prop_velocity_extrapolates_the_proposal_and_the_where_posterior(prop_setup):
+    """z_where_{t-1} + v_{t-1} + 0.1·f for the proposal and the posterior mean; the new v_t = z_where_t − z_where_{t-1}
+    in the shift coordinates and 0 in the scales."""
+    s = prop_setup
+    model, prop, seen = s["models"]["velocity"]
+    seen.clear()
+    out = jax.device_get(prop(s["params"], s["image"], s["state"], s["key"]))
+    jax.effects_barrier()
+    prev, v = np.asarray(s["state"]["z_where"]), np.asarray(s["state"]["where_velocity"])
+    assert np.abs(v[:, 2:]).min() > 1e-3  # a displacement to extrapolate
+    np.testing.assert_allclose(np.stack(seen[0::2]), prev + v + 0.1 * C_PROPOSAL, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.stack(seen[1::2]), out["z_where"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(out["z_where"], prev + v + 0.1 * C_WHERE, atol=5 * FLOOR)
+    np.testing.assert_array_equal(out["where_velocity"][:, :2], 0.0)
+    np.testing.assert_allclose(out["where_velocity"][:, 2:], out["z_where"][:, 2:] - prev[:, 2:], rtol=1e-6, atol=1e-6)
+
+
+def test_prop_velocity_prior_and_scoring_path_agree_and_differ_from_the_official_prior():
+    """With prop_velocity the propagation prior's where mean is extrapolated in inference, in generation and in the
+    identity-matched scoring path (log_joint_terms) alike: their log p^P agree term by term; and on moving objects
+    log p^P differs from the official prior's on the same trajectory (the option acts)."""
+    images = jnp.asarray(_images())
+    official, moving = SQAIR(_config()), SQAIR(_config(prop_velocity=True))
+    params = _force(moving.init(jax.random.key(0)), "inference", "prop_pres", 50.0)  # keep every tracked object
+    out = jax.device_get(jax.jit(lambda p, x, k: moving.infer(p, x, k, K))(params, images, jax.random.key(3)))
+    score, score_official = jax.jit(moving.log_joint_terms), jax.jit(official.log_joint_terms)
+    differs = False
+    for b in range(B):
+        for k in range(K):
+            traj = (out["z_what"][b, k], out["z_where_raw"][b, k], out["z_pres"][b, k], out["ids"][b, k])
+            terms = score(params, images[b], *traj)
+            np.testing.assert_allclose(terms["log_p_prop"], out["log_p_prop"][b, k], rtol=1e-5, atol=1e-3)
+            np.testing.assert_allclose(terms["log_p_disc"], out["log_p_disc"][b, k], rtol=1e-5, atol=1e-3)
+            # frames 1 and 2 have no displacement yet; from frame 3 an object propagated twice has one
+            np.testing.assert_allclose(
+                score_official(params, images[b], *traj)["log_p_prop"][:2],
+                terms["log_p_prop"][:2],
+                rtol=1e-5,
+                atol=1e-3,
+            )
+            differs |= bool(
+                np.abs(score_official(params, images[b], *traj)["log_p_prop"][2] - terms["log_p_prop"][2]) > 1e-3
+            )
+    assert differs
+    g = jax.device_get(jax.jit(lambda p, k: moving.generate(p, k, B, T))(params, jax.random.key(5)))
+    for b in range(B):
+        terms = score(params, images[b], g["z_what"][b], g["z_where_raw"][b], g["z_pres"][b], g["ids"][b])
+        np.testing.assert_allclose(terms["log_p_prop"], g["log_p_prop"][b], rtol=1e-5, atol=1e-4)
 
 
 def test_gated_prop_what_posterior(prop_setup):
