@@ -6,7 +6,8 @@ Config fields used here (see ocr_jax/configs/toy_vae.py for a complete example):
     seed, global_batch_size, num_steps
     optimizers.<group>                    one optimiser config per parameter group (ocr_jax.training.optimizers)
     log_every, eval_every                 in steps; 0 disables evaluation
-    checkpoint.every, checkpoint.max_to_keep, checkpoint.restore_from (optional: start from another run's dir)
+    checkpoint.every, checkpoint.max_to_keep, checkpoint.restore_from (optional: start from another run's dir or its
+                          checkpoints/ dir)
     headline_metric (optional; default task.headline_metric), progress_bar (bool)
     stop_when (optional): {metric, at_least}: stop (after saving a checkpoint) at the first periodic evaluation whose
                           scalar ``metric`` (e.g. "eval/count_accuracy") is >= ``at_least``
@@ -244,6 +245,13 @@ def _resume_note(checkpointer: Checkpointer) -> str:
     )
 
 
+def checkpoints_dir_of(path: str) -> str:
+    """A run directory's ``checkpoints/`` if it has one, else ``path`` itself (already a checkpoints directory, or a
+    path that the Checkpointer reports as missing)."""
+    inner = os.path.join(path, "checkpoints")
+    return inner if os.path.isdir(inner) else path
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains `config.task` for `config.num_steps` steps, resuming from ``<workdir>/checkpoints`` if present.
 
@@ -344,7 +352,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, checkpo
             ) from e.__cause__
     elif ckpt_cfg.get("restore_from"):
         # Warm start from another run; it must exist and be readable (CheckpointError otherwise).
-        source = Checkpointer(ckpt_cfg.restore_from, must_exist=True)
+        source = Checkpointer(checkpoints_dir_of(ckpt_cfg.restore_from), must_exist=True)
         try:
             state = source.restore(state)
         finally:

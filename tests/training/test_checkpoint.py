@@ -113,9 +113,10 @@ def test_checkpoint_path_that_is_a_file_is_a_clear_error(tmp_path):
     assert (tmp_path / "checkpoints").read_text() == "not a directory"
 
 
-def test_warm_start_from_another_runs_checkpoints(uninterrupted, tmp_path):
+@pytest.mark.parametrize("given", ["checkpoints", "run"])
+def test_warm_start_from_another_runs_checkpoints(uninterrupted, tmp_path, given):
     source, expected = uninterrupted
     config = small_config()
-    config.checkpoint.restore_from = str(source / "checkpoints")
+    config.checkpoint.restore_from = str(source / "checkpoints" if given == "checkpoints" else source)
     state = train_and_evaluate(config, str(tmp_path))  # already at num_steps: restores, trains nothing
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state.params), expected["params"])
