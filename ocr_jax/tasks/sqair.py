@@ -154,9 +154,10 @@ def sequence_defaults(*, start_length: int, eval_fields: dict) -> dict:
             periodic_sequences=200,
             periodic_log_marginal_sequences=0,
             # final report only: the addition classifier (§5.D.4) trained for addition_steps on
-            # addition_train_sequences training sequences
+            # addition_train_sequences training sequences (the thesis trains on the training set: with 2000 the
+            # classifier memorises them, 0.644 on the test split against 0.737 with 20000; docs/results.md)
             addition_steps=10_000,
-            addition_train_sequences=2_000,
+            addition_train_sequences=20_000,
             **eval_fields,
         ),
     )

@@ -292,6 +292,19 @@ def test_tracking_and_addition_on_untrained_quick_sqair():
     assert (add["num_train_sequences"], add["num_test_sequences"]) == (8, 8)
     assert (add["num_train"], add["num_test"], add["num_classes"]) == (24, 24, 19)
     assert 0.0 <= add["train_accuracy"] <= 1.0 and 0.0 <= add["test_accuracy"] <= 1.0
+    assert add["posterior_means"] is True
+    # from the tracking particles instead: the tracking is the same, the features (and so the classifier) are not
+    sampled = se.tracking_and_addition(
+        task,
+        params,
+        data,
+        key=jax.random.key(1),
+        classifier_steps=20,
+        classifier_hidden=(16,),
+        addition_posterior_means=False,
+    )
+    assert sampled["tracking"] == tr and sampled["addition"]["posterior_means"] is False
+    assert sampled["addition"]["train_loss"] != add["train_loss"]
 
 
 def test_visible_objects_counts_present_windows_on_the_canvas():
