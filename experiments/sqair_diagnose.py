@@ -28,6 +28,13 @@ sequences of training digits, so that a threshold is chosen without the test spl
 
     python -m experiments.sqair_diagnose --workdir=runs/sqair_maxscale_seed0 --sequences=200 --frames=10 --edges \
         --split=train --data_seed=12345
+
+With ``--crossings``: identity exchanges against crossings (:func:`crossing_summary`) on the first ``--sequences``
+test sequences, and ``crossings_step<N>.png`` in the run's directory: the first sequences with an exchange, the
+inferred windows coloured by identity and the true boxes in grey. This is how the tracks of maxscale seed 0 were seen
+to bounce off each other where two digits cross (docs/results.md, issue #13).
+
+    python -m experiments.sqair_diagnose --workdir=runs/sqair_maxscale_seed0 --sequences=1000 --frames=10 --crossings
 """
 
 from __future__ import annotations
@@ -144,6 +151,74 @@ def merged_windows(run: api.Run, *, sequences: int = 200, frames: int = 10, part
     )
 
 
+def crossing_summary(true_boxes, true_presence, boxes, presence, ids, **match_options) -> dict:
+    """Identity exchanges (two tracks trading digits, :func:`ocr_jax.evaluation.sqair.tracking_counts`) against
+    crossings, per sequence.
+
+    Args:
+      true_boxes [n, T, D, 4], true_presence [n, T, D]; boxes [n, T, slots, 4], presence [n, T, slots], ids
+        [n, T, slots]: as :func:`ocr_jax.evaluation.sqair.tracking_counts`, whose ``match_options`` are passed on.
+    Returns:
+      dict: ``two_digit_sequences`` (two digits present together in some frame); ``crossing_sequences`` (of those,
+      the digits' boxes overlap in some frame); ``sequences_with_exchanges`` and ``crossing_sequences_with_exchanges``;
+      ``exchanges`` and ``swaps`` (totals); ``exchange_sequence_indices`` (the sequences with an exchange, in order).
+    """
+    true_presence = np.asarray(true_presence) > 0
+    together = true_presence.sum(-1) >= 2  # [n, T]
+    pair_iou = sqair_eval.box_iou(np.asarray(true_boxes)[..., :, None, :], np.asarray(true_boxes)[..., None, :, :])
+    both = true_presence[..., :, None] & true_presence[..., None, :] & ~np.eye(true_presence.shape[-1], dtype=bool)
+    crossing = (both & (pair_iou > 0)).any((1, 2, 3))  # [n]
+    exchanges, swaps = [], 0
+    for b in range(len(true_presence)):
+        c = sqair_eval.tracking_counts(true_boxes[b], true_presence[b], boxes[b], presence[b], ids[b], **match_options)
+        exchanges.append(c["exchanges"])
+        swaps += c["swaps"]
+    exchanges = np.asarray(exchanges)
+    return dict(
+        two_digit_sequences=int(together.any(1).sum()),
+        crossing_sequences=int(crossing.sum()),
+        sequences_with_exchanges=int((exchanges > 0).sum()),
+        crossing_sequences_with_exchanges=int(((exchanges > 0) & crossing).sum()),
+        exchanges=int(exchanges.sum()),
+        swaps=int(swaps),
+        exchange_sequence_indices=np.nonzero(exchanges > 0)[0].tolist(),
+    )
+
+
+def crossings(run: api.Run, workdir: str, *, sequences: int = 1000, frames: int = 10, particles: int = 5) -> dict:
+    """:func:`crossing_summary` of the best particles (of ``particles``) on the first ``sequences`` test sequences cut
+    to ``frames`` frames, and a picture of the first six sequences with an exchange (``crossings_step<N>.png`` in
+    ``workdir``; its path is returned as ``picture``, None where there is none)."""
+    from ocr_jax import plotting
+
+    data = run.task.test_data
+    n = min(sequences, len(data["frames"]))
+    out = api.infer_sequences(run, data["frames"][:n, :frames], key=0, num_particles=particles)
+    true_boxes, true_presence = data["boxes"][:n, :frames], data["presence"][:n, :frames] > 0
+    summary = crossing_summary(
+        true_boxes,
+        true_presence,
+        out["boxes"],
+        out["visible"],
+        out["ids"],
+        **sqair_eval.tracking_match_options(run.task.config.eval),
+    )
+    shown = summary["exchange_sequence_indices"][:6]
+    picture = None
+    if shown:
+        truth_color = 7  # grey in plotting.PALETTE
+        fig = plotting.plot_frame_strips(
+            data["frames"][shown, :frames],
+            np.concatenate([out["boxes"][shown], true_boxes[shown]], 2),
+            np.concatenate([out["visible"][shown], true_presence[shown]], 2),
+            color_ids=np.concatenate([out["ids"][shown], np.full(true_presence[shown].shape, truth_color)], 2),
+            row_titles=[f"sequence {i}" for i in shown],
+            title=f"identity exchanges, step {run.step}: windows by identity, true boxes grey",
+        )
+        picture = str(plotting.save_figure(fig, f"{workdir}/crossings_step{run.step}.png"))
+    return dict(step=run.step, sequences=n, frames=frames, **summary, picture=picture)
+
+
 # The classes of --edges, by the frame's least visible digit: one wholly outside (the visible count is below the
 # sequence's), one with less than EDGE_SLIVER of its tight box in view, one partly in view, every digit wholly in view.
 EDGE_CLASSES = ("wholly_outside", "sliver", "partly_in_view", "all_in_view")
@@ -227,15 +302,18 @@ def diagnose(
     worth: bool = False,
     merges: bool = False,
     edges: bool = False,
+    crossings_: bool = False,
     split: str = "test",
     data_seed: int | None = None,
     step: int | None = None,
 ) -> dict:
     """What the command line prints, as a dict: :func:`frame_terms` (with the true counts) on the first ``sequences``
     test sequences cut to ``frames`` frames, with ``worth`` :func:`spare_summary` on one- and two-digit ones, with
-    ``merges`` :func:`merged_windows`, or with ``edges`` :func:`edge_counts` (on ``split`` / ``data_seed``); at
-    checkpoint ``step`` (the latest if None)."""
+    ``merges`` :func:`merged_windows`, with ``crossings_`` :func:`crossings`, or with ``edges`` :func:`edge_counts`
+    (on ``split`` / ``data_seed``); at checkpoint ``step`` (the latest if None)."""
     run = api.load_run(workdir, step=step)
+    if crossings_:
+        return crossings(run, workdir, sequences=sequences, frames=frames, particles=particles)
     if merges:
         return merged_windows(run, sequences=sequences, frames=frames, particles=particles)
     if edges:
@@ -270,6 +348,7 @@ def main(argv):
         worth=_WORTH.value,
         merges=_MERGES.value,
         edges=_EDGES.value,
+        crossings_=_CROSSINGS.value,
         split=_SPLIT.value,
         data_seed=_DATA_SEED.value,
         step=_STEP.value,
@@ -286,6 +365,7 @@ if __name__ == "__main__":
     _WORTH = flags.DEFINE_bool("worth", False, "what each object found in frame 1 is worth (see above)")
     _MERGES = flags.DEFINE_bool("merges", False, "one window over two digits: the merged-object anatomy (see above)")
     _EDGES = flags.DEFINE_bool("edges", False, "the visible count near the canvas edge, by rule (see above)")
+    _CROSSINGS = flags.DEFINE_bool("crossings", False, "identity exchanges where digits cross, a picture (see above)")
     _SPLIT = flags.DEFINE_enum("split", "test", ["test", "train"], "--edges: whose digits the sequences use")
     _DATA_SEED = flags.DEFINE_integer("data_seed", None, "--edges: new sequences with this generator seed")
     _STEP = flags.DEFINE_integer("step", None, "checkpoint to load (default: the latest)")

@@ -394,3 +394,22 @@ def test_sqair_diagnose_frame_terms_add_up_to_the_log_weight(sqair_run):
         np.sum(terms[k]) for k in ("log_q_disc", "log_q_prop")
     )
     np.testing.assert_allclose(total, float(np.mean(out["log_weight"])), rtol=1e-3, atol=0.05)
+
+
+def test_sqair_diagnose_crossings_on_a_run(sqair_run, tmp_path):
+    """experiments/sqair_diagnose --crossings on a run: the summary of its best particles on test sequences, and the
+    picture where a sequence has an exchange."""
+    from experiments import sqair_diagnose
+
+    result = sqair_diagnose.crossings(sqair_run, str(tmp_path), sequences=8, frames=3, particles=2)
+    n = min(8, len(sqair_run.task.test_data["frames"]))
+    assert (result["sequences"], result["frames"], result["step"]) == (n, 3, sqair_run.step)
+    assert 0 <= result["crossing_sequences"] <= result["two_digit_sequences"] <= n
+    assert result["sequences_with_exchanges"] == len(result["exchange_sequence_indices"])
+    assert result["crossing_sequences_with_exchanges"] <= result["sequences_with_exchanges"] <= result["exchanges"]
+    assert result["exchanges"] <= result["swaps"]
+    if result["exchange_sequence_indices"]:
+        assert os.path.isfile(result["picture"])
+    else:
+        assert result["picture"] is None
+    json.dumps(result)

@@ -77,3 +77,36 @@ def test_edge_classes_name_each_frame_by_its_least_visible_digit():
         "wholly_outside",
         "all_in_view",
     ]
+
+
+def test_crossing_summary_counts_exchanges_where_tracks_bounce_off_each_other():
+    """Two 10-px digits crossing horizontally (they coincide at t = 2): windows that follow them exchange nothing;
+    windows that keep their sides (identity 0 always on the left: the tracks bounce) exchange both digits at t = 3.
+    A third sequence moves two digits in parallel (no crossing), a fourth has one digit."""
+    from experiments.sqair_diagnose import crossing_summary
+
+    T = 5
+    x = np.linspace(5.0, 35.0, T)
+    a = np.stack([np.full(T, 20.0), x, np.full(T, 30.0), x + 10], -1)  # [T, 4], moving right
+    b = a.copy()
+    b[:, 1], b[:, 3] = x[::-1], x[::-1] + 10  # moving left
+    low = a + np.array([20.0, 0.0, 20.0, 0.0])  # parallel to a, 20 px lower
+    true_boxes = np.stack([np.stack([a, b], 1), np.stack([a, b], 1), np.stack([a, low], 1), np.stack([a, 0 * a], 1)])
+    true_presence = np.ones((4, T, 2), bool)
+    true_presence[3, :, 1] = False
+    ids = np.broadcast_to(np.array([0, 1]), (4, T, 2)).copy()
+    ids[3, :, 1] = -1
+    boxes = true_boxes.copy()
+    left = np.where(a[:, 1:2] <= b[:, 1:2], a, b)  # bounce: identity 0 holds the left digit in every frame
+    right = np.where(a[:, 1:2] <= b[:, 1:2], b, a)
+    boxes[1] = np.stack([left, right], 1)
+    result = crossing_summary(true_boxes, true_presence, boxes, true_presence, ids)
+    assert result == dict(
+        two_digit_sequences=3,
+        crossing_sequences=2,
+        sequences_with_exchanges=1,
+        crossing_sequences_with_exchanges=1,
+        exchanges=2,
+        swaps=2,
+        exchange_sequence_indices=[1],
+    )
