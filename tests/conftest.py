@@ -19,7 +19,7 @@ these tests' arrays are too small for LLVM's vectorisation to matter. Measured o
 process, user CPU seconds of ``/usr/bin/time python -m pytest tests/tasks/test_air.py``, beside a training run): 301
 without either (``OCR_JAX_TEST_COMPILATION_CACHE=none OCR_JAX_TEST_XLA_FLAGS=``), 250 with the cache alone
 (``OCR_JAX_TEST_XLA_FLAGS=``), 175 with both (the default); with both, the whole default suite on a clean clone
-went from 1317 s to 622 s (README, with six experiment-level checks moved to slow).
+went from 1317 s to 660 s (README, with six experiment-level checks moved to slow).
 ``OCR_JAX_TEST_XLA_FLAGS`` names the added flags (empty: none added); the session cache is on by default
 (``OCR_JAX_TEST_COMPILATION_CACHE`` unset, or ``new``).
 
