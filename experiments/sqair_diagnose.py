@@ -165,9 +165,7 @@ def crossing_summary(true_boxes, true_presence, boxes, presence, ids, **match_op
     """
     true_presence = np.asarray(true_presence) > 0
     together = true_presence.sum(-1) >= 2  # [n, T]
-    pair_iou = sqair_eval.box_iou(np.asarray(true_boxes)[..., :, None, :], np.asarray(true_boxes)[..., None, :, :])
-    both = true_presence[..., :, None] & true_presence[..., None, :] & ~np.eye(true_presence.shape[-1], dtype=bool)
-    crossing = (both & (pair_iou > 0)).any((1, 2, 3))  # [n]
+    crossing = sqair_eval.touching_true_objects(true_boxes, true_presence).any((1, 2))  # [n]
     exchanges, swaps = [], 0
     for b in range(len(true_presence)):
         c = sqair_eval.tracking_counts(true_boxes[b], true_presence[b], boxes[b], presence[b], ids[b], **match_options)

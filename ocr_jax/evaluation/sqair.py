@@ -634,6 +634,15 @@ def match_objects(
 OVERLAP_WINDOW = 3
 
 
+def touching_true_objects(true_boxes, true_presence) -> np.ndarray:
+    """``true_boxes [..., true, 4]``, ``true_presence [..., true]`` -> ``[..., true]`` bool: the true object's box
+    overlaps another present true object's (IoU > 0) in that frame."""
+    true_boxes, true_presence = np.asarray(true_boxes), np.asarray(true_presence) > 0
+    pair_iou = box_iou(true_boxes[..., :, None, :], true_boxes[..., None, :, :])
+    others = true_presence[..., :, None] & true_presence[..., None, :] & ~np.eye(true_presence.shape[-1], dtype=bool)
+    return np.any(others & (pair_iou > 0), axis=-1)
+
+
 def tracking_counts(
     true_boxes,
     true_presence,
@@ -696,10 +705,7 @@ def tracking_counts(
         num_inferred=int(presence.sum()),
         num_tracks=int(true_presence.any(0).sum()),
     )
-    # [time, true]: the true object overlaps another present true object in that frame
-    pair_iou = box_iou(true_boxes[:, :, None], true_boxes[:, None, :])
-    others = true_presence[:, :, None] & true_presence[:, None, :] & ~np.eye(D, dtype=bool)
-    touching = np.any(others & (pair_iou > 0), axis=-1)
+    touching = touching_true_objects(true_boxes, true_presence)  # [time, true]
     last_id = np.full(D, -1, np.int64)  # inferred identity each true object was last matched to
     last_t = np.full(D, -1, np.int64)  # ... and the frame of that match
     ever = np.zeros(D, bool)

@@ -1333,7 +1333,7 @@ class SQAIR:
                 ids=state["ids"],
                 h_temporal=state["h_temporal"],
                 h_prior=h_p,
-                where_velocity=jax.vmap(self._displacement)(where, state["z_where"]),
+                where_velocity=self._displacement(where, state["z_where"]),
             ),
         )
         num_prop = jnp.sum(pres).astype(jnp.int32)
