@@ -35,6 +35,13 @@ inferred windows coloured by identity and the true boxes in grey. This is how th
 to bounce off each other where two digits cross (docs/results.md, issue #13).
 
     python -m experiments.sqair_diagnose --workdir=runs/sqair_maxscale_seed0 --sequences=1000 --frames=10 --crossings
+
+With ``--count_errors``: the frames counted wrong on the first ``--sequences`` test sequences, by the first cause that
+applies to the frame (:data:`COUNT_ERROR_CAUSES`: a digit back in view after being wholly outside in an earlier frame,
+two digits whose boxes share a pixel, a digit partly outside the canvas, none of these), too few and too many. This
+is how `+velocity`'s counting errors were split by cause (docs/results.md, issue #13).
+
+    python -m experiments.sqair_diagnose --workdir=runs/sqair_velocity_seed0 --sequences=1000 --frames=10 --count_errors
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ from absl import app, flags
 
 from ocr_jax import api, cli
 from ocr_jax.data import to_unit_float
+from ocr_jax.data.multi_mnist import any_pair_overlaps
 from ocr_jax.evaluation import sqair as sqair_eval
 from ocr_jax.tasks.sqair import load_sequences
 
@@ -225,14 +233,19 @@ EDGE_INK_THRESHOLDS = (0.1, 0.2, 0.3, 0.5)
 _PER_FRAME = ("frames", "counts", "presence", "boxes", "full_boxes")  # the data's [n, T, ...] fields --edges reads
 
 
+def shown_fraction(data: dict[str, np.ndarray]) -> np.ndarray:
+    """``[n, T, k]``: the fraction of each digit's tight box on the canvas (``boxes``, the visible part, over
+    ``full_boxes``); 1 where the digit is not in view (``presence`` false)."""
+    visible_area = sqair_eval.box_area(data["boxes"])
+    full_area = sqair_eval.box_area(data["full_boxes"])
+    return np.where(data["presence"] > 0, visible_area / np.maximum(full_area, 1e-9), 1.0)
+
+
 def edge_classes(data: dict[str, np.ndarray]) -> np.ndarray:
     """``[n, T]`` int: the index in :data:`EDGE_CLASSES` of every frame of moving multi-MNIST ``data`` (``counts [n,
     T]``, ``sequence_counts [n]``, ``presence [n, T, k]``, ``boxes`` (the visible part) and ``full_boxes [n, T, k,
     4]``); a frame with no digit is ``all_in_view``."""
-    visible_area = sqair_eval.box_area(data["boxes"])
-    full_area = sqair_eval.box_area(data["full_boxes"])
-    shown = np.where(data["presence"] > 0, visible_area / np.maximum(full_area, 1e-9), 1.0)  # [n, T, k]
-    least = shown.min(-1)
+    least = shown_fraction(data).min(-1)
     classes = np.full(least.shape, 3)
     classes[least < 1.0 - 1e-6] = 2
     classes[least < EDGE_SLIVER] = 1
@@ -262,7 +275,7 @@ def edge_counts(
         data = {k: v[:sequences] for k, v in run.task.test_data.items()}
     else:
         data = load_sequences(cfg, split, sequences, data_seed)
-    data = {k: (data[k][:, :frames] if k in _PER_FRAME else data[k]) for k in (*_PER_FRAME, "sequence_counts")}
+    data = _cut_to_frames(data, frames)
     out = api.infer_sequences(run, data["frames"], key=0, num_particles=particles)
     ink = sqair_eval.task_object_ink(run.task, run.params, out["z_what"], out["z_where_raw"])
     classes = edge_classes(data)
@@ -291,6 +304,60 @@ def edge_counts(
     return result
 
 
+def _cut_to_frames(data: dict[str, np.ndarray], frames: int) -> dict[str, np.ndarray]:
+    """The fields --edges and --count_errors read, per-frame ones cut to the first ``frames`` frames."""
+    return {k: (data[k][:, :frames] if k in _PER_FRAME else data[k]) for k in (*_PER_FRAME, "sequence_counts")}
+
+
+# The causes of --count_errors, the first that applies to a frame: a digit in view that was wholly outside (or not yet
+# in view) in an earlier frame of its sequence; two digits in view whose visible boxes share a pixel; a digit partly
+# outside the canvas; none of these.
+COUNT_ERROR_CAUSES = ("came_back", "overlapping", "at_edge", "other")
+
+
+def count_error_causes(data: dict[str, np.ndarray], inferred_counts: np.ndarray) -> dict[str, dict[str, int]]:
+    """Frames counted wrong by cause. ``data``: moving multi-MNIST (``counts [n, T]``, ``presence [n, T, k]``,
+    ``boxes`` and ``full_boxes [n, T, k, 4]``); ``inferred_counts [n, T]``. Each frame gets the first of
+    :data:`COUNT_ERROR_CAUSES` that applies; returns per cause its ``frames``, those counted too low (``under``) and
+    too high (``over``)."""
+    presence = np.asarray(data["presence"], bool)  # [n, T, k]
+    n, T, k = presence.shape
+    absent = (~presence).astype(np.int32)
+    absent_before = (np.cumsum(absent, axis=1) - absent) > 0  # [n, T, k]: out of view in some earlier frame
+    came_back = (presence & absent_before).any(-1)
+    flat_boxes = np.asarray(data["boxes"]).reshape(n * T, k, 4)
+    overlapping = any_pair_overlaps(flat_boxes, presence.reshape(n * T, k)).reshape(n, T)
+    at_edge = (shown_fraction(data) < 1.0 - 1e-6).any(-1)
+    cause = np.full((n, T), COUNT_ERROR_CAUSES.index("other"))
+    for name, applies in reversed(list(zip(COUNT_ERROR_CAUSES[:3], (came_back, overlapping, at_edge)))):
+        cause[applies] = COUNT_ERROR_CAUSES.index(name)
+    truth = np.asarray(data["counts"])
+    inferred = np.asarray(inferred_counts)
+    return {
+        name: dict(
+            frames=int((cause == i).sum()),
+            under=int(((cause == i) & (inferred < truth)).sum()),
+            over=int(((cause == i) & (inferred > truth)).sum()),
+        )
+        for i, name in enumerate(COUNT_ERROR_CAUSES)
+    }
+
+
+def count_errors(run: api.Run, *, sequences: int = 1000, frames: int = 10, particles: int = 5) -> dict:
+    """:func:`count_error_causes` of the best particles (of ``particles``, the run's visible rule) on the first
+    ``sequences`` test sequences cut to ``frames`` frames, with the count accuracy they give."""
+    data = _cut_to_frames({k: v[:sequences] for k, v in run.task.test_data.items()}, frames)
+    out = api.infer_sequences(run, data["frames"], key=0, num_particles=particles)
+    inferred = out["visible"].sum(-1)
+    return dict(
+        step=run.step,
+        sequences=len(data["frames"]),
+        frames=frames,
+        count_accuracy=float((inferred == data["counts"]).mean()),
+        causes=count_error_causes(data, inferred),
+    )
+
+
 def diagnose(
     workdir: str,
     *,
@@ -301,17 +368,21 @@ def diagnose(
     merges: bool = False,
     edges: bool = False,
     crossings_: bool = False,
+    count_errors_: bool = False,
     split: str = "test",
     data_seed: int | None = None,
     step: int | None = None,
 ) -> dict:
     """What the command line prints, as a dict: :func:`frame_terms` (with the true counts) on the first ``sequences``
     test sequences cut to ``frames`` frames, with ``worth`` :func:`spare_summary` on one- and two-digit ones, with
-    ``merges`` :func:`merged_windows`, with ``crossings_`` :func:`crossings`, or with ``edges`` :func:`edge_counts`
+    ``merges`` :func:`merged_windows`, with ``crossings_`` :func:`crossings`, with ``count_errors_``
+    :func:`count_errors`, or with ``edges`` :func:`edge_counts`
     (on ``split`` / ``data_seed``); at checkpoint ``step`` (the latest if None)."""
     run = api.load_run(workdir, step=step)
     if crossings_:
         return crossings(run, workdir, sequences=sequences, frames=frames, particles=particles)
+    if count_errors_:
+        return count_errors(run, sequences=sequences, frames=frames, particles=particles)
     if merges:
         return merged_windows(run, sequences=sequences, frames=frames, particles=particles)
     if edges:
@@ -347,6 +418,7 @@ def main(argv):
         merges=_MERGES.value,
         edges=_EDGES.value,
         crossings_=_CROSSINGS.value,
+        count_errors_=_COUNT_ERRORS.value,
         split=_SPLIT.value,
         data_seed=_DATA_SEED.value,
         step=_STEP.value,
@@ -364,6 +436,7 @@ if __name__ == "__main__":
     _MERGES = flags.DEFINE_bool("merges", False, "one window over two digits: the merged-object anatomy (see above)")
     _EDGES = flags.DEFINE_bool("edges", False, "the visible count near the canvas edge, by rule (see above)")
     _CROSSINGS = flags.DEFINE_bool("crossings", False, "identity exchanges where digits cross, a picture (see above)")
+    _COUNT_ERRORS = flags.DEFINE_bool("count_errors", False, "the frames counted wrong, by cause (see above)")
     _SPLIT = flags.DEFINE_enum("split", "test", ["test", "train"], "--edges: whose digits the sequences use")
     _DATA_SEED = flags.DEFINE_integer("data_seed", None, "--edges: new sequences with this generator seed")
     _STEP = flags.DEFINE_integer("step", None, "checkpoint to load (default: the latest)")
