@@ -38,7 +38,8 @@ to bounce off each other where two digits cross (docs/results.md, issue #13).
 
 With ``--count_errors``: the frames counted wrong on the first ``--sequences`` test sequences, by the first cause that
 applies to the frame (:data:`COUNT_ERROR_CAUSES`: a digit back in view after being wholly outside in an earlier frame,
-two digits whose boxes share a pixel, a digit partly outside the canvas, none of these), too few and too many. This
+two digits whose boxes share a pixel, a digit wholly outside, a digit partly outside, none of these), too few and too
+many. This
 is how `+velocity`'s counting errors were split by cause (docs/results.md, issue #13).
 
     python -m experiments.sqair_diagnose --workdir=runs/sqair_velocity_seed0 --sequences=1000 --frames=10 --count_errors
@@ -310,16 +311,16 @@ def _cut_to_frames(data: dict[str, np.ndarray], frames: int) -> dict[str, np.nda
 
 
 # The causes of --count_errors, the first that applies to a frame: a digit in view that was wholly outside (or not yet
-# in view) in an earlier frame of its sequence; two digits in view whose visible boxes share a pixel; a digit partly
-# outside the canvas; none of these.
-COUNT_ERROR_CAUSES = ("came_back", "overlapping", "at_edge", "other")
+# in view) in an earlier frame of its sequence; two digits in view whose visible boxes share a pixel; a digit of the
+# sequence wholly outside the canvas (the visible count below the sequence's); a digit partly outside; none of these.
+COUNT_ERROR_CAUSES = ("came_back", "overlapping", "one_outside", "at_edge", "other")
 
 
 def count_error_causes(data: dict[str, np.ndarray], inferred_counts: np.ndarray) -> dict[str, dict[str, int]]:
-    """Frames counted wrong by cause. ``data``: moving multi-MNIST (``counts [n, T]``, ``presence [n, T, k]``,
-    ``boxes`` and ``full_boxes [n, T, k, 4]``); ``inferred_counts [n, T]``. Each frame gets the first of
-    :data:`COUNT_ERROR_CAUSES` that applies; returns per cause its ``frames``, those counted too low (``under``) and
-    too high (``over``)."""
+    """Frames counted wrong by cause. ``data``: moving multi-MNIST (``counts [n, T]``, ``sequence_counts [n]``,
+    ``presence [n, T, k]``, ``boxes`` and ``full_boxes [n, T, k, 4]``); ``inferred_counts [n, T]``. Each frame gets
+    the first of :data:`COUNT_ERROR_CAUSES` that applies; returns per cause its ``frames``, those counted too low
+    (``under``) and too high (``over``)."""
     presence = np.asarray(data["presence"], bool)  # [n, T, k]
     n, T, k = presence.shape
     absent = (~presence).astype(np.int32)
@@ -327,11 +328,13 @@ def count_error_causes(data: dict[str, np.ndarray], inferred_counts: np.ndarray)
     came_back = (presence & absent_before).any(-1)
     flat_boxes = np.asarray(data["boxes"]).reshape(n * T, k, 4)
     overlapping = any_pair_overlaps(flat_boxes, presence.reshape(n * T, k)).reshape(n, T)
+    truth = np.asarray(data["counts"])
+    one_outside = truth < np.asarray(data["sequence_counts"])[:, None]
     at_edge = (shown_fraction(data) < 1.0 - 1e-6).any(-1)
     cause = np.full((n, T), COUNT_ERROR_CAUSES.index("other"))
-    for name, applies in reversed(list(zip(COUNT_ERROR_CAUSES[:3], (came_back, overlapping, at_edge)))):
-        cause[applies] = COUNT_ERROR_CAUSES.index(name)
-    truth = np.asarray(data["counts"])
+    applies = (came_back, overlapping, one_outside, at_edge)  # in the order of COUNT_ERROR_CAUSES
+    for i in reversed(range(len(applies))):  # the first cause that applies is written last
+        cause[applies[i]] = i
     inferred = np.asarray(inferred_counts)
     return {
         name: dict(

@@ -113,9 +113,9 @@ def test_crossing_summary_counts_exchanges_where_tracks_bounce_off_each_other():
 
 
 def test_count_error_causes_split_wrong_counts_by_the_first_cause_that_applies():
-    """Two three-frame sequences of two 10x10 digits on a 50-px canvas. Sequence 0: B wholly outside, then back in view
-    apart from A, then back in view overlapping A (came back wins over overlapping). Sequence 1: B partly outside, both
-    apart in view, both overlapping."""
+    """Two three-frame sequences of two 10x10 digits on a 50-px canvas. Sequence 0: B wholly outside (one outside),
+    then back in view apart from A, then back in view overlapping A (came back wins over overlapping). Sequence 1: B
+    partly outside, both apart in view, both overlapping."""
     from experiments.sqair_diagnose import count_error_causes
 
     a = [5, 5, 15, 15]
@@ -130,16 +130,19 @@ def test_count_error_causes_split_wrong_counts_by_the_first_cause_that_applies()
     visible[..., 3] = np.minimum(visible[..., 3], 50)
     presence = visible[..., 3] > visible[..., 1]
     visible[~presence] = 0
-    data = dict(boxes=visible, full_boxes=full, presence=presence, counts=presence.sum(-1))
+    data = dict(
+        boxes=visible, full_boxes=full, presence=presence, counts=presence.sum(-1), sequence_counts=np.array([2, 2])
+    )
     np.testing.assert_array_equal(data["counts"], [[1, 2, 2], [2, 2, 2]])
-    inferred = np.array([[1, 1, 1], [1, 3, 1]])
+    inferred = np.array([[2, 1, 1], [1, 3, 1]])
     assert count_error_causes(data, inferred) == {
         "came_back": dict(frames=2, under=2, over=0),
         "overlapping": dict(frames=1, under=1, over=0),
+        "one_outside": dict(frames=1, under=0, over=1),
         "at_edge": dict(frames=1, under=1, over=0),
-        "other": dict(frames=2, under=0, over=1),
+        "other": dict(frames=1, under=0, over=1),
     }
     # Counted right everywhere: every cause keeps its frames and has no errors.
     right = count_error_causes(data, data["counts"])
-    assert [c["frames"] for c in right.values()] == [2, 1, 1, 2]
+    assert [c["frames"] for c in right.values()] == [2, 1, 1, 1, 1]
     assert all(c["under"] == c["over"] == 0 for c in right.values())
