@@ -39,8 +39,7 @@ to bounce off each other where two digits cross (docs/results.md, issue #13).
 With ``--count_errors``: the frames counted wrong on the first ``--sequences`` test sequences, by the first cause that
 applies to the frame (:data:`COUNT_ERROR_CAUSES`: a digit back in view after being wholly outside in an earlier frame,
 two digits whose boxes share a pixel, a digit wholly outside, a digit partly outside, none of these), too few and too
-many. This
-is how `+velocity`'s counting errors were split by cause (docs/results.md, issue #13).
+many. This is how `+velocity`'s counting errors were split by cause (docs/results.md, issue #13).
 
     python -m experiments.sqair_diagnose --workdir=runs/sqair_velocity_seed0 --sequences=1000 --frames=10 --count_errors
 """
@@ -231,7 +230,7 @@ def crossings(run: api.Run, workdir: str, *, sequences: int = 1000, frames: int 
 EDGE_CLASSES = ("wholly_outside", "sliver", "partly_in_view", "all_in_view")
 EDGE_SLIVER = 0.25
 EDGE_INK_THRESHOLDS = (0.1, 0.2, 0.3, 0.5)
-_PER_FRAME = ("frames", "counts", "presence", "boxes", "full_boxes")  # the data's [n, T, ...] fields --edges reads
+_PER_FRAME = ("frames", "counts", "presence", "boxes", "full_boxes")  # [n, T, ...] fields --edges, --count_errors read
 
 
 def shown_fraction(data: dict[str, np.ndarray]) -> np.ndarray:
