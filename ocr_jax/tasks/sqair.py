@@ -130,6 +130,9 @@ def sequence_defaults(*, start_length: int, eval_fields: dict) -> dict:
         # curriculum (§5.D.1): start_length frames, +1 every length_every steps, up to num_frames
         start_length=start_length,
         length_every=100_000,
+        # or, when not empty, the number of steps at each length from start_length on (the last length lasts to the
+        # end): e.g. more steps at the cheap short lengths than at the long ones (sqair_mnist:cpu+short)
+        length_steps=(),
         # data: "mnist" (moving multi-MNIST from the MNIST split) or "blobs" (synthetic digits, no download)
         data="mnist",
         canvas_size=50,
@@ -163,12 +166,35 @@ def sequence_defaults(*, start_length: int, eval_fields: dict) -> dict:
     )
 
 
-def curriculum_length(step, start_length: int, length_every: int, max_length: int):
-    """§5.D.1: ``min(start_length + step // length_every, max_length)``; a Python int for an int step (the
-    training loop's), an array for an array step."""
+def curriculum_length(step, start_length: int, length_every: int, max_length: int, length_steps=()):
+    """§5.D.1: ``min(start_length + step // length_every, max_length)``; with ``length_steps`` (the number of steps
+    spent at each length from ``start_length`` on, e.g. ``(2000, 1500)``: lengths 1, 2, then 3 from step 3500 when
+    ``start_length`` is 1) it is ``start_length`` plus the number of those phases complete by ``step``, again at most
+    ``max_length``. A Python int for an int step (the training loop's), an array for an array step."""
+    if length_steps:
+        ends = np.cumsum(length_steps)
+        if isinstance(step, (int, np.integer)):
+            return int(min(start_length + int(np.sum(ends <= int(step))), max_length))
+        done = jnp.sum(jnp.asarray(step)[..., None] >= jnp.asarray(ends), axis=-1)
+        return jnp.minimum(start_length + done, max_length)
     if isinstance(step, (int, np.integer)):
         return int(min(start_length + int(step) // length_every, max_length))
     return jnp.minimum(start_length + jnp.asarray(step) // length_every, max_length)
+
+
+def curriculum_start(length: int, start_length: int, length_every: int, length_steps=()) -> int:
+    """The first training step at which ``curriculum_length`` reaches ``length`` (0 for lengths up to
+    ``start_length``): the step at which e.g. the ``anneal`` learning-rate cut or the end of DISC's suppression is
+    placed. With ``length_steps``, a length beyond its phases is never reached: ValueError."""
+    phases = max(0, length - start_length)
+    if not length_steps:
+        return phases * length_every
+    if phases > len(length_steps):
+        raise ValueError(
+            f"length {length} is never reached: length_steps {tuple(length_steps)} from start_length {start_length} "
+            f"end at length {start_length + len(length_steps)}"
+        )
+    return int(sum(length_steps[:phases]))
 
 
 def curriculum_batches(
@@ -296,6 +322,8 @@ class SequenceTask:
                 f"need 1 <= start_length <= num_frames and length_every >= 1; got start_length="
                 f"{cfg.start_length}, num_frames={cfg.num_frames}, length_every={cfg.length_every}"
             )
+        if any(not isinstance(n, (int, np.integer)) or n < 1 for n in cfg.length_steps):
+            raise ValueError(f"length_steps must be positive integers (steps per length); got {cfg.length_steps}")
         self._train_frames = train_frames
 
     @property
@@ -315,7 +343,7 @@ class SequenceTask:
     def sequence_length(self, step):
         """The curriculum length at training step ``step`` (``curriculum_length``)."""
         c = self.config
-        return curriculum_length(step, c.start_length, c.length_every, c.num_frames)
+        return curriculum_length(step, c.start_length, c.length_every, c.num_frames, tuple(c.length_steps))
 
     def train_batches(self, *, seed, start_step, global_batch_size, process_index, process_count):
         """Deterministic batches of sequences cut to the curriculum length of their step (``sequence_length``)."""
@@ -510,6 +538,7 @@ __all__ = [
     "SequenceBaseline",
     "SequenceTask",
     "curriculum_length",
+    "curriculum_start",
     "default_task_config",
     "load_sequences",
     "make_sequences",

@@ -1,5 +1,6 @@
 """ocr_jax.configs: configs named on the command line (NAME[:VARIANT]) or given as files, and the list --help shows."""
 
+import functools
 import os
 import re
 import shutil
@@ -139,12 +140,24 @@ def test_run_controls_can_be_set_from_the_command_line_for_every_training_config
 
 
 def test_sqair_anneal_cuts_every_learning_rate_to_a_third_when_sequences_reach_five_frames():
+    from ocr_jax.tasks.sqair import curriculum_length
     from ocr_jax.training.optimizers import make_schedule
 
-    for spec, boundary in (("sqair_mnist:cpu+piwae+anneal", 6000), ("sqair_mnist:quick+anneal", 400)):
+    for spec, boundary in (
+        ("sqair_mnist:cpu+piwae+anneal", 6000),
+        ("sqair_mnist:quick+anneal", 400),
+        ("sqair_mnist:cpu+short+piwae+anneal", 5250),
+    ):
         config = configs.get_config(spec)
         tc = config.task_config
-        assert tc.start_length + boundary // tc.length_every == 5, spec
+        length = functools.partial(
+            curriculum_length,
+            start_length=tc.start_length,
+            length_every=tc.length_every,
+            max_length=10**9,  # uncapped: quick sequences are shorter than five frames
+            length_steps=tuple(tc.length_steps),
+        )
+        assert (length(boundary - 1), length(boundary)) == (4, 5), spec
         for group, cfg in config.optimizers.items():
             schedule = make_schedule(cfg)
             lr = cfg.learning_rate
@@ -231,3 +244,29 @@ def test_air_fast_is_piwae_with_a_vimco_start_and_a_constant_count_prior_of_1e_4
     plain = configs.get_config("air_multi_mnist:piwae+vimco_start")
     plain.task_config.count_prior.start, plain.task_config.count_prior.end, plain.num_steps = 1e-4, 1e-4, 5000
     assert config.to_json_best_effort() == plain.to_json_best_effort()
+
+
+def test_sqair_short_is_the_cpu_curriculum_with_short_long_lengths():
+    """``cpu+short`` spends 2000, 1500, 1000, 750, 750 steps at lengths 1-5 and 250 at each of 6-10 (7250 steps),
+    keeps DISC suppressed through the 2-frame phase as ``cpu`` does, and changes nothing else; it implies ``cpu``."""
+    from ocr_jax.tasks.sqair import curriculum_length
+
+    plain = configs.get_config("sqair_mnist:cpu+piwae+anneal+velocity")
+    short = configs.get_config("sqair_mnist:cpu+short+piwae+anneal+velocity")
+    tc = short.task_config
+    lengths = [curriculum_length(s, 1, tc.length_every, 10, tuple(tc.length_steps)) for s in range(short.num_steps)]
+    assert [lengths.count(n) for n in range(1, 11)] == [2000, 1500, 1000, 750, 750, 250, 250, 250, 250, 250]
+    assert lengths == sorted(lengths)
+    assert tc.disc_suppression_steps == lengths.index(3) == 3500
+    assert plain.task_config.disc_suppression_steps == 3000  # cpu: through its own 2-frame phase
+    for config, boundary in ((plain, 6000), (short, 5250)):
+        for group in config.optimizers.values():
+            assert dict(group.boundaries_and_scales) == {boundary: pytest.approx(1 / 3)}
+    short.task_config.length_steps = ()
+    short.task_config.disc_suppression_steps = 3000
+    short.num_steps = 15_000
+    for group in short.optimizers.values():
+        group.boundaries_and_scales = {6000: 1 / 3}
+    assert short.to_json_best_effort() == plain.to_json_best_effort()
+    alone = configs.get_config("sqair_mnist:short")  # implies cpu
+    assert alone.to_json_best_effort() == configs.get_config("sqair_mnist:cpu+short").to_json_best_effort()

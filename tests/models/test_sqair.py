@@ -6,6 +6,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -349,6 +350,36 @@ def test_curriculum_length():
 
     steps = jnp.asarray([0, 99_999, 100_000, 250_000, 10**7])
     np.testing.assert_array_equal(curriculum_length(steps, 3, 100_000, 10), [3, 3, 4, 5, 10])
+
+
+def test_curriculum_length_steps_per_length_and_where_each_length_starts():
+    """With ``length_steps`` each length lasts its own number of steps (the last one to the end, capped at the
+    sequence length); ``curriculum_start`` is its inverse; ints and arrays agree."""
+    from ocr_jax.tasks.sqair import curriculum_length, curriculum_start
+
+    phases = (20, 15, 5)  # lengths 1, 2, 3 from steps 0, 20, 35; length 4 from step 40 on
+    steps = [0, 19, 20, 34, 35, 39, 40, 10**6]
+    expected = [1, 1, 2, 2, 3, 3, 4, 4]
+    assert [curriculum_length(s, 1, 999, 10, phases) for s in steps] == expected
+    np.testing.assert_array_equal(curriculum_length(jnp.asarray(steps), 1, 999, 10, phases), expected)
+    assert curriculum_length(10**6, 1, 999, 3, phases) == 3  # capped at max_length
+    assert [curriculum_start(n, 1, 999, phases) for n in (1, 2, 3, 4)] == [0, 20, 35, 40]
+    for n in (2, 3, 4):
+        start = curriculum_start(n, 1, 999, phases)
+        assert curriculum_length(start - 1, 1, 999, 10, phases) == n - 1
+        assert curriculum_length(start, 1, 999, 10, phases) == n
+    assert curriculum_start(5, 3, 100, ()) == 200  # uniform: (length - start_length) * length_every
+    assert curriculum_start(2, 3, 100, ()) == 0
+    with pytest.raises(ValueError, match="length 5 is never reached"):
+        curriculum_start(5, 1, 999, phases)
+
+
+def test_sqair_task_refuses_length_steps_that_are_not_positive_integers():
+    from ocr_jax.tasks.sqair import SQAIRTask
+
+    for bad in ((100, 0), (1.5,), (-3,)):
+        with pytest.raises(ValueError, match="length_steps must be positive integers"):
+            SQAIRTask(ml_collections.ConfigDict(dict(data="blobs", length_steps=bad)))
 
 
 @pytest.mark.slow
