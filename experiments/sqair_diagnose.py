@@ -272,10 +272,9 @@ def edge_counts(
     if data_seed is None:
         if split != "test":
             raise ValueError("--split=train needs --data_seed (a generator seed for new sequences)")
-        data = {k: v[:sequences] for k, v in run.task.test_data.items()}
+        data = _test_sequences(run, sequences, frames)
     else:
-        data = load_sequences(cfg, split, sequences, data_seed)
-    data = _cut_to_frames(data, frames)
+        data = _cut_to_frames(load_sequences(cfg, split, sequences, data_seed), frames)
     out = api.infer_sequences(run, data["frames"], key=0, num_particles=particles)
     ink = sqair_eval.task_object_ink(run.task, run.params, out["z_what"], out["z_where_raw"])
     classes = edge_classes(data)
@@ -307,6 +306,11 @@ def edge_counts(
 def _cut_to_frames(data: dict[str, np.ndarray], frames: int) -> dict[str, np.ndarray]:
     """The fields --edges and --count_errors read, per-frame ones cut to the first ``frames`` frames."""
     return {k: (data[k][:, :frames] if k in _PER_FRAME else data[k]) for k in (*_PER_FRAME, "sequence_counts")}
+
+
+def _test_sequences(run: api.Run, sequences: int, frames: int) -> dict[str, np.ndarray]:
+    """The run's first ``sequences`` test sequences, cut to ``frames`` frames (``_cut_to_frames``)."""
+    return _cut_to_frames({k: v[:sequences] for k, v in run.task.test_data.items()}, frames)
 
 
 # The causes of --count_errors, the first that applies to a frame: a digit in view that was wholly outside (or not yet
@@ -348,7 +352,7 @@ def count_error_causes(data: dict[str, np.ndarray], inferred_counts: np.ndarray)
 def count_errors(run: api.Run, *, sequences: int = 1000, frames: int = 10, particles: int = 5) -> dict:
     """:func:`count_error_causes` of the best particles (of ``particles``, the run's visible rule) on the first
     ``sequences`` test sequences cut to ``frames`` frames, with the count accuracy they give."""
-    data = _cut_to_frames({k: v[:sequences] for k, v in run.task.test_data.items()}, frames)
+    data = _test_sequences(run, sequences, frames)
     out = api.infer_sequences(run, data["frames"], key=0, num_particles=particles)
     inferred = out["visible"].sum(-1)
     return dict(

@@ -413,3 +413,20 @@ def test_sqair_diagnose_crossings_on_a_run(sqair_run, tmp_path):
     else:
         assert result["picture"] is None
     json.dumps(result)
+
+
+def test_sqair_diagnose_count_errors_and_edges_on_a_run(sqair_run):
+    """experiments/sqair_diagnose --count_errors and --edges on a run read the same test sequences with the same
+    inference: the same count accuracy; every frame has one cause, and the wrong frames per cause add up."""
+    from experiments import sqair_diagnose
+
+    n = min(6, len(sqair_run.task.test_data["frames"]))
+    errors = sqair_diagnose.count_errors(sqair_run, sequences=6, frames=3, particles=2)
+    edges = sqair_diagnose.edge_counts(sqair_run, sequences=6, frames=3, particles=2)
+    assert (errors["sequences"], errors["frames"], edges["sequences"]) == (n, 3, n)
+    assert errors["count_accuracy"] == pytest.approx(edges["count_accuracy"]["run"]["all"])
+    causes = errors["causes"]
+    assert sum(c["frames"] for c in causes.values()) == n * 3
+    wrong = sum(c["under"] + c["over"] for c in causes.values())
+    assert wrong == round((1 - errors["count_accuracy"]) * n * 3)
+    json.dumps(errors), json.dumps(edges)
