@@ -171,15 +171,13 @@ def curriculum_length(step, start_length: int, length_every: int, max_length: in
     spent at each length from ``start_length`` on, e.g. ``(2000, 1500)``: lengths 1, 2, then 3 from step 3500 when
     ``start_length`` is 1) it is ``start_length`` plus the number of those phases complete by ``step``, again at most
     ``max_length``. A Python int for an int step (the training loop's), an array for an array step."""
+    xp = np if isinstance(step, (int, np.integer)) else jnp
     if length_steps:
-        ends = np.cumsum(length_steps)
-        if isinstance(step, (int, np.integer)):
-            return int(min(start_length + int(np.sum(ends <= int(step))), max_length))
-        done = jnp.sum(jnp.asarray(step)[..., None] >= jnp.asarray(ends), axis=-1)
-        return jnp.minimum(start_length + done, max_length)
-    if isinstance(step, (int, np.integer)):
-        return int(min(start_length + int(step) // length_every, max_length))
-    return jnp.minimum(start_length + jnp.asarray(step) // length_every, max_length)
+        done = xp.searchsorted(np.cumsum(length_steps), step, side="right")  # phases complete by ``step``
+    else:
+        done = xp.asarray(step) // length_every
+    length = xp.minimum(start_length + done, max_length)
+    return int(length) if xp is np else length
 
 
 def curriculum_start(length: int, start_length: int, length_every: int, length_steps=()) -> int:
