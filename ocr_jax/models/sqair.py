@@ -55,7 +55,8 @@ Start-up (what decides whether training finds every object; each option is a con
   the new glimpse and ``(μ_T, σ_T)`` a head on the temporal RNN's output (as in the official code, this scale is a
   gate-weighted sum of floored scales and can fall below ``std_floor`` when the gates saturate); ``"direct"`` is one
   head on everything;
-- ``disc_later_presence_bias`` is added to DISC's presence logit in frames t > 1.
+- ``disc_later_presence_bias`` is added to DISC's presence logit in frames t > 1; ``-inf`` closes discovery after
+  frame 1 exactly (DISC's objects are then masked out, as those beyond N − P_t are).
 - A discovered object's temporal state is the temporal GRU applied to a learned initial state with input
   ``[glimpse encoding, z_where, DISC-RNN output]`` (the DISC analogue of Eq. 5.15).
 - The discovery prior ``p_θ(D_t | P_t)`` is a learned table of logits indexed by (first frame?, P_t), masked to
@@ -220,8 +221,15 @@ class SQAIRConfig:
             "no_new_objects_logit_init",
             "prop_presence_logit_init",
             "disc_presence_logit_init",
-            "disc_later_presence_bias",
             "decoder_output_bias",
+        )
+        later = self.disc_later_presence_bias
+        check.require(
+            isinstance(later, (int, float))
+            and not isinstance(later, bool)
+            and not math.isnan(later)
+            and later != math.inf,
+            f"disc_later_presence_bias must be a finite number or -inf (no discovery after frame 1); got {later!r}",
         )
         check.non_negative(
             "disc_head_kernel_scale", "prop_update_scale", "disc_presence_logit_bound", "prop_presence_logit_bound"
@@ -303,6 +311,15 @@ def _logit(p: float) -> float:
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Densities
+
+
+def _check_later_bias(bias, name: str) -> None:
+    """ValueError if concrete ``bias`` is NaN or +inf: DISC's later-frame offset is finite, or −inf (closed)."""
+    if validation.is_traced(bias):
+        return
+    value = float(np.asarray(bias))
+    if math.isnan(value) or value == math.inf:
+        raise ValueError(f"{name} must be finite or -inf (no discovery after frame 1); got {value}")
 
 
 def bound_logit(logit, bound: float):
@@ -1044,12 +1061,18 @@ class SQAIR:
             params, SQAIRInference.latent_code, prop["z_what"], prop["z_where"], prop["z_pres"]
         )
         h_temporal_init = self._inference(params, SQAIRInference.temporal_initial_state)
+        # The presence-logit offset of frames t > 1; −inf closes discovery there exactly (no sample, no log q term, no
+        # gradient), where a finite offset can be outgrown by DISC's unbounded logit.
+        later = jnp.asarray(c.disc_later_presence_bias if later_bias is None else later_bias, jnp.float32)
+        closed = jnp.isneginf(later)
+        offset = jnp.where(jnp.logical_or(is_first, closed), 0.0, later)
+        discovery_open = jnp.logical_or(is_first, jnp.logical_not(closed)).astype(jnp.float32)
 
         def step(carry, xs):
             h_disc, what_prev, where_prev, running = carry
             i, k = xs
             k_pres, k_where, k_what = jax.random.split(k, 3)
-            allowed = running * (i < N - num_prop)
+            allowed = running * (i < N - num_prop) * discovery_open
             w = self._inference(
                 params, SQAIRInference.discovery_step, h_disc, image_projection, latent_code, what_prev, where_prev
             )
@@ -1065,9 +1088,7 @@ class SQAIR:
             pres_logit = bound_logit(raw_logit, c.disc_presence_logit_bound)
             if c.disc_presence_bound_frames == "first":
                 pres_logit = jnp.where(is_first, pres_logit, raw_logit)
-            pres_logit = pres_logit + jnp.where(
-                is_first, 0.0, c.disc_later_presence_bias if later_bias is None else later_bias
-            )
+            pres_logit = pres_logit + offset
             pres = _sample_bernoulli(k_pres, pres_logit) * allowed
             log_q_pres = allowed * distrax.Bernoulli(logits=pres_logit).log_prob(pres)
             h_temp = self._inference(params, SQAIRInference.temporal_step, h_temporal_init, e, where, w)
@@ -1279,7 +1300,8 @@ class SQAIR:
 
         Checked: ``images`` by :meth:`validate_sequence` (values only when concrete), ``num_particles`` an int >= 1,
         ``key`` a ``jax.random.key`` or an old-style ``jax.random.PRNGKey`` (uint32[2]; same results for the same
-        bits), ``disc_later_presence_bias`` a scalar (finite when concrete). ValueError/TypeError otherwise.
+        bits), ``disc_later_presence_bias`` a scalar, finite or −inf (no discovery after frame 1) when concrete.
+        ValueError/TypeError otherwise.
         """
         self.validate_sequence(images)
         num_particles = validation.check_count(num_particles, "num_particles")
@@ -1289,7 +1311,7 @@ class SQAIR:
                 raise ValueError(
                     f"disc_later_presence_bias must be a scalar; got shape {jnp.shape(disc_later_presence_bias)}"
                 )
-            validation.check_values(disc_later_presence_bias, "disc_later_presence_bias", low=-math.inf, high=math.inf)
+            _check_later_bias(disc_later_presence_bias, "disc_later_presence_bias")
         images = jnp.asarray(images, jnp.float32)
         if not isinstance(posterior_means, bool):
             raise TypeError(f"posterior_means must be a Python bool; got {type(posterior_means).__name__}")

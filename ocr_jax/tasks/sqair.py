@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -75,9 +76,11 @@ def default_task_config() -> ml_collections.ConfigDict:
             model=default_model_config(),
             # DISC suppressed after frame 1 during the first disc_suppression_steps steps of training: its presence
             # logit gets disc_suppression_bias in frames t > 1, so PROP must learn to follow the objects DISC found in
-            # frame 1 before DISC may re-detect them (0 steps: off). Measured in docs/results.md.
+            # frame 1 before DISC may re-detect them (0 steps: off). -inf closes discovery there exactly; a finite
+            # bias (-30 before 2026-12-07) can be outgrown by DISC's unbounded logit, and then PROP learns to drop
+            # every object (`disc_only`). Measured in docs/results.md.
             disc_suppression_steps=0,
-            disc_suppression_bias=-30.0,
+            disc_suppression_bias=-math.inf,
             # A cost of count_penalty nats per present object per frame in the training objective (propagated and
             # discovered alike), reached linearly over count_penalty_ramp steps from step count_penalty_start: AIR's
             # annealed geometric count prior (ρ = exp(−penalty)) on top of SQAIR's learned count priors. Training only:
@@ -378,6 +381,9 @@ class SQAIRTask(SequenceTask):
                 f"count_penalty, count_penalty_start and count_penalty_ramp must be >= 0; got "
                 f"{cfg.count_penalty}, {cfg.count_penalty_start}, {cfg.count_penalty_ramp}"
             )
+        bias = cfg.disc_suppression_bias
+        if not isinstance(bias, (int, float)) or math.isnan(bias) or bias == math.inf:
+            raise ValueError(f"disc_suppression_bias must be a finite number or -inf (DISC closed); got {bias!r}")
         if cfg.count_penalty_objects not in COUNT_PENALTY_OBJECTS:
             raise ValueError(
                 f"count_penalty_objects must be one of {COUNT_PENALTY_OBJECTS}; got {cfg.count_penalty_objects!r}"

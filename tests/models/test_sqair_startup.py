@@ -524,6 +524,39 @@ def test_disc_later_presence_bias_acts_after_the_first_frame_only():
     assert outs[-50.0]["num_discovered"][:, :, 0].sum() > 0
 
 
+def test_minus_inf_closes_discovery_after_the_first_frame_where_a_finite_bias_is_outgrown():
+    """DISC's presence network saturated at +100 (as an unbounded logit can grow, run sqair_short_velocity_seed2):
+    an offset of −50 after frame 1 no longer stops discovery there, −inf does, exactly — frame 1 unchanged, no
+    discovery and no DISC presence term after it, finite gradients. NaN and +inf are refused."""
+    model = SQAIR(_config())
+    params = _force(model.init(jax.random.key(0)), "inference", "prop_pres", -50.0)
+    params = _force(params, "inference", "disc_pres", 100.0)
+    infer = jax.jit(lambda p, x, k, b: model.infer(p, x, k, 4, disc_later_presence_bias=b))
+    outs = {
+        b: jax.device_get(infer(params, _images(), jax.random.key(1), jnp.float32(b))) for b in (0.0, -50.0, -np.inf)
+    }
+    assert outs[-50.0]["num_discovered"][:, :, 1:].sum() > 0
+    np.testing.assert_array_equal(outs[-np.inf]["num_discovered"][:, :, 1:], 0)
+    np.testing.assert_array_equal(outs[-np.inf]["z_pres"][:, :, 0], outs[0.0]["z_pres"][:, :, 0])
+    np.testing.assert_array_equal(outs[-np.inf]["log_q_pres"][:, :, 0], outs[0.0]["log_q_pres"][:, :, 0])
+    assert np.isfinite(outs[-np.inf]["log_weight"]).all()
+
+    def objective(p):
+        out = model.infer(p, _images(), jax.random.key(1), 4, disc_later_presence_bias=jnp.float32(-np.inf))
+        return jnp.sum(out["log_weight"]) + jnp.sum(out["log_q_pres"])
+
+    grads = jax.grad(objective)(params)
+    assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+    closed = SQAIR(_config(disc_later_presence_bias=-np.inf))
+    out = jax.device_get(jax.jit(lambda p, x, k: closed.infer(p, x, k, 4))(params, _images(), jax.random.key(1)))
+    np.testing.assert_array_equal(out["z_pres"], outs[-np.inf]["z_pres"])
+    for bad in (np.nan, np.inf):
+        with pytest.raises(ValueError, match="disc_later_presence_bias"):
+            _config(disc_later_presence_bias=bad)
+        with pytest.raises(ValueError, match="disc_later_presence_bias"):
+            model.infer(params, _images(), jax.random.key(1), 1, disc_later_presence_bias=jnp.float32(bad))
+
+
 def test_disc_presence_logit_bound_keeps_every_object_optional():
     """disc_presence_logit_bound = b: DISC's presence logit is b·tanh(logit / b). With its network saturated (logit
     +50), b = 2 leaves each object out with probability sigmoid(−2): frame 1's log q of the presence path is
@@ -617,6 +650,11 @@ def test_disc_suppression_schedule_of_the_task():
     np.testing.assert_allclose([float(task.disc_later_bias(s)) for s in (0, 99, 100, 5000)], [-30, -30, -1.5, -1.5])
     np.testing.assert_allclose(jax.jit(task.disc_later_bias)(jnp.asarray(99)), -30.0)
     assert float(task.disc_later_bias(task.eval_step)) == -1.5  # default: the trained model, no suppression
+    closed = _tiny_task(num_frames=3, start_length=1, disc_suppression_steps=100)  # default bias: −inf, closed
+    assert [float(closed.disc_later_bias(s)) for s in (0, 99, 100)] == [-np.inf, -np.inf, 0.0]
+    for bad in (np.nan, np.inf):
+        with pytest.raises(ValueError, match="disc_suppression_bias"):
+            _tiny_task(num_frames=3, start_length=1, disc_suppression_bias=bad)
 
 
 def test_first_frame_continue_prob_is_a_fixed_truncated_geometric_count_prior():
