@@ -223,14 +223,8 @@ class SQAIRConfig:
             "disc_presence_logit_init",
             "decoder_output_bias",
         )
-        later = self.disc_later_presence_bias
-        check.require(
-            isinstance(later, (int, float))
-            and not isinstance(later, bool)
-            and not math.isnan(later)
-            and later != math.inf,
-            f"disc_later_presence_bias must be a finite number or -inf (no discovery after frame 1); got {later!r}",
-        )
+        later_error = later_bias_error(self.disc_later_presence_bias, "disc_later_presence_bias")
+        check.require(later_error is None, later_error)
         check.non_negative(
             "disc_head_kernel_scale", "prop_update_scale", "disc_presence_logit_bound", "prop_presence_logit_bound"
         )
@@ -313,13 +307,15 @@ def _logit(p: float) -> float:
 # Densities
 
 
-def _check_later_bias(bias, name: str) -> None:
-    """ValueError if concrete ``bias`` is NaN or +inf: DISC's later-frame offset is finite, or −inf (closed)."""
-    if validation.is_traced(bias):
-        return
-    value = float(np.asarray(bias))
-    if math.isnan(value) or value == math.inf:
-        raise ValueError(f"{name} must be finite or -inf (no discovery after frame 1); got {value}")
+def later_bias_error(value, name: str) -> str | None:
+    """Why ``value`` cannot be DISC's presence-logit offset after frame 1 (a number, finite or −inf: discovery
+    closed), or None if it can. ``value`` a Python number or a concrete scalar array."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.ndarray, np.generic, jax.Array)):
+        return f"{name} must be a finite number or -inf (no discovery after frame 1); got {value!r}"
+    v = float(np.asarray(value))
+    if math.isnan(v) or v == math.inf:
+        return f"{name} must be a finite number or -inf (no discovery after frame 1); got {v}"
+    return None
 
 
 def bound_logit(logit, bound: float):
@@ -1311,7 +1307,10 @@ class SQAIR:
                 raise ValueError(
                     f"disc_later_presence_bias must be a scalar; got shape {jnp.shape(disc_later_presence_bias)}"
                 )
-            _check_later_bias(disc_later_presence_bias, "disc_later_presence_bias")
+            if not validation.is_traced(disc_later_presence_bias):
+                error = later_bias_error(disc_later_presence_bias, "disc_later_presence_bias")
+                if error:
+                    raise ValueError(error)
         images = jnp.asarray(images, jnp.float32)
         if not isinstance(posterior_means, bool):
             raise TypeError(f"posterior_means must be a Python bool; got {type(posterior_means).__name__}")

@@ -31,7 +31,7 @@ from ocr_jax import estimators, objectives
 from ocr_jax.data import deterministic_batches, to_unit_float
 from ocr_jax.evaluation import sqair as sqair_eval
 from ocr_jax.models import modules
-from ocr_jax.models.sqair import SQAIR, SQAIRConfig
+from ocr_jax.models.sqair import SQAIR, SQAIRConfig, later_bias_error
 from ocr_jax.training.tasks import register
 
 _DATA_FIELDS = ("image_shape", "max_seq_len")  # SQAIRConfig fields the task derives from its data
@@ -381,9 +381,8 @@ class SQAIRTask(SequenceTask):
                 f"count_penalty, count_penalty_start and count_penalty_ramp must be >= 0; got "
                 f"{cfg.count_penalty}, {cfg.count_penalty_start}, {cfg.count_penalty_ramp}"
             )
-        bias = cfg.disc_suppression_bias
-        if not isinstance(bias, (int, float)) or math.isnan(bias) or bias == math.inf:
-            raise ValueError(f"disc_suppression_bias must be a finite number or -inf (DISC closed); got {bias!r}")
+        if error := later_bias_error(cfg.disc_suppression_bias, "disc_suppression_bias"):
+            raise ValueError(error)
         if cfg.count_penalty_objects not in COUNT_PENALTY_OBJECTS:
             raise ValueError(
                 f"count_penalty_objects must be one of {COUNT_PENALTY_OBJECTS}; got {cfg.count_penalty_objects!r}"
