@@ -36,6 +36,13 @@ to bounce off each other where two digits cross (docs/results.md, issue #13).
 
     python -m experiments.sqair_diagnose --workdir=runs/sqair_maxscale_seed0 --sequences=1000 --frames=10 --crossings
 
+With ``--disc_later_bias=B`` (the default mode): the same per-frame anatomy with DISC's presence logit offset by B
+after frame 1 — how large an offset closes discovery in later frames. This is how the `disc_only` of `+short` seed 2
+was traced to DISC's unbounded logit outgrowing the −30 suppression (docs/results.md, issue #13).
+
+    python -m experiments.sqair_diagnose --workdir=runs/sqair_short_velocity_seed2 --step=2500 --frames=2 \
+        --disc_later_bias=-60
+
 With ``--count_errors``: the frames counted wrong on the first ``--sequences`` test sequences, by the first cause that
 applies to the frame (:data:`COUNT_ERROR_CAUSES`: a digit back in view after being wholly outside in an earlier frame,
 two digits whose boxes share a pixel, a digit wholly outside, a digit partly outside, none of these), too few and too
@@ -60,12 +67,21 @@ from ocr_jax.evaluation import sqair as sqair_eval
 from ocr_jax.tasks.sqair import load_sequences
 
 
-def frame_terms(run: api.Run, frames: np.ndarray, *, num_particles: int = 5, seed: int = 0) -> dict[str, list]:
+def frame_terms(
+    run: api.Run,
+    frames: np.ndarray,
+    *,
+    num_particles: int = 5,
+    seed: int = 0,
+    disc_later_presence_bias: float | None = None,
+) -> dict[str, list]:
     """Means over sequences and particles, per frame, of ``num_propagated``, ``num_discovered`` and the log-weight
-    terms (``log_likelihood, log_p_disc, log_p_prop, log_q_disc, log_q_prop``) for ``frames [n, T, H, W]``."""
+    terms (``log_likelihood, log_p_disc, log_p_prop, log_q_disc, log_q_prop``) for ``frames [n, T, H, W]``;
+    ``disc_later_presence_bias`` overrides DISC's presence-logit offset after frame 1 (``SQAIR.infer``)."""
     model = run.model
-    infer = jax.jit(lambda p, x, k: model.infer(p, to_unit_float(x), k, num_particles))
-    out = jax.device_get(infer(run.params, frames, jax.random.key(seed)))
+    bias = None if disc_later_presence_bias is None else jnp.float32(disc_later_presence_bias)
+    infer = jax.jit(lambda p, x, k, b: model.infer(p, to_unit_float(x), k, num_particles, disc_later_presence_bias=b))
+    out = jax.device_get(infer(run.params, frames, jax.random.key(seed), bias))
     keys = (
         "num_propagated",
         "num_discovered",
@@ -378,12 +394,14 @@ def diagnose(
     split: str = "test",
     data_seed: int | None = None,
     step: int | None = None,
+    disc_later_bias: float | None = None,
 ) -> dict:
     """What the command line prints, as a dict: :func:`frame_terms` (with the true counts) on the first ``sequences``
     test sequences cut to ``frames`` frames, with ``worth`` :func:`spare_summary` on one- and two-digit ones, with
     ``merges`` :func:`merged_windows`, with ``crossings_`` :func:`crossings`, with ``count_errors_``
     :func:`count_errors`, or with ``edges`` :func:`edge_counts`
-    (on ``split`` / ``data_seed``); at checkpoint ``step`` (the latest if None)."""
+    (on ``split`` / ``data_seed``); at checkpoint ``step`` (the latest if None). ``disc_later_bias`` (frame_terms
+    only) overrides DISC's presence-logit offset after frame 1."""
     run = api.load_run(workdir, step=step)
     if crossings_:
         return crossings(run, workdir, sequences=sequences, frames=frames, particles=particles)
@@ -408,7 +426,9 @@ def diagnose(
             )
         return result
     data = load_sequences(cfg, "test", sequences, cfg.data_seed + 1)
-    result = frame_terms(run, data["frames"][:, :frames], num_particles=particles)
+    result = frame_terms(
+        run, data["frames"][:, :frames], num_particles=particles, disc_later_presence_bias=disc_later_bias
+    )
     result["true_counts"] = data["counts"][:, :frames].mean(0).round(3).tolist()
     return dict(step=run.step, **result)
 
@@ -428,6 +448,7 @@ def main(argv):
         split=_SPLIT.value,
         data_seed=_DATA_SEED.value,
         step=_STEP.value,
+        disc_later_bias=_DISC_LATER_BIAS.value,
     )
     print(json.dumps(result, indent=1))
 
@@ -446,4 +467,7 @@ if __name__ == "__main__":
     _SPLIT = flags.DEFINE_enum("split", "test", ["test", "train"], "--edges: whose digits the sequences use")
     _DATA_SEED = flags.DEFINE_integer("data_seed", None, "--edges: new sequences with this generator seed")
     _STEP = flags.DEFINE_integer("step", None, "checkpoint to load (default: the latest)")
+    _DISC_LATER_BIAS = flags.DEFINE_float(
+        "disc_later_bias", None, "DISC's presence-logit offset after frame 1 (default: the model's; -inf: closed)"
+    )
     app.run(main)

@@ -394,6 +394,9 @@ def test_sqair_diagnose_frame_terms_add_up_to_the_log_weight(sqair_run):
         np.sum(terms[k]) for k in ("log_q_disc", "log_q_prop")
     )
     np.testing.assert_allclose(total, float(np.mean(out["log_weight"])), rtol=1e-3, atol=0.05)
+    closed = sqair_diagnose.frame_terms(sqair_run, frames, num_particles=2, disc_later_presence_bias=-np.inf)
+    assert closed["num_discovered"][1:] == [0.0, 0.0]
+    assert closed["num_discovered"][0] == terms["num_discovered"][0]
 
 
 def test_sqair_diagnose_crossings_on_a_run(sqair_run, tmp_path):
