@@ -394,6 +394,7 @@ def test_sqair_diagnose_frame_terms_add_up_to_the_log_weight(sqair_run):
         np.sum(terms[k]) for k in ("log_q_disc", "log_q_prop")
     )
     np.testing.assert_allclose(total, float(np.mean(out["log_weight"])), rtol=1e-3, atol=0.05)
+    assert sum(terms["num_discovered"][1:]) > 0  # the run discovers after frame 1 when open, so closing shows
     closed = sqair_diagnose.frame_terms(sqair_run, frames, num_particles=2, disc_later_presence_bias=-np.inf)
     assert closed["num_discovered"][1:] == [0.0, 0.0]
     assert closed["num_discovered"][0] == terms["num_discovered"][0]

@@ -125,9 +125,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.eval_every = 1_000
         config.checkpoint.every = 500
     if "short" in variants:
-        # The cpu curriculum in half its steps and 27 % of its step time (48-54 min here from step 0 to 7250; seeds 0
-        # and 1 count 0.959 and 0.951 on the 1000 test sequences against 0.967 after the 15000 steps without it, and
-        # seed 2 re-detects every digit in every frame, disc_only; docs/results.md, issue #13). At L frames a step
+        # The cpu curriculum in half its steps and 27 % of its step time (48-57 min here from step 0 to 7250; seeds
+        # 0-3 count 0.951-0.963 on the 1000 test sequences against 0.967 after the 15000 steps without it, all
+        # tracking once DISC's suppression closes discovery exactly; with the old -30 offset seed 2 was disc_only;
+        # docs/results.md, issue #13). At L frames a step
         # costs ≈ 0.08 + 0.24 (L − 1) s on the slower machine (frame 1 runs DISC only): the cheap short lengths keep
         # 750-2000 steps each (DISC learns to count, PROP to follow) and lengths 6-10 get 250 each, where cpu's
         # 1500-step phases spend 2.6 of its 5.2 hours on lengths 8-10 and moved the counting by < 0.01. DISC stays
