@@ -113,7 +113,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # to 10, and keeps DISC off after frame 1 while the sequences are 2 frames long (steps 1500-3000), so that PROP
         # learns to follow the objects DISC found instead of DISC re-detecting them (the DISC-only failure mode).
         # Nearly transparent new objects at initialisation (AIR's decoder output bias -2; see SQAIRConfig).
-        config.task_config.model.hidden = 256
+        # CONV-SQAIR keeps its 128 units (§5.D.2: wider CONV models overfit).
+        config.task_config.model.hidden = 128 if "conv" in variants else 256
         config.task_config.model.decoder_output_bias = -2.0
         config.task_config.start_length = 1
         config.task_config.length_every = 1_500
