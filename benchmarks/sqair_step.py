@@ -2,7 +2,7 @@ r"""SQAIR train-step cost by curriculum length: steps/s and XLA FLOPs per step, 
 against today's, side by side in one run (not a test).
 
   python benchmarks/sqair_step.py [--hidden=32,256] [--lengths=1,3,10] [--steps=5] [--time_unrolled]
-      [--out=runs/bench/sqair_step.json]
+      [--arch=mlp|conv] [--no_old] [--out=runs/bench/sqair_step.json]
 
 For each width (MLP-SQAIR with ``hidden`` units, batch 32, K = 5, 50×50 frames, 10-frame sequences) and each
 curriculum length L, two train steps are compiled and timed on the same batches:
@@ -54,8 +54,8 @@ class PerGroupSurrogates:
         return {g: s * 1.0 for g, s in surrogates.items()}, aux
 
 
-def make_task(hidden: int, unroll: bool):
-    config = sqair_mnist.get_config()
+def make_task(hidden: int, unroll: bool, arch: str = "mlp"):
+    config = sqair_mnist.get_config("conv" if arch == "conv" else None)
     config.task_config.update(data="blobs", num_train=256, num_eval=8)
     config.task_config.model.update(hidden=hidden, scan_unroll=unroll)
     return tasks.make_task(config), config
@@ -92,9 +92,11 @@ def seconds_per_step(compiled, state, batch, steps: int) -> float:
     return (time.perf_counter() - t) / steps
 
 
-def measure(hidden: int, length: int, variant: str, frames: np.ndarray, steps: int, count_flops: bool) -> dict:
+def measure(
+    hidden: int, length: int, variant: str, frames: np.ndarray, steps: int, count_flops: bool, arch: str = "mlp"
+) -> dict:
     sliced = frames if variant == "old" else frames[:, :length]
-    task, config = make_task(hidden, unroll=variant == "new_unrolled")
+    task, config = make_task(hidden, unroll=variant == "new_unrolled", arch=arch)
     if variant == "old":
         task = PerGroupSurrogates(task)
     compiled, state, batch, compile_s = compile_step(task, config, sliced)
@@ -102,12 +104,13 @@ def measure(hidden: int, length: int, variant: str, frames: np.ndarray, steps: i
     if variant == "new_unrolled":
         flops = flops_of(compiled)  # already unrolled: XLA counts every iteration
     elif count_flops:
-        utask, _ = make_task(hidden, unroll=True)
+        utask, _ = make_task(hidden, unroll=True, arch=arch)
         if variant == "old":
             utask = PerGroupSurrogates(utask)
         flops = flops_of(compile_step(utask, config, sliced)[0])
     dt = seconds_per_step(compiled, state, batch, steps)
     return dict(
+        arch=arch,
         hidden=hidden,
         length=length,
         variant=variant,
@@ -132,11 +135,12 @@ def main(argv):
     for hidden in [int(h) for h in _HIDDEN.value]:
         old = None  # the old step computes all 10 frames whatever L: measured once per width
         for length in [int(n) for n in _LENGTHS.value]:
-            old = old or measure(hidden, length, "old", frames, steps, count_flops)
+            if not _NO_OLD.value:
+                old = old or measure(hidden, length, "old", frames, steps, count_flops, _ARCH.value)
             variants = ("new", "new_unrolled") if _TIME_UNROLLED.value else ("new",)
             for row in (
-                dict(old, length=length),
-                *(measure(hidden, length, v, frames, steps, count_flops) for v in variants),
+                *([dict(old, length=length)] if old else []),
+                *(measure(hidden, length, v, frames, steps, count_flops, _ARCH.value) for v in variants),
             ):
                 rows.append(row)
                 print(json.dumps(row), flush=True)
@@ -147,7 +151,8 @@ def main(argv):
     by = {(r["hidden"], r["length"], r["variant"]): r for r in rows}
     for hidden in sorted({r["hidden"] for r in rows}):
         for length in sorted({r["length"] for r in rows}):
-            o, n = by[hidden, length, "old"], by[hidden, length, "new"]
+            n = by[hidden, length, "new"]
+            o = by.get((hidden, length, "old"), dict(steps_per_s=float("nan"), flops_per_step_unrolled=float("nan")))
             print(
                 f"{hidden:>6} {length:>3} | {o['steps_per_s']:>11.2f} {n['steps_per_s']:>11.2f} "
                 f"{n['steps_per_s'] / o['steps_per_s']:>7.2f}x | {o['flops_per_step_unrolled'] / 1e9:>9.3f} "
@@ -196,5 +201,7 @@ if __name__ == "__main__":
         "also time the new step with its scans unrolled (SQAIRConfig.scan_unroll; slow to compile)",
     )
     _NO_FLOPS = flags.DEFINE_bool("no_flops", False, "skip the (slow to compile) unrolled FLOP count")
+    _NO_OLD = flags.DEFINE_bool("no_old", False, "measure only today's step (not the first implementation's)")
+    _ARCH = flags.DEFINE_enum("arch", "mlp", ["mlp", "conv"], "MLP-SQAIR or CONV-SQAIR (sqair_mnist:conv)")
     _OUT = flags.DEFINE_string("out", "runs/bench/sqair_step.json", "where the results go (JSON)")
     app.run(main)

@@ -867,7 +867,8 @@ class SQAIR:
         return cls(**out, z_where=self.to_transform(raw), z_where_raw=raw)
 
     def _log_likelihood(self, image, canvas):
-        return jnp.sum(distrax.Normal(canvas, self.config.obs_std).log_prob(image))
+        """log N(image; canvas, σ²) summed over each frame's pixels: ``[..., H, W] -> [...]``."""
+        return jnp.sum(distrax.Normal(canvas, self.config.obs_std).log_prob(image), axis=(-2, -1))
 
     def _disc_count_prior(self, params, is_first, num_prop) -> distrax.Categorical:
         """p^D(D_t | P_t) (Eq. 5.8), a categorical over D_t ∈ {0..N − P_t}: the learned table, or in frame 1, with
@@ -931,16 +932,32 @@ class SQAIR:
         merged["z_where"] = merged["z_where"] * pres[:, None]
         return merged, is_prop & (pres > 0)
 
-    def _merge_and_render(self, params, state_prop, state_disc, num_prop, num_disc, next_id):
-        """A frame's objects (:meth:`_merge`, identities from ``next_id``) and canvas: (new state, the outputs that
-        inference and generation share)."""
+    def _merge_frame(self, state_prop, state_disc, num_prop, num_disc, next_id):
+        """A frame's objects (:meth:`_merge`, identities from ``next_id``): (new state, the outputs that inference
+        and generation share). No canvas: nothing recurrent reads it, so inference renders every frame at once after
+        its time scan (:meth:`_render_frames`)."""
         new_state, propagated = self._merge(state_prop, state_disc, num_prop, next_id)
         new_state["next_id"] = next_id + num_disc
-        canvas = self._render(params, new_state["z_what"], new_state["z_where"], new_state["z_pres"])
         out = {k: new_state[k] for k in ("z_what", "z_where", "z_pres", "ids")}
-        return new_state, dict(
-            out, propagated=propagated, num_propagated=num_prop, num_discovered=num_disc, canvas=canvas
-        )
+        return new_state, dict(out, propagated=propagated, num_propagated=num_prop, num_discovered=num_disc)
+
+    def _merge_and_render(self, params, state_prop, state_disc, num_prop, num_disc, next_id):
+        """:meth:`_merge_frame` and the frame's canvas (generation, one frame at a time)."""
+        new_state, out = self._merge_frame(state_prop, state_disc, num_prop, num_disc, next_id)
+        canvas = self._render(params, new_state["z_what"], new_state["z_where"], new_state["z_pres"])
+        return new_state, dict(out, canvas=canvas)
+
+    def _render_frames(self, params, images, out):
+        """Every frame's canvas and log p(x_t | z_t) (Algorithm 1, Eq. 5.3) from the per-step outputs ``out`` of one
+        particle (``z_what [T, N, D]``, ``z_where [T, N, 4]`` the Gaussian latent, ``z_pres [T, N]``) and ``images
+        [T, H, W]``: ``out`` plus ``canvas [T, H, W]`` and ``log_likelihood [T]``.
+
+        Decoding outside the time scan gives the decoder one batch of T·N glimpses (per particle; K·B·T·N under the
+        vmaps) instead of N per scan iteration: XLA:CPU runs a convolution's gradient inside a loop body through a
+        path tens of times slower than the same convolution outside one (CONV-SQAIR's step at two frames: 43.6 s,
+        35 s of it one decoder convolution's gradient; docs/results.md)."""
+        canvas = self._render(params, out["z_what"], out["z_where"], out["z_pres"])
+        return dict(out, canvas=canvas, log_likelihood=self._log_likelihood(images, canvas))
 
     # --- inference (Algorithms 2 and 3) -----------------------------------------------------------------------------
 
@@ -1131,7 +1148,8 @@ class SQAIR:
         later_bias=None,
         posterior_means: bool = False,
     ):
-        """One frame of inference for one particle: PROP, DISC, likelihood. Returns (new state, per-step outputs).
+        """One frame of inference for one particle: PROP and DISC (the likelihood comes after the time scan,
+        :meth:`_render_frames`). Returns (new state, per-step outputs).
         ``first`` (static): frame 1 of a sequence, whose state is empty, so PROP is skipped."""
         k_prop, k_disc = jax.random.split(key)
         is_first = t == 0
@@ -1166,10 +1184,9 @@ class SQAIR:
             h_prior=prior_init,
             where_velocity=jnp.zeros_like(disc["z_where"]),
         )
-        new_state, frame = self._merge_and_render(params, prop_state, disc_state, num_prop, num_disc, state["next_id"])
+        new_state, frame = self._merge_frame(prop_state, disc_state, num_prop, num_disc, state["next_id"])
         out = dict(
             frame,
-            log_likelihood=self._log_likelihood(image, frame["canvas"]),
             log_p_disc=self._disc_count_log_prob(params, is_first, num_prop, num_disc) + jnp.sum(disc["log_p_cont"]),
             log_p_prop=jnp.sum(prop["log_p"]),
             log_q_disc=jnp.sum(disc["log_q"]),
@@ -1198,27 +1215,29 @@ class SQAIR:
                 later_bias=later_bias,
                 posterior_means=posterior_means,
             )
-            log_w = log_w + (
-                out["log_likelihood"] + out["log_p_disc"] + out["log_p_prop"] - out["log_q_disc"] - out["log_q_prop"]
-            )
+            log_w = log_w + (out["log_p_disc"] + out["log_p_prop"] - out["log_q_disc"] - out["log_q_prop"])
             return (st, log_w), out
+
+        def with_likelihood(out, log_w, state):
+            out = self._render_frames(params, images, out)
+            return out, log_w + jnp.sum(out["log_likelihood"]), state
 
         ts = t0 + jnp.arange(images.shape[0])
         if state is not None:
             (state, log_w), out = jax.lax.scan(
                 step, (state, jnp.zeros(())), (images, image_projections, ts), unroll=self.config.scan_unroll
             )
-            return out, log_w, state
+            return with_likelihood(out, log_w, state)
         carry, first = step(
             (self._empty_state(params), jnp.zeros(())), (images[0], image_projections[0], ts[0]), first=True
         )
         if images.shape[0] == 1:
-            return jax.tree.map(lambda a: a[None], first), carry[1], carry[0]
+            return with_likelihood(jax.tree.map(lambda a: a[None], first), carry[1], carry[0])
         (state, log_w), rest = jax.lax.scan(
             step, carry, (images[1:], image_projections[1:], ts[1:]), unroll=self.config.scan_unroll
         )
         out = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b], axis=0), first, rest)
-        return out, log_w, state
+        return with_likelihood(out, log_w, state)
 
     def encode_images(self, params, images):
         """DISC's view of every frame, ``[..., H, W] -> [..., hidden]``: the image code h^enc projected into the
