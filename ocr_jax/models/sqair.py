@@ -934,18 +934,12 @@ class SQAIR:
 
     def _merge_frame(self, state_prop, state_disc, num_prop, num_disc, next_id):
         """A frame's objects (:meth:`_merge`, identities from ``next_id``): (new state, the outputs that inference
-        and generation share). No canvas: nothing recurrent reads it, so inference renders every frame at once after
-        its time scan (:meth:`_render_frames`)."""
+        and generation share). No canvas: nothing recurrent reads it, so inference and generation render every frame
+        at once after their time scans (:meth:`_render_frames`, :meth:`_rollout`)."""
         new_state, propagated = self._merge(state_prop, state_disc, num_prop, next_id)
         new_state["next_id"] = next_id + num_disc
         out = {k: new_state[k] for k in ("z_what", "z_where", "z_pres", "ids")}
         return new_state, dict(out, propagated=propagated, num_propagated=num_prop, num_discovered=num_disc)
-
-    def _merge_and_render(self, params, state_prop, state_disc, num_prop, num_disc, next_id):
-        """:meth:`_merge_frame` and the frame's canvas (generation, one frame at a time)."""
-        new_state, out = self._merge_frame(state_prop, state_disc, num_prop, num_disc, next_id)
-        canvas = self._render(params, new_state["z_what"], new_state["z_where"], new_state["z_pres"])
-        return new_state, dict(out, canvas=canvas)
 
     def _render_frames(self, params, images, out):
         """Every frame's canvas and log p(x_t | z_t) (Algorithm 1, Eq. 5.3) from the per-step outputs ``out`` of one
@@ -954,8 +948,8 @@ class SQAIR:
 
         Decoding outside the time scan gives the decoder one batch of T·N glimpses (per particle; K·B·T·N under the
         vmaps) instead of N per scan iteration: XLA:CPU runs a convolution's gradient inside a loop body through a
-        path tens of times slower than the same convolution outside one (CONV-SQAIR's step at two frames: 43.6 s,
-        35 s of it one decoder convolution's gradient; docs/results.md)."""
+        slow path (CONV-SQAIR's step at two frames: 43.6 s, 35.4 s of it one decoder convolution's gradient, which
+        takes 0.14 s outside the loop; docs/results.md)."""
         canvas = self._render(params, out["z_what"], out["z_where"], out["z_pres"])
         return dict(out, canvas=canvas, log_likelihood=self._log_likelihood(images, canvas))
 
@@ -1397,15 +1391,18 @@ class SQAIR:
             where_velocity=jnp.zeros_like(d_where),
         )
         log_p_disc = count_prior.log_prob(num_disc) + jnp.sum(d_pres * self._disc_prior_log_prob(d_what, d_where))
-        new_state, frame = self._merge_and_render(params, prop_state, disc_state, num_prop, num_disc, state["next_id"])
+        new_state, frame = self._merge_frame(prop_state, disc_state, num_prop, num_disc, state["next_id"])
         return new_state, dict(frame, log_p_disc=log_p_disc, log_p_prop=log_p_prop)
 
     def _rollout(self, params, state, t0, num_steps, key):
+        """``num_steps`` frames from the prior after ``state``: the per-step outputs ``[time, ...]`` with every
+        frame's ``canvas`` rendered after the scan, as in inference."""
+
         def step(st, t):
             return self._prior_step(params, st, t, jax.random.fold_in(key, t))
 
         _, out = jax.lax.scan(step, state, t0 + jnp.arange(num_steps))
-        return out
+        return dict(out, canvas=self._render(params, out["z_what"], out["z_where"], out["z_pres"]))
 
     def generate(self, params, key, num_sequences: int, num_steps: int, *, noisy: bool = False) -> SQAIRSample:
         """Sample ``num_sequences`` sequences of ``num_steps`` frames from the prior.
