@@ -236,6 +236,78 @@ class PhaseConvTranspose(nn.Module):
         return y.reshape(lead + y.shape[1:]) + bias
 
 
+def conv_patches(x: Array, kernel: Array, strides: tuple[int, int], padding: str | Sequence[tuple[int, int]]) -> Array:
+    """A 2-D convolution as one matrix product over image patches (im2col): the same values as
+    ``lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))``, up to float
+    rounding, with only pads, strided slices and a dot — and so the same gradients.
+
+    XLA:CPU runs a convolution (above all its gradient) that sits in a nested computation — a ``lax.scan`` or
+    ``lax.cond`` body — on a slow path, 40–100× slower than the same convolution at the top level (jax-ml/jax#12868;
+    measured here: the CONV-SQAIR decoder's 3×3 convolution gradient at 360 glimpses, 0.25 s at the top level against
+    27.7 s inside a ``lax.cond``); dots run at the same speed in both places (0.25 s and 0.29 s). See
+    ``PatchConv``.
+
+    x: ``[N, H, W, C_in]``; kernel: ``[k_h, k_w, C_in, C_out]``; padding: ``"SAME"``, ``"VALID"`` or explicit
+    ``((lo, hi), (lo, hi))``. Returns ``[N, H_out, W_out, C_out]``.
+    """
+    kh, kw, c_in, c_out = kernel.shape
+    sh, sw = strides
+    if isinstance(padding, str):
+        padding = jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), (sh, sw), padding)
+    (lh, hh), (lw, hw) = padding
+    xp = jnp.pad(x, ((0, 0), (lh, hh), (lw, hw), (0, 0)))
+    oh, ow = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
+
+    def tap(a, i, j):  # the window of tap (i, j) at every output position
+        return a[:, i : i + (oh - 1) * sh + 1 : sh, j : j + (ow - 1) * sw + 1 : sw]
+
+    if c_out < c_in and sh == sw == 1:
+        # Fewer outputs than inputs: multiply every padded pixel by all k_h·k_w taps at once, then add the shifted
+        # products (k_h·k_w·C_out channels held, not the k_h·k_w·C_in of the patches: a decoder's 1-channel output
+        # layer).
+        products = (xp @ jnp.moveaxis(kernel, 2, 0).reshape(c_in, kh * kw * c_out)).reshape(
+            xp.shape[:3] + (kh * kw, c_out)
+        )
+        return sum(tap(products[..., i * kw + j, :], i, j) for i in range(kh) for j in range(kw))
+    patches = [tap(xp, i, j) for i in range(kh) for j in range(kw)]
+    return jnp.concatenate(patches, axis=-1) @ kernel.reshape(kh * kw * c_in, c_out)
+
+
+class PatchConv(nn.Module):
+    """``flax.linen.Conv`` (2-D, no dilation or groups) with the same parameters (``kernel [k_h, k_w, C_in, C_out]``,
+    ``bias [C_out]``, the same initialisers) and outputs, computed by ``conv_patches`` where ``implementation`` says
+    so: ``"patches"``, ``"xla"`` (``lax.conv_general_dilated``, as flax) or ``"auto"`` — patches on the CPU backend,
+    where XLA runs convolutions inside loop and conditional bodies slowly, XLA's convolution elsewhere. Inputs
+    ``[..., H, W, C_in]`` (any leading axes)."""
+
+    features: int
+    kernel_size: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    padding: str | tuple[tuple[int, int], tuple[int, int]] = "SAME"
+    implementation: str = "auto"
+    kernel_init: Callable[..., Array] = nn.linear.default_kernel_init
+    bias_init: Callable[..., Array] = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features))
+        bias = self.param("bias", self.bias_init, (self.features,))
+        lead = x.shape[:-3]
+        x = x.reshape((-1,) + x.shape[-3:])
+        implementation = self.implementation
+        if implementation == "auto":
+            implementation = "patches" if jax.default_backend() == "cpu" else "xla"
+        if implementation == "patches":
+            y = conv_patches(x, kernel, self.strides, self.padding)
+        elif implementation == "xla":
+            y = jax.lax.conv_general_dilated(
+                x, kernel, self.strides, self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+        else:
+            raise ValueError(f"implementation must be 'auto', 'patches' or 'xla'; got {implementation!r}")
+        return y.reshape(lead + y.shape[1:]) + bias
+
+
 class ConvStack(nn.Module):
     """Strided 3x3 convolutions ("SAME" padding) with ``activation`` (ReLU by default) on ``[..., H, W]``
     single-channel inputs, flattened at the end."""

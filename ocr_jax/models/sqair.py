@@ -72,6 +72,7 @@ Start-up (what decides whether training finds every object; each option is a con
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Mapping
 
@@ -191,6 +192,13 @@ class SQAIRConfig:
     # Unroll the inference scans over objects and time (same values). XLA's cost analysis counts a scan body once,
     # so FLOPs per step are counted on an unrolled copy (benchmarks/sqair_step.py).
     scan_unroll: bool = False
+    # Decode only the present glimpses when a batch is rendered (the same values): the T·N glimpses of every particle
+    # and sequence are sorted present-first and the decoder runs on the smallest of these fractions of them that
+    # holds every present one (all of them when none does), through a ``lax.switch`` over one compiled branch per
+    # fraction. An absent object's glimpse is multiplied by z_pres = 0, so nothing it would draw reaches the canvas or
+    # the gradient. () decodes every slot. Applied where a whole batch is rendered at once (``infer``,
+    # ``generate``), not under a caller's own ``vmap`` of those (a batched switch index would run every branch).
+    decode_capacities: tuple[float, ...] = (0.25, 0.375, 0.5, 0.75)
     # Initial bias of the glimpse decoder's output logits. 0 (sigmoid 0.5) makes every new object paint a grey
     # square, a large likelihood penalty that teaches the model to switch objects off before it learns to draw;
     # a negative bias (AIR's decoder_output_bias, e.g. -2: sigmoid 0.12) starts objects nearly transparent.
@@ -199,6 +207,11 @@ class SQAIRConfig:
     conv_strides: tuple[int, ...] = (2, 2, 1, 1)
     decoder_channels: tuple[int, ...] = (32, 64, 64)
     decoder_strides: tuple[int, ...] = (1, 2, 2)
+    # How CONV-SQAIR's convolutions are computed (the same values): "xla" (XLA's convolution), "patches" (matrix
+    # products over image patches, ``modules.conv_patches``: XLA:CPU runs a convolution inside a scan or cond body on a
+    # slow path, dots at full speed; on this CPU the whole step was also faster with patches where the scans are
+    # unrolled: docs/results.md) or "auto" (patches on the CPU backend, XLA's convolution elsewhere).
+    conv_implementation: str = "auto"
 
     def __post_init__(self):
         """Every field with a valid range is checked here; all violations are reported in one ValueError."""
@@ -207,6 +220,7 @@ class SQAIRConfig:
         check.one_of("where_map", WHERE_MAPS)
         check.one_of("prop_what", ("gated", "direct"))
         check.one_of("disc_presence_bound_frames", ("all", "first"))
+        check.one_of("conv_implementation", ("auto", "patches", "xla"))
         check.ints_at_least(1, "image_shape", "glimpse_shape", length=2)
         check.glimpse_fits("glimpse_shape", "image_shape")
         check.int_at_least(1, "max_objects", "z_what_dim", "hidden", "max_seq_len")
@@ -246,6 +260,13 @@ class SQAIRConfig:
             f"presence_after_what must be a bool; got {self.presence_after_what!r}",
         )
         check.require(isinstance(self.scan_unroll, bool), f"scan_unroll must be a bool; got {self.scan_unroll!r}")
+        check.require(
+            isinstance(self.decode_capacities, tuple)
+            and all(
+                isinstance(f, float | int) and not isinstance(f, bool) and 0 < f < 1 for f in self.decode_capacities
+            ),
+            f"decode_capacities must be a tuple of fractions in (0, 1); got {self.decode_capacities!r}",
+        )
         check.ints_at_least(1, "conv_channels", "conv_strides", "decoder_channels", "decoder_strides")
         check.require(
             len(self.conv_channels) == len(self.conv_strides),
@@ -432,7 +453,8 @@ class ObservationEncoders(nn.Module):
         else:
             # Not modules.ConvStack: the trunk's layers are named trunk_<i> in SQAIR's checkpoints.
             self.trunk = [
-                nn.Conv(ch, (3, 3), strides=(s, s), padding="SAME") for ch, s in zip(c.conv_channels, c.conv_strides)
+                modules.PatchConv(ch, (3, 3), strides=(s, s), implementation=c.conv_implementation)
+                for ch, s in zip(c.conv_channels, c.conv_strides)
             ]
             self.glimpse_fc = nn.Dense(c.hidden)
             self.image_fc = nn.Dense(c.hidden)
@@ -481,9 +503,11 @@ class SQAIRGlimpseDecoder(nn.Module):
         bh, bw = h // up, w // up
         x = _mlp((2 * c.hidden, c.decoder_channels[0] * bh * bw), activate_final=True)(z_what)
         x = x.reshape((-1, bh, bw, c.decoder_channels[0]))
-        for ch, s in zip(c.decoder_channels, c.decoder_strides):
-            x = nn.elu(modules.depth_to_space(nn.Conv(ch * s * s, (3, 3), padding="SAME")(x), s))
-        x = nn.Conv(1, (3, 3), padding="SAME", bias_init=out_bias)(x)
+        # Named as flax.linen.Conv's automatic names (Conv_<i>), the layout of SQAIR's checkpoints.
+        conv = functools.partial(modules.PatchConv, kernel_size=(3, 3), implementation=c.conv_implementation)
+        for i, (ch, s) in enumerate(zip(c.decoder_channels, c.decoder_strides)):
+            x = nn.elu(modules.depth_to_space(conv(ch * s * s, name=f"Conv_{i}")(x), s))
+        x = conv(1, bias_init=out_bias, name=f"Conv_{len(c.decoder_channels)}")(x)
         return jax.nn.sigmoid(x[..., 0]).reshape(lead + (h, w))
 
 
@@ -833,12 +857,59 @@ class SQAIR:
             next_id=jnp.zeros((), jnp.int32),
         )
 
-    def _render(self, params, z_what, z_where, z_pres):
-        """Algorithm 1: ``[objects, ...] -> canvas [height, width]``
-        = Σ_i z_pres^i ST^{-1}(f^dec(z_what^i), to_transform(z_where^i)); ``z_where``: the Gaussian latent (the
-        outputs' ``z_where_raw``)."""
-        glimpses = self._generative(params, SQAIRGenerative.decode, z_what)
+    def _render(self, params, z_what, z_where, z_pres, present_only: bool = False):
+        """Algorithm 1: ``z_what [..., N, D]``, ``z_where [..., N, 4]`` (the Gaussian latent: the outputs'
+        ``z_where_raw``), ``z_pres [..., N]`` -> ``canvas [..., H, W]``
+        = Σ_i z_pres^i ST^{-1}(f^dec(z_what^i), to_transform(z_where^i)). ``present_only`` (static): decode through
+        :meth:`_decode_present` (the same canvas; call it where the leading axes are a whole batch, not under a
+        ``vmap``)."""
+        if present_only:
+            glimpses = self._decode_present(params, z_what, z_pres)
+        else:
+            glimpses = self._generative(params, SQAIRGenerative.decode, z_what)
         return composite_glimpses(glimpses, self.to_transform(z_where), z_pres, self.config.image_shape)
+
+    def decode_capacities(self, num_glimpses: int) -> tuple[int, ...]:
+        """The glimpse counts :meth:`_decode_present` may decode for ``num_glimpses`` slots: each of
+        ``config.decode_capacities`` times ``num_glimpses``, rounded up to a multiple of 8, and ``num_glimpses``
+        itself; ascending, without repeats."""
+        caps = {min(num_glimpses, 8 * math.ceil(f * num_glimpses / 8)) for f in self.config.decode_capacities}
+        return tuple(sorted(caps | {num_glimpses}))
+
+    def _decode_present(self, params, z_what, z_pres):
+        """f^dec on the present slots only: ``z_what [..., D]``, ``z_pres [...]`` -> glimpses ``[..., h, w]``, equal
+        to ``decode(z_what)`` where ``z_pres > 0`` and 0 elsewhere (``composite_glimpses`` weighs every glimpse by its
+        presence, so the canvas is the same).
+
+        The n slots are ordered present-first (a stable sort), and the decoder runs on the first C of them, C the
+        smallest of :meth:`decode_capacities` that holds every present slot; a ``lax.switch`` over one branch per
+        capacity keeps the shapes static. A trained model has about a third of its slots present (one digit per
+        frame on average, three slots), so the decoder — most of CONV-SQAIR's step — does a third to a half of the
+        work (measured in docs/results.md)."""
+        lead, dim = z_what.shape[:-1], z_what.shape[-1]
+        h, w = self.config.glimpse_shape
+        n = math.prod(lead)
+        what = z_what.reshape(n, dim)
+        present = z_pres.reshape(n) > 0
+        caps = self.decode_capacities(n)
+
+        def decode(slots):
+            glimpses = self._generative(params, SQAIRGenerative.decode, what[slots])
+            return jnp.where(present[slots, None, None], glimpses, 0.0)
+
+        def first(cap):
+            def branch(order):
+                if cap == n:
+                    return decode(slice(None))
+                slots = order[:cap]
+                return jnp.zeros((n, h, w), what.dtype).at[slots].set(decode(slots), unique_indices=True)
+
+            return branch
+
+        order = jnp.argsort(~present, stable=True)
+        which = jnp.searchsorted(jnp.asarray(caps), jnp.sum(present))
+        glimpses = jax.lax.switch(which, [first(cap) for cap in caps], order)
+        return glimpses.reshape(lead + (h, w))
 
     def object_ink(self, params, z_what, z_where):
         """The brightest pixel each object draws on the canvas: ``[...] = max_{y,x} ST^{-1}(f^dec(z_what),
@@ -941,16 +1012,17 @@ class SQAIR:
         out = {k: new_state[k] for k in ("z_what", "z_where", "z_pres", "ids")}
         return new_state, dict(out, propagated=propagated, num_propagated=num_prop, num_discovered=num_disc)
 
-    def _render_frames(self, params, images, out):
-        """Every frame's canvas and log p(x_t | z_t) (Algorithm 1, Eq. 5.3) from the per-step outputs ``out`` of one
-        particle (``z_what [T, N, D]``, ``z_where [T, N, 4]`` the Gaussian latent, ``z_pres [T, N]``) and ``images
-        [T, H, W]``: ``out`` plus ``canvas [T, H, W]`` and ``log_likelihood [T]``.
+    def _render_frames(self, params, images, out, present_only: bool = False):
+        """Every frame's canvas and log p(x_t | z_t) (Algorithm 1, Eq. 5.3) from the per-step outputs ``out``
+        (``z_what [..., T, N, D]``, ``z_where [..., T, N, 4]`` the Gaussian latent, ``z_pres [..., T, N]``) and
+        ``images`` broadcastable to ``[..., T, H, W]``: ``out`` plus ``canvas [..., T, H, W]`` and ``log_likelihood
+        [..., T]``; ``present_only`` as in :meth:`_render`.
 
-        Decoding outside the time scan gives the decoder one batch of T·N glimpses (per particle; K·B·T·N under the
-        vmaps) instead of N per scan iteration: XLA:CPU runs a convolution's gradient inside a loop body through a
-        slow path (CONV-SQAIR's step at two frames: 43.6 s, 35.4 s of it one decoder convolution's gradient, which
-        takes 0.14 s outside the loop; docs/results.md)."""
-        canvas = self._render(params, out["z_what"], out["z_where"], out["z_pres"])
+        Decoding outside the time scan gives the decoder one batch of glimpses (B·K·T·N in :meth:`_infer_batch`)
+        instead of N per scan iteration: XLA:CPU runs a convolution's gradient inside a loop body through a slow path
+        (CONV-SQAIR's step at two frames: 43.6 s, 35.4 s of it one decoder convolution's gradient, which takes 0.14 s
+        outside the loop; docs/results.md)."""
+        canvas = self._render(params, out["z_what"], out["z_where"], out["z_pres"], present_only)
         return dict(out, canvas=canvas, log_likelihood=self._log_likelihood(images, canvas))
 
     # --- inference (Algorithms 2 and 3) -----------------------------------------------------------------------------
@@ -1190,10 +1262,21 @@ class SQAIR:
         return new_state, out
 
     def _infer_particle(
-        self, params, images, image_projections, key, t0=0, state=None, later_bias=None, posterior_means=False
+        self,
+        params,
+        images,
+        image_projections,
+        key,
+        t0=0,
+        state=None,
+        later_bias=None,
+        posterior_means=False,
+        render=True,
     ):
         """One particle over a sequence ``images [time, H, W]``; key of frame t is ``fold_in(key, t)``. From an empty
-        state (``state is None``), frame 1 runs DISC only and the scan covers frames 2..T."""
+        state (``state is None``), frame 1 runs DISC only and the scan covers frames 2..T. Returns (outputs, log
+        weight, last state); with ``render=False`` the outputs have no canvas and the log weight no log p(x_t | z_t)
+        (the caller renders: :meth:`_infer_batch`)."""
 
         def step(carry, xs, first=False):
             st, log_w = carry
@@ -1213,6 +1296,8 @@ class SQAIR:
             return (st, log_w), out
 
         def with_likelihood(out, log_w, state):
+            if not render:
+                return out, log_w, state
             out = self._render_frames(params, images, out)
             return out, log_w + jnp.sum(out["log_likelihood"]), state
 
@@ -1281,11 +1366,14 @@ class SQAIR:
         def per_sequence(images_b, codes_b, keys_b):
             return jax.vmap(
                 lambda k: self._infer_particle(
-                    params, images_b, codes_b, k, later_bias=later_bias, posterior_means=posterior_means
+                    params, images_b, codes_b, k, later_bias=later_bias, posterior_means=posterior_means, render=False
                 )
             )(keys_b)
 
-        return jax.vmap(per_sequence)(images, codes, keys)
+        out, log_w, state = jax.vmap(per_sequence)(images, codes, keys)
+        # Every particle's frames rendered at once, decoding only the present glimpses of the whole batch.
+        out = self._render_frames(params, images[:, None], out, present_only=True)
+        return out, log_w + jnp.sum(out["log_likelihood"], axis=-1), state
 
     def infer(
         self,
@@ -1395,14 +1483,21 @@ class SQAIR:
         return new_state, dict(frame, log_p_disc=log_p_disc, log_p_prop=log_p_prop)
 
     def _rollout(self, params, state, t0, num_steps, key):
-        """``num_steps`` frames from the prior after ``state``: the per-step outputs ``[time, ...]`` with every
-        frame's ``canvas`` rendered after the scan, as in inference."""
+        """``num_steps`` frames from the prior after ``state``: the per-step outputs ``[time, ...]``, no canvas (the
+        callers render every frame after the scan, as inference does: :meth:`_rendered_frames`)."""
 
         def step(st, t):
             return self._prior_step(params, st, t, jax.random.fold_in(key, t))
 
         _, out = jax.lax.scan(step, state, t0 + jnp.arange(num_steps))
-        return dict(out, canvas=self._render(params, out["z_what"], out["z_where"], out["z_pres"]))
+        return out
+
+    def _rendered_frames(self, params, out, noise_keys, noisy: bool):
+        """Prior outputs ``[batch, time, ...]`` plus ``canvas`` and ``frames [batch, time, H, W]`` (the canvas, plus
+        N(0, σ²) noise from ``noise_keys [batch]`` if ``noisy``), the whole batch rendered at once."""
+        canvas = self._render(params, out["z_what"], out["z_where"], out["z_pres"], present_only=True)
+        noise = jax.vmap(lambda k: jax.random.normal(k, canvas.shape[1:]))(noise_keys)
+        return dict(out, canvas=canvas, frames=canvas + noisy * self.config.obs_std * noise)
 
     def generate(self, params, key, num_sequences: int, num_steps: int, *, noisy: bool = False) -> SQAIRSample:
         """Sample ``num_sequences`` sequences of ``num_steps`` frames from the prior.
@@ -1418,15 +1513,10 @@ class SQAIR:
         key = validation.check_key(key)
         keys = jax.random.split(key, num_sequences)
 
-        def one(k):
-            k_roll, k_noise = jax.random.split(k)
-            out = self._rollout(params, self._empty_state(params), 0, num_steps, k_roll)
-            out["frames"] = out["canvas"] + (
-                noisy * self.config.obs_std * jax.random.normal(k_noise, out["canvas"].shape)
-            )
-            return out
-
-        return self._check_steps(self._typed(SQAIRSample, jax.vmap(one)(keys)), (num_sequences, num_steps))
+        roll_keys, noise_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
+        out = jax.vmap(lambda k: self._rollout(params, self._empty_state(params), 0, num_steps, k))(roll_keys)
+        out = self._rendered_frames(params, out, noise_keys, noisy)
+        return self._check_steps(self._typed(SQAIRSample, out), (num_sequences, num_steps))
 
     def conditional_generate(
         self, params, images, key, num_steps: int, *, noisy: bool = False
@@ -1450,14 +1540,10 @@ class SQAIR:
         state = jax.tree.map(lambda a: a[:, 0], state)
         roll_key = jax.random.fold_in(key, 2**30)
         keys = jax.random.split(roll_key, images.shape[0])
-
-        def one(st, k):
-            k_roll, k_noise = jax.random.split(k)
-            r = self._rollout(params, st, k_frames, num_steps, k_roll)
-            r["frames"] = r["canvas"] + noisy * self.config.obs_std * jax.random.normal(k_noise, r["canvas"].shape)
-            return r
-
-        rollout = self._check_steps(self._typed(SQAIRSample, jax.vmap(one)(state, keys)), (images.shape[0], num_steps))
+        roll_keys, noise_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
+        rollout = jax.vmap(lambda st, k: self._rollout(params, st, k_frames, num_steps, k))(state, roll_keys)
+        rollout = self._rendered_frames(params, rollout, noise_keys, noisy)
+        rollout = self._check_steps(self._typed(SQAIRSample, rollout), (images.shape[0], num_steps))
         frames = jnp.concatenate([out.canvas[:, 0], rollout.frames], axis=1)
         chex.assert_shape(frames, (images.shape[0], k_frames + num_steps) + tuple(self.config.image_shape))
         return SQAIRConditionalSample(inferred=out, rollout=rollout, frames=frames)

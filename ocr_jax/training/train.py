@@ -60,8 +60,11 @@ RESUMABLE_FIELDS = (
     "checkpoint.max_to_keep",
     "checkpoint.restore_from",
     "allow_config_change",
-    # Computation only (the same values): unrolling a model's scans trades compile time for speed.
+    # Computation only (the same values): unrolling a model's scans trades compile time for speed; decoding only the
+    # present glimpses skips work whose result is multiplied by zero.
     "task_config.model.scan_unroll",
+    "task_config.model.decode_capacities",
+    "task_config.model.conv_implementation",
 )
 
 

@@ -162,3 +162,74 @@ def test_phase_conv_transpose_has_flax_conv_transpose_parameters_and_outputs():
     np.testing.assert_array_equal(params["params"]["kernel"], flax_layer.init(jax.random.key(3), x)["params"]["kernel"])
     np.testing.assert_allclose(ours.apply(params, x), flax_layer.apply(params, x), rtol=1e-5, atol=1e-5)
     assert ours.apply(params, x).shape == (2, 3, 14, 14, 5)
+
+
+@pytest.mark.parametrize(
+    "size, strides, padding, kernel",
+    [
+        ((10, 10), (1, 1), "SAME", (3, 3)),
+        ((25, 25), (2, 2), "SAME", (3, 3)),  # odd size, stride 2: SAME pads (0, 1)
+        ((9, 12), (2, 1), "VALID", (3, 2)),
+        ((7, 7), (1, 2), ((2, 0), (1, 1)), (3, 3)),
+    ],
+)
+def test_conv_patches_equals_lax_convolution_in_value_and_gradient(size, strides, padding, kernel):
+    from jax import lax
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, *size, 3)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(*kernel, 3, 4)), jnp.float32)
+    conv = lambda x, k: lax.conv_general_dilated(  # noqa: E731
+        x, k, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    want = conv(x, k)
+    got = modules.conv_patches(x, k, strides, padding)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    cotangent = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
+    want_grads = jax.grad(lambda x, k: jnp.sum(conv(x, k) * cotangent), argnums=(0, 1))(x, k)
+    got_grads = jax.grad(
+        lambda x, k: jnp.sum(modules.conv_patches(x, k, strides, padding) * cotangent), argnums=(0, 1)
+    )(x, k)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("implementation", ["patches", "xla", "auto"])
+def test_patch_conv_has_flax_conv_parameters_and_outputs(implementation):
+    kwargs = dict(features=5, kernel_size=(3, 3), strides=(2, 2), padding="SAME")
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 3, 9, 9, 4)), jnp.float32)  # two leading axes
+    ours = modules.PatchConv(**kwargs, implementation=implementation, bias_init=nn.initializers.constant(0.5))
+    flax_layer = nn.Conv(**kwargs, bias_init=nn.initializers.constant(0.5))
+    params = ours.init(jax.random.key(3), x)
+    flax_params = flax_layer.init(jax.random.key(3), x)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, flax_params)
+    jax.tree.map(np.testing.assert_array_equal, params, flax_params)  # the same initial values
+    np.testing.assert_allclose(ours.apply(params, x), flax_layer.apply(params, x), rtol=1e-5, atol=1e-5)
+    assert ours.apply(params, x).shape == (2, 3, 5, 5, 5)
+
+
+def test_patch_conv_refuses_an_unknown_implementation():
+    layer = modules.PatchConv(features=2, kernel_size=(3, 3), implementation="cudnn")
+    with pytest.raises(ValueError, match="implementation must be 'auto', 'patches' or 'xla'; got 'cudnn'"):
+        layer.init(jax.random.key(0), jnp.zeros((1, 5, 5, 1)))
+
+
+def test_conv_patches_with_fewer_outputs_than_inputs_equals_lax_convolution():
+    """The shifted-products path (C_out < C_in, stride 1)."""
+    from jax import lax
+
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(3, 8, 6, 5)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(3, 3, 5, 1)), jnp.float32)
+    for padding in ("SAME", "VALID", ((0, 2), (1, 0))):
+        conv = lambda x, k: lax.conv_general_dilated(  # noqa: E731
+            x, k, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        np.testing.assert_allclose(modules.conv_patches(x, k, (1, 1), padding), conv(x, k), rtol=1e-5, atol=1e-5)
+        grads = [
+            jax.grad(lambda x, k: jnp.sum(f(x, k) ** 2), argnums=(0, 1))(x, k)
+            for f in (conv, lambda x, k: modules.conv_patches(x, k, (1, 1), padding))
+        ]
+        for g, w in zip(grads[1], grads[0], strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
