@@ -238,6 +238,9 @@ def _sqair_best_particle(
     model, params, frames, keys, *, num_particles: int, posterior_means: bool = False
 ) -> dict[str, jax.Array]:
     """``frames [B, T, H, W]``, ``keys [B]`` -> the best of K particles per sequence."""
+    # One sequence per vmapped call (its own key): the present-only decoder's switch would run every branch under
+    # the vmap, so this path decodes every slot (the same values).
+    model = type(model)(dataclasses.replace(model.config, decode_capacities=()))
 
     def one(x, key):
         # [1, K, T, ...]; log_weight [1, K]

@@ -229,11 +229,7 @@ class PhaseConvTranspose(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features))
-        bias = self.param("bias", self.bias_init, (self.features,))
-        lead = x.shape[:-3]
-        y = conv_transpose_phases(x.reshape((-1,) + x.shape[-3:]), kernel, self.strides, self.padding)
-        return y.reshape(lead + y.shape[1:]) + bias
+        return _flax_conv_layer(self, x, lambda x, k: conv_transpose_phases(x, k, self.strides, self.padding))
 
 
 def conv_patches(x: Array, kernel: Array, strides: tuple[int, int], padding: str | Sequence[tuple[int, int]]) -> Array:
@@ -290,22 +286,29 @@ class PatchConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features))
-        bias = self.param("bias", self.bias_init, (self.features,))
-        lead = x.shape[:-3]
-        x = x.reshape((-1,) + x.shape[-3:])
         implementation = self.implementation
         if implementation == "auto":
             implementation = "patches" if jax.default_backend() == "cpu" else "xla"
         if implementation == "patches":
-            y = conv_patches(x, kernel, self.strides, self.padding)
+            convolve = lambda x, k: conv_patches(x, k, self.strides, self.padding)  # noqa: E731
         elif implementation == "xla":
-            y = jax.lax.conv_general_dilated(
-                x, kernel, self.strides, self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+            convolve = lambda x, k: jax.lax.conv_general_dilated(  # noqa: E731
+                x, k, self.strides, self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
             )
         else:
             raise ValueError(f"implementation must be 'auto', 'patches' or 'xla'; got {implementation!r}")
-        return y.reshape(lead + y.shape[1:]) + bias
+        return _flax_conv_layer(self, x, convolve)
+
+
+def _flax_conv_layer(module: nn.Module, x: Array, convolve: Callable[[Array, Array], Array]) -> Array:
+    """The body of a flax-compatible convolution layer (``PhaseConvTranspose``, ``PatchConv``), called from its compact
+    ``__call__``: flax's ``kernel [k_h, k_w, C_in, C_out]`` and ``bias [C_out]`` parameters, ``convolve`` on the input
+    flattened to ``[N, H, W, C_in]``, the leading axes restored and the bias added."""
+    kernel = module.param("kernel", module.kernel_init, (*module.kernel_size, x.shape[-1], module.features))
+    bias = module.param("bias", module.bias_init, (module.features,))
+    lead = x.shape[:-3]
+    y = convolve(x.reshape((-1,) + x.shape[-3:]), kernel)
+    return y.reshape(lead + y.shape[1:]) + bias
 
 
 class ConvStack(nn.Module):
