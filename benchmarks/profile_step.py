@@ -42,7 +42,8 @@ from ocr_jax.training import tasks  # noqa: E402
 
 _WRAPPER = re.compile(r"^(jit|jvp|transpose|vmap|pjit|remat|checkpoint|custom_jvp_call|custom_vjp_call)\((.*)\)$")
 # Loop and conditional plumbing in op_name paths; the first component (the jitted step) is dropped as well.
-_SKIP = ("while", "body", "cond", "branch_0_fun", "branch_1_fun", "eval_jaxpr", "closed_call")
+_SKIP = ("while", "body", "cond", "eval_jaxpr", "closed_call")
+_BRANCH = re.compile(r"branch_\d+_fun")
 
 
 def hlo_metadata(hlo_text: str) -> dict[str, str]:
@@ -69,10 +70,12 @@ def scope_and_phase(op_name: str) -> tuple[str, str]:
     ('AIRInference.controller/controller/hidden', 'backward')
     """
     parts = op_name.split("/")
-    phase = "update" if any(p.startswith("branch_1_fun") for p in parts) else "forward"
+    # The optimiser runs in the train step's own conditional (directly under jit(train_step)); a model's switch
+    # (SQAIR's present-only decoder) is deeper and keeps its phase.
+    phase = "update" if parts[1:3] == ["cond", "branch_1_fun"] else "forward"
     if phase == "forward" and "transpose(" in op_name:
         phase = "backward"
-    kept = [c for c in (_unwrap(p) for p in parts[1:-1]) if c and c not in _SKIP]
+    kept = [c for c in (_unwrap(p) for p in parts[1:-1]) if c and c not in _SKIP and not _BRANCH.fullmatch(c)]
     return "/".join(kept) or "(train step)", phase
 
 

@@ -13,6 +13,14 @@ def test_scope_and_phase_strip_jax_wrappers_and_name_the_phase():
         "jit(train_step)/transpose(jvp(vmap(vmap())))/while/body/eval_jaxpr/composite_glimpses/dot_general"
     ) == ("composite_glimpses", "backward")
     assert scope_and_phase("jit(train_step)/cond/branch_1_fun/add") == ("(train step)", "update")
+    # A model's own switch (SQAIR's present-only decoder) keeps its phase and drops its branch name.
+    assert scope_and_phase(
+        "jit(train_step)/jvp()/cond/branch_1_fun/SQAIRGenerative.decode/glimpse_decoder/Conv_2/dot_general"
+    ) == ("SQAIRGenerative.decode/glimpse_decoder/Conv_2", "forward")
+    assert scope_and_phase("jit(train_step)/transpose(jvp())/cond/branch_4_fun/SQAIRGenerative.decode/reshape") == (
+        "SQAIRGenerative.decode",
+        "backward",
+    )
 
 
 def test_profile_of_a_small_step_accounts_for_its_time():
