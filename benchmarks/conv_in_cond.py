@@ -5,7 +5,8 @@ r"""XLA:CPU's convolution inside a ``lax.cond`` body against the same convolutio
 
 The layer is CONV-SQAIR's largest decoder convolution (3×3, 64 → 256 channels on 10×10 maps, SAME padding); timed is
 the gradient of a scalar of its output with respect to the kernel and the input, compiled, the best of ``repeats``
-calls (XLA's convolution inside the conditional takes ≈ 28 s per call on a 2-core CPU). Run it alone: a second busy process distorts two-thread timings.
+calls (XLA's convolution inside the conditional takes ≈ 28 s per call on a 2-core CPU). Run it alone: a second busy
+process distorts two-thread timings.
 """
 
 from __future__ import annotations
