@@ -232,6 +232,36 @@ class PhaseConvTranspose(nn.Module):
         return _flax_conv_layer(self, x, lambda x, k: conv_transpose_phases(x, k, self.strides, self.padding))
 
 
+@jax.custom_vjp
+def matmul_materialised_cotangent(x: Array, w: Array) -> Array:
+    """``x [..., K] @ w [K, N] -> [..., N]``, whose backward pass materialises the cotangent once and takes the
+    weight gradient as one contraction over the leading axes: dx = g wᵀ, dw = Σ_rows x_rowᵀ g_row.
+
+    The same values and gradients as ``x @ w``. What differs is what XLA may do with the cotangent g: left to
+    itself, XLA:CPU fuses g's producer (for a convolution layer: the activation's derivative and the transpose of a
+    subpixel shuffle) into each of its three consumers (dx, dw and the bias sum) and hands dw a transposed copy of g
+    ``[N, rows]`` — CONV-SQAIR's decoder spent more time in those copies than in its matrix products. An
+    ``optimization_barrier`` on g stops the fusion, and the explicit contraction over axis 0 of both operands needs
+    no transposed copy (measured: the decoder's forward and backward pass at 1080 glimpses inside a ``lax.switch``,
+    7.6 s → 3.6 s; ``benchmarks/sqair_decode.py`` for the train step).
+    """
+    return x @ w
+
+
+def _matmul_fwd(x, w):
+    return x @ w, (x, w)
+
+
+def _matmul_bwd(residuals, g):
+    x, w = residuals
+    g = jax.lax.optimization_barrier(g)
+    rows = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731
+    return g @ w.T, jax.lax.dot_general(rows(x), rows(g), (((0,), (0,)), ((), ())))
+
+
+matmul_materialised_cotangent.defvjp(_matmul_fwd, _matmul_bwd)
+
+
 def conv_patches(x: Array, kernel: Array, strides: tuple[int, int], padding: str | Sequence[tuple[int, int]]) -> Array:
     """A 2-D convolution as one matrix product over image patches (im2col): the same values as
     ``lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))``, up to float
@@ -241,7 +271,7 @@ def conv_patches(x: Array, kernel: Array, strides: tuple[int, int], padding: str
     ``lax.cond`` body — on a slow path, 40–100× slower than the same convolution at the top level (jax-ml/jax#12868;
     measured here: the CONV-SQAIR decoder's 3×3 convolution gradient at 360 glimpses, 0.25 s at the top level against
     27.7 s inside a ``lax.cond``); dots run at the same speed in both places (0.25 s and 0.29 s). See
-    ``PatchConv``.
+    ``PatchConv``. The dots are ``matmul_materialised_cotangent``, whose backward pass does not copy the cotangent.
 
     x: ``[N, H, W, C_in]``; kernel: ``[k_h, k_w, C_in, C_out]``; padding: ``"SAME"``, ``"VALID"`` or explicit
     ``((lo, hi), (lo, hi))``. Returns ``[N, H_out, W_out, C_out]``.
@@ -261,12 +291,12 @@ def conv_patches(x: Array, kernel: Array, strides: tuple[int, int], padding: str
         # Fewer outputs than inputs: multiply every padded pixel by all k_h·k_w taps at once, then add the shifted
         # products (k_h·k_w·C_out channels held, not the k_h·k_w·C_in of the patches: a decoder's 1-channel output
         # layer).
-        products = (xp @ jnp.moveaxis(kernel, 2, 0).reshape(c_in, kh * kw * c_out)).reshape(
+        products = matmul_materialised_cotangent(xp, jnp.moveaxis(kernel, 2, 0).reshape(c_in, kh * kw * c_out)).reshape(
             xp.shape[:3] + (kh * kw, c_out)
         )
         return sum(tap(products[..., i * kw + j, :], i, j) for i in range(kh) for j in range(kw))
     patches = [tap(xp, i, j) for i in range(kh) for j in range(kw)]
-    return jnp.concatenate(patches, axis=-1) @ kernel.reshape(kh * kw * c_in, c_out)
+    return matmul_materialised_cotangent(jnp.concatenate(patches, axis=-1), kernel.reshape(kh * kw * c_in, c_out))
 
 
 class PatchConv(nn.Module):

@@ -233,3 +233,32 @@ def test_conv_patches_with_fewer_outputs_than_inputs_equals_lax_convolution():
         ]
         for g, w in zip(grads[1], grads[0], strict=True):
             np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_matmul_materialised_cotangent_has_the_values_and_derivatives_of_a_matmul():
+    """Leading axes, first and second derivatives (reverse over reverse), under vmap and inside a lax.switch."""
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.normal(size=(2, 3, 5)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(5, 4)), jnp.float32)
+    cotangent = jnp.asarray(rng.normal(size=(2, 3, 4)), jnp.float32)
+    ours, plain = modules.matmul_materialised_cotangent, lambda x, w: x @ w  # noqa: E731
+    np.testing.assert_allclose(ours(x, w), plain(x, w), rtol=1e-6)
+
+    def loss(f):
+        return lambda x, w: jnp.sum(jnp.tanh(f(x, w)) * cotangent)
+
+    for got, want in [
+        (jax.grad(loss(ours), argnums=(0, 1))(x, w), jax.grad(loss(plain), argnums=(0, 1))(x, w)),
+        (jax.vmap(ours, in_axes=(0, None))(x, w), jax.vmap(plain, in_axes=(0, None))(x, w)),
+        # d/dw of sum(dL/dx): the backward pass itself differentiated
+        (
+            jax.grad(lambda w: jnp.sum(jax.grad(loss(ours))(x, w) ** 2))(w),
+            jax.grad(lambda w: jnp.sum(jax.grad(loss(plain))(x, w) ** 2))(w),
+        ),
+        (
+            jax.jit(jax.grad(lambda w, i: jax.lax.switch(i, [loss(ours), loss(plain)], x, w)))(w, 0),
+            jax.grad(loss(plain), argnums=1)(x, w),
+        ),
+    ]:
+        for g, h in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(g, h, rtol=1e-5, atol=1e-5)
