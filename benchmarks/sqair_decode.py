@@ -1,18 +1,22 @@
-r"""A trained SQAIR run's train step three ways, side by side in one run (not a test): XLA's convolutions decoding
+r"""A trained SQAIR run's train step four ways, side by side in one run (not a test): XLA's convolutions decoding
 every slot (``xla_all``: the step before this benchmark), convolutions as patch matrix products
-(``SQAIRConfig.conv_implementation="patches"``, ``modules.conv_patches``) decoding every slot (``patches_all``), and
-those decoding only the present glimpses (``SQAIRConfig.decode_capacities``; ``patches_present``, the default on CPU).
+(``SQAIRConfig.conv_implementation="patches"``, ``modules.conv_patches``) decoding every slot (``patches_all``),
+those decoding only the present glimpses (``SQAIRConfig.decode_capacities``; ``patches_present_plain_dot``) and the
+same with the patch products' backward pass materialising its cotangent once (``patches_present``, the default on
+CPU: ``modules.matmul_materialised_cotangent``; the other ``patches`` variants are built with a plain ``x @ w``).
 
   python benchmarks/sqair_decode.py --workdir=runs/sqair_conv_short_seed0 [--step=N] [--pairs=3] [--steps=3]
-      [--[no]scan_unroll] [--capacities=0.25,0.5] [--out=runs/bench/sqair_decode.json]
+      [--[no]scan_unroll] [--capacities=0.25,0.5] [--variants=xla_all,patches_present]
+      [--out=runs/bench/sqair_decode.json]
 
 Every step is built exactly as training builds it (``benchmarks.air_throughput.compile_train_step``) from the run's
 own config.json (``--scan_unroll`` overrides its scan unrolling), at the checkpoint's step (so the curriculum length
 and schedules are the run's), on the task's own training batches, with the checkpoint's parameters: presence decides
 how many glimpses are decoded — at initialisation most slots are present, in a trained model about a third. The
 variants are timed in ``--pairs`` interleaved windows of ``--steps`` steps; the best window of each is reported with
-its ratio to ``xla_all``, the fraction of slots present in the timed batches (inferred as the loss infers them) and
-the capacity that fraction selects. The load average is recorded before and after: run it alone.
+its ratio to the first variant run (``xla_all`` unless ``--variants`` leaves it out), the fraction of slots present
+in the timed batches (inferred as the loss infers them) and the capacity that fraction selects. The load average is
+recorded before and after: run it alone.
 """
 
 from __future__ import annotations
@@ -32,20 +36,33 @@ if REPO not in sys.path:
 
 from benchmarks.air_throughput import compile_train_step  # noqa: E402
 from ocr_jax import api, cli  # noqa: E402
+from ocr_jax.models import modules  # noqa: E402
 from ocr_jax.training import tasks  # noqa: E402
 
 
 def VARIANTS(capacities):  # noqa: N802
-    """(name, conv_implementation, decode_capacities) of the steps compared: XLA's convolutions decoding every slot
-    (the step before this benchmark's change), convolutions as patch matrix products, and those decoding only the
-    present glimpses."""
-    return (("xla_all", "xla", ()), ("patches_all", "patches", ()), ("patches_present", "patches", capacities))
+    """(name, conv_implementation, decode_capacities, whether the patch products materialise their cotangent) of the
+    steps compared, in the order the changes came: XLA's convolutions decoding every slot, convolutions as patch
+    matrix products, those decoding only the present glimpses, and those with ``matmul_materialised_cotangent``."""
+    return (
+        ("xla_all", "xla", (), False),
+        ("patches_all", "patches", (), False),
+        ("patches_present_plain_dot", "patches", capacities, False),
+        ("patches_present", "patches", capacities, True),
+    )
 
 
-def build(config, params, step: int) -> dict:
-    """The compiled step of ``config`` with the state's parameters replaced by ``params``."""
+def build(config, params, step: int, materialise_cotangent: bool = True) -> dict:
+    """The compiled step of ``config`` with the state's parameters replaced by ``params``; with
+    ``materialise_cotangent=False`` the patch convolutions' dots are traced as a plain ``x @ w``."""
     task = tasks.make_task(config)
-    compiled, state, batches, compile_s = compile_train_step(task, config, start_step=step, num_batches=4)
+    kept = modules.matmul_materialised_cotangent
+    if not materialise_cotangent:
+        modules.matmul_materialised_cotangent = lambda x, w: x @ w  # read by conv_patches at trace time
+    try:
+        compiled, state, batches, compile_s = compile_train_step(task, config, start_step=step, num_batches=4)
+    finally:
+        modules.matmul_materialised_cotangent = kept
     # From host copies: the step donates its state, and the other variant must keep its own buffers.
     params = jax.tree.map(lambda new, old: jax.device_put(np.asarray(new), old.sharding), params, state.params)
     return dict(task=task, compiled=compiled, state=state.replace(params=params), batches=batches, compile_s=compile_s)
@@ -84,12 +101,15 @@ def main(argv):
 
     capacities = tuple(float(f) for f in _CAPACITIES.value) if _CAPACITIES.value else SQAIRConfig().decode_capacities
     variants = {}
-    for name, impl, caps in VARIANTS(capacities):
+    chosen_variants = [
+        v for v in VARIANTS(capacities) if not _VARIANTS.value or v[0] in (*_VARIANTS.value, "patches_present")
+    ]
+    for name, impl, caps, materialise in chosen_variants:
         config = run.config.copy_and_resolve_references()
         config.task_config.model.update(decode_capacities=caps, conv_implementation=impl)
         if _SCAN_UNROLL.value is not None:
             config.task_config.model.scan_unroll = _SCAN_UNROLL.value
-        variants[name] = build(config, run.params, run.step)
+        variants[name] = build(config, run.params, run.step, materialise)
         print(f"{name}: compiled in {variants[name]['compile_s']:.1f} s", flush=True)
     present = variants["patches_present"]
     model, length = present["task"].model, present["task"].sequence_length(run.step)
@@ -104,7 +124,8 @@ def main(argv):
             times[name].append(window(built, _STEPS.value, 1000 * p))
             print(f"pair {p}: {name} {times[name][-1]:.3f} s/step", flush=True)
     best = {name: min(t) for name, t in times.items()}
-    speedups = {name: best["xla_all"] / t for name, t in best.items()}
+    baseline = next(iter(best))  # the first variant run
+    speedups = {name: best[baseline] / t for name, t in best.items()}
     result = dict(
         workdir=_WORKDIR.value,
         step=run.step,
@@ -115,7 +136,8 @@ def main(argv):
         capacity_about_selected=chosen,
         seconds_per_step=times,
         best_seconds_per_step=best,
-        speedup_over_xla_all=speedups,
+        baseline=baseline,
+        speedup_over_baseline=speedups,
         scan_unroll=bool(present["task"].model.config.scan_unroll),
         load_before=load_before,
         load_after=os.getloadavg(),
@@ -141,6 +163,12 @@ if __name__ == "__main__":
     _SCAN_UNROLL = flags.DEFINE_bool("scan_unroll", None, "override the run's scan_unroll (default: the run's)")
     _CAPACITIES = flags.DEFINE_list(
         "capacities", None, "decode_capacities of the present-only step (default: SQAIRConfig's)"
+    )
+    _VARIANTS = flags.DEFINE_list(
+        "variants",
+        None,
+        "which of " + ", ".join(v[0] for v in VARIANTS(())) + " to run (default: all; "
+        "ratios are to the first run); patches_present is always built",
     )
     _OUT = flags.DEFINE_string("out", "runs/bench/sqair_decode.json", "where the result goes (JSON)")
     app.run(main)
