@@ -1,9 +1,11 @@
-r"""A trained SQAIR run's train step four ways, side by side in one run (not a test): XLA's convolutions decoding
+r"""A trained SQAIR run's train step five ways, side by side in one run (not a test): XLA's convolutions decoding
 every slot (``xla_all``: the step before this benchmark), convolutions as patch matrix products
 (``SQAIRConfig.conv_implementation="patches"``, ``modules.conv_patches``) decoding every slot (``patches_all``),
-those decoding only the present glimpses (``SQAIRConfig.decode_capacities``; ``patches_present_plain_dot``) and the
-same with the patch products' backward pass materialising its cotangent once (``patches_present``, the default on
-CPU: ``modules.matmul_materialised_cotangent``; the other ``patches`` variants are built with a plain ``x @ w``).
+those decoding only the present glimpses (``SQAIRConfig.decode_capacities``; ``patches_present_plain_dot``), the
+same with the patch products' backward pass materialising its cotangent once
+(``modules.matmul_materialised_cotangent``; ``patches_present_stored``; the variants before it are built with a plain
+``x @ w``), and that with the chosen capacity's decoder rematerialised in the backward pass instead of its
+activations stored (``SQAIRConfig.decode_remat``; ``patches_present``, the default on CPU).
 
   python benchmarks/sqair_decode.py --workdir=runs/sqair_conv_short_seed0 [--step=N] [--pairs=3] [--steps=3]
       [--[no]scan_unroll] [--capacities=0.25,0.5] [--variants=xla_all,patches_present]
@@ -41,14 +43,17 @@ from ocr_jax.training import tasks  # noqa: E402
 
 
 def VARIANTS(capacities):  # noqa: N802
-    """(name, conv_implementation, decode_capacities, whether the patch products materialise their cotangent) of the
-    steps compared, in the order the changes came: XLA's convolutions decoding every slot, convolutions as patch
-    matrix products, those decoding only the present glimpses, and those with ``matmul_materialised_cotangent``."""
+    """(name, model settings, whether the patch products materialise their cotangent) of the steps compared, in the
+    order the changes came: XLA's convolutions decoding every slot, convolutions as patch matrix products, those
+    decoding only the present glimpses, then with ``matmul_materialised_cotangent``, then also rematerialising the
+    chosen capacity's decoder (``SQAIRConfig.decode_remat``)."""
+    patches = dict(conv_implementation="patches", decode_capacities=capacities)
     return (
-        ("xla_all", "xla", (), False),
-        ("patches_all", "patches", (), False),
-        ("patches_present_plain_dot", "patches", capacities, False),
-        ("patches_present", "patches", capacities, True),
+        ("xla_all", dict(conv_implementation="xla", decode_capacities=(), decode_remat=False), False),
+        ("patches_all", dict(patches, decode_capacities=(), decode_remat=False), False),
+        ("patches_present_plain_dot", dict(patches, decode_remat=False), False),
+        ("patches_present_stored", dict(patches, decode_remat=False), True),
+        ("patches_present", dict(patches, decode_remat=True), True),
     )
 
 
@@ -104,9 +109,9 @@ def main(argv):
     chosen_variants = [
         v for v in VARIANTS(capacities) if not _VARIANTS.value or v[0] in (*_VARIANTS.value, "patches_present")
     ]
-    for name, impl, caps, materialise in chosen_variants:
+    for name, settings, materialise in chosen_variants:
         config = run.config.copy_and_resolve_references()
-        config.task_config.model.update(decode_capacities=caps, conv_implementation=impl)
+        config.task_config.model.update(**settings)
         if _SCAN_UNROLL.value is not None:
             config.task_config.model.scan_unroll = _SCAN_UNROLL.value
         variants[name] = build(config, run.params, run.step, materialise)

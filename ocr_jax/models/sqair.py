@@ -199,6 +199,11 @@ class SQAIRConfig:
     # the gradient. () decodes every slot. Applied where a whole batch is rendered at once (``infer``,
     # ``generate``), not under a caller's own ``vmap`` of those (a batched switch index would run every branch).
     decode_capacities: tuple[float, ...] = (0.25, 0.375, 0.5, 0.75)
+    # Recompute the chosen capacity's decoder forward pass in the backward pass instead of keeping its activations
+    # (the same values): differentiating a ``lax.switch`` makes every branch return the residuals of all branches,
+    # the others' as zeros, so keeping them writes several times the chosen branch's activations as zeros at every
+    # step (measured: benchmarks/sqair_decode.py). No effect when decode_capacities is ().
+    decode_remat: bool = True
     # Initial bias of the glimpse decoder's output logits. 0 (sigmoid 0.5) makes every new object paint a grey
     # square, a large likelihood penalty that teaches the model to switch objects off before it learns to draw;
     # a negative bias (AIR's decoder_output_bias, e.g. -2: sigmoid 0.12) starts objects nearly transparent.
@@ -904,7 +909,8 @@ class SQAIR:
                 slots = order[:cap]
                 return jnp.zeros((n, h, w), what.dtype).at[slots].set(decode(slots), unique_indices=True)
 
-            return branch
+            # config.decode_remat: each branch's residuals are then its inputs, not its activations.
+            return jax.checkpoint(branch) if self.config.decode_remat else branch
 
         order = jnp.argsort(~present, stable=True)
         which = jnp.searchsorted(jnp.asarray(caps), jnp.sum(present))

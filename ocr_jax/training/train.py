@@ -64,6 +64,7 @@ RESUMABLE_FIELDS = (
     # present glimpses skips work whose result is multiplied by zero.
     "task_config.model.scan_unroll",
     "task_config.model.decode_capacities",
+    "task_config.model.decode_remat",
     "task_config.model.conv_implementation",
 )
 

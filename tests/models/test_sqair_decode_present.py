@@ -58,6 +58,17 @@ def pair():
     return on, off, params
 
 
+def test_inference_gradients_are_unchanged_without_rematerialising_the_decoder(pair):
+    """``decode_remat=False`` (the default, True, is the test below)."""
+    on, off, params = pair
+    model = SQAIR(dataclasses.replace(on.config, decode_remat=False))
+    images, key = _images(), jax.random.key(3)
+    grads = [
+        jax.jit(jax.grad(lambda p, m=m: jnp.mean(m.infer(p, images, key, K).log_weight)))(params) for m in (model, off)
+    ]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), *grads)
+
+
 def test_inference_log_weights_and_gradients_are_unchanged(pair):
     on, off, params = pair
     images, key = _images(), jax.random.key(3)
