@@ -3,16 +3,18 @@ self time summed by the model scope that issued them (not a test).
 
   python benchmarks/profile_step.py --config=air_multi_mnist:fast [--steps=10] [--top=20] [--start_step=0]
       [--out=runs/bench/profile_step.json] [--config.global_batch_size=64 ...]
+  python benchmarks/profile_step.py --workdir=runs/sqair_conv_short_seed0 [--steps=10]   # a trained run's step
 
 The step is built exactly as training builds it (``tasks.make_task``, ``make_optimizers``, ``make_train_step``) on the
-task's own training batches from ``--start_step`` (which sets e.g. SQAIR's curriculum length), compiled, warmed
-up, then ``--steps`` steps are traced. Every event on XLA's compute threads is an operation of the compiled program
-(a fusion, a dot, a copy) or the runtime around it; its *self* time
-(its duration less that of the events nested in it) is summed per operation, then per **scope**: the operation's
-``op_name`` metadata from the compiled HLO with JAX's transformation wrappers removed — e.g.
-``AIRInference.controller/controller/hidden`` — and a **phase**: ``forward``, ``backward`` (under ``transpose(...)``)
-or ``update`` (the optimiser, inside the step's ``cond``). Operations XLA created without metadata (layout copies,
-broadcasts of constants) are listed under their kind (``copy``, ``wrapped_broadcast``…).
+task's own training batches from ``--start_step`` (which sets e.g. SQAIR's curriculum length) — or, with
+``--workdir``, from a trained run's config.json, latest checkpoint step and parameters — compiled, warmed up, then
+``--steps`` steps are traced. Every event on XLA's compute threads is an operation of the compiled program (a fusion,
+a dot, a copy) or the runtime around it; its *self* time (its duration less that of the events nested in it) is summed
+per operation, then per **scope**: the operation's ``op_name`` metadata from the compiled HLO with JAX's
+transformation wrappers removed — e.g. ``AIRInference.controller/controller/hidden`` — and a **phase**: ``forward``,
+``backward`` (under ``transpose(...)``) or ``update`` (the optimiser, inside the step's ``cond``). Operations XLA
+created without metadata (layout copies, broadcasts of constants) are listed under their kind (``copy``,
+``wrapped_broadcast``…).
 
 The wall-clock per step is printed beside the summed self time: their ratio is how many cores the step keeps busy.
 Run it alone: a second busy process distorts both (the load average is recorded before and after).
@@ -30,6 +32,7 @@ import tempfile
 import time
 
 import jax
+import numpy as np
 from absl import app, flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,7 +40,7 @@ if REPO not in sys.path:
     sys.path.append(REPO)  # benchmarks/ from the checkout when run as a script
 
 from benchmarks.air_throughput import compile_train_step  # noqa: E402
-from ocr_jax import cli, configs  # noqa: E402
+from ocr_jax import api, cli, configs  # noqa: E402
 from ocr_jax.training import tasks  # noqa: E402
 
 _WRAPPER = re.compile(r"^(jit|jvp|transpose|vmap|pjit|remat|checkpoint|custom_jvp_call|custom_vjp_call)\((.*)\)$")
@@ -106,11 +109,16 @@ def self_times(xplane_path: str) -> tuple[collections.Counter, collections.Count
     return total, count
 
 
-def profile(config, steps: int, start_step: int = 0) -> dict:
-    """Traces ``steps`` compiled train steps of ``config``; returns the per-step breakdown."""
+def profile(config, steps: int, start_step: int = 0, params=None) -> dict:
+    """Traces ``steps`` compiled train steps of ``config``; returns the per-step breakdown. ``params`` (e.g. a trained
+    run's) replace the initial parameters: what a model computes can depend on them (SQAIR decodes only the present
+    glimpses)."""
     compiled, state, local, _ = compile_train_step(
         tasks.make_task(config), config, start_step=start_step, num_batches=4
     )
+    if params is not None:  # host copies: the step donates its state
+        params = jax.tree.map(lambda new, old: jax.device_put(np.asarray(new), old.sharding), params, state.params)
+        state = state.replace(params=params)
     metadata = hlo_metadata(compiled.as_text())
     for i in range(3):  # warm-up
         state, metrics = compiled(state, local[i % len(local)], jax.random.PRNGKey(i))
@@ -152,8 +160,20 @@ def profile(config, steps: int, start_step: int = 0) -> dict:
 def main(argv):
     cli.start_script(argv)
     load_before = os.getloadavg()
-    result = profile(_CONFIG.value, _STEPS.value, _START_STEP.value)
-    result.update(config=_CONFIG.value.to_dict(), load_before=load_before, load_after=os.getloadavg())
+    config, start_step, params = _CONFIG.value, _START_STEP.value, None
+    if _WORKDIR.value:
+        run = api.load_run(_WORKDIR.value)
+        config, start_step, params = run.config.copy_and_resolve_references(), run.step, run.params
+    elif config is None:
+        raise app.UsageError("give --config or --workdir")
+    result = profile(config, _STEPS.value, start_step, params)
+    result.update(
+        config=config.to_dict(),
+        workdir=_WORKDIR.value,
+        start_step=start_step,
+        load_before=load_before,
+        load_after=os.getloadavg(),
+    )
     print(
         f"{result['wall_ms_per_step']:.1f} ms per step wall-clock, {result['busy_ms_per_step']:.1f} ms of XLA thread "
         f"time ({result['cores_busy']:.2f} cores busy); load average {load_before[0]:.2f} before, "
@@ -174,9 +194,11 @@ def main(argv):
 
 if __name__ == "__main__":
     _CONFIG = configs.define_config_flag("config", None, "the config whose train step is profiled", lock_config=True)
+    _WORKDIR = flags.DEFINE_string(
+        "workdir", None, "profile a trained run instead: its config.json, latest step and parameters"
+    )
     _STEPS = flags.DEFINE_integer("steps", 10, "traced steps (after three warm-up steps)")
     _START_STEP = flags.DEFINE_integer("start_step", 0, "the training step the profiled batches and state are at")
     _TOP = flags.DEFINE_integer("top", 20, "rows printed per table")
     _OUT = flags.DEFINE_string("out", "runs/bench/profile_step.json", "where the full breakdown goes (JSON)")
-    flags.mark_flags_as_required(["config"])
     app.run(main)
