@@ -242,8 +242,8 @@ def matmul_materialised_cotangent(x: Array, w: Array) -> Array:
     subpixel shuffle) into each of its three consumers (dx, dw and the bias sum) and hands dw a transposed copy of g
     ``[N, rows]`` — CONV-SQAIR's decoder spent more time in those copies than in its matrix products. An
     ``optimization_barrier`` on g stops the fusion, and the explicit contraction over axis 0 of both operands needs
-    no transposed copy (measured: the decoder's forward and backward pass at 1080 glimpses inside a ``lax.switch``,
-    7.6 s → 3.6 s; ``benchmarks/sqair_decode.py`` for the train step).
+    no transposed copy (CONV-SQAIR's train step at four frames: 3.05 → 2.58 s; ``benchmarks/sqair_decode.py``,
+    docs/results.md).
     """
     return x @ w
 
