@@ -240,7 +240,7 @@ def matmul_materialised_cotangent(x: Array, w: Array) -> Array:
     The same values and gradients as ``x @ w``. What differs is what XLA may do with the cotangent g: left to
     itself, XLA:CPU fuses g's producer (for a convolution layer: the activation's derivative and the transpose of a
     subpixel shuffle) into each of its three consumers (dx, dw and the bias sum) and hands dw a transposed copy of g
-    ``[N, rows]`` — CONV-SQAIR's decoder spent more time in those copies than in its matrix products. An
+    ``[N, rows]`` — CONV-SQAIR's decoder spent about as long on those copies as on its matrix products. An
     ``optimization_barrier`` on g stops the fusion, and the explicit contraction over axis 0 of both operands needs
     no transposed copy (CONV-SQAIR's train step at four frames: 3.05 → 2.58 s; ``benchmarks/sqair_decode.py``,
     docs/results.md).
