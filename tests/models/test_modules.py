@@ -250,6 +250,10 @@ def test_matmul_materialised_cotangent_has_the_values_and_derivatives_of_a_matmu
     for got, want in [
         (jax.grad(loss(ours), argnums=(0, 1))(x, w), jax.grad(loss(plain), argnums=(0, 1))(x, w)),
         (jax.vmap(ours, in_axes=(0, None))(x, w), jax.vmap(plain, in_axes=(0, None))(x, w)),
+        (
+            jax.vmap(jax.grad(lambda x, w: jnp.sum(ours(x, w) ** 2), argnums=(0, 1)), in_axes=(0, None))(x, w),
+            jax.vmap(jax.grad(lambda x, w: jnp.sum(plain(x, w) ** 2), argnums=(0, 1)), in_axes=(0, None))(x, w),
+        ),
         # d/dw of sum(dL/dx): the backward pass itself differentiated
         (
             jax.grad(lambda w: jnp.sum(jax.grad(loss(ours))(x, w) ** 2))(w),
