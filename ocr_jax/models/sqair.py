@@ -199,10 +199,11 @@ class SQAIRConfig:
     # the gradient. () decodes every slot. Applied where a whole batch is rendered at once (``infer``,
     # ``generate``), not under a caller's own ``vmap`` of those (a batched switch index would run every branch).
     decode_capacities: tuple[float, ...] = (0.25, 0.375, 0.5, 0.75)
-    # Recompute the chosen capacity's decoder forward pass in the backward pass instead of keeping its activations
-    # (the same values): differentiating a ``lax.switch`` makes every branch return the residuals of all branches,
-    # the others' as zeros, so keeping them writes several times the chosen branch's activations as zeros at every
-    # step (measured: benchmarks/sqair_decode.py). No effect when decode_capacities is ().
+    # Recompute the switch's decoder forward pass (the slots beyond the smallest capacity) in the backward pass
+    # instead of keeping its activations (the same values): differentiating a ``lax.switch`` makes every branch
+    # return the residuals of all branches, the others' as zeros, so keeping them writes several times the chosen
+    # branch's activations as zeros at every step (measured: benchmarks/sqair_decode.py). No effect when
+    # decode_capacities is ().
     decode_remat: bool = True
     # Initial bias of the glimpse decoder's output logits. 0 (sigmoid 0.5) makes every new object paint a grey
     # square, a large likelihood penalty that teaches the model to switch objects off before it learns to draw;
@@ -887,10 +888,13 @@ class SQAIR:
         presence, so the canvas is the same).
 
         The n slots are ordered present-first (a stable sort), and the decoder runs on the first C of them, C the
-        smallest of :meth:`decode_capacities` that holds every present slot; a ``lax.switch`` over one branch per
-        capacity keeps the shapes static. A trained model has about a third of its slots present (one digit per
-        frame on average, three slots), so the decoder — most of CONV-SQAIR's step — does a third to a half of the
-        work (measured in docs/results.md)."""
+        smallest of :meth:`decode_capacities` that holds every present slot. The first C_0 (the smallest capacity)
+        are always decoded, at the top level; the slots from C_0 to C go through a ``lax.switch`` over one branch per
+        capacity, which keeps the shapes static. A trained model has about a third of its slots present (one digit
+        per frame on average, three slots), so the decoder — most of CONV-SQAIR's step — does a third to a half of
+        the work, and the switch only a third of that (measured in docs/results.md). With ``config.decode_remat``
+        the branches are rematerialised: differentiating a switch makes every branch return all branches'
+        residuals (the others' as zeros), and a rematerialised branch's residuals are its inputs."""
         lead, dim = z_what.shape[:-1], z_what.shape[-1]
         h, w = self.config.glimpse_shape
         n = math.prod(lead)
@@ -902,19 +906,23 @@ class SQAIR:
             glimpses = self._generative(params, SQAIRGenerative.decode, what[slots])
             return jnp.where(present[slots, None, None], glimpses, 0.0)
 
-        def first(cap):
-            def branch(order):
-                if cap == n:
-                    return decode(slice(None))
-                slots = order[:cap]
-                return jnp.zeros((n, h, w), what.dtype).at[slots].set(decode(slots), unique_indices=True)
+        def scatter(order, start, stop):  # slots order[start:stop] decoded, every other slot 0
+            if start == stop:
+                return jnp.zeros((n, h, w), what.dtype)
+            slots = order[start:stop]
+            return jnp.zeros((n, h, w), what.dtype).at[slots].set(decode(slots), unique_indices=True)
 
-            # config.decode_remat: each branch's residuals are then its inputs, not its activations.
+        base = caps[0]
+        if base == n:
+            return decode(slice(None)).reshape(lead + (h, w))
+
+        def beyond_base(cap):
+            branch = functools.partial(scatter, start=base, stop=cap)
             return jax.checkpoint(branch) if self.config.decode_remat else branch
 
         order = jnp.argsort(~present, stable=True)
         which = jnp.searchsorted(jnp.asarray(caps), jnp.sum(present))
-        glimpses = jax.lax.switch(which, [first(cap) for cap in caps], order)
+        glimpses = scatter(order, 0, base) + jax.lax.switch(which, [beyond_base(cap) for cap in caps], order)
         return glimpses.reshape(lead + (h, w))
 
     def object_ink(self, params, z_what, z_where):
