@@ -4,8 +4,8 @@ every slot (``xla_all``: the step before this benchmark), convolutions as patch 
 those decoding only the present glimpses (``SQAIRConfig.decode_capacities``; ``patches_present_plain_dot``), the
 same with the patch products' backward pass materialising its cotangent once
 (``modules.matmul_materialised_cotangent``; ``patches_present_stored``; the variants before it are built with a plain
-``x @ w``), and that with the chosen capacity's decoder rematerialised in the backward pass instead of its
-activations stored (``SQAIRConfig.decode_remat``; ``patches_present``, the default on CPU).
+``x @ w``), and that with the switch's decoder rematerialised in the backward pass instead of its activations stored
+(``SQAIRConfig.decode_remat``; ``patches_present``, the default on CPU).
 
   python benchmarks/sqair_decode.py --workdir=runs/sqair_conv_short_seed0 [--step=N] [--pairs=3] [--steps=3]
       [--[no]scan_unroll] [--capacities=0.25,0.5] [--variants=xla_all,patches_present]
@@ -46,7 +46,7 @@ def VARIANTS(capacities):  # noqa: N802
     """(name, model settings, whether the patch products materialise their cotangent) of the steps compared, in the
     order the changes came: XLA's convolutions decoding every slot, convolutions as patch matrix products, those
     decoding only the present glimpses, then with ``matmul_materialised_cotangent``, then also rematerialising the
-    chosen capacity's decoder (``SQAIRConfig.decode_remat``)."""
+    switch's decoder (``SQAIRConfig.decode_remat``)."""
     patches = dict(conv_implementation="patches", decode_capacities=capacities)
     return (
         ("xla_all", dict(conv_implementation="xla", decode_capacities=(), decode_remat=False), False),
