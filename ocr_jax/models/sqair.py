@@ -1052,15 +1052,20 @@ class SQAIR:
             g = extract_glimpse(image, self.to_transform(z_where), c.glimpse_shape)
             return self._inference(params, SQAIRInference.encode_glimpse, g)
 
+        # Alg. 2 lines 6-8: proposal location from (z_where_{t-1}, h^T_{t-1}), proposal glimpse, its encoding. They
+        # depend on the slot's own state at t−1 only, so the N slots' proposal glimpses are encoded in one batch
+        # before the scan over objects, not one slot at a time inside it.
+        proposals = jax.vmap(functools.partial(self._inference, params, SQAIRInference.propagation_proposal))(
+            state["z_where"], state["h_temporal"]
+        )
+        if c.prop_velocity:
+            proposals = proposals + state["where_velocity"]
+        proposal_codes = jax.vmap(glimpse_code)(proposals)
+
         def step(carry, xs):
             h_rel, what_j, where_j = carry
-            what_prev, where_prev, alive, h_t_prev, h_p_prev, velocity, k = xs
+            what_prev, where_prev, alive, h_t_prev, h_p_prev, velocity, e_hat, k = xs
             k_where, k_what, k_pres = jax.random.split(k, 3)
-            # Alg. 2 lines 6-8: proposal location from (z_where_{t-1}, h^T_{t-1}), proposal glimpse, its encoding.
-            proposal = self._inference(params, SQAIRInference.propagation_proposal, where_prev, h_t_prev)
-            if c.prop_velocity:
-                proposal = proposal + velocity
-            e_hat = glimpse_code(proposal)
             # Line 9 / Eq. 5.14 (h^{R,j}: j = last object alive at t−1 before i).
             w_rel = self._inference(
                 params,
@@ -1127,6 +1132,7 @@ class SQAIR:
             state["h_temporal"],
             state["h_prior"],
             state["where_velocity"],
+            proposal_codes,
             keys,
         )
         _, out = jax.lax.scan(step, init, xs, unroll=c.scan_unroll)

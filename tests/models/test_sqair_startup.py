@@ -307,6 +307,13 @@ def prop_setup():
     return dict(params=params, state=state, image=image, models=models, key=jax.random.key(7))
 
 
+def _glimpse_locations(seen):
+    """The z_where of PROP's glimpses as ``to_transform`` saw them: (the N proposals, the N sampled z_where)."""
+    rows = np.concatenate([np.reshape(z, (-1, 4)) for z in seen])
+    assert rows.shape == (2 * N, 4), rows.shape
+    return rows[:N], rows[N:]
+
+
 @pytest.mark.parametrize("scale", [0.1, 1.0])
 def test_prop_update_scale_scales_the_proposal_and_the_where_update(prop_setup, scale):
     s = prop_setup
@@ -315,10 +322,11 @@ def test_prop_update_scale_scales_the_proposal_and_the_where_update(prop_setup, 
     out = jax.device_get(prop(s["params"], s["image"], s["state"], s["key"]))
     jax.effects_barrier()
     prev = np.asarray(s["state"]["z_where"])
-    # Each object extracts two glimpses, in order: at the proposal, then at the sampled z_where.
-    assert len(seen) == 2 * N
-    np.testing.assert_allclose(np.stack(seen[0::2]), prev + scale * C_PROPOSAL, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(np.stack(seen[1::2]), out["z_where"], rtol=1e-6, atol=1e-6)
+    # Each object extracts two glimpses: at the proposal (every object's at once, before the scan over objects),
+    # then at the sampled z_where (in object order).
+    proposals, sampled = _glimpse_locations(seen)
+    np.testing.assert_allclose(proposals, prev + scale * C_PROPOSAL, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(sampled, out["z_where"], rtol=1e-6, atol=1e-6)
     # The posterior mean is z_where_{t-1} + scale · c; its std is the floor, so the sample is within 5 stds of it.
     np.testing.assert_allclose(out["z_where"], prev + scale * C_WHERE, atol=5 * FLOOR)
     np.testing.assert_array_equal(out["z_pres"], 1.0)
@@ -335,8 +343,9 @@ def test_prop_velocity_extrapolates_the_proposal_and_the_where_posterior(prop_se
     jax.effects_barrier()
     prev, v = np.asarray(s["state"]["z_where"]), np.asarray(s["state"]["where_velocity"])
     assert np.abs(v[:, 2:]).min() > 1e-3  # a displacement to extrapolate
-    np.testing.assert_allclose(np.stack(seen[0::2]), prev + v + 0.1 * C_PROPOSAL, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(np.stack(seen[1::2]), out["z_where"], rtol=1e-6, atol=1e-6)
+    proposals, sampled = _glimpse_locations(seen)
+    np.testing.assert_allclose(proposals, prev + v + 0.1 * C_PROPOSAL, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(sampled, out["z_where"], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(out["z_where"], prev + v + 0.1 * C_WHERE, atol=5 * FLOOR)
     np.testing.assert_array_equal(out["where_velocity"][:, :2], 0.0)
     np.testing.assert_allclose(out["where_velocity"][:, 2:], out["z_where"][:, 2:] - prev[:, 2:], rtol=1e-6, atol=1e-6)
