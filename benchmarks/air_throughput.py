@@ -85,6 +85,13 @@ def compile_train_step(task, config, *, devices=None, start_step: int = 0, num_b
     return compiled, state, local, time.perf_counter() - t
 
 
+def with_params(state, params):
+    """``state`` with its parameters replaced by host copies of ``params`` (e.g. a trained run's), placed as the
+    state's own: the compiled step donates its state, so a caller's arrays must not be handed to it."""
+    params = jax.tree.map(lambda new, old: jax.device_put(np.asarray(new), old.sharding), params, state.params)
+    return state.replace(params=params)
+
+
 def measure(config, steps: int, repeats: int = 5, *, devices=None, num_batches: int = 8) -> dict:
     """Steps/s of the AIR train step of ``config`` on synthetic digits, its batch sharded over ``devices`` (default:
     all), cycling through ``num_batches`` distinct batches; also compile time, XLA FLOPs and buffer sizes."""

@@ -32,14 +32,13 @@ import tempfile
 import time
 
 import jax
-import numpy as np
 from absl import app, flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.append(REPO)  # benchmarks/ from the checkout when run as a script
 
-from benchmarks.air_throughput import compile_train_step  # noqa: E402
+from benchmarks.air_throughput import compile_train_step, with_params  # noqa: E402
 from ocr_jax import api, cli, configs  # noqa: E402
 from ocr_jax.training import tasks  # noqa: E402
 
@@ -116,9 +115,8 @@ def profile(config, steps: int, start_step: int = 0, params=None) -> dict:
     compiled, state, local, _ = compile_train_step(
         tasks.make_task(config), config, start_step=start_step, num_batches=4
     )
-    if params is not None:  # host copies: the step donates its state
-        params = jax.tree.map(lambda new, old: jax.device_put(np.asarray(new), old.sharding), params, state.params)
-        state = state.replace(params=params)
+    if params is not None:
+        state = with_params(state, params)
     metadata = hlo_metadata(compiled.as_text())
     for i in range(3):  # warm-up
         state, metrics = compiled(state, local[i % len(local)], jax.random.PRNGKey(i))

@@ -36,7 +36,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.append(REPO)  # benchmarks/ from the checkout when run as a script
 
-from benchmarks.air_throughput import compile_train_step  # noqa: E402
+from benchmarks.air_throughput import compile_train_step, with_params  # noqa: E402
 from ocr_jax import api, cli  # noqa: E402
 from ocr_jax.models import modules  # noqa: E402
 from ocr_jax.training import tasks  # noqa: E402
@@ -68,9 +68,9 @@ def build(config, params, step: int, materialise_cotangent: bool = True) -> dict
         compiled, state, batches, compile_s = compile_train_step(task, config, start_step=step, num_batches=4)
     finally:
         modules.matmul_materialised_cotangent = kept
-    # From host copies: the step donates its state, and the other variant must keep its own buffers.
-    params = jax.tree.map(lambda new, old: jax.device_put(np.asarray(new), old.sharding), params, state.params)
-    return dict(task=task, compiled=compiled, state=state.replace(params=params), batches=batches, compile_s=compile_s)
+    # Host copies: the step donates its state, and every variant must keep its own buffers.
+    state = with_params(state, params)
+    return dict(task=task, compiled=compiled, state=state, batches=batches, compile_s=compile_s)
 
 
 def window(built: dict, steps: int, seed: int) -> float:
