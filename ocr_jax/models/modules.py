@@ -244,6 +244,11 @@ def matmul_materialised_cotangent(x: Array, w: Array) -> Array:
     ``optimization_barrier`` on g stops the fusion, and the explicit contraction over axis 0 of both operands needs
     no transposed copy (CONV-SQAIR's train step at four frames: 3.05 → 2.58 s; ``benchmarks/sqair_decode.py``,
     docs/results.md).
+
+    Call it on explicitly batched operands, not under ``vmap`` with an unbatched ``w``: JAX batches a custom backward
+    pass as a whole, so there dw becomes one small product per example, stacked and then summed, where ``x @ w`` under
+    ``vmap`` contracts over the examples in one product (SQAIR's glimpse encoder, vmapped over sequences and
+    particles, was 12–15 % slower with it; ``conv_patches(..., materialise_cotangent=False)``).
     """
     return x @ w
 
@@ -262,7 +267,13 @@ def _matmul_bwd(residuals, g):
 matmul_materialised_cotangent.defvjp(_matmul_fwd, _matmul_bwd)
 
 
-def conv_patches(x: Array, kernel: Array, strides: tuple[int, int], padding: str | Sequence[tuple[int, int]]) -> Array:
+def conv_patches(
+    x: Array,
+    kernel: Array,
+    strides: tuple[int, int],
+    padding: str | Sequence[tuple[int, int]],
+    materialise_cotangent: bool = True,
+) -> Array:
     """A 2-D convolution as one matrix product over image patches (im2col): the same values as
     ``lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))``, up to float
     rounding, with only pads, strided slices and a dot — and so the same gradients.
@@ -271,13 +282,15 @@ def conv_patches(x: Array, kernel: Array, strides: tuple[int, int], padding: str
     ``lax.cond`` body — on a slow path, 40–100× slower than the same convolution at the top level (jax-ml/jax#12868;
     measured here: the CONV-SQAIR decoder's 3×3 convolution gradient at 360 glimpses, 0.25 s at the top level against
     27.7 s inside a ``lax.cond``); dots run at the same speed in both places (0.25 s and 0.29 s). See
-    ``PatchConv``. The dots are ``matmul_materialised_cotangent``, whose backward pass does not copy the cotangent.
+    ``PatchConv``. The dots are ``matmul_materialised_cotangent``, whose backward pass does not copy the cotangent,
+    or with ``materialise_cotangent=False`` plain ``x @ w`` (for a convolution that runs under ``vmap``; see there).
 
     x: ``[N, H, W, C_in]``; kernel: ``[k_h, k_w, C_in, C_out]``; padding: ``"SAME"``, ``"VALID"`` or explicit
     ``((lo, hi), (lo, hi))``. Returns ``[N, H_out, W_out, C_out]``.
     """
     kh, kw, c_in, c_out = kernel.shape
     sh, sw = strides
+    matmul = matmul_materialised_cotangent if materialise_cotangent else jnp.matmul
     if isinstance(padding, str):
         padding = jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), (sh, sw), padding)
     (lh, hh), (lw, hw) = padding
@@ -291,12 +304,12 @@ def conv_patches(x: Array, kernel: Array, strides: tuple[int, int], padding: str
         # Fewer outputs than inputs: multiply every padded pixel by all k_h·k_w taps at once, then add the shifted
         # products (k_h·k_w·C_out channels held, not the k_h·k_w·C_in of the patches: a decoder's 1-channel output
         # layer).
-        products = matmul_materialised_cotangent(xp, jnp.moveaxis(kernel, 2, 0).reshape(c_in, kh * kw * c_out)).reshape(
+        products = matmul(xp, jnp.moveaxis(kernel, 2, 0).reshape(c_in, kh * kw * c_out)).reshape(
             xp.shape[:3] + (kh * kw, c_out)
         )
         return sum(tap(products[..., i * kw + j, :], i, j) for i in range(kh) for j in range(kw))
     patches = [tap(xp, i, j) for i in range(kh) for j in range(kw)]
-    return matmul_materialised_cotangent(jnp.concatenate(patches, axis=-1), kernel.reshape(kh * kw * c_in, c_out))
+    return matmul(jnp.concatenate(patches, axis=-1), kernel.reshape(kh * kw * c_in, c_out))
 
 
 class PatchConv(nn.Module):
@@ -304,13 +317,15 @@ class PatchConv(nn.Module):
     ``bias [C_out]``, the same initialisers) and outputs, computed by ``conv_patches`` where ``implementation`` says
     so: ``"patches"``, ``"xla"`` (``lax.conv_general_dilated``, as flax) or ``"auto"`` — patches on the CPU backend,
     where XLA runs convolutions inside loop and conditional bodies slowly, XLA's convolution elsewhere. Inputs
-    ``[..., H, W, C_in]`` (any leading axes)."""
+    ``[..., H, W, C_in]`` (any leading axes). ``materialise_cotangent``: see ``conv_patches`` (off for a layer that
+    runs under ``vmap``)."""
 
     features: int
     kernel_size: tuple[int, int]
     strides: tuple[int, int] = (1, 1)
     padding: str | tuple[tuple[int, int], tuple[int, int]] = "SAME"
     implementation: str = "auto"
+    materialise_cotangent: bool = True
     kernel_init: Callable[..., Array] = nn.linear.default_kernel_init
     bias_init: Callable[..., Array] = nn.initializers.zeros
 
@@ -320,7 +335,9 @@ class PatchConv(nn.Module):
         if implementation == "auto":
             implementation = "patches" if jax.default_backend() == "cpu" else "xla"
         if implementation == "patches":
-            convolve = lambda x, k: conv_patches(x, k, self.strides, self.padding)  # noqa: E731
+            convolve = lambda x, k: conv_patches(  # noqa: E731
+                x, k, self.strides, self.padding, materialise_cotangent=self.materialise_cotangent
+            )
         elif implementation == "xla":
             convolve = lambda x, k: jax.lax.conv_general_dilated(  # noqa: E731
                 x, k, self.strides, self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")

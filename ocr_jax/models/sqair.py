@@ -457,9 +457,12 @@ class ObservationEncoders(nn.Module):
             self.glimpse_net = _mlp((c.hidden, c.hidden), activate_final=True)
             self.image_net = _mlp((c.hidden, c.hidden), activate_final=True)
         else:
-            # Not modules.ConvStack: the trunk's layers are named trunk_<i> in SQAIR's checkpoints.
+            # Not modules.ConvStack: the trunk's layers are named trunk_<i> in SQAIR's checkpoints. The encoders run
+            # under SQAIR's vmap over sequences and particles: plain products (modules.conv_patches).
             self.trunk = [
-                modules.PatchConv(ch, (3, 3), strides=(s, s), implementation=c.conv_implementation)
+                modules.PatchConv(
+                    ch, (3, 3), strides=(s, s), implementation=c.conv_implementation, materialise_cotangent=False
+                )
                 for ch, s in zip(c.conv_channels, c.conv_strides)
             ]
             self.glimpse_fc = nn.Dense(c.hidden)

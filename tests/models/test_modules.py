@@ -173,7 +173,10 @@ def test_phase_conv_transpose_has_flax_conv_transpose_parameters_and_outputs():
         ((7, 7), (1, 2), ((2, 0), (1, 1)), (3, 3)),
     ],
 )
-def test_conv_patches_equals_lax_convolution_in_value_and_gradient(size, strides, padding, kernel):
+@pytest.mark.parametrize("materialise_cotangent", [True, False])
+def test_conv_patches_equals_lax_convolution_in_value_and_gradient(
+    size, strides, padding, kernel, materialise_cotangent
+):
     from jax import lax
 
     rng = np.random.default_rng(0)
@@ -183,13 +186,14 @@ def test_conv_patches_equals_lax_convolution_in_value_and_gradient(size, strides
         x, k, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
     want = conv(x, k)
-    got = modules.conv_patches(x, k, strides, padding)
+    got = modules.conv_patches(x, k, strides, padding, materialise_cotangent)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     cotangent = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
     want_grads = jax.grad(lambda x, k: jnp.sum(conv(x, k) * cotangent), argnums=(0, 1))(x, k)
     got_grads = jax.grad(
-        lambda x, k: jnp.sum(modules.conv_patches(x, k, strides, padding) * cotangent), argnums=(0, 1)
+        lambda x, k: jnp.sum(modules.conv_patches(x, k, strides, padding, materialise_cotangent) * cotangent),
+        argnums=(0, 1),
     )(x, k)
     for g, w in zip(got_grads, want_grads, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
@@ -215,7 +219,8 @@ def test_patch_conv_refuses_an_unknown_implementation():
         layer.init(jax.random.key(0), jnp.zeros((1, 5, 5, 1)))
 
 
-def test_conv_patches_with_fewer_outputs_than_inputs_equals_lax_convolution():
+@pytest.mark.parametrize("materialise_cotangent", [True, False])
+def test_conv_patches_with_fewer_outputs_than_inputs_equals_lax_convolution(materialise_cotangent):
     """The shifted-products path (C_out < C_in, stride 1)."""
     from jax import lax
 
@@ -226,11 +231,9 @@ def test_conv_patches_with_fewer_outputs_than_inputs_equals_lax_convolution():
         conv = lambda x, k: lax.conv_general_dilated(  # noqa: E731
             x, k, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
         )
-        np.testing.assert_allclose(modules.conv_patches(x, k, (1, 1), padding), conv(x, k), rtol=1e-5, atol=1e-5)
-        grads = [
-            jax.grad(lambda x, k: jnp.sum(f(x, k) ** 2), argnums=(0, 1))(x, k)
-            for f in (conv, lambda x, k: modules.conv_patches(x, k, (1, 1), padding))
-        ]
+        ours = lambda x, k: modules.conv_patches(x, k, (1, 1), padding, materialise_cotangent)  # noqa: E731
+        np.testing.assert_allclose(ours(x, k), conv(x, k), rtol=1e-5, atol=1e-5)
+        grads = [jax.grad(lambda x, k: jnp.sum(f(x, k) ** 2), argnums=(0, 1))(x, k) for f in (conv, ours)]
         for g, w in zip(grads[1], grads[0], strict=True):
             np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
 
