@@ -274,12 +274,15 @@ def test_sqair_short_is_the_cpu_curriculum_with_short_long_lengths():
 
 def test_sqair_conv_keeps_its_128_units_under_the_cpu_recipe():
     """CONV-SQAIR has 128 units (thesis §5.D.2: wider CONV models overfit); ``cpu`` and ``short`` widen only the MLP
-    model to 256, and change nothing else of ``conv``."""
+    model to 256, and change nothing else of ``conv`` (whose IWAE-1000 runs in chunks of 10 particles, not 50:
+    memory)."""
     for recipe in ("cpu", "short", "cpu+short+piwae+anneal+f1bound+offcanvas+maxscale+velocity"):
         conv = configs.get_config(f"sqair_mnist:conv+{recipe}")
         mlp = configs.get_config(f"sqair_mnist:{recipe}")
         assert (conv.task_config.model.arch, conv.task_config.model.hidden) == ("conv", 128)
         assert (mlp.task_config.model.arch, mlp.task_config.model.hidden) == ("mlp", 256)
+        assert (conv.task_config.eval.log_marginal_chunk, mlp.task_config.eval.log_marginal_chunk) == (10, 50)
         conv.task_config.model.arch, conv.task_config.model.hidden = "mlp", 256
+        conv.task_config.eval.log_marginal_chunk = 50
         assert conv.to_json_best_effort() == mlp.to_json_best_effort()
     assert configs.get_config("sqair_mnist:conv").task_config.model.hidden == 128
