@@ -10,7 +10,12 @@ Runs the frozen model once on the largest number of training sequences and on th
   * a probe of the representation: the digit's class (10-way, the same MLP) from the one object's z_what, in frames
     with one visible digit and one object in view.
 Writes ``<workdir>/addition_study.json`` (with ``--posterior_means``, z_what read at its posterior mean:
-``addition_study_means.json``) and prints it.
+``addition_study_means.json``) and prints it. The model's outputs are kept in
+``<workdir>/addition_outputs[_means]_step<step>_train<n>.npz`` (about 0.2 GB for 20 000 training sequences; never
+committed), so that a second sweep of classifier steps reads them instead of running the model again.
+
+    python -m experiments.sqair_addition --workdir=runs/sqair_short_velocity_seed0 --posterior_means \
+        --train_sequences=20000 --classifier_steps=10000,100000,1000000
 """
 
 from __future__ import annotations
@@ -62,11 +67,23 @@ def study(
     cfg = task.config
     test = task.test_data
     train = load_sequences(cfg, "train", max(train_sequences), cfg.data_seed)
-    key = jax.random.key(run.step)  # as experiments.sqair_report
-    train_key = jax.random.fold_in(key, sqair_eval.TRAIN_KEY_FOLD)
-    infer = dict(posterior_means=posterior_means)
-    train_out = sqair_eval.best_particle_outputs(task, run.params, train["frames"], train_key, **infer)
-    test_out = sqair_eval.best_particle_outputs(task, run.params, test["frames"], key, **infer)
+    cache = os.path.join(
+        workdir,
+        f"addition_outputs{'_means' if posterior_means else ''}_step{run.step}_train{max(train_sequences)}.npz",
+    )
+    if os.path.exists(cache):
+        with np.load(cache) as f:
+            train_out, test_out = ({k[len(p) :]: f[k] for k in f.files if k.startswith(p)} for p in ("train/", "test/"))
+    else:
+        key = jax.random.key(run.step)  # as experiments.sqair_report
+        train_key = jax.random.fold_in(key, sqair_eval.TRAIN_KEY_FOLD)
+        infer = dict(posterior_means=posterior_means)
+        train_out = sqair_eval.best_particle_outputs(task, run.params, train["frames"], train_key, **infer)
+        test_out = sqair_eval.best_particle_outputs(task, run.params, test["frames"], key, **infer)
+        arrays = {
+            f"{p}{k}": np.asarray(v) for p, out in (("train/", train_out), ("test/", test_out)) for k, v in out.items()
+        }
+        np.savez(cache, **arrays)
     truth = ("labels", "presence")
     result = dict(
         step=run.step, num_test_sequences=int(len(test["frames"])), posterior_means=posterior_means, addition=[]
@@ -79,10 +96,10 @@ def study(
                 test_out,
                 {k: test[k] for k in truth},
                 steps=steps,
+                progress=None,
             )
-            row = dict(
-                train_sequences=m, classifier_steps=steps, **{k: r[k] for k in ("train_accuracy", "test_accuracy")}
-            )
+            keys = ("train_accuracy", "test_accuracy", "test_accuracy_by_group", "test_frames_by_group")
+            row = dict(train_sequences=m, classifier_steps=steps, **{k: r[k] for k in keys})
             print(row, flush=True)
             result["addition"].append(row)
     (x_tr, y_tr), (x_te, y_te) = digit_probe_data(train_out, train), digit_probe_data(test_out, test)

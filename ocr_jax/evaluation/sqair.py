@@ -47,6 +47,7 @@ softmax over 9·D + 1 = 19 classes for D = 2) trained with Adam on the frozen mo
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import weakref
@@ -57,6 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tqdm
 
 from ocr_jax import spatial_transformer as st
 from ocr_jax.data import to_unit_float
@@ -1010,7 +1012,8 @@ def addition_on_features(
     sequences: SQAIR's and AIR's ``z_what · z_pres`` (:func:`addition_experiment`) or a VRNN's whole latent
     (``ocr_jax.evaluation.vrnn``). ``*_data``: the sequences' ``labels [n, D]`` and ``presence [n, T, D]``. Every frame
     is one example (target: :func:`addition_targets`; 9·D + 1 classes); ``classifier_kw`` go to
-    :func:`train_addition_classifier`. Returns its result with ``num_train_sequences`` and ``num_test_sequences``.
+    :func:`train_addition_classifier`. Returns its result with ``num_train_sequences`` and ``num_test_sequences``;
+    its ``test_accuracy_by_group`` is keyed by the number of digits visible in the frame.
     """
     feats = [np.asarray(f, np.float32) for f in (train_features, test_features)]
     targets = [addition_targets(d["labels"], d["presence"]) for d in (train_data, test_data)]
@@ -1026,6 +1029,7 @@ def addition_on_features(
         feats[1].reshape(-1, feats[1].shape[-1]),
         targets[1].reshape(-1),
         num_classes=num_classes,
+        test_groups=np.sum(np.asarray(test_data["presence"]) > 0, axis=-1).reshape(-1),
         **classifier_kw,
     )
     result.update(num_train_sequences=int(len(feats[0])), num_test_sequences=int(len(feats[1])))
@@ -1058,9 +1062,18 @@ def train_addition_classifier(
     seed: int = 0,
     num_classes: int = 19,
     standardize: bool = True,
+    steps_per_call: int = 1000,
+    progress: bool | None = False,
+    test_groups=None,
 ) -> dict[str, Any]:
     """Trains :class:`AdditionMLP` (softmax cross-entropy, Adam, mini-batches drawn uniformly with replacement) on
     frozen features.
+
+    The steps run ``steps_per_call`` at a time in one compiled ``lax.scan`` (the thesis trains for 10⁷ steps; one
+    dispatch per step would cost more than the step). Step ``i`` draws its batch from ``fold_in(key, i)`` whatever
+    the chunking, so the result does not depend on ``steps_per_call``. ``progress``: a progress bar (``None``: only on
+    a terminal). ``test_groups [m]`` (optional, ints; e.g. the number of digits in each test frame): the test accuracy
+    of each group as well, to say where the errors are.
 
     Args:
       features_train [n, features], targets_train [n] int in 0..num_classes-1; features_test [m, features],
@@ -1069,7 +1082,8 @@ def train_addition_classifier(
     Returns:
       dict: ``train_accuracy``, ``test_accuracy``, ``train_loss`` (mean over the last 10% of steps), ``test_loss``,
       ``majority_baseline`` (test accuracy of always predicting the most frequent training target), ``num_train``,
-      ``num_test``, ``steps``, ``num_classes``.
+      ``num_test``, ``steps``, ``num_classes``; with ``test_groups`` also ``test_accuracy_by_group`` and
+      ``test_frames_by_group`` (keyed by the group as a string).
     """
     xs, ys = np.asarray(features_train, np.float32), np.asarray(targets_train)
     xt, yt = np.asarray(features_test, np.float32), np.asarray(targets_test)
@@ -1086,8 +1100,12 @@ def train_addition_classifier(
             raise ValueError(
                 f"{name} must be integers in 0..{num_classes - 1}; got dtype {y.dtype}, range {y.min()}..{y.max()}"
             )
-    if steps < 1 or batch_size < 1:
-        raise ValueError("steps and batch_size must be positive")
+    if test_groups is not None and np.shape(test_groups) != yt.shape:
+        raise ValueError(f"test_groups must be [m] like targets_test {yt.shape}; got {np.shape(test_groups)}")
+    if steps < 1 or batch_size < 1 or steps_per_call < 1:
+        raise ValueError(
+            f"steps, batch_size and steps_per_call must be positive; got {steps}, {batch_size}, {steps_per_call}"
+        )
     if standardize:
         mean, std = xs.mean(0), xs.std(0)
         std = np.where(std > 1e-6, std, 1.0)
@@ -1103,35 +1121,50 @@ def train_addition_classifier(
     def loss_fn(p, x, y):
         return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, x), y).mean()
 
-    @jax.jit
-    def step(p, s, i):
+    def step(carry, i):
+        p, s = carry
         idx = jax.random.randint(jax.random.fold_in(key_data, i), (batch_size,), 0, x_dev.shape[0])
         loss, g = jax.value_and_grad(loss_fn)(p, x_dev[idx], y_dev[idx])
         updates, s = opt.update(g, s, p)
-        return optax.apply_updates(p, updates), s, loss
+        return (optax.apply_updates(p, updates), s), loss
+
+    @functools.partial(jax.jit, static_argnums=3)
+    def run_steps(p, s, first, n):
+        return jax.lax.scan(step, (p, s), first + jnp.arange(n))
 
     @jax.jit
     def evaluate(p, x, y):
         logits = model.apply(p, x)
-        return (
-            jnp.mean(jnp.argmax(logits, -1) == y),
-            optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(),
-        )
+        correct = jnp.argmax(logits, -1) == y
+        return correct, optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     steps = int(steps)
     tail = max(1, steps // 10)
     losses = []
-    for i in range(steps):
-        params, opt_state, loss = step(params, opt_state, i)
-        if i >= steps - tail:
-            losses.append(loss)
-    losses = np.asarray(jax.device_get(losses))
-    train_acc, _ = evaluate(params, x_dev, y_dev)
-    test_acc, test_loss = evaluate(params, jnp.asarray(xt), jnp.asarray(yt, jnp.int32))
+    with tqdm.tqdm(
+        total=steps, desc="addition classifier", unit="step", disable=None if progress is None else not progress
+    ) as bar:
+        for first in range(0, steps, steps_per_call):
+            n = min(steps_per_call, steps - first)
+            (params, opt_state), chunk_losses = run_steps(params, opt_state, first, n)
+            if first + n > steps - tail:
+                losses.append(chunk_losses[max(0, steps - tail - first) :])
+            bar.update(n)
+    losses = np.concatenate(jax.device_get(losses))
+    train_correct, _ = evaluate(params, x_dev, y_dev)
+    test_correct, test_loss = evaluate(params, jnp.asarray(xt), jnp.asarray(yt, jnp.int32))
+    test_correct = np.asarray(test_correct)
     majority = np.bincount(ys, minlength=num_classes).argmax()
+    by_group = {}
+    if test_groups is not None:
+        groups = np.asarray(test_groups)
+        by_group = dict(
+            test_accuracy_by_group={str(g): float(test_correct[groups == g].mean()) for g in np.unique(groups)},
+            test_frames_by_group={str(g): int(np.sum(groups == g)) for g in np.unique(groups)},
+        )
     return dict(
-        train_accuracy=float(train_acc),
-        test_accuracy=float(test_acc),
+        train_accuracy=float(np.mean(train_correct)),
+        test_accuracy=float(test_correct.mean()),
         train_loss=float(losses.mean()),
         test_loss=float(test_loss),
         majority_baseline=float(np.mean(yt == majority)),
@@ -1139,6 +1172,7 @@ def train_addition_classifier(
         num_test=int(len(xt)),
         steps=int(steps),
         num_classes=int(num_classes),
+        **by_group,
     )
 
 

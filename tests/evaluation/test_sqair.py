@@ -253,12 +253,34 @@ def test_addition_classifier_learns_sums_and_not_noise():
     xs, ys = _digit_features(2000, rng)
     xt, yt = _digit_features(500, rng)
     kw = dict(steps=400, batch_size=128, learning_rate=3e-3, seed=0)
-    r = se.train_addition_classifier(xs, ys, xt, yt, **kw)
+    groups = (yt > 9).astype(int)  # sums above 9 need two digits
+    r = se.train_addition_classifier(xs, ys, xt, yt, test_groups=groups, **kw)
     assert r["test_accuracy"] > 0.95 and r["train_accuracy"] > 0.95
+    frames, acc = r["test_frames_by_group"], r["test_accuracy_by_group"]
+    assert frames == {"0": int(np.sum(groups == 0)), "1": int(np.sum(groups == 1))}
+    np.testing.assert_allclose(
+        (frames["0"] * acc["0"] + frames["1"] * acc["1"]) / len(yt), r["test_accuracy"], rtol=1e-6
+    )
     assert (r["num_train"], r["num_test"], r["num_classes"]) == (2000, 500, 19)
     control = se.train_addition_classifier(xs, rng.permutation(ys), xt, yt, **kw)  # shuffled training targets
     assert control["test_accuracy"] < control["majority_baseline"] + 0.1
     json.dumps(r)
+
+
+def test_addition_classifier_does_not_depend_on_steps_per_call():
+    """Step i draws its batch from fold_in(key, i) whatever the chunking: 1 step per call, 7 (uneven) or all 30 in
+    one scan train the same classifier, and the tail loss covers the same last 10 % of steps."""
+    rng = np.random.default_rng(1)
+    xs, ys = _digit_features(300, rng)
+    xt, yt = _digit_features(100, rng)
+    runs = [se.train_addition_classifier(xs, ys, xt, yt, steps=30, batch_size=16, steps_per_call=c) for c in (1, 7, 30)]
+    for r in runs[1:]:
+        for k in ("train_accuracy", "test_accuracy", "train_loss", "test_loss"):
+            np.testing.assert_allclose(r[k], runs[0][k], rtol=1e-5, err_msg=k)
+    with pytest.raises(ValueError, match="test_groups must be"):
+        se.train_addition_classifier(xs, ys, xt, yt, steps=3, test_groups=np.zeros(5, int))
+    with pytest.raises(ValueError, match="steps_per_call must be positive"):
+        se.train_addition_classifier(xs, ys, xt, yt, steps=3, steps_per_call=0)
 
 
 def test_tracking_and_addition_on_untrained_quick_sqair():

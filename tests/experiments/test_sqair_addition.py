@@ -41,6 +41,11 @@ def test_sqair_addition_cli_on_a_two_step_run(tmp_path):
     assert 0 <= probe["test_frames"] <= 4 * 3
     assert probe["test_accuracy"] is None or 0.0 <= probe["test_accuracy"] <= 1.0
     assert result["posterior_means"] is False
+    assert all(sum(r["test_frames_by_group"].values()) == 4 * 3 for r in result["addition"])  # 4 sequences, 3 frames
+    # the second run reads the model's outputs from the cache and trains the same classifiers
+    assert (workdir / "addition_outputs_step2_train8.npz").exists()
+    subprocess.run(cmd + ["--train_sequences=4,8", "--classifier_steps=5"], check=True, capture_output=True)
+    assert json.loads((workdir / "addition_study.json").read_text())["addition"] == result["addition"]
     means = cmd + ["--train_sequences=4", "--classifier_steps=5", "--posterior_means"]
     subprocess.run(means, check=True, capture_output=True)
     at_means = json.loads((workdir / "addition_study_means.json").read_text())
