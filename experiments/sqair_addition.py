@@ -8,7 +8,8 @@ Runs the frozen model once on the largest number of training sequences and on th
   * the addition experiment (``ocr_jax.evaluation.sqair.addition_experiment``: z_what·z_pres of the slots in identity
     order, 19-way MLP) for each number of training sequences and each number of classifier steps;
   * a probe of the representation: the digit's class (10-way, the same MLP) from the one object's z_what, in frames
-    with one visible digit and one object in view.
+    with one visible digit and one present object; then that probe read on every present object of the test frames
+    and summed (:func:`sum_of_digit_readings`): the addition the representation supports object by object.
 Writes ``<workdir>/addition_study.json`` (with ``--posterior_means``, z_what read at its posterior mean:
 ``addition_study_means.json``) and prints it. The model's outputs are kept in
 ``<workdir>/addition_outputs[_means]_step<step>_train<n>.npz`` (about 0.2 GB for 20 000 training sequences; never
@@ -38,13 +39,14 @@ def define_flags() -> None:
     flags.DEFINE_list("train_sequences", ["2000", "10000", "20000"], "Training sequences for the classifier.")
     flags.DEFINE_list("classifier_steps", ["10000", "40000"], "Classifier training steps.")
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+    flags.DEFINE_integer("probe_steps", None, "Training steps of the digit probe (default: the most classifier steps).")
     flags.DEFINE_bool(
         "posterior_means", False, "Read z_what at its posterior mean (SQAIR.infer's posterior_means), not a sample."
     )
 
 
 def digit_probe_data(outputs: dict, data: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Frames with exactly one visible digit and exactly one object in view -> (that object's ``z_what [n, Dw]``, the
+    """Frames with exactly one visible digit and exactly one present object -> (that object's ``z_what [n, Dw]``, the
     digit's label ``[n]``)."""
     z_what, z_pres = np.asarray(outputs["z_what"]), np.asarray(outputs["z_pres"])
     presence = np.asarray(data["presence"], bool)  # [S, T, D]
@@ -55,12 +57,36 @@ def digit_probe_data(outputs: dict, data: dict) -> tuple[np.ndarray, np.ndarray]
     return features, digit[frames]
 
 
+def sum_of_digit_readings(outputs: dict, data: dict, read_digit) -> dict:
+    """The addition read one object at a time: every present object's digit read from its z_what by ``read_digit``
+    (``z_what [k, Dw] -> digits [k]``, e.g. the probe) and summed over the frame, against
+    :func:`~ocr_jax.evaluation.sqair.addition_targets`. What the representation holds for addition when the read-out
+    need not learn that a sum is symmetric and additive from the slot-ordered concatenation.
+
+    Returns ``accuracy``, ``accuracy_by_visible_digits`` (keyed by the number of digits visible in the frame) and
+    ``object_count_matches`` (the fraction of frames whose number of present objects is the number of visible digits).
+    """
+    z_what, present = np.asarray(outputs["z_what"]), np.asarray(outputs["z_pres"]) > 0  # [S, T, N, Dw], [S, T, N]
+    presence = np.asarray(data["presence"]) > 0  # [S, T, D]
+    digits = np.zeros(present.shape, np.int64)
+    if present.any():
+        digits[present] = read_digit(z_what[present])
+    correct = digits.sum(-1) == sqair_eval.addition_targets(data["labels"], presence)
+    visible = presence.sum(-1)
+    return dict(
+        accuracy=float(correct.mean()),
+        accuracy_by_visible_digits={str(g): float(correct[visible == g].mean()) for g in np.unique(visible)},
+        object_count_matches=float(np.mean(present.sum(-1) == visible)),
+    )
+
+
 def study(
     workdir: str,
     train_sequences: list[int],
     classifier_steps: list[int],
     step: int | None,
     posterior_means: bool = False,
+    probe_steps: int | None = None,
 ) -> dict:
     run = api.load_run(workdir, step=step)
     task = run.task
@@ -104,9 +130,13 @@ def study(
             result["addition"].append(row)
     (x_tr, y_tr), (x_te, y_te) = digit_probe_data(train_out, train), digit_probe_data(test_out, test)
     probe = dict(train_frames=int(len(y_tr)), test_frames=int(len(y_te)), train_accuracy=None, test_accuracy=None)
+    result["sum_of_probe_readings"] = None
     if len(y_tr) and len(y_te):  # (an untrained model may have no such frame)
-        r = sqair_eval.train_addition_classifier(x_tr, y_tr, x_te, y_te, num_classes=10, steps=max(classifier_steps))
+        r = sqair_eval.train_addition_classifier(
+            x_tr, y_tr, x_te, y_te, num_classes=10, steps=probe_steps or max(classifier_steps), return_predictor=True
+        )
         probe.update({k: r[k] for k in ("train_accuracy", "test_accuracy")})
+        result["sum_of_probe_readings"] = sum_of_digit_readings(test_out, test, r["predict"])
     result["digit_from_one_z_what"] = probe
     present = np.asarray(train_out["z_pres"]) > 0
     result["z_what_std_over_objects"] = np.asarray(train_out["z_what"])[present].std(0).round(3).tolist()
@@ -123,6 +153,7 @@ def main(argv):
         [int(x) for x in fl.classifier_steps],
         fl.step,
         fl.posterior_means,
+        fl.probe_steps,
     )
     name = "addition_study_means.json" if fl.posterior_means else "addition_study.json"
     with open(os.path.join(fl.workdir, name), "w") as f:

@@ -1065,6 +1065,7 @@ def train_addition_classifier(
     steps_per_call: int = 1000,
     progress: bool | None = False,
     test_groups=None,
+    return_predictor: bool = False,
 ) -> dict[str, Any]:
     """Trains :class:`AdditionMLP` (softmax cross-entropy, Adam, mini-batches drawn uniformly with replacement) on
     frozen features.
@@ -1073,7 +1074,8 @@ def train_addition_classifier(
     dispatch per step would cost more than the step). Step ``i`` draws its batch from ``fold_in(key, i)`` whatever
     the chunking, so the result does not depend on ``steps_per_call``. ``progress``: a progress bar (``None``: only on
     a terminal). ``test_groups [m]`` (optional, ints; e.g. the number of digits in each test frame): the test accuracy
-    of each group as well, to say where the errors are.
+    of each group as well, to say where the errors are. ``return_predictor``: the result also holds ``predict``, the
+    trained classifier as a function ``features [k, features] -> classes [k]`` (not JSON-able; pop it before saving).
 
     Args:
       features_train [n, features], targets_train [n] int in 0..num_classes-1; features_test [m, features],
@@ -1106,6 +1108,7 @@ def train_addition_classifier(
         raise ValueError(
             f"steps, batch_size and steps_per_call must be positive; got {steps}, {batch_size}, {steps_per_call}"
         )
+    mean, std = np.zeros(xs.shape[1], np.float32), np.ones(xs.shape[1], np.float32)
     if standardize:
         mean, std = xs.mean(0), xs.std(0)
         std = np.where(std > 1e-6, std, 1.0)
@@ -1155,12 +1158,17 @@ def train_addition_classifier(
     test_correct, test_loss = evaluate(params, jnp.asarray(xt), jnp.asarray(yt, jnp.int32))
     test_correct = np.asarray(test_correct)
     majority = np.bincount(ys, minlength=num_classes).argmax()
-    by_group = {}
+    extra = {}
     if test_groups is not None:
         groups = np.asarray(test_groups)
-        by_group = dict(
+        extra = dict(
             test_accuracy_by_group={str(g): float(test_correct[groups == g].mean()) for g in np.unique(groups)},
             test_frames_by_group={str(g): int(np.sum(groups == g)) for g in np.unique(groups)},
+        )
+    if return_predictor:
+        logits_of = jax.jit(model.apply)
+        extra["predict"] = lambda x: np.asarray(
+            jnp.argmax(logits_of(params, (np.asarray(x, np.float32) - mean) / std), -1)
         )
     return dict(
         train_accuracy=float(np.mean(train_correct)),
@@ -1172,7 +1180,7 @@ def train_addition_classifier(
         num_test=int(len(xt)),
         steps=int(steps),
         num_classes=int(num_classes),
-        **by_group,
+        **extra,
     )
 
 

@@ -261,6 +261,8 @@ def test_addition_classifier_learns_sums_and_not_noise():
     np.testing.assert_allclose(
         (frames["0"] * acc["0"] + frames["1"] * acc["1"]) / len(yt), r["test_accuracy"], rtol=1e-6
     )
+    predict = se.train_addition_classifier(xs, ys, xt, yt, return_predictor=True, **kw).pop("predict")
+    np.testing.assert_allclose(np.mean(predict(xt) == yt), r["test_accuracy"], rtol=1e-6)  # the same classifier
     assert (r["num_train"], r["num_test"], r["num_classes"]) == (2000, 500, 19)
     control = se.train_addition_classifier(xs, rng.permutation(ys), xt, yt, **kw)  # shuffled training targets
     assert control["test_accuracy"] < control["majority_baseline"] + 0.1

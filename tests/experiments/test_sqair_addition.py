@@ -24,6 +24,18 @@ def test_digit_probe_takes_frames_with_one_digit_and_one_object():
     np.testing.assert_array_equal(features, [[2.0, 3.0], [4.0, 5.0]])
 
 
+def test_sum_of_digit_readings_sums_every_present_object():
+    # 1 sequence, 3 frames, 2 true digits (3 and 7), 2 slots; the "reader" returns z_what's first entry as the digit.
+    presence = np.array([[[1, 1], [1, 0], [0, 0]]], bool)  # targets 10, 3, 0
+    z_pres = np.array([[[1, 1], [1, 1], [0, 0]]], np.float32)  # frame 1 keeps a second object: reads 3 + 7
+    z_what = np.array([[[[3, 0], [7, 0]], [[3, 0], [7, 0]], [[9, 0], [9, 0]]]], np.float32)
+    r = sqair_addition.sum_of_digit_readings(
+        dict(z_what=z_what, z_pres=z_pres), dict(presence=presence, labels=np.array([[3, 7]])), lambda x: x[:, 0]
+    )
+    assert r["accuracy_by_visible_digits"] == {"0": 1.0, "1": 0.0, "2": 1.0}
+    np.testing.assert_allclose([r["accuracy"], r["object_count_matches"]], [2 / 3, 2 / 3])
+
+
 @pytest.mark.slow
 def test_sqair_addition_cli_on_a_two_step_run(tmp_path):
     workdir = tmp_path / "run"
@@ -40,6 +52,9 @@ def test_sqair_addition_cli_on_a_two_step_run(tmp_path):
     probe = result["digit_from_one_z_what"]
     assert 0 <= probe["test_frames"] <= 4 * 3
     assert probe["test_accuracy"] is None or 0.0 <= probe["test_accuracy"] <= 1.0
+    readings = result["sum_of_probe_readings"]
+    assert (readings is None) == (probe["test_accuracy"] is None)
+    assert readings is None or 0.0 <= readings["accuracy"] <= 1.0
     assert result["posterior_means"] is False
     assert all(sum(r["test_frames_by_group"].values()) == 4 * 3 for r in result["addition"])  # 4 sequences, 3 frames
     # the second run reads the model's outputs from the cache and trains the same classifiers
