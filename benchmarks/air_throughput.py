@@ -152,7 +152,7 @@ def main(argv):
     )
     for name, variant, unroll in variants:
         config = air_multi_mnist.get_config(variant)
-        config.task_config.model.scan_unroll = True if unroll else 1
+        config.task_config.model.scan_unroll = unroll
         row = measure(config, steps, repeats)
         row["variant"] = variant + (" (scan unrolled)" if unroll else "")
         row["fraction_of_peak"] = row["flop_per_s"] / peak
