@@ -288,8 +288,9 @@ def test_sqair_conv_keeps_its_128_units_under_the_cpu_recipe():
     assert configs.get_config("sqair_mnist:conv").task_config.model.hidden == 128
 
 
-def test_air_scan_unroll_is_a_command_line_switch_that_reaches_the_model(monkeypatch):
-    """``--config.task_config.model.scan_unroll=True`` parses for every AIR config (rolled by default) and reaches
+@pytest.mark.parametrize("spec", ["air_multi_mnist", "air_multi_mnist:fast", "air_multi_mnist:bench+pyro_baseline"])
+def test_air_scan_unroll_is_a_command_line_switch_that_reaches_the_model(monkeypatch, spec):
+    """``--config.task_config.model.scan_unroll=True`` parses for AIR configs (rolled by default) and reaches
     AIRConfig; it is a resumable, computation-only field."""
     from absl import flags as absl_flags
 
@@ -297,7 +298,6 @@ def test_air_scan_unroll_is_a_command_line_switch_that_reaches_the_model(monkeyp
     from ocr_jax.tasks.air import make_air_config
     from ocr_jax.training.train import is_resumable_field
 
-    spec = "air_multi_mnist:fast"
     assert configs.get_config(spec).task_config.model.scan_unroll is False
     argv = ["prog", f"--config={spec}", "--config.task_config.model.scan_unroll=True"]
     monkeypatch.setattr("sys.argv", argv)  # config_flags reads the overrides from sys.argv
