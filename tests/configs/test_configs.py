@@ -290,19 +290,20 @@ def test_sqair_conv_keeps_its_128_units_under_the_cpu_recipe():
 
 @pytest.mark.parametrize("spec", ["air_multi_mnist", "air_multi_mnist:fast", "air_multi_mnist:bench+pyro_baseline"])
 def test_air_scan_unroll_is_a_command_line_switch_that_reaches_the_model(monkeypatch, spec):
-    """``--config.task_config.model.scan_unroll=True`` parses for AIR configs (rolled by default) and reaches
-    AIRConfig; it is a resumable, computation-only field."""
+    """AIR configs unroll the step scan by default; ``--config.task_config.model.scan_unroll=False`` (the rolled scan
+    of the results measured before 2026-12-07) parses and reaches AIRConfig; it is a resumable, computation-only
+    field."""
     from absl import flags as absl_flags
 
     from ocr_jax import configs
     from ocr_jax.tasks.air import make_air_config
     from ocr_jax.training.train import is_resumable_field
 
-    assert configs.get_config(spec).task_config.model.scan_unroll is False
-    argv = ["prog", f"--config={spec}", "--config.task_config.model.scan_unroll=True"]
+    assert configs.get_config(spec).task_config.model.scan_unroll is True
+    argv = ["prog", f"--config={spec}", "--config.task_config.model.scan_unroll=False"]
     monkeypatch.setattr("sys.argv", argv)  # config_flags reads the overrides from sys.argv
     values = absl_flags.FlagValues()
     configs.define_config_flag("config", flag_values=values)
     values(argv)
-    assert make_air_config(values.config.task_config.model).scan_unroll is True
+    assert make_air_config(values.config.task_config.model).scan_unroll is False
     assert is_resumable_field("task_config.model.scan_unroll")
