@@ -434,3 +434,52 @@ def test_sqair_diagnose_count_errors_and_edges_on_a_run(sqair_run):
     wrong = sum(c["under"] + c["over"] for c in causes.values())
     assert wrong == round((1 - errors["count_accuracy"]) * n * 3)
     json.dumps(errors), json.dumps(edges)
+
+
+@pytest.mark.parametrize("task", ["sqair", "air"])
+def test_count_external_scores_a_file_through_the_public_api(task, request, tmp_path):
+    """experiments/count_external on a file of frames (images) and labels: the counts it scores are the public API's
+    with the same particles and key, item by item, whatever ``num`` takes; the CLI writes the same numbers."""
+    from experiments import count_external as ce
+
+    run = request.getfixturevalue(f"{task}_run")
+    rng = np.random.default_rng(3)
+    if task == "sqair":
+        c = run.model.config
+        x = rng.integers(0, 256, (3, c.max_seq_len, *c.image_shape)).astype(np.uint8)
+        arrays = dict(frames=x, counts=rng.integers(0, 3, (3, c.max_seq_len)), sequence_counts=np.array([2, 0, 1]))
+        out = api.infer_sequences(run, x, num_particles=2, key=4)
+    else:
+        x = rng.integers(0, 256, (5, *run.model.config.canvas_shape)).astype(np.uint8)
+        arrays = dict(images=x, counts=rng.integers(0, 3, 5))
+        out = api.infer_images(run, x, num_particles=2, key=4)
+    path = str(tmp_path / "held_out.npz")
+    np.savez(path, **arrays)
+    result = ce.score_run(run, ce.load_external(path, task), particles=2, seed=4)
+    label = "visible_count" if task == "sqair" else "count"
+    assert result[label]["accuracy"] == pytest.approx(np.mean(out["counts"] == arrays["counts"]))
+    assert result[label]["too_high"] == int((out["counts"] > arrays["counts"]).sum())
+    if task == "sqair":
+        held = out["present_counts"] == arrays["sequence_counts"][:, None]
+        assert result["sequence_label"]["accuracy"] == pytest.approx(held.mean())
+        assert result["sequence_label"]["frame1"] == pytest.approx(held[:, 0].mean())
+        departed = arrays["counts"] < arrays["sequence_counts"][:, None]
+        kinds = result["visible_count_by_frame_kind"]
+        assert kinds["a digit wholly outside"]["frames"] == departed.sum()
+        first_two = ce.score_run(run, ce.load_external(path, task, num=2), particles=2, seed=4)
+        assert first_two["sequence_label"]["frames"] == 2 * x.shape[1]
+        assert first_two["sequence_label"]["by_frame"] == [round(float(a), 5) for a in held[:2].mean(0)]
+    if task == "air":  # the command line, once (its compile is the slow part)
+        cmd = [
+            sys.executable,
+            "-m",
+            "experiments.count_external",
+            f"--workdir={request.getfixturevalue('air_trained')[0]}",
+            f"--data={path}",
+            "--particles=2",
+            "--seed=4",
+            f"--out={tmp_path / 'out.json'}",
+        ]
+        subprocess.run(cmd, check=True, capture_output=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+        with open(tmp_path / "out.json") as f:
+            assert json.load(f)["count"] == result["count"]
