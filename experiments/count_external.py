@@ -33,18 +33,6 @@ from absl import app, flags
 
 from ocr_jax import api, cli
 
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "A trained AIR or SQAIR run (config.json + checkpoints).", required=True
-)
-_DATA = flags.DEFINE_string("data", None, "The .npz of frames or images and their count labels.", required=True)
-_PARTICLES = flags.DEFINE_integer(
-    "particles", None, "Posterior samples per item, the best used (default SQAIR 5, AIR 1)."
-)
-_NUM = flags.DEFINE_integer("num", None, "Use the first NUM items only (default: all).")
-_SEED = flags.DEFINE_integer("seed", 0, "Inference key (an int seed of the API).")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the latest).")
-_OUT = flags.DEFINE_string("out", None, "Output JSON (default: <workdir>/external_<data file stem>.json).")
-
 # The arrays each task reads: the inputs, then the labels (at least one of them must be in the file).
 INPUTS = {"sqair": "frames", "air": "images"}
 LABELS = {"sqair": ("counts", "sequence_counts"), "air": ("counts",)}
@@ -165,4 +153,16 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    # Flags are defined only when run as a script, so the module can be imported (tests) next to the others.
+    _WORKDIR = flags.DEFINE_string(
+        "workdir", None, "A trained AIR or SQAIR run (config.json + checkpoints).", required=True
+    )
+    _DATA = flags.DEFINE_string("data", None, "The .npz of frames or images and their count labels.", required=True)
+    _PARTICLES = flags.DEFINE_integer(
+        "particles", None, "Posterior samples per item, the best used (default SQAIR 5, AIR 1)."
+    )
+    _NUM = flags.DEFINE_integer("num", None, "Use the first NUM items only (default: all).")
+    _SEED = flags.DEFINE_integer("seed", 0, "Inference key (an int seed of the API).")
+    _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the latest).")
+    _OUT = flags.DEFINE_string("out", None, "Output JSON (default: <workdir>/external_<data file stem>.json).")
     app.run(main)
