@@ -26,6 +26,7 @@ from ocr_jax.data.mnist import load_mnist
 
 DEFAULT_DATASETS = (
     "multi_mnist:kosiorek",
+    "multi_mnist:official",
     "multi_mnist:pyro",
     "moving_multi_mnist:official",
     "moving_multi_mnist_hard:hard",

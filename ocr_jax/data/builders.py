@@ -124,8 +124,14 @@ class MultiMnist(_Base):
 
     BUILDER_CONFIGS = [
         MultiMnistConfig(name="kosiorek", recipe="kosiorek", description="28×28 digits, no overlap of digit boxes"),
+        MultiMnistConfig(
+            name="official",
+            recipe="official",
+            description="the SQAIR authors' create_mnist: tight-cropped 28×28 digits anywhere inside, no box overlap",
+        ),
         MultiMnistConfig(name="pyro", recipe="pyro", description="digits scaled by 1/s, s~N(1.3,0.1); Pyro's AIR data"),
         MultiMnistConfig(name="kosiorek_small", recipe="kosiorek", num_train=2_000, num_test=500),
+        MultiMnistConfig(name="official_small", recipe="official", num_train=2_000, num_test=500),
         MultiMnistConfig(name="pyro_small", recipe="pyro", num_train=2_000, num_test=500),
     ]
 

@@ -1,29 +1,37 @@
 """Multi-MNIST for AIR: 0..max_digits MNIST digits on a 50×50 canvas, with counts, labels and tight boxes.
 
-Two public recipes (see docs/datasets.md; report which one a number was measured on):
+Three recipes (see docs/datasets.md; report which one a number was measured on):
 
 * ``"kosiorek"``: each digit is an unscaled 28×28 MNIST image placed at a uniform integer position with the whole
   28×28 patch inside the canvas. The *tight* boxes around the digits' nonzero pixels must not overlap (rejection
   sampling: positions are resampled for the offending image; every 10th rejection round the digits are resampled
   too, so that a pair that cannot fit side by side does not loop forever). Two 28×28 patches cannot be disjoint on a
   50×50 canvas, so "no overlap" is about the digits, not their padded patches.
+* ``"official"``: the SQAIR authors' published code for static multi-MNIST, akosiorek/sqair
+  ``sqair/data/data.py:create_mnist`` with ``obj_size = (28, 28)`` (no rescaling) — exactly frame 1 of
+  ``moving_mnist``'s ``"official"`` recipe: each digit byte-scaled by its own maximum and cropped to its nonzero rows
+  and columns (a *template*), its top-left corner ``round(U[0, 1) · (50 − size))``, so the *tight* box may touch any
+  edge of the canvas; distinct digits per image; tight boxes not overlapping (a shared budget of 5 tries, then the
+  whole image is redrawn). Unlike ``"kosiorek"``, which keeps the whole 28×28 patch inside and so the digits ≥ 2–6 px
+  from the edges, a third of its images have a digit within 3 px of an edge — data that a model trained on
+  ``"kosiorek"`` counts worse (docs/results.md, 2026-12-08).
 * ``"pyro"`` (the "observations" recipe of Pyro's AIR example): each digit is resized to ``int(28 / s)`` pixels,
   ``s ~ N(1.3, 0.1)`` (≈21 px), with antialiased bilinear interpolation (PIL's BILINEAR filter, written as a matrix
   product so it runs batched), placed at a uniform integer position fully inside the canvas; digits may overlap, but
   an image whose summed pixels exceed 255 anywhere is rejected and redrawn entirely (digits, scales and positions),
   as Pyro does.
 
-In both recipes the number of digits is uniform over ``0..max_digits`` and digits are drawn uniformly with
-replacement from the given MNIST split. Slots ``0..count-1`` hold the present digits. Everything is vectorised over
-images; all randomness comes from ``np.random.default_rng(seed)``, so the output is a deterministic function of the
-arguments.
+In every recipe the number of digits is uniform over ``0..max_digits``; ``"kosiorek"`` and ``"pyro"`` draw digits
+uniformly with replacement from the given MNIST split. Slots ``0..count-1`` hold the present digits. Everything is
+vectorised over images; all randomness comes from ``np.random.default_rng(seed)``, so the output is a deterministic
+function of the arguments.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-RECIPES = ("kosiorek", "pyro")
+RECIPES = ("kosiorek", "official", "pyro")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -143,7 +151,7 @@ def make_multi_mnist(
       seed: all randomness derives from it.
       canvas_size: H = W.
       max_digits: counts are uniform over 0..max_digits.
-      recipe: "kosiorek" or "pyro" (module docstring).
+      recipe: "kosiorek", "official" or "pyro" (module docstring).
       scale_mean, scale_std: the Pyro recipe's digit scale s ~ N(mean, std); size = int(28 / s).
 
     Returns:
@@ -153,6 +161,8 @@ def make_multi_mnist(
     """
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
+    if recipe == "official":
+        return _official_images(digits, labels, num_images, seed=seed, canvas_size=canvas_size, max_digits=max_digits)
     digits, labels = _check_digits(digits, labels)
     m, h, _ = digits.shape
     if canvas_size < h and recipe == "kosiorek":
@@ -229,6 +239,23 @@ def make_multi_mnist(
         "labels": np.where(presence, labels[idx], -1).astype(np.int32),
         "boxes": np.where(nonempty[..., None], boxes, 0).astype(np.float32),
         "presence": presence,
+    }
+
+
+def _official_images(digits, labels, num_images, *, seed, canvas_size, max_digits) -> dict[str, np.ndarray]:
+    """Recipe ``"official"``: frame 1 of ``moving_mnist.make_moving_multi_mnist(recipe="official")``, which is the
+    official ``create_mnist`` (module docstring); the same keys as :func:`make_multi_mnist`."""
+    from ocr_jax.data.moving_mnist import make_moving_multi_mnist  # it imports this module's helpers
+
+    seqs = make_moving_multi_mnist(
+        digits, labels, num_images, seed=seed, num_frames=1, canvas_size=canvas_size, max_digits=max_digits
+    )
+    return {
+        "images": seqs["frames"][:, 0],
+        "counts": seqs["counts"][:, 0],
+        "labels": seqs["labels"],
+        "boxes": seqs["boxes"][:, 0],
+        "presence": seqs["presence"][:, 0],
     }
 
 

@@ -228,6 +228,26 @@ def test_gradient_clipping_can_be_set_from_the_command_line(monkeypatch, spec):
     assert all(values.config.optimizers[g].clip_global_norm == 1000.0 for g in groups)
 
 
+def test_air_official_trains_on_the_authors_data_and_with_fast_a_count_prior_of_1e_5():
+    """`official` changes the data recipe only; with `fast` it also sets the count prior to 1e-5 (whatever order the
+    variants are named in); everything else is `fast`'s."""
+    fast = configs.get_config("air_multi_mnist:fast")
+    for spec in ("air_multi_mnist:fast+official", "air_multi_mnist:official+fast"):
+        c = configs.get_config(spec)
+        assert c.task_config.data.recipe == "official"
+        assert c.task_config.count_prior.start == c.task_config.count_prior.end == 1e-5
+        c.task_config.data.recipe, c.task_config.count_prior.start, c.task_config.count_prior.end = (
+            "kosiorek",
+            1e-4,
+            1e-4,
+        )
+        assert c.to_dict() == fast.to_dict()
+    alone, default = configs.get_config("air_multi_mnist:official"), configs.get_config("air_multi_mnist")
+    assert (
+        alone.task_config.data.recipe == "official" and alone.task_config.count_prior == default.task_config.count_prior
+    )
+
+
 def test_air_fast_is_piwae_with_a_vimco_start_and_a_constant_count_prior_of_1e_4():
     config = configs.get_config("air_multi_mnist:fast")
     tc = config.task_config

@@ -11,7 +11,7 @@ DIGITS, LABELS = blob_digits(200, seed=0)
 N = 3000
 
 
-@pytest.fixture(scope="module", params=["kosiorek", "pyro"])
+@pytest.fixture(scope="module", params=["kosiorek", "official", "pyro"])
 def data(request):
     return request.param, make_multi_mnist(DIGITS, LABELS, N, seed=7, recipe=request.param)
 
@@ -58,7 +58,7 @@ def test_boxes_enclose_all_pixels_and_are_tight(data):
             # Tight: every edge row/column of the box holds a nonzero pixel.
             assert block[0].any() and block[-1].any() and block[:, 0].any() and block[:, -1].any()
         assert not (d["images"][i][~inside]).any()
-        if recipe == "kosiorek":  # disjoint boxes: each box's own tight box is the digit's box
+        if recipe in ("kosiorek", "official"):  # disjoint boxes: each box's own tight box is the digit's box
             for j, (y0, x0, y1, x1) in enumerate(d["boxes"][i].astype(int)):
                 mask = np.zeros((50, 50), np.uint8)
                 mask[y0:y1, x0:x1] = d["images"][i, y0:y1, x0:x1]
@@ -74,6 +74,30 @@ def test_kosiorek_no_box_overlap_and_unscaled_digits():
     src_sizes = {(int(b[2] - b[0]), int(b[3] - b[1])) for b in src}
     sizes = d["boxes"][d["presence"]]
     assert {(int(b[2] - b[0]), int(b[3] - b[1])) for b in sizes} <= src_sizes
+
+
+def test_official_is_frame_one_of_the_official_sequences_and_reaches_the_edges():
+    """recipe="official" is the published create_mnist: frame 1 of moving_mnist's official recipe, byte-scaled
+    tight templates (every digit's brightest pixel 255), boxes not overlapping, placed so that the tight box — not a
+    28×28 patch — stays inside: digits touch the canvas edges, which "kosiorek" never lets them."""
+    from ocr_jax.data.moving_mnist import make_moving_multi_mnist
+
+    d = make_multi_mnist(DIGITS, LABELS, N, seed=5, recipe="official")
+    seqs = make_moving_multi_mnist(DIGITS, LABELS, N, seed=5, num_frames=1)
+    np.testing.assert_array_equal(d["images"], seqs["frames"][:, 0])
+    np.testing.assert_array_equal(d["boxes"], seqs["boxes"][:, 0])
+    np.testing.assert_array_equal(d["labels"], seqs["labels"])
+    two = d["counts"] == 2
+    assert not boxes_overlap(d["boxes"][two, 0], d["boxes"][two, 1]).any()
+    one = d["counts"] == 1
+    assert (d["images"][one].reshape(one.sum(), -1).max(1) == 255).all()
+    b, present = d["boxes"], d["presence"]
+    edge_gap = np.minimum.reduce([b[..., 0], b[..., 1], 50 - b[..., 2], 50 - b[..., 3]])[present]
+    kosiorek = make_multi_mnist(DIGITS, LABELS, N, seed=5, recipe="kosiorek")
+    kb = kosiorek["boxes"][kosiorek["presence"]]
+    kosiorek_gap = np.minimum.reduce([kb[:, 0], kb[:, 1], 50 - kb[:, 2], 50 - kb[:, 3]])
+    assert edge_gap.min() == 0 and (edge_gap == 0).mean() > 0.02
+    assert (edge_gap < 2).mean() > 2 * (kosiorek_gap < 2).mean()  # blob digits: 0.17 against 0.05
 
 
 def test_pyro_digits_are_scaled_and_may_overlap():
