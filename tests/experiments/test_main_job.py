@@ -1,4 +1,5 @@
-"""The main job trains the `fast` AIR recipe; ``--variant`` adds to it and ``--recipe`` replaces it."""
+"""The main job trains the `fast` AIR recipe on the authors' data (`+official`); ``--variant`` adds to it and
+``--recipe`` replaces it."""
 
 import pytest
 
@@ -19,12 +20,13 @@ def test_config_name_adds_the_variant_to_the_recipe(recipe, variant, expected):
     assert main_job.config_name(recipe, variant) == expected
 
 
-def test_the_main_recipe_is_air_fast_and_quick_keeps_its_estimator_and_prior():
-    assert main_job.MAIN_RECIPE == "air_multi_mnist:fast"
+def test_the_main_recipe_is_air_fast_on_the_authors_data_and_quick_keeps_its_estimator_and_prior():
+    assert main_job.MAIN_RECIPE == "air_multi_mnist:fast+official"
     main = configs.get_config(main_job.config_name(main_job.MAIN_RECIPE, ""))
     quick = configs.get_config(main_job.config_name(main_job.MAIN_RECIPE, "quick"))
     assert main.num_steps == 5000 and quick.num_steps == 60
     for c in (main, quick):
         assert c.task_config.estimator == "switch" and c.task_config.estimator_args.then == "piwae"
-        assert c.task_config.count_prior.start == c.task_config.count_prior.end == 1e-4
+        assert c.task_config.count_prior.start == c.task_config.count_prior.end == 1e-5  # fast+official
     assert quick.task_config.data.synthetic_digits and not main.task_config.data.get("synthetic_digits", False)
+    assert main.task_config.data.recipe == quick.task_config.data.recipe == "official"
