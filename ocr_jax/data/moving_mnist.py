@@ -72,7 +72,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ocr_jax.data.multi_mnist import _check_digits, any_pair_overlaps, boxes_overlap, paste_patches, tight_boxes
+from ocr_jax.data.canvas import _check_digits, any_pair_overlaps, boxes_overlap, paste_patches, tight_boxes
 
 RECIPES = ("official", "bounce_patch")
 MOTIONS = ("bounce", "leave_and_return")
