@@ -62,7 +62,7 @@ from absl import app, flags
 
 from ocr_jax import api, cli
 from ocr_jax.data import to_unit_float
-from ocr_jax.data.multi_mnist import any_pair_overlaps
+from ocr_jax.data.canvas import any_pair_overlaps
 from ocr_jax.evaluation import sqair as sqair_eval
 from ocr_jax.tasks.sqair import load_sequences
 

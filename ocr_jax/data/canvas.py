@@ -81,7 +81,8 @@ def any_pair_overlaps(boxes: np.ndarray, present: np.ndarray) -> np.ndarray:
     return bad
 
 
-def _check_digits(digits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def check_digits(digits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``digits [n, h, h]`` uint8 and ``labels [n]`` checked (ValueError otherwise); labels as int32."""
     digits = np.asarray(digits)
     labels = np.asarray(labels)
     if digits.ndim != 3 or digits.shape[1] != digits.shape[2]:

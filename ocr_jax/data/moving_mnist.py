@@ -72,7 +72,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ocr_jax.data.canvas import _check_digits, any_pair_overlaps, boxes_overlap, paste_patches, tight_boxes
+from ocr_jax.data.canvas import any_pair_overlaps, boxes_overlap, check_digits, paste_patches, tight_boxes
 
 RECIPES = ("official", "bounce_patch")
 MOTIONS = ("bounce", "leave_and_return")
@@ -406,7 +406,7 @@ def make_moving_multi_mnist(
     motion = "bounce" if motion is None else motion
     if motion not in MOTIONS:
         raise ValueError(f"motion must be one of {MOTIONS}, got {motion!r}")
-    digits, labels = _check_digits(digits, labels)
+    digits, labels = check_digits(digits, labels)
     m, d, _ = digits.shape
     n, k, T = int(num_sequences), int(max_digits), int(num_frames)
     if n < 0 or k < 0 or T < 1:

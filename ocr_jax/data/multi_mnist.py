@@ -31,15 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ocr_jax.data.canvas import (  # noqa: F401  (re-exported: other modules and tests import them from here)
-    _check_digits,
-    any_pair_overlaps,
-    boxes_overlap,
-    paste_patches,
-    resize_digits,
-    resize_matrix,
-    tight_boxes,
-)
+from ocr_jax.data.canvas import any_pair_overlaps, check_digits, paste_patches, resize_digits, tight_boxes
 
 RECIPES = ("kosiorek", "official", "pyro")
 
@@ -80,7 +72,7 @@ def make_multi_mnist(
         raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
     if recipe == "official":
         return _official_images(digits, labels, num_images, seed=seed, canvas_size=canvas_size, max_digits=max_digits)
-    digits, labels = _check_digits(digits, labels)
+    digits, labels = check_digits(digits, labels)
     m, h, _ = digits.shape
     if canvas_size < h and recipe == "kosiorek":
         raise ValueError(f"canvas_size {canvas_size} is smaller than the {h}×{h} digits")

@@ -6,6 +6,7 @@ import hashlib
 import numpy as np
 import pytest
 
+from ocr_jax.data.canvas import boxes_overlap, tight_boxes
 from ocr_jax.data.moving_mnist import (
     make_moving_multi_mnist,
     motion_bounds,
@@ -13,7 +14,6 @@ from ocr_jax.data.moving_mnist import (
     official_trajectories,
     overlap_statistics,
 )
-from ocr_jax.data.multi_mnist import boxes_overlap, tight_boxes
 from ocr_jax.data.synthetic import blob_digits
 
 DIGITS, LABELS = blob_digits(100, seed=0)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ocr_jax.data.multi_mnist import boxes_overlap, make_multi_mnist, resize_matrix, tight_boxes
+from ocr_jax.data.canvas import boxes_overlap, resize_matrix, tight_boxes
+from ocr_jax.data.multi_mnist import make_multi_mnist
 from ocr_jax.data.synthetic import blob_digits
 
 DIGITS, LABELS = blob_digits(200, seed=0)
