@@ -1,7 +1,8 @@
 """Where a trained AIR or SQAIR run's counting errors are: the confusion matrix on the test split, accuracy on
-two-digit images by the gap between the digits, and what the one glimpse of each "two digits read as one" error does
-(covers both digits, covers one and misses the other, or neither); for SQAIR also by frame index; for AIR also what
-it does on blank canvases (how often a particle holds an object there, and what that costs it), and for SQAIR what
+two-digit images by the gap between the digits and by the direction of the line joining them, what the one glimpse
+of each "two digits read as one" error does (covers both digits, covers one and misses the other, or neither) and
+where the extra glimpse of each "two read as three" error lies; for SQAIR also by frame index; for AIR also what it
+does on blank canvases (how often a particle holds an object there, and what that costs it), and for SQAIR what
 became of every visible digit no glimpse covers (never found, dropped, moved onto the other digit, astray:
 ``ocr_jax.evaluation.sqair.lost_digit_anatomy``) and the tracking errors of its identities (swaps, re-detections:
 ``tracking_errors`` under the run's ``eval.tracking_match``). Issues #13 and #15.
@@ -39,7 +40,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "A training run of an AIR or SQA
 _NUM = flags.DEFINE_integer("num_images", 10_000, "Test images (AIR) or sequences (SQAIR) to evaluate, from the start.")
 _PARTICLES = flags.DEFINE_integer("particles", 1, "Posterior samples per image / sequence; the best is used.")
 _DATA_SEED = flags.DEFINE_integer("data_seed", -1, "Generator seed of the test set (-1: the run's own test split).")
-_EXAMPLES = flags.DEFINE_integer("examples", 12, "Two-as-one errors drawn in the picture.")
+_EXAMPLES = flags.DEFINE_integer("examples", 12, "Two-digit images read wrong drawn in the picture.")
 _SEED = flags.DEFINE_integer("seed", 0, "Inference key.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the latest).")
 
@@ -140,26 +141,41 @@ def blank_canvas_check(run: api.Run, *, num_images: int = 200, num_particles: in
 
 
 def draw(data: dict, pred: dict, summary: dict, path: str, *, examples: int) -> None:
-    """Two-as-one errors (true boxes dashed, glimpse windows coloured) and accuracy by digit gap."""
-    err = np.flatnonzero((data["counts"] == 2) & (pred["counts"] == 1))[:examples]
+    """Two-digit images read wrong — read as one and read as three, half each where both are there (true boxes
+    dashed, glimpse windows coloured by step) — and accuracy on two-digit images by digit gap and by direction."""
+    two = data["counts"] == 2
+    as_one, as_three = (np.flatnonzero(two & (pred["counts"] == n)) for n in (1, 3))
+    n_three = min(len(as_three), max(examples // 2, examples - len(as_one)))  # half each where both are there
+    err = np.concatenate([as_one[: examples - n_three], as_three[:n_three]])
     cols = max(len(err), 1)
-    fig = plt.figure(figsize=(max(1.6 * cols, 6.0), 4.2))
+    fig = plt.figure(figsize=(max(1.6 * cols, 8.0), 4.6))
     for j, i in enumerate(err):
         ax = fig.add_subplot(2, cols, j + 1)
+        ax.set_title(f"2 read as {pred['counts'][i]}", fontsize=7)
         ax.imshow(data["images"][i], cmap="gray", vmin=0, vmax=255)
         plotting.draw_boxes(ax, data["boxes"][i], data["boxes"][i, :, 2] > data["boxes"][i, :, 0], linestyle="--")
         steps = np.arange(1, 1 + pred["boxes"].shape[1])
         plotting.draw_boxes(ax, pred["boxes"][i], pred["presence"][i], color_ids=steps)
         ax.set_axis_off()
-    ax = fig.add_subplot(2, 1, 2)
-    rows = [r for r in summary["by_gap"] if r["images"]]
-    ax.bar([r["gap_px"] for r in rows], [r["accuracy"] for r in rows], color="tab:blue")
-    for k, r in enumerate(rows):
-        ax.text(k, r["accuracy"], f"{r['right']}/{r['images']}", ha="center", va="bottom", fontsize=8)
-    ax.set_ylim(0, 1.1)
-    ax.set_xlabel("gap between the two digits' tight boxes (px; ≤ 0: touching or overlapping)")
-    ax.set_ylabel("two-digit images read right")
-    title = f"{summary['task']} step {summary['step']}: {summary['two_as_one']['errors']} two-digit images read as one"
+    for k, (key, label, xlabel) in enumerate(
+        [
+            ("by_gap", "gap_px", "gap between the two digits' tight boxes (px; ≤ 0: touching or overlapping)"),
+            ("by_direction", "direction_deg", "direction of the line joining them (°; 0 side by side, 135 ↗↙)"),
+        ]
+    ):
+        ax = fig.add_subplot(2, 2, 3 + k)
+        rows = [r for r in summary[key] if r["images"]]
+        ax.bar([r[label] for r in rows], [r["accuracy"] for r in rows], color="tab:blue")
+        for j, r in enumerate(rows):
+            ax.text(j, r["accuracy"], f"{r['right']}/{r['images']}", ha="center", va="bottom", fontsize=7)
+        ax.set_ylim(0, 1.1)
+        ax.tick_params(axis="x", labelsize=7, labelrotation=30)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel("two-digit images read right")
+    title = (
+        f"{summary['task']} step {summary['step']}: two-digit images read as one "
+        f"{summary['two_as_one']['errors']}, as three {summary['two_as_three']['errors']}"
+    )
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -178,8 +194,8 @@ def main(argv):
     with open(out + ".json", "w") as f:
         json.dump(summary, f, indent=1)
     draw(data, pred, summary, out + ".png", examples=_EXAMPLES.value)
-    print(json.dumps({k: v for k, v in summary.items() if k != "by_gap"}, indent=1))
-    for r in summary["by_gap"]:
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("by_gap", "by_direction")}, indent=1))
+    for r in summary["by_gap"] + summary["by_direction"]:
         print(r)
     print(f"wrote {out}.json and {out}.png")
 

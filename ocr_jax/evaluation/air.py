@@ -276,6 +276,7 @@ def eval_summary(results: dict[str, Any]) -> dict[str, Any]:
 # Where the counting errors are: the anatomy of "two digits read as one" (issue #15, item 4).
 
 GAP_BINS = (-np.inf, 0.0, 3.0, 6.0, 10.0, np.inf)  # signed gap between two digits' tight boxes, pixels
+DIRECTION_BINS = tuple(np.arange(0.0, 180.1, 22.5))  # direction of the line joining two digits, degrees in [0, 180)
 
 
 def signed_box_gap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -296,6 +297,20 @@ def box_coverage(window: np.ndarray, box: np.ndarray) -> np.ndarray:
     x_max) -> ``[...]`` in [0, 1]; 0 for an empty box."""
     area = sqair_eval.box_area(box)
     return np.where(area > 0, sqair_eval.box_intersection(window, box) / np.where(area > 0, area, 1.0), 0.0)
+
+
+def box_centre(box: np.ndarray) -> np.ndarray:
+    """``[..., 4]`` boxes (y_min, x_min, y_max, x_max) -> ``[..., 2]`` centres (y, x)."""
+    box = np.asarray(box, np.float64)
+    return (box[..., :2] + box[..., 2:]) / 2
+
+
+def pair_direction(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Direction of the line joining the centres of boxes ``a, b [..., 4]`` -> ``[...]`` degrees in [0, 180), in
+    image axes (x to the right, y down) and symmetric in ``a, b``: 0 side by side, 90 one above the other, 45
+    upper-left and lower-right, 135 upper-right and lower-left."""
+    dy, dx = np.moveaxis(box_centre(b) - box_centre(a), -1, 0)
+    return np.degrees(np.arctan2(dy, dx)) % 180.0
 
 
 def _present_first(boxes: np.ndarray) -> np.ndarray:
@@ -324,10 +339,14 @@ def two_digit_anatomy(
       cover: a digit counts as inside the glimpse when at least this fraction of its box's area is.
 
     Returns a JSON-serialisable dict: ``by_gap`` (one row per ``GAP_BINS`` interval: images, right, accuracy);
-    ``two_as_one``: the number of such errors, the fractions whose one glimpse covers both digits ("one glimpse for
-    two"), exactly one ("a digit missed") or neither, the median glimpse side (max of height and width, pixels) in
-    those errors against the median in one-digit images read right, and the median digit gap in errors against
-    two-digit images read right.
+    ``by_direction`` (one row per ``DIRECTION_BINS`` interval of :func:`pair_direction`: images, right, accuracy,
+    read as one, read as three); ``two_as_one``: the number of such errors, the fractions whose one glimpse covers
+    both digits ("one glimpse for two"), exactly one ("a digit missed") or neither, the median glimpse side (max of
+    height and width, pixels) in those errors against the median in one-digit images read right, and the median
+    digit gap in errors against two-digit images read right; ``two_as_three``: the number of such errors, which
+    step's glimpse is the extra one (the present glimpse whose centre is farthest from both digits' centres; counts
+    per step, in the order ``pred_boxes`` lists the present glimpses), and the median distance of the extra glimpse's
+    centre from the midpoint of the two digits' centres and from the nearer digit's centre (pixels).
     """
     true_counts, pred_counts = np.asarray(true_counts), np.asarray(pred_counts)
     true_boxes, pred_boxes = _present_first(true_boxes), _present_first(pred_boxes)
@@ -345,6 +364,20 @@ def two_digit_anatomy(
                 accuracy=float((sel & right).sum() / sel.sum()) if sel.any() else None,
             )
         )
+    direction = pair_direction(true_boxes[:, 0], true_boxes[:, 1])
+    by_direction = []
+    for lo, hi in zip(DIRECTION_BINS[:-1], DIRECTION_BINS[1:]):
+        sel = two & (direction >= lo) & (direction < hi)
+        by_direction.append(
+            dict(
+                direction_deg=f"[{lo:g}, {hi:g})",
+                images=int(sel.sum()),
+                right=int((sel & right).sum()),
+                accuracy=float((sel & right).sum() / sel.sum()) if sel.any() else None,
+                read_as_one=int((sel & (pred_counts == 1)).sum()),
+                read_as_three=int((sel & (pred_counts == 3)).sum()),
+            )
+        )
     err = two & (pred_counts == 1)
     window = pred_boxes[:, 0]
     inside = np.stack([box_coverage(window, true_boxes[:, j]) >= cover for j in range(2)], -1)
@@ -359,8 +392,25 @@ def two_digit_anatomy(
     def median(x, mask):
         return float(np.median(x[mask])) if mask.any() else None
 
+    three = two & (pred_counts == 3)
+    digit_centres = box_centre(true_boxes[three, :2])  # [e, 2, 2]
+    glimpse_centres = box_centre(pred_boxes[three, :3])  # [e, 3, 2] (present glimpses first)
+    to_digits = np.linalg.norm(glimpse_centres[:, :, None] - digit_centres[:, None], axis=-1)  # [e, 3, 2]
+    extra = np.argmax(to_digits.min(-1), axis=-1)  # [e]: the glimpse farthest from both digits
+    extra_centre = np.take_along_axis(glimpse_centres, extra[:, None, None], axis=1)[:, 0]
+    from_midpoint = np.linalg.norm(extra_centre - digit_centres.mean(1), axis=-1)
+    from_nearer_digit = np.take_along_axis(to_digits.min(-1), extra[:, None], axis=1)[:, 0]
+    everywhere = np.ones(len(extra), bool)
+
     return dict(
         by_gap=by_gap,
+        by_direction=by_direction,
+        two_as_three=dict(
+            errors=int(three.sum()),
+            extra_glimpse_step=np.bincount(extra + 1, minlength=4)[1:].tolist(),
+            median_extra_from_midpoint_px=median(from_midpoint, everywhere),
+            median_extra_from_nearer_digit_px=median(from_nearer_digit, everywhere),
+        ),
         two_as_one=dict(
             errors=n_err,
             two_digit_images=int(two.sum()),

@@ -12,6 +12,7 @@ import pytest
 from absl import flags
 
 from ocr_jax import configs
+from ocr_jax.models import air as air_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The configs the package holds, spelt out here (not read from ocr_jax.configs); tests/test_install.py checks the wheel
@@ -228,19 +229,23 @@ def test_gradient_clipping_can_be_set_from_the_command_line(monkeypatch, spec):
     assert all(values.config.optimizers[g].clip_global_norm == 1000.0 for g in groups)
 
 
-def test_air_official_trains_on_the_authors_data_and_with_fast_a_count_prior_of_1e_5():
-    """`official` changes the data recipe only; with `fast` it also sets the count prior to 1e-5 (whatever order the
-    variants are named in); everything else is `fast`'s."""
+def test_air_official_trains_on_the_authors_data_and_with_fast_a_count_prior_of_1e_5_and_an_mlp_image_encoder():
+    """`official` changes the data recipe only; with `fast` it also sets the count prior to 1e-5 and the image
+    encoder to a 256-unit MLP (whatever order the variants are named in); everything else is `fast`'s."""
     fast = configs.get_config("air_multi_mnist:fast")
+    assert fast.task_config.model.image_encoder == "raw"
     for spec in ("air_multi_mnist:fast+official", "air_multi_mnist:official+fast"):
         c = configs.get_config(spec)
         assert c.task_config.data.recipe == "official"
         assert c.task_config.count_prior.start == c.task_config.count_prior.end == 1e-5
+        assert c.task_config.model.image_encoder == "mlp" and "image_encoder_hidden" not in c.task_config.model
+        assert air_model.AIRConfig().image_encoder_hidden == (256,)  # so the MLP has one layer of 256 units
         c.task_config.data.recipe, c.task_config.count_prior.start, c.task_config.count_prior.end = (
             "kosiorek",
             1e-4,
             1e-4,
         )
+        c.task_config.model.image_encoder = "raw"
         assert c.to_dict() == fast.to_dict()
     alone, default = configs.get_config("air_multi_mnist:official"), configs.get_config("air_multi_mnist")
     assert (

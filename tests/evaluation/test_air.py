@@ -58,6 +58,63 @@ def test_two_digit_anatomy_counts_each_kind_of_error():
     json.dumps(a)  # serialisable
 
 
+def test_pair_direction_in_image_axes_and_symmetric():
+    at = lambda y, x: np.array([y - 2.0, x - 2.0, y + 2.0, x + 2.0])  # noqa: E731  a box centred at (y, x)
+    assert air_eval.pair_direction(at(10, 10), at(10, 30)) == 0.0  # side by side
+    assert air_eval.pair_direction(at(10, 10), at(30, 10)) == 90.0  # one above the other
+    assert air_eval.pair_direction(at(10, 10), at(30, 30)) == pytest.approx(45.0)  # upper-left, lower-right
+    assert air_eval.pair_direction(at(10, 30), at(30, 10)) == pytest.approx(135.0)  # upper-right, lower-left
+    a, b = np.stack([at(10, 30), at(5, 5)]), np.stack([at(30, 10), at(20, 40)])
+    np.testing.assert_allclose(air_eval.pair_direction(a, b), air_eval.pair_direction(b, a))  # batched, symmetric
+    np.testing.assert_allclose(air_eval.pair_direction(a, b), [135.0, np.degrees(np.arctan2(15.0, 35.0))])
+
+
+def test_two_digit_anatomy_by_direction_and_the_extra_glimpse_of_two_read_as_three():
+    upper_right, lower_left = [0.0, 34.0, 10.0, 44.0], [30.0, 0.0, 40.0, 10.0]  # centres (5, 39), (35, 5): 138.6°
+    left, right = [10.0, 0.0, 20.0, 10.0], [10.0, 30.0, 20.0, 40.0]  # side by side: 0°
+    top, bottom = [0.0, 10.0, 10.0, 20.0], [30.0, 10.0, 40.0, 20.0]  # one above the other: 90°
+    absent = [0.0, 0.0, 0.0, 0.0]
+    ghost_at_midpoint = [18.0, 20.0, 22.0, 24.0]  # centre (20, 22), the digits' midpoint
+    ghost_off_midpoint = [18.0, 24.0, 22.0, 28.0]  # centre (20, 26): 4 px from it
+    true_boxes = np.array([[upper_right, lower_left], [left, right], [top, bottom], [lower_left, upper_right]])
+    true_counts = np.array([2, 2, 2, 2])
+    pred_boxes = np.array(
+        [
+            [ghost_at_midpoint, upper_right, lower_left],  # the first step's glimpse is the extra one
+            [left, right, absent],
+            [[0.0, 8.0, 40.0, 22.0], absent, absent],  # one glimpse for both
+            [upper_right, lower_left, ghost_off_midpoint],  # the third step's
+        ]
+    )
+    pred_counts = np.array([3, 2, 1, 3])
+    a = air_eval.two_digit_anatomy(true_boxes, true_counts, pred_boxes, pred_counts)
+    rows = {r["direction_deg"]: r for r in a["by_direction"]}
+    assert rows["[135, 157.5)"] == dict(
+        direction_deg="[135, 157.5)", images=2, right=0, accuracy=0.0, read_as_one=0, read_as_three=2
+    )
+    assert rows["[0, 22.5)"]["images"] == 1 and rows["[0, 22.5)"]["accuracy"] == 1.0
+    assert rows["[90, 112.5)"]["read_as_one"] == 1 and rows["[90, 112.5)"]["accuracy"] == 0.0
+    assert rows["[45, 67.5)"]["images"] == 0 and rows["[45, 67.5)"]["accuracy"] is None
+    assert sum(r["images"] for r in a["by_direction"]) == 4
+    t = a["two_as_three"]
+    assert t["errors"] == 2 and t["extra_glimpse_step"] == [1, 0, 1]
+    assert t["median_extra_from_midpoint_px"] == pytest.approx(2.0)  # 0 and 4 px
+    assert t["median_extra_from_nearer_digit_px"] == pytest.approx((np.sqrt(514.0) + np.sqrt(394.0)) / 2)
+    assert a["two_as_one"]["errors"] == 1 and a["two_as_one"]["glimpse_covers_both"] == 1.0
+    json.dumps(a)
+
+
+def test_two_digit_anatomy_without_two_read_as_three():
+    boxes = np.array([[[0.0, 0.0, 10.0, 10.0], [0.0, 20.0, 10.0, 30.0]]])
+    a = air_eval.two_digit_anatomy(boxes, [2], boxes, [2])
+    assert a["two_as_three"] == dict(
+        errors=0,
+        extra_glimpse_step=[0, 0, 0],
+        median_extra_from_midpoint_px=None,
+        median_extra_from_nearer_digit_px=None,
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("config", ["air_multi_mnist:quick", "sqair_mnist:quick"])
 def test_count_errors_cli_on_a_two_step_run(tmp_path, config):
