@@ -407,7 +407,7 @@ def two_digit_anatomy(
         by_direction=by_direction,
         two_as_three=dict(
             errors=int(three.sum()),
-            extra_glimpse_step=np.bincount(extra + 1, minlength=4)[1:].tolist(),
+            extra_glimpse_step=np.bincount(extra, minlength=3).tolist(),
             median_extra_from_midpoint_px=median(from_midpoint, everywhere),
             median_extra_from_nearer_digit_px=median(from_nearer_digit, everywhere),
         ),
