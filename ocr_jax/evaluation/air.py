@@ -320,6 +320,27 @@ def _present_first(boxes: np.ndarray) -> np.ndarray:
     return np.take_along_axis(boxes, order[..., None], axis=1)
 
 
+def _accuracy_by_bin(
+    values: np.ndarray, bins, selected: np.ndarray, right: np.ndarray, *, label: str, closed: str, **counts
+) -> list[dict[str, Any]]:
+    """One row per interval of ``bins`` (closed on the ``"right"`` or the ``"left"``): the ``selected`` items whose
+    ``values`` fall in it, how many are ``right``, the accuracy (None for an empty bin), and for every named mask in
+    ``counts`` how many of the bin's items it holds."""
+    rows = []
+    for lo, hi in zip(bins[:-1], bins[1:]):
+        inside = (values > lo) & (values <= hi) if closed == "right" else (values >= lo) & (values < hi)
+        sel = selected & inside
+        interval = f"({lo:g}, {hi:g}]" if closed == "right" else f"[{lo:g}, {hi:g})"
+        row = {
+            label: interval,
+            "images": int(sel.sum()),
+            "right": int((sel & right).sum()),
+            "accuracy": float((sel & right).sum() / sel.sum()) if sel.any() else None,
+        }
+        rows.append(row | {name: int((sel & mask).sum()) for name, mask in counts.items()})
+    return rows
+
+
 def two_digit_anatomy(
     true_boxes: np.ndarray,
     true_counts: np.ndarray,
@@ -353,31 +374,18 @@ def two_digit_anatomy(
     two = true_counts == 2
     right = pred_counts == true_counts
     gap = signed_box_gap(true_boxes[:, 0], true_boxes[:, 1])
-    by_gap = []
-    for lo, hi in zip(GAP_BINS[:-1], GAP_BINS[1:]):
-        sel = two & (gap > lo) & (gap <= hi)
-        by_gap.append(
-            dict(
-                gap_px=f"({lo:g}, {hi:g}]",
-                images=int(sel.sum()),
-                right=int((sel & right).sum()),
-                accuracy=float((sel & right).sum() / sel.sum()) if sel.any() else None,
-            )
-        )
     direction = pair_direction(true_boxes[:, 0], true_boxes[:, 1])
-    by_direction = []
-    for lo, hi in zip(DIRECTION_BINS[:-1], DIRECTION_BINS[1:]):
-        sel = two & (direction >= lo) & (direction < hi)
-        by_direction.append(
-            dict(
-                direction_deg=f"[{lo:g}, {hi:g})",
-                images=int(sel.sum()),
-                right=int((sel & right).sum()),
-                accuracy=float((sel & right).sum() / sel.sum()) if sel.any() else None,
-                read_as_one=int((sel & (pred_counts == 1)).sum()),
-                read_as_three=int((sel & (pred_counts == 3)).sum()),
-            )
-        )
+    by_gap = _accuracy_by_bin(gap, GAP_BINS, two, right, label="gap_px", closed="right")
+    by_direction = _accuracy_by_bin(
+        direction,
+        DIRECTION_BINS,
+        two,
+        right,
+        label="direction_deg",
+        closed="left",
+        read_as_one=pred_counts == 1,
+        read_as_three=pred_counts == 3,
+    )
     err = two & (pred_counts == 1)
     window = pred_boxes[:, 0]
     inside = np.stack([box_coverage(window, true_boxes[:, j]) >= cover for j in range(2)], -1)
