@@ -30,3 +30,4 @@ def test_the_main_recipe_is_air_fast_on_the_authors_data_and_quick_keeps_its_est
         assert c.task_config.count_prior.start == c.task_config.count_prior.end == 1e-5  # fast+official
     assert quick.task_config.data.synthetic_digits and not main.task_config.data.get("synthetic_digits", False)
     assert main.task_config.data.recipe == quick.task_config.data.recipe == "official"
+    assert main.task_config.model.image_encoder == "mlp"  # fast+official: the image through an MLP, not raw pixels
