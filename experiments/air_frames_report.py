@@ -55,6 +55,17 @@ COLUMNS = (
 )
 
 
+def sqair_name(results_path: str) -> str:
+    """ "MLP-SQAIR" or "CONV-SQAIR" from the ``config.json`` beside a SQAIR run's ``results.json`` (its model's
+    ``arch``); "SQAIR" when there is none."""
+    config_path = os.path.join(os.path.dirname(os.path.abspath(results_path)), "config.json")
+    if not os.path.exists(config_path):
+        return "SQAIR"
+    with open(config_path) as f:
+        arch = json.load(f).get("task_config", {}).get("model", {}).get("arch")
+    return f"{arch.upper()}-SQAIR" if arch else "SQAIR"
+
+
 def table_row(results: dict) -> dict:
     """The Table 5.4.1 columns of a results.json (this script's or experiments/sqair_report.py's)."""
     addition = results.get("addition")
@@ -147,9 +158,8 @@ def report(config: ml_collections.ConfigDict, workdir: str, sqair_results: str |
     for path in filter(None, (sqair_results or "").split(",")):
         with open(path) as f:
             sq = json.load(f)
-        rows[f"MLP-SQAIR ({os.path.basename(os.path.dirname(os.path.abspath(path)))}, step {sq.get('step')})"] = (
-            table_row(sq)
-        )
+        run_name = os.path.basename(os.path.dirname(os.path.abspath(path)))
+        rows[f"{sqair_name(path)} ({run_name}, step {sq.get('step')})"] = table_row(sq)
     rows.update(PAPER_ROWS)
     table = markdown_table(rows)
     with open(os.path.join(workdir, "table.md"), "w") as f:

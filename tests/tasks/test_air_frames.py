@@ -118,6 +118,8 @@ def test_air_frames_report_trains_and_writes_the_table(tmp_path):
     sq_path = tmp_path / "sqair" / "results.json"
     sq_path.parent.mkdir()
     sq_path.write_text(json.dumps(sqair))
+    assert air_frames_report.sqair_name(str(sq_path)) == "SQAIR"  # no config.json beside it
+    (sq_path.parent / "config.json").write_text(json.dumps({"task_config": {"model": {"arch": "conv"}}}))
     results = air_frames_report.report(config, str(tmp_path), str(sq_path))
     saved = json.load(open(tmp_path / "results.json"))
     assert saved["step"] == 4 and saved["num_sequences"] == 6 and saved["num_frames"] == 3
@@ -126,7 +128,7 @@ def test_air_frames_report_trains_and_writes_the_table(tmp_path):
     assert table == results["table"]
     lines = table.splitlines()
     assert len(lines) == 2 + 2 + len(air_frames_report.PAPER_ROWS)
-    assert "| MLP-SQAIR (sqair, step 7) | 1.5 | 2.0 | 0.5 | 0.2500 | 0.1250 |" in lines
+    assert "| CONV-SQAIR (sqair, step 7) | 1.5 | 2.0 | 0.5 | 0.2500 | 0.1250 |" in lines
     assert f"{saved['count_accuracy']:.4f}" in lines[2]
     assert (tmp_path / "reconstructions.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="moving"):
