@@ -54,6 +54,14 @@ def test_moving_variant_reads_sqair_frames():
         np.testing.assert_array_equal(images["counts"], seqs["counts"].ravel())
 
 
+def test_moving_variant_is_the_thesis_mlp_air_an_mlp_image_encoder_and_otherwise_the_default():
+    moving, default = air_multi_mnist.get_config("moving"), air_multi_mnist.get_config(None)
+    assert moving.task_config.model.image_encoder == "mlp" and default.task_config.model.image_encoder == "raw"
+    moving.task_config.model.image_encoder = "raw"
+    assert moving.task_config.model.to_dict() == default.task_config.model.to_dict()
+    assert moving.task_config.estimator == default.task_config.estimator and moving.num_steps == default.num_steps
+
+
 def test_frames_as_images_rejects_bad_shapes():
     with pytest.raises(ValueError, match="frames"):
         frames_as_images({"frames": np.zeros((2, 5, 5), np.uint8), "counts": np.zeros((2,), np.int32)})
