@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 
 from experiments.report_cli import run_report  # noqa: E402
 from experiments.study_results import write_results  # noqa: E402
-from ocr_jax import plotting  # noqa: E402
+from ocr_jax import api, plotting  # noqa: E402
 from ocr_jax.evaluation import air as air_eval  # noqa: E402
 from ocr_jax.evaluation import sqair as sqair_eval  # noqa: E402
 from ocr_jax.tasks.air import AIRTask, load_moving_sequences  # noqa: E402
@@ -56,13 +56,13 @@ COLUMNS = (
 
 
 def sqair_name(results_path: str) -> str:
-    """ "MLP-SQAIR" or "CONV-SQAIR" from the ``config.json`` beside a SQAIR run's ``results.json`` (its model's
-    ``arch``); "SQAIR" when there is none."""
-    config_path = os.path.join(os.path.dirname(os.path.abspath(results_path)), "config.json")
-    if not os.path.exists(config_path):
+    """ "MLP-SQAIR" or "CONV-SQAIR" from the config of the run beside a SQAIR ``results.json`` (``api.load_config``,
+    its model's ``arch``); "SQAIR" when that directory holds no run config."""
+    try:
+        config = api.load_config(os.path.dirname(os.path.abspath(results_path)))
+    except FileNotFoundError:
         return "SQAIR"
-    with open(config_path) as f:
-        arch = json.load(f).get("task_config", {}).get("model", {}).get("arch")
+    arch = config.get("task_config", {}).get("model", {}).get("arch")
     return f"{arch.upper()}-SQAIR" if arch else "SQAIR"
 
 
